@@ -1,0 +1,1 @@
+"""rpc_parallel: typed parallel workers on a typed async RPC layer."""

@@ -1,0 +1,115 @@
+"""Every error the library raises derives from :class:`Error`."""
+
+from __future__ import annotations
+
+
+class Error(Exception):
+    """Base class of every rpc_parallel error."""
+
+
+class ProtocolError(Error):
+    """The peers disagree: wrong types, unknown function, version mismatch, bad frames."""
+
+
+class MessageTooLarge(ProtocolError):
+    """A message exceeds ``max_message_size``; refused before it is sent or read."""
+
+
+class HandshakeError(ProtocolError):
+    """The connection handshake failed: wrong magic or version, bad secret, timeout."""
+
+
+class ConnectionClosed(Error):
+    """The connection ended while a call needed it; ``reason`` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class RemoteError(Error):
+    """The remote implementation raised; carries its type, message and traceback text."""
+
+    def __init__(
+        self, function: str, remote_type: str, remote_message: str, remote_traceback: str
+    ) -> None:
+        super().__init__(f"{function} raised {remote_type}: {remote_message}")
+        self.function = function
+        self.remote_type = remote_type
+        self.remote_message = remote_message
+        self.remote_traceback = remote_traceback
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        if self.remote_traceback:
+            text += "\n--- remote traceback ---\n" + self.remote_traceback.rstrip()
+        return text
+
+
+class WorkerDied(ConnectionClosed):
+    """The worker process died or stopped answering while a call was in flight."""
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        worker: str = "",
+        function: str | None = None,
+        exit_code: int | None = None,
+        signal: int | None = None,
+        stderr_tail: str = "",
+    ) -> None:
+        super().__init__(reason)
+        self.worker = worker
+        self.function = function
+        self.exit_code = exit_code
+        self.signal = signal
+        self.stderr_tail = stderr_tail
+
+    def __str__(self) -> str:
+        text = self.reason
+        if self.stderr_tail:
+            text += "\n--- worker stderr (tail) ---\n" + self.stderr_tail.rstrip()
+        return text
+
+
+class SpawnError(Error):
+    """A worker could not start; carries the cause and the tail of its stderr."""
+
+    def __init__(self, reason: str, *, stderr_tail: str = "") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.stderr_tail = stderr_tail
+
+    def __str__(self) -> str:
+        text = self.reason
+        if self.stderr_tail:
+            text += "\n--- worker stderr (tail) ---\n" + self.stderr_tail.rstrip()
+        return text
+
+
+class WorkerFailure(Error):
+    """A worker failed outside any call (background task, one-way call) or died.
+
+    Passed to ``on_failure``; the worker exits after reporting it.
+    """
+
+    def __init__(
+        self,
+        worker: str,
+        message: str,
+        *,
+        remote_type: str = "",
+        remote_traceback: str = "",
+        exit_code: int | None = None,
+        signal: int | None = None,
+        stderr_tail: str = "",
+    ) -> None:
+        super().__init__(f"worker {worker}: {message}")
+        self.worker = worker
+        self.message = message
+        self.remote_type = remote_type
+        self.remote_traceback = remote_traceback
+        self.exit_code = exit_code
+        self.signal = signal
+        self.stderr_tail = stderr_tail

@@ -1,0 +1,74 @@
+"""Frame layout: every message on the wire is one frame.
+
+    offset  size  field
+    0       4     length of the rest of the frame (little-endian u32) = 9 + payload size
+    4       1     message type
+    5       4     call id (u32; 0 for connection-level messages)
+    9       4     argument (u32): function index for QUERY, byte credit for CREDIT, else 0
+    13      ...   payload: msgpack (may be empty)
+"""
+
+from __future__ import annotations
+
+import struct
+
+import msgspec
+
+HEADER = struct.Struct("<IBII")
+HEADER_SIZE = HEADER.size  # 13
+LENGTH_OVERHEAD = HEADER_SIZE - 4  # counted in the length field
+
+MAGIC = "rpc_parallel"
+PROTOCOL_VERSION = 1
+
+# Handshake (before authentication).
+HELLO = 1
+AUTH = 2
+MENU = 3
+# Calls.
+QUERY = 4
+RESPONSE = 5
+ERROR = 6
+ITEM = 7
+END = 8
+ABORT = 9
+CREDIT = 10
+# Connection.
+HEARTBEAT = 11
+CLOSE = 12
+
+MESSAGE_NAMES = {
+    HELLO: "HELLO", AUTH: "AUTH", MENU: "MENU", QUERY: "QUERY", RESPONSE: "RESPONSE",
+    ERROR: "ERROR", ITEM: "ITEM", END: "END", ABORT: "ABORT", CREDIT: "CREDIT",
+    HEARTBEAT: "HEARTBEAT", CLOSE: "CLOSE",
+}
+
+
+class Hello(msgspec.Struct, array_like=True, frozen=True):
+    magic: str
+    version: int
+    nonce: bytes
+
+
+class MenuEntry(msgspec.Struct, array_like=True, frozen=True):
+    name: str
+    version: int
+    kind: str
+    digest: str
+    signature: str
+
+
+class ErrorInfo(msgspec.Struct, array_like=True, frozen=True):
+    """An exception as it crosses the wire. ``kind`` is "remote" or "protocol"."""
+
+    kind: str
+    type_name: str
+    message: str
+    traceback: str
+
+
+HELLO_DECODER = msgspec.msgpack.Decoder(Hello)
+AUTH_DECODER = msgspec.msgpack.Decoder(bytes)
+MENU_DECODER = msgspec.msgpack.Decoder(list[MenuEntry])
+ERROR_DECODER = msgspec.msgpack.Decoder(ErrorInfo)
+REASON_DECODER = msgspec.msgpack.Decoder(str)

@@ -1,0 +1,322 @@
+"""Function descriptions and the typed codecs built once from them."""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import re
+import types
+import typing
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import msgspec
+
+from ..errors import ProtocolError
+
+Kind = Literal["rpc", "pipe", "state", "one_way", "reverse_pipe"]
+KINDS: tuple[Kind, ...] = ("rpc", "pipe", "state", "one_way", "reverse_pipe")
+
+_to_wire: dict[type, Callable[[Any], Any]] = {}
+_from_wire: dict[type, Callable[[Any], Any]] = {}
+
+
+def register_type(cls: type, to_wire: Callable[[Any], Any], from_wire: Callable[[Any], Any]) -> None:
+    """Teach the codecs a type msgspec does not know (``to_wire`` must give a msgspec value)."""
+    _to_wire[cls] = to_wire
+    _from_wire[cls] = from_wire
+
+
+def _encode_hook(value: Any) -> Any:
+    for cls in type(value).__mro__:
+        convert = _to_wire.get(cls)
+        if convert is not None:
+            return convert(value)
+    raise NotImplementedError(f"objects of type {type(value).__qualname__} cannot be sent")
+
+
+def _decode_hook(expected: Any, value: Any) -> Any:
+    origin = typing.get_origin(expected) or expected
+    convert = _from_wire.get(origin)
+    if convert is None:
+        raise NotImplementedError(f"type {expected!r} cannot be received")
+    return convert(value)
+
+
+ENCODER = msgspec.msgpack.Encoder(enc_hook=_encode_hook)
+
+
+def make_decoder(annotation: Any) -> msgspec.msgpack.Decoder[Any]:
+    return msgspec.msgpack.Decoder(annotation, dec_hook=_decode_hook)
+
+
+def type_name(annotation: Any) -> str:
+    """A short, stable, readable name of a type annotation."""
+    if annotation is None or annotation is type(None):
+        return "None"
+    if annotation is Any:
+        return "Any"
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        return " | ".join(type_name(a) for a in typing.get_args(annotation))
+    origin = typing.get_origin(annotation)
+    if origin is not None:
+        arguments = typing.get_args(annotation)
+        inner = ", ".join(type_name(a) for a in arguments) if arguments else "()"
+        return f"{type_name(origin)}[{inner}]"
+    if isinstance(annotation, type):
+        if annotation.__module__ == "builtins":
+            return annotation.__qualname__
+        return f"{annotation.__module__}.{annotation.__qualname__}"
+    return repr(annotation)
+
+
+def _schema_text(annotation: Any) -> str:
+    try:
+        return msgspec.json.encode(
+            msgspec.json.schema(annotation), order="sorted"
+        ).decode()
+    except (TypeError, ValueError):
+        return type_name(annotation)
+
+
+def _mentions_memoryview(annotation: Any) -> bool:
+    return "memoryview" in repr(annotation)
+
+
+@dataclass(frozen=True, slots=True)
+class Parameter:
+    name: str
+    annotation: Any
+    default: Any = inspect.Parameter.empty
+
+
+class FunctionSpec:
+    """What a function is on the wire: name, version, kind and the types it carries.
+
+    * ``rpc``: ``parameters`` -> ``response``
+    * ``pipe``: ``parameters`` -> a stream of ``item``
+    * ``state``: ``parameters`` -> ``response`` (initial state) + a stream of ``item`` (updates)
+    * ``one_way``: ``parameters`` -> nothing
+    * ``reverse_pipe``: ``parameters`` + a stream of ``item`` from the caller -> ``response``
+    """
+
+    __slots__ = (
+        "arguments_decoder",
+        "digest",
+        "item",
+        "item_decoder",
+        "kind",
+        "name",
+        "parameters",
+        "response",
+        "response_decoder",
+        "signature",
+        "stream_parameter",
+        "version",
+        "_copy_payload",
+        "_fast_arity",
+        "_signature_binder",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        kind: Kind,
+        parameters: Sequence[Parameter | tuple[str, Any]] = (),
+        response: Any = None,
+        item: Any = None,
+        version: int = 1,
+        stream_parameter: str = "stream",
+    ) -> None:
+        if kind not in KINDS:
+            raise ValueError(f"unknown function kind {kind!r}; expected one of {KINDS}")
+        self.name = name
+        self.version = version
+        self.kind: Kind = kind
+        self.parameters = tuple(
+            p if isinstance(p, Parameter) else Parameter(p[0], p[1]) for p in parameters
+        )
+        self.response = response if kind in ("rpc", "state", "reverse_pipe") else None
+        self.item = item if kind in ("pipe", "state", "reverse_pipe") else None
+        annotations = [p.annotation for p in self.parameters]
+        arguments_type: Any = tuple[tuple(annotations)] if annotations else tuple[()]
+        self.arguments_decoder = make_decoder(arguments_type)
+        self.response_decoder = make_decoder(self.response)
+        self.item_decoder = make_decoder(self.item)
+        self._copy_payload = any(
+            _mentions_memoryview(a) for a in (*annotations, self.response, self.item)
+        )
+        parameter_text = ", ".join(f"{p.name}: {type_name(p.annotation)}" for p in self.parameters)
+        result_text = {
+            "rpc": type_name(self.response),
+            "pipe": f"stream[{type_name(self.item)}]",
+            "state": f"({type_name(self.response)}, stream[{type_name(self.item)}])",
+            "one_way": "None (one-way)",
+            "reverse_pipe": type_name(self.response),
+        }[kind]
+        if kind == "reverse_pipe":
+            parameter_text += (", " if parameter_text else "") + f"stream[{type_name(self.item)}]"
+        self.signature = f"{kind} ({parameter_text}) -> {result_text}"
+        digest_source = "\n".join(
+            [kind, *(_schema_text(a) for a in annotations), _schema_text(self.response),
+             _schema_text(self.item)]
+        )
+        self.digest = hashlib.sha256(digest_source.encode()).hexdigest()[:16]
+        self.stream_parameter = stream_parameter if kind == "reverse_pipe" else None
+        binder_parameters = [
+            inspect.Parameter(p.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=p.default)
+            for p in self.parameters
+        ]
+        if self.stream_parameter is not None:
+            binder_parameters.append(
+                inspect.Parameter(self.stream_parameter, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+            )
+        self._fast_arity = len(binder_parameters)
+        self._signature_binder = inspect.Signature(binder_parameters)
+
+    def __repr__(self) -> str:
+        return f"<FunctionSpec {self.name} v{self.version}: {self.signature}>"
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.name, self.version)
+
+    def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
+        """Positional arguments in declaration order; defaults filled in.
+
+        For a reverse pipe the stream is the last of them.
+        """
+        if not kwargs and len(args) == self._fast_arity:
+            return args
+        try:
+            bound = self._signature_binder.bind(*args, **kwargs)
+        except TypeError as error:
+            raise TypeError(f"{self.name}: {error}") from None
+        bound.apply_defaults()
+        return bound.args
+
+    def decode_arguments(self, payload: memoryview) -> tuple[Any, ...]:
+        try:
+            return self.arguments_decoder.decode(  # type: ignore[no-any-return]
+                bytes(payload) if self._copy_payload else payload
+            )
+        except msgspec.ValidationError as error:
+            raise ProtocolError(self._describe_argument_error(str(error))) from None
+        except msgspec.DecodeError as error:
+            raise ProtocolError(f"{self.name}: malformed arguments: {error}") from None
+
+    def decode_response(self, payload: memoryview) -> Any:
+        return self._decode(self.response_decoder, payload, "result")
+
+    def decode_item(self, payload: memoryview) -> Any:
+        return self._decode(self.item_decoder, payload, "stream item")
+
+    def _decode(self, decoder: msgspec.msgpack.Decoder[Any], payload: memoryview, what: str) -> Any:
+        try:
+            return decoder.decode(bytes(payload) if self._copy_payload else payload)
+        except msgspec.ValidationError as error:
+            raise ProtocolError(
+                f"{self.name}: {what}: {error} (expected {self._expected(what)})"
+            ) from None
+        except msgspec.DecodeError as error:
+            raise ProtocolError(f"{self.name}: malformed {what}: {error}") from None
+
+    def _expected(self, what: str) -> str:
+        return type_name(self.response if what == "result" else self.item)
+
+    def _describe_argument_error(self, message: str) -> str:
+        match = re.search(r" - at `\$\[(\d+)\](.*)`$", message)
+        if match is None:
+            if message.startswith("Expected `array` of length"):
+                return (
+                    f"{self.name}: expected {len(self.parameters)} argument(s) "
+                    f"({self.signature}): {message}"
+                )
+            return f"{self.name}: arguments: {message}"
+        index = int(match.group(1))
+        parameter = self.parameters[index]
+        where = f"argument {parameter.name!r}{match.group(2)}"
+        return (
+            f"{self.name}: {where}: {message[: match.start()]} "
+            f"(expected {type_name(parameter.annotation)})"
+        )
+
+    @classmethod
+    def from_callable(
+        cls,
+        function: Callable[..., Any],
+        *,
+        kind: Kind,
+        name: str | None = None,
+        version: int = 1,
+        skip_first: bool = False,
+    ) -> FunctionSpec:
+        """Read a function's annotations (``skip_first`` drops ``self``)."""
+        return cls(name or function.__qualname__, version=version, kind=kind,
+                   **describe_callable(function, kind=kind, skip_first=skip_first))
+
+
+_ASYNC_ITERATORS = {
+    "AsyncIterator", "AsyncIterable", "AsyncGenerator", "Iterator", "Iterable", "Generator",
+}
+
+
+def _stream_item(annotation: Any, where: str) -> Any:
+    origin = typing.get_origin(annotation)
+    if origin is None or getattr(origin, "__name__", "") not in _ASYNC_ITERATORS:
+        raise TypeError(f"{where} must be annotated AsyncIterator[T], got {type_name(annotation)}")
+    return typing.get_args(annotation)[0]
+
+
+def describe_callable(
+    function: Callable[..., Any], *, kind: Kind, skip_first: bool = False
+) -> dict[str, Any]:
+    """Parameters, response and item types of ``function`` for a spec of ``kind``."""
+    where = getattr(function, "__qualname__", repr(function))
+    try:
+        hints = typing.get_type_hints(function)
+    except Exception as error:
+        raise TypeError(f"{where}: cannot resolve annotations: {error}") from error
+    signature = inspect.signature(function)
+    parameters = list(signature.parameters.values())
+    if skip_first:
+        parameters = parameters[1:]
+    result: list[Parameter] = []
+    for parameter in parameters:
+        if parameter.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
+            raise TypeError(f"{where}: *args and **kwargs cannot cross the wire")
+        if parameter.name not in hints:
+            raise TypeError(f"{where}: parameter {parameter.name!r} has no type annotation")
+        result.append(Parameter(parameter.name, hints[parameter.name], parameter.default))
+    if "return" not in hints:
+        raise TypeError(f"{where}: the return type must be annotated")
+    returned = hints["return"]
+    response: Any = None
+    item: Any = None
+    if kind == "rpc":
+        response = returned
+    elif kind == "pipe":
+        item = _stream_item(returned, f"{where}: the result of a pipe")
+    elif kind == "state":
+        arguments = typing.get_args(returned)
+        if typing.get_origin(returned) is not tuple or len(arguments) != 2:
+            raise TypeError(
+                f"{where}: a state function returns tuple[S, AsyncIterator[U]], "
+                f"got {type_name(returned)}"
+            )
+        response = arguments[0]
+        item = _stream_item(arguments[1], f"{where}: the updates of a state function")
+    elif kind == "one_way":
+        if returned is not None and returned is not type(None):
+            raise TypeError(f"{where}: a one-way function returns None")
+    elif kind == "reverse_pipe":
+        if not result:
+            raise TypeError(f"{where}: a reverse pipe takes the stream as its last parameter")
+        stream = result.pop()
+        item = _stream_item(stream.annotation, f"{where}: the stream parameter {stream.name!r}")
+        response = returned
+        return {"parameters": result, "response": response, "item": item,
+                "stream_parameter": stream.name}
+    return {"parameters": result, "response": response, "item": item}

@@ -1,0 +1,64 @@
+"""One record of every tunable of the RPC layer."""
+
+from __future__ import annotations
+
+import os
+
+import msgspec
+
+SETTINGS_ENVIRONMENT_VARIABLE = "RPC_PARALLEL_RPC_SETTINGS"
+PREAUTH_MAX_MESSAGE_SIZE = 4096
+"""Until the peer has authenticated, no frame may be larger than this."""
+
+
+class RpcSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Limits and timings of every connection of an application.
+
+    ``stream_window`` is how many bytes of stream items a receiver accepts ahead of its
+    consumer before the sender waits (per stream).
+    """
+
+    max_message_size: int = 256 * 1024 * 1024
+    handshake_timeout: float = 10.0
+    heartbeat_interval: float = 1.0
+    heartbeat_timeout: float = 10.0
+    stream_window: int = 2 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        if self.max_message_size < PREAUTH_MAX_MESSAGE_SIZE:
+            raise ValueError(f"max_message_size must be at least {PREAUTH_MAX_MESSAGE_SIZE}")
+        if self.max_message_size > 0xFFFF_FFFF - 64:
+            raise ValueError("max_message_size must fit a 32-bit frame length")
+        if self.handshake_timeout <= 0:
+            raise ValueError("handshake_timeout must be positive")
+        if self.heartbeat_interval <= 0 or self.heartbeat_timeout <= self.heartbeat_interval:
+            raise ValueError("heartbeat_timeout must be greater than heartbeat_interval > 0")
+        if self.stream_window <= 0:
+            raise ValueError("stream_window must be positive")
+
+    def to_json(self) -> str:
+        return msgspec.json.encode(self).decode()
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> RpcSettings:
+        """Parse settings from JSON; unknown keys and wrong types are refused by name."""
+        try:
+            return msgspec.json.decode(text, type=cls, strict=True)
+        except (msgspec.ValidationError, msgspec.DecodeError) as error:
+            raise ValueError(f"invalid RPC settings {text!r}: {error}") from None
+
+    def with_environment(self) -> RpcSettings:
+        """These settings, overridden key by key by ``RPC_PARALLEL_RPC_SETTINGS`` (JSON)."""
+        text = os.environ.get(SETTINGS_ENVIRONMENT_VARIABLE)
+        if not text:
+            return self
+        try:
+            overrides = msgspec.json.decode(text)
+        except msgspec.DecodeError as error:
+            raise ValueError(
+                f"{SETTINGS_ENVIRONMENT_VARIABLE} is not valid JSON: {error}"
+            ) from None
+        if not isinstance(overrides, dict):
+            raise ValueError(f"{SETTINGS_ENVIRONMENT_VARIABLE} must be a JSON object")
+        merged = msgspec.structs.asdict(self) | overrides
+        return RpcSettings.from_json(msgspec.json.encode(merged))

@@ -1,0 +1,156 @@
+"""Both ends of a stream: the reader with its credit window, and the sender's credit."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from ..errors import ProtocolError
+
+if TYPE_CHECKING:
+    from .connection import Connection
+    from .functions import FunctionSpec
+
+T = TypeVar("T")
+
+
+class PipeReader(Generic[T]):
+    """An async iterator over a stream's items.
+
+    Each item taken returns its size to the sender as credit, so a slow reader bounds
+    what the sender buffers. ``await reader.aclose()`` stops the stream early: the
+    producer's generator is closed.
+    """
+
+    __slots__ = (
+        "_call_id", "_connection", "_consumed", "_done", "_error", "_grant_at", "_items",
+        "_waiter", "initial", "spec",
+    )
+
+    def __init__(self, connection: Connection, call_id: int, spec: FunctionSpec) -> None:
+        self._connection = connection
+        self._call_id = call_id
+        self.spec = spec
+        self._items: deque[tuple[Any, int]] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._done = False
+        self._error: BaseException | None = None
+        self._consumed = 0
+        self._grant_at = max(1, connection.settings.stream_window // 2)
+        self.initial: asyncio.Future[Any] | None = None
+
+    def __repr__(self) -> str:
+        state = "done" if self._done else "open"
+        return f"<PipeReader {self.spec.name} #{self._call_id} {state}, {len(self._items)} queued>"
+
+    def __aiter__(self) -> PipeReader[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        while not self._items:
+            if self._error is not None:
+                raise self._error
+            if self._done:
+                raise StopAsyncIteration
+            waiter = self._waiter = self._connection.loop.create_future()
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+        item, size = self._items.popleft()
+        if not self._done:
+            self._consumed += size
+            if self._consumed >= self._grant_at:
+                self._connection._grant(self._call_id, self._consumed)
+                self._consumed = 0
+        return item  # type: ignore[no-any-return]
+
+    async def aclose(self) -> None:
+        """Stop the stream; items not yet read are dropped."""
+        if not self._done:
+            self._done = True
+            self._connection._abandon(self._call_id)
+        self._items.clear()
+
+    async def __aenter__(self) -> PipeReader[T]:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    # Called by the connection.
+
+    def _on_item(self, payload: memoryview) -> None:
+        if self._done:
+            return
+        try:
+            item = self.spec.decode_item(payload)
+        except ProtocolError as error:
+            self._fail(error)
+            self._connection._abandon(self._call_id)
+            return
+        self._items.append((item, len(payload)))
+        self._wake()
+
+    def _on_response(self, payload: memoryview) -> None:
+        initial = self.initial
+        if initial is None or initial.done():
+            return
+        try:
+            initial.set_result(self.spec.decode_response(payload))
+        except ProtocolError as error:
+            initial.set_exception(error)
+            self._fail(error)
+            self._connection._abandon(self._call_id)
+
+    def _end(self) -> None:
+        self._done = True
+        self._wake()
+
+    def _fail(self, error: BaseException) -> None:
+        if self.initial is not None and not self.initial.done():
+            self.initial.set_exception(error)
+        if self._done:
+            return
+        self._done = True
+        self._error = error
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
+class Credit:
+    """Bytes the sender of a stream may still send before the reader grants more."""
+
+    __slots__ = ("_loop", "_waiter", "available", "stopped")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self.available = 0
+        self.stopped = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    async def wait(self) -> None:
+        while self.available <= 0 and not self.stopped:
+            waiter = self._waiter = self._loop.create_future()
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+
+    def grant(self, amount: int) -> None:
+        self.available += amount
+        self._wake()
+
+    def stop(self) -> None:
+        self.stopped = True
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)

@@ -1,0 +1,197 @@
+"""Opening connections and serving them, over TCP or Unix domain sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import ssl as ssl_module
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .connection import Connection, FunctionSpec, Implementation
+from .settings import RpcSettings
+
+OnConnection = Callable[[Connection], None]
+
+
+def _factory(
+    *,
+    secret: bytes,
+    implementations: Sequence[Implementation],
+    settings: RpcSettings | None,
+    is_client: bool,
+    on_one_way_error: Callable[[FunctionSpec, BaseException], None] | None,
+    on_ready: OnConnection | None = None,
+) -> Callable[[], Connection]:
+    def make() -> Connection:
+        return Connection(
+            secret=secret,
+            implementations=implementations,
+            settings=settings,
+            is_client=is_client,
+            on_one_way_error=on_one_way_error,
+            on_ready=on_ready,
+        )
+
+    return make
+
+
+async def _connected(connection: Connection) -> Connection:
+    try:
+        await connection.wait_ready()
+    except asyncio.CancelledError:
+        connection.close("cancelled during the handshake")
+        raise
+    return connection
+
+
+async def connect_tcp(
+    host: str,
+    port: int,
+    *,
+    secret: bytes,
+    implementations: Sequence[Implementation] = (),
+    settings: RpcSettings | None = None,
+    ssl: ssl_module.SSLContext | None = None,
+    server_hostname: str | None = None,
+    on_one_way_error: Callable[[FunctionSpec, BaseException], None] | None = None,
+) -> Connection:
+    """Connect over TCP and finish the handshake (raises ``HandshakeError`` on failure)."""
+    loop = asyncio.get_running_loop()
+    factory = _factory(secret=secret, implementations=implementations, settings=settings,
+                       is_client=True, on_one_way_error=on_one_way_error)
+    extra: dict[str, Any] = {}
+    if ssl is not None:
+        extra = {"ssl": ssl, "server_hostname": server_hostname or host}
+    _, connection = await loop.create_connection(factory, host, port, **extra)
+    return await _connected(connection)
+
+
+async def connect_unix(
+    path: str,
+    *,
+    secret: bytes,
+    implementations: Sequence[Implementation] = (),
+    settings: RpcSettings | None = None,
+    on_one_way_error: Callable[[FunctionSpec, BaseException], None] | None = None,
+) -> Connection:
+    """Connect over a Unix domain socket and finish the handshake."""
+    loop = asyncio.get_running_loop()
+    factory = _factory(secret=secret, implementations=implementations, settings=settings,
+                       is_client=True, on_one_way_error=on_one_way_error)
+    _, connection = await loop.create_unix_connection(factory, path)
+    return await _connected(connection)
+
+
+class Server:
+    """Accepts connections and serves ``implementations`` on each.
+
+    ``on_connection`` runs once a connection has authenticated. ``stop_accepting()`` keeps
+    open connections; ``close()`` closes them too.
+    """
+
+    def __init__(
+        self,
+        *,
+        secret: bytes,
+        implementations: Sequence[Implementation],
+        settings: RpcSettings | None,
+        on_connection: OnConnection | None,
+        on_one_way_error: Callable[[FunctionSpec, BaseException], None] | None,
+    ) -> None:
+        self.connections: set[Connection] = set()
+        self._on_connection = on_connection
+        self._server: asyncio.AbstractServer | None = None
+        self._unix_path: str | None = None
+        self.address: tuple[str, int] | str = ""
+        self._factory = _factory(
+            secret=secret, implementations=implementations, settings=settings,
+            is_client=False, on_one_way_error=on_one_way_error, on_ready=self._ready,
+        )
+
+    def _make(self) -> Connection:
+        connection = self._factory()
+        self.connections.add(connection)
+        connection._closed.add_done_callback(lambda _: self.connections.discard(connection))
+        return connection
+
+    def _ready(self, connection: Connection) -> None:
+        if self._on_connection is not None:
+            self._on_connection(connection)
+
+    @property
+    def is_accepting(self) -> bool:
+        return self._server is not None and self._server.is_serving()
+
+    def stop_accepting(self) -> None:
+        """Stop taking new connections; existing ones go on."""
+        if self._server is not None:
+            self._server.close()
+        if self._unix_path is not None:
+            try:
+                os.unlink(self._unix_path)
+            except FileNotFoundError:
+                pass
+            self._unix_path = None
+
+    def close(self, reason: str = "server closed") -> None:
+        self.stop_accepting()
+        for connection in list(self.connections):
+            connection.close(reason)
+
+    async def wait_closed(self) -> None:
+        if self._server is not None:
+            await self._server.wait_closed()
+        for connection in list(self.connections):
+            await connection.wait_closed()
+
+    async def __aenter__(self) -> Server:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
+        await self.wait_closed()
+
+
+async def serve_tcp(
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    secret: bytes,
+    implementations: Sequence[Implementation] = (),
+    settings: RpcSettings | None = None,
+    on_connection: OnConnection | None = None,
+    on_one_way_error: Callable[[FunctionSpec, BaseException], None] | None = None,
+    ssl: ssl_module.SSLContext | None = None,
+) -> Server:
+    """Serve on TCP (loopback unless told otherwise); ``server.address`` is (host, port)."""
+    server = Server(secret=secret, implementations=implementations, settings=settings,
+                    on_connection=on_connection, on_one_way_error=on_one_way_error)
+    loop = asyncio.get_running_loop()
+    server._server = await loop.create_server(server._make, host, port, ssl=ssl)
+    bound = server._server.sockets[0].getsockname()
+    server.address = (bound[0], bound[1])
+    return server
+
+
+async def serve_unix(
+    path: str,
+    *,
+    secret: bytes,
+    implementations: Sequence[Implementation] = (),
+    settings: RpcSettings | None = None,
+    on_connection: OnConnection | None = None,
+    on_one_way_error: Callable[[FunctionSpec, BaseException], None] | None = None,
+) -> Server:
+    """Serve on a Unix domain socket at ``path`` (created owner-only)."""
+    server = Server(secret=secret, implementations=implementations, settings=settings,
+                    on_connection=on_connection, on_one_way_error=on_one_way_error)
+    loop = asyncio.get_running_loop()
+    old_umask = os.umask(0o177)
+    try:
+        server._server = await loop.create_unix_server(server._make, path)
+    finally:
+        os.umask(old_umask)
+    server._unix_path = path
+    server.address = path
+    return server
