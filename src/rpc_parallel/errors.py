@@ -105,7 +105,7 @@ class WorkerFailure(Error):
         signal: int | None = None,
         stderr_tail: str = "",
     ) -> None:
-        super().__init__(f"worker {worker}: {message}")
+        super().__init__(message if message.startswith("worker ") else f"worker {worker}: {message}")
         self.worker = worker
         self.message = message
         self.remote_type = remote_type

@@ -102,6 +102,9 @@ class FunctionSpec:
     """
 
     __slots__ = (
+        "_copy_payload",
+        "_fast_arity",
+        "_signature_binder",
         "arguments_decoder",
         "digest",
         "item",
@@ -114,9 +117,6 @@ class FunctionSpec:
         "signature",
         "stream_parameter",
         "version",
-        "_copy_payload",
-        "_fast_arity",
-        "_signature_binder",
     )
 
     def __init__(

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from ..errors import ProtocolError
+from ..errors import ConnectionClosed, ProtocolError
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -25,7 +26,7 @@ class PipeReader(Generic[T]):
 
     __slots__ = (
         "_call_id", "_connection", "_consumed", "_done", "_error", "_grant_at", "_items",
-        "_waiter", "initial", "spec",
+        "_waiter", "initial", "spec", "translate_error",
     )
 
     def __init__(self, connection: Connection, call_id: int, spec: FunctionSpec) -> None:
@@ -39,6 +40,8 @@ class PipeReader(Generic[T]):
         self._consumed = 0
         self._grant_at = max(1, connection.settings.stream_window // 2)
         self.initial: asyncio.Future[Any] | None = None
+        self.translate_error: Callable[[ConnectionClosed], Awaitable[BaseException]] | None = None
+        """Set by a layer above to turn a lost connection into its own error (once)."""
 
     def __repr__(self) -> str:
         state = "done" if self._done else "open"
@@ -50,6 +53,10 @@ class PipeReader(Generic[T]):
     async def __anext__(self) -> T:
         while not self._items:
             if self._error is not None:
+                translate = self.translate_error
+                if translate is not None and isinstance(self._error, ConnectionClosed):
+                    self.translate_error = None
+                    self._error = await translate(self._error)
                 raise self._error
             if self._done:
                 raise StopAsyncIteration

@@ -1,0 +1,95 @@
+"""Dask distributed actors, one per worker, on the same LocalCluster as the futures adapter."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, ClassVar
+
+from .base import check, check_map
+from .dask_futures import DaskPeer
+
+
+class IncActor:
+    def inc(self, x: int) -> int:
+        return x + 1
+
+    def echo(self, data: bytes) -> bytes:
+        return data
+
+
+class DaskActorPeer(DaskPeer):
+    key = "dask_actor"
+    label = "Dask actor"
+    notes: ClassVar[dict[str, str]] = {
+        "cluster_start": "LocalCluster(processes=True, threads_per_worker=1) + Client",
+        "spawn": "actor creation + first method call; cluster already up",
+        "map": "one actor call per item over 2 actors (actors have no map)",
+    }
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.actors: list[Any] = []
+
+    def spawn_first(self) -> float:
+        client = self._client()
+        t0 = time.perf_counter()
+        actor = client.submit(IncActor, actor=True, pure=False).result()
+        r = actor.inc(1).result()
+        dt = time.perf_counter() - t0
+        check(r == 2, "inc(1)")
+        del actor
+        return dt
+
+    def setup(self, workers: int) -> None:
+        client = self._client()
+        addresses = sorted(client.scheduler_info()["workers"])
+        futures = [
+            client.submit(IncActor, actor=True, pure=False, workers=[addresses[i % len(addresses)]])
+            for i in range(workers)
+        ]
+        self.actors = [f.result() for f in futures]
+        for a in self.actors:
+            a.inc(0).result()
+
+    def latency(self, n: int) -> list[float]:
+        actor = self.actors[0]
+        out: list[float] = []
+        for i in range(n):
+            t0 = time.perf_counter()
+            r = actor.inc(i).result()
+            out.append(time.perf_counter() - t0)
+            check(r == i + 1, "inc")
+        return out
+
+    def _spread(self, items: list[int]) -> list[int]:
+        actors = self.actors
+        k = len(actors)
+        pending = [actors[j % k].inc(x) for j, x in enumerate(items)]
+        return [p.result() for p in pending]
+
+    def inflight(self, n: int) -> float:
+        t0 = time.perf_counter()
+        results = self._spread(list(range(n)))
+        dt = time.perf_counter() - t0
+        check(results[-1] == n, "inc")
+        return dt
+
+    def echo(self, payload: bytes) -> float:
+        t0 = time.perf_counter()
+        r = self.actors[0].echo(payload).result()
+        dt = time.perf_counter() - t0
+        check(len(r) == len(payload), "echo length")
+        return dt
+
+    def map(self, items: list[int]) -> float:
+        t0 = time.perf_counter()
+        out = self._spread(items)
+        dt = time.perf_counter() - t0
+        check_map(items, out)
+        return dt
+
+    def teardown(self) -> None:
+        self.actors = []
+
+
+PEER = DaskActorPeer

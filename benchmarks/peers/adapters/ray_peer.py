@@ -1,0 +1,113 @@
+"""Ray: a local cluster bound to 127.0.0.1 (no dashboard, no usage stats) and actors."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, ClassVar
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+import ray  # noqa: E402
+
+from .base import Peer, check, check_map  # noqa: E402
+
+
+class _Actor:
+    def inc(self, x: int) -> int:
+        return x + 1
+
+    def echo(self, data: bytes) -> bytes:
+        return data
+
+
+_RemoteActor: Any = ray.remote(_Actor)
+
+
+class RayPeer(Peer):
+    key = "ray"
+    label = "Ray actor"
+    has_cluster = True
+    supports: ClassVar[frozenset[str]] = Peer.supports | {"cluster_start"}
+    notes: ClassVar[dict[str, str]] = {
+        "cluster_start": "ray.init(num_cpus=2), local, 127.0.0.1, no dashboard",
+        "spawn": "actor creation + first method call; cluster already up",
+        "map": "one actor call per item over 2 actors (Ray has no chunked actor map)",
+    }
+
+    def __init__(self) -> None:
+        self.actors: list[Any] = []
+
+    def version(self) -> str | None:
+        return str(ray.__version__)
+
+    def start_cluster(self, workers: int) -> float:
+        t0 = time.perf_counter()
+        ray.init(
+            num_cpus=max(2, workers),
+            include_dashboard=False,
+            _node_ip_address="127.0.0.1",
+            log_to_driver=False,
+            configure_logging=False,
+        )
+        return time.perf_counter() - t0
+
+    def stop_cluster(self) -> None:
+        ray.shutdown()
+
+    def spawn_first(self) -> float:
+        t0 = time.perf_counter()
+        actor = _RemoteActor.remote()
+        r = ray.get(actor.inc.remote(1))
+        dt = time.perf_counter() - t0
+        ray.kill(actor)
+        check(r == 2, "inc(1)")
+        return dt
+
+    def setup(self, workers: int) -> None:
+        self.actors = [_RemoteActor.remote() for _ in range(workers)]
+        ray.get([a.inc.remote(0) for a in self.actors])
+
+    def latency(self, n: int) -> list[float]:
+        actor = self.actors[0]
+        out: list[float] = []
+        for i in range(n):
+            t0 = time.perf_counter()
+            r = ray.get(actor.inc.remote(i))
+            out.append(time.perf_counter() - t0)
+            check(r == i + 1, "inc")
+        return out
+
+    def _spread(self, items: list[int]) -> list[int]:
+        actors = self.actors
+        k = len(actors)
+        return list(ray.get([actors[j % k].inc.remote(x) for j, x in enumerate(items)]))
+
+    def inflight(self, n: int) -> float:
+        t0 = time.perf_counter()
+        results = self._spread(list(range(n)))
+        dt = time.perf_counter() - t0
+        check(results[-1] == n, "inc")
+        return dt
+
+    def echo(self, payload: bytes) -> float:
+        t0 = time.perf_counter()
+        r = ray.get(self.actors[0].echo.remote(payload))
+        dt = time.perf_counter() - t0
+        check(len(r) == len(payload), "echo length")
+        return dt
+
+    def map(self, items: list[int]) -> float:
+        t0 = time.perf_counter()
+        out = self._spread(items)
+        dt = time.perf_counter() - t0
+        check_map(items, out)
+        return dt
+
+    def teardown(self) -> None:
+        for a in self.actors:
+            ray.kill(a)
+        self.actors = []
+
+
+PEER = RayPeer

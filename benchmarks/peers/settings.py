@@ -1,0 +1,129 @@
+"""Workloads, their units, and the two run sizes (full and quick)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+Better = Literal["lower", "higher"]
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One figure in the report."""
+
+    key: str
+    title: str
+    unit: str
+    better: Better
+    description: str
+
+
+WORKLOADS: tuple[Workload, ...] = (
+    Workload(
+        "spawn",
+        "Spawn to first result",
+        "ms",
+        "lower",
+        "Start one worker process and get the result of one tiny call from it (worker teardown "
+        "not counted). For Ray and Dask the cluster is already up: its start is the next figure.",
+    ),
+    Workload(
+        "cluster_start",
+        "Cluster start (Ray, Dask)",
+        "s",
+        "lower",
+        "ray.init / LocalCluster + Client on a fresh machine state, measured separately from "
+        "the actor or first task.",
+    ),
+    Workload(
+        "latency",
+        "Sequential latency of a tiny call",
+        "µs",
+        "lower",
+        "One call at a time of inc(x) = x + 1 on one worker, each waited for before the next; "
+        "median and p99 of the per-call times.",
+    ),
+    Workload(
+        "inflight",
+        "Tiny calls, many in flight, 2 workers",
+        "calls/s",
+        "higher",
+        "N calls of inc(x) issued at once, spread over 2 workers, then all awaited.",
+    ),
+    Workload(
+        "bandwidth",
+        "Bytes echo bandwidth",
+        "GB/s",
+        "higher",
+        "One worker returns the bytes it is sent; GB/s = 2 x payload size / round-trip time "
+        "(bytes moved both ways), 10^9 bytes per GB.",
+    ),
+    Workload(
+        "map",
+        "Map over many small items",
+        "items/s",
+        "higher",
+        "inc over a list of ints through the library's own map (or per-item calls where it has "
+        "none), 2 workers, results in input order.",
+    ),
+)
+
+WORKLOAD_KEYS: tuple[str, ...] = tuple(w.key for w in WORKLOADS)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """How much of each workload to run. Counts are targets; budgets cut them short."""
+
+    name: str
+    spawn_reps: int
+    cluster_reps: int
+    latency_calls: int
+    inflight_calls: int
+    inflight_reps: int
+    echo_bytes: int
+    echo_reps: int
+    map_items: int
+    map_reps: int
+    workload_budget_s: float  # soft: repetitions stop once it is spent (at least one is kept)
+    workload_limit_s: float  # hard: a workload still running then is abandoned
+    run_limit_s: float  # the whole run, all libraries
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+FULL = Setting(
+    name="full",
+    spawn_reps=7,
+    cluster_reps=3,
+    latency_calls=5000,
+    inflight_calls=20_000,
+    inflight_reps=5,
+    echo_bytes=16 * 1024 * 1024,
+    echo_reps=10,
+    map_items=100_000,
+    map_reps=5,
+    workload_budget_s=15.0,
+    workload_limit_s=60.0,
+    run_limit_s=14 * 60.0,
+)
+
+QUICK = Setting(
+    name="quick",
+    spawn_reps=1,
+    cluster_reps=1,
+    latency_calls=50,
+    inflight_calls=200,
+    inflight_reps=2,
+    echo_bytes=1024 * 1024,
+    echo_reps=2,
+    map_items=2000,
+    map_reps=2,
+    workload_budget_s=3.0,
+    workload_limit_s=30.0,
+    run_limit_s=5 * 60.0,
+)
+
+SETTINGS: dict[str, Setting] = {s.name: s for s in (FULL, QUICK)}

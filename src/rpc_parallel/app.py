@@ -1,0 +1,74 @@
+"""``start_app``: the recommended entry point of a program that spawns workers."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from .master import existing_master
+from .rpc import run as rpc_run
+from .rpc.settings import RpcSettings
+from .state import State, process
+
+
+def start_app(
+    main: Callable[[], Awaitable[object]], *, rpc_settings: RpcSettings | None = None
+) -> None:
+    """Run ``main`` as the master of a parallel application.
+
+    ``rpc_settings`` apply to every connection of the application, workers included;
+    ``RPC_PARALLEL_RPC_SETTINGS`` (JSON) overrides them key by key. When ``main`` returns,
+    every worker not spawned with ``shutdown_on="called_shutdown"`` is closed.
+
+    When the main script is imported by a worker process (a worker class defined in the
+    script), this returns at once without running ``main``.
+    """
+    state = process()
+    if state.importing_for_worker or state.state is State.WORKER:
+        return
+    state.settings = (rpc_settings or RpcSettings()).with_environment()
+    state.state = State.MASTER
+    rpc_run(_run_master(main))
+
+
+async def _run_master(main: Callable[[], Awaitable[object]]) -> None:
+    try:
+        await main()
+    finally:
+        master = existing_master()
+        if master is not None:
+            await master.close()
+
+
+class expert:
+    """Direct control for programs that do not use ``start_app``."""
+
+    @staticmethod
+    def init_master(rpc_settings: RpcSettings | None = None) -> None:
+        """Make this process a master with these settings (before any spawn)."""
+        state = process()
+        if state.state is State.WORKER:
+            raise RuntimeError("a worker process cannot become a master with init_master")
+        state.settings = (rpc_settings or RpcSettings()).with_environment()
+        state.state = State.MASTER
+
+    @staticmethod
+    async def start_master_server() -> str:
+        """Start this loop's master server now (spawn starts it on demand); its address."""
+        from .master import current_master
+
+        return await current_master().address()
+
+    @staticmethod
+    async def shutdown_master() -> None:
+        """Close every worker link of this loop (as ``start_app`` does at the end)."""
+        master = existing_master()
+        if master is not None:
+            await master.close()
+
+    @staticmethod
+    def run_as_worker_if_requested() -> None:
+        """In a custom worker entry point (``rp.Local(command=[...])``): become the
+        worker if this process was launched as one, else return."""
+        from .worker_main import run_as_worker_if_requested
+
+        run_as_worker_if_requested()

@@ -1,0 +1,77 @@
+"""Functions every master and every worker serve, and the messages between them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from .rpc import FunctionSpec
+from .rpc.settings import RpcSettings
+
+
+class Redirect(msgspec.Struct, frozen=True):
+    mode: str  # "forward" | "devnull" | "append" | "truncate"
+    path: str = ""
+
+
+class WorkerConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """What a new worker process reads from its stdin before anything else."""
+
+    worker_id: str
+    name: str
+    module: str
+    qualname: str
+    main_path: str | None
+    sys_path: list[str]
+    secret: bytes
+    master_address: str
+    settings: RpcSettings
+    init_arg: bytes
+    shutdown_on: str
+    redirect_stderr: Redirect
+    umask: int | None
+    parent: str
+
+
+class ErrorReport(msgspec.Struct, frozen=True):
+    type_name: str
+    message: str
+    traceback: str
+
+
+class Registration(msgspec.Struct, frozen=True, kw_only=True):
+    worker_id: str
+    pid: int
+    host: str
+    address: str
+    error: ErrorReport | None = None
+
+
+class LogRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """A ``logging`` record of a worker, as a subscriber receives it."""
+
+    worker: str
+    logger: str
+    level: int
+    level_name: str
+    message: str
+    created: float
+
+
+CONFIG_ENCODER = msgspec.msgpack.Encoder()
+CONFIG_DECODER = msgspec.msgpack.Decoder(WorkerConfig)
+
+# Served by the master, called by its workers over their link.
+REGISTER = FunctionSpec(
+    "rpc_parallel.register", kind="rpc", parameters=[("registration", Registration)]
+)
+WORKER_FAILED = FunctionSpec(
+    "rpc_parallel.worker_failed", kind="one_way", parameters=[("report", ErrorReport)]
+)
+
+# Served by every worker.
+INIT_CONNECTION = FunctionSpec("rpc_parallel.init_connection", kind="rpc", parameters=[("arg", Any)])
+SHUTDOWN = FunctionSpec("rpc_parallel.shutdown", kind="rpc")
+CLOSE_SERVER = FunctionSpec("rpc_parallel.close_server", kind="rpc")
+SUBSCRIBE_LOGS = FunctionSpec("rpc_parallel.subscribe_logs", kind="pipe", item=LogRecord)

@@ -1,0 +1,224 @@
+"""Typed function descriptors and the decorators that make them.
+
+``@rp.rpc async def add(self, x: int) -> int`` in ``class Adder`` makes ``Adder.add`` an
+``Rpc[Adder, (x: int), int]``: a value that type checkers let you run only on an ``Adder``
+handle, with exactly the arguments ``add`` takes, giving an ``int``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any, Concatenate, Generic, ParamSpec, Protocol, TypeVar, overload
+
+from .rpc.functions import FunctionSpec, Kind, describe_callable
+
+P = ParamSpec("P")
+R = TypeVar("R")
+S = TypeVar("S")
+U = TypeVar("U")
+Owner = TypeVar("Owner")
+W_contra = TypeVar("W_contra", contravariant=True)
+R_co = TypeVar("R_co", covariant=True)
+S_co = TypeVar("S_co", covariant=True)
+U_co = TypeVar("U_co", covariant=True)
+
+
+class Function(Generic[W_contra]):
+    """A worker function: its implementation and how it appears on the wire."""
+
+    kind: Kind
+
+    def __init__(self, implementation: Callable[..., Any], name: str | None, version: int) -> None:
+        self.implementation = implementation
+        self._name = name
+        self.version = version
+        self.attribute = getattr(implementation, "__name__", "function")
+        self.owner_name = ""
+        self._spec: FunctionSpec | None = None
+        self.__doc__ = getattr(implementation, "__doc__", None)
+        self.__wrapped__ = implementation
+
+    def __set_name__(self, owner: type, attribute: str) -> None:
+        self.attribute = attribute
+        self.owner_name = owner.__name__
+
+    @property
+    def name(self) -> str:
+        """The stable wire name: ``name=`` if given, else ``"<Class>.<method>"``."""
+        return self._name or f"{self.owner_name}.{self.attribute}"
+
+    @property
+    def spec(self) -> FunctionSpec:
+        spec = self._spec
+        if spec is None:
+            described = describe_callable(self.implementation, kind=self.kind, skip_first=True)
+            spec = self._spec = FunctionSpec(
+                self.name, kind=self.kind, version=self.version, **described
+            )
+        return spec
+
+    def __repr__(self) -> str:
+        return f"<rpc_parallel {self.kind} {self.name} v{self.version}>"
+
+
+class Rpc(Function[W_contra], Generic[W_contra, P, R_co]):
+    """A one-shot call: ``await w.run(f, ...)`` gives its result."""
+
+    kind: Kind = "rpc"
+
+
+class Pipe(Function[W_contra], Generic[W_contra, P, R_co]):
+    """A stream from the worker: ``await w.run(f, ...)`` gives a ``PipeReader``."""
+
+    kind: Kind = "pipe"
+
+
+class StateFunction(Function[W_contra], Generic[W_contra, P, S_co, U_co]):
+    """State plus updates: ``await w.run(f, ...)`` gives ``(state, PipeReader[update])``."""
+
+    kind: Kind = "state"
+
+
+class OneWay(Function[W_contra], Generic[W_contra, P]):
+    """A message with no answer; its errors go to ``on_failure``."""
+
+    kind: Kind = "one_way"
+
+
+class ReversePipe(Function[W_contra], Generic[W_contra, P, R_co]):
+    """A stream into the worker: the last argument is streamed with backpressure."""
+
+    kind: Kind = "reverse_pipe"
+
+
+class _RpcDecorator(Protocol):
+    @overload
+    def __call__(  # type: ignore[overload-overlap]
+        self, function: Callable[Concatenate[Owner, P], Awaitable[R]], /
+    ) -> Rpc[Owner, P, R]: ...
+    @overload
+    def __call__(self, function: Callable[Concatenate[Owner, P], R], /) -> Rpc[Owner, P, R]: ...
+
+
+class _PipeDecorator(Protocol):
+    @overload
+    def __call__(
+        self, function: Callable[Concatenate[Owner, P], AsyncIterator[R]], /
+    ) -> Pipe[Owner, P, R]: ...
+    @overload
+    def __call__(
+        self, function: Callable[Concatenate[Owner, P], Iterator[R]], /
+    ) -> Pipe[Owner, P, R]: ...
+
+
+class _StateDecorator(Protocol):
+    def __call__(
+        self, function: Callable[Concatenate[Owner, P], Awaitable[tuple[S, AsyncIterator[U]]]], /
+    ) -> StateFunction[Owner, P, S, U]: ...
+
+
+class _OneWayDecorator(Protocol):
+    @overload
+    def __call__(
+        self, function: Callable[Concatenate[Owner, P], Awaitable[None]], /
+    ) -> OneWay[Owner, P]: ...
+    @overload
+    def __call__(self, function: Callable[Concatenate[Owner, P], None], /) -> OneWay[Owner, P]: ...
+
+
+class _ReversePipeDecorator(Protocol):
+    def __call__(
+        self, function: Callable[Concatenate[Owner, P], Awaitable[R]], /
+    ) -> ReversePipe[Owner, P, R]: ...
+
+
+def _check_name(name: str | None, version: int) -> None:
+    if name is not None and (not isinstance(name, str) or not name):
+        raise TypeError("name= must be a non-empty string")
+    if not isinstance(version, int) or version < 0:
+        raise TypeError("version= must be a non-negative int")
+
+
+@overload
+def rpc(  # type: ignore[overload-overlap]
+    function: Callable[Concatenate[Owner, P], Awaitable[R]], /
+) -> Rpc[Owner, P, R]: ...
+@overload
+def rpc(function: Callable[Concatenate[Owner, P], R], /) -> Rpc[Owner, P, R]: ...
+@overload
+def rpc(*, name: str | None = None, version: int = 1) -> _RpcDecorator: ...
+def rpc(
+    function: Callable[..., Any] | None = None, /, *, name: str | None = None, version: int = 1
+) -> Any:
+    """Declare a one-shot function: ``async def f(self, ...) -> R`` (a plain ``def`` runs in
+    a thread)."""
+    _check_name(name, version)
+    if function is None:
+        return lambda f: Rpc(f, name, version)
+    return Rpc(function, name, version)
+
+
+@overload
+def pipe(function: Callable[Concatenate[Owner, P], AsyncIterator[R]], /) -> Pipe[Owner, P, R]: ...
+@overload
+def pipe(function: Callable[Concatenate[Owner, P], Iterator[R]], /) -> Pipe[Owner, P, R]: ...
+@overload
+def pipe(*, name: str | None = None, version: int = 1) -> _PipeDecorator: ...
+def pipe(
+    function: Callable[..., Any] | None = None, /, *, name: str | None = None, version: int = 1
+) -> Any:
+    """Declare a stream from the worker: an async generator yielding ``T``."""
+    _check_name(name, version)
+    if function is None:
+        return lambda f: Pipe(f, name, version)
+    return Pipe(function, name, version)
+
+
+@overload
+def state(
+    function: Callable[Concatenate[Owner, P], Awaitable[tuple[S, AsyncIterator[U]]]], /
+) -> StateFunction[Owner, P, S, U]: ...
+@overload
+def state(*, name: str | None = None, version: int = 1) -> _StateDecorator: ...
+def state(
+    function: Callable[..., Any] | None = None, /, *, name: str | None = None, version: int = 1
+) -> Any:
+    """Declare a state function: returns ``(initial_state, async iterator of updates)``."""
+    _check_name(name, version)
+    if function is None:
+        return lambda f: StateFunction(f, name, version)
+    return StateFunction(function, name, version)
+
+
+@overload
+def one_way(  # type: ignore[overload-overlap]
+    function: Callable[Concatenate[Owner, P], Awaitable[None]], /
+) -> OneWay[Owner, P]: ...
+@overload
+def one_way(function: Callable[Concatenate[Owner, P], None], /) -> OneWay[Owner, P]: ...
+@overload
+def one_way(*, name: str | None = None, version: int = 1) -> _OneWayDecorator: ...
+def one_way(
+    function: Callable[..., Any] | None = None, /, *, name: str | None = None, version: int = 1
+) -> Any:
+    """Declare a one-way function: no answer; an exception in it ends the worker."""
+    _check_name(name, version)
+    if function is None:
+        return lambda f: OneWay(f, name, version)
+    return OneWay(function, name, version)
+
+
+@overload
+def reverse_pipe(
+    function: Callable[Concatenate[Owner, P], Awaitable[R]], /
+) -> ReversePipe[Owner, P, R]: ...
+@overload
+def reverse_pipe(*, name: str | None = None, version: int = 1) -> _ReversePipeDecorator: ...
+def reverse_pipe(
+    function: Callable[..., Any] | None = None, /, *, name: str | None = None, version: int = 1
+) -> Any:
+    """Declare a stream into the worker: the last parameter is ``AsyncIterator[T]``."""
+    _check_name(name, version)
+    if function is None:
+        return lambda f: ReversePipe(f, name, version)
+    return ReversePipe(function, name, version)

@@ -1,0 +1,95 @@
+"""The master server: where spawned workers connect back, register and report failures.
+
+One per event loop, started by the first spawn. Every worker keeps its link to it open for
+its whole life; when the master dies the link drops and the worker exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+import weakref
+from typing import TYPE_CHECKING, Any
+
+from .builtins import REGISTER, WORKER_FAILED, ErrorReport, Registration
+from .errors import ProtocolError
+from .rpc import Connection as RpcConnection
+from .rpc import Implementation, Server, current_connection, serve_unix
+from .state import process
+
+if TYPE_CHECKING:
+    from .worker import WorkerHandle
+
+
+class Master:
+    def __init__(self) -> None:
+        self.pending: dict[str, asyncio.Future[tuple[RpcConnection, Registration]]] = {}
+        self.handles: dict[RpcConnection, WorkerHandle[Any]] = {}
+        self.supervisors: set[asyncio.Task[None]] = set()
+        self.server: Server | None = None
+        self._directory: str | None = None
+        self._starting: asyncio.Lock = asyncio.Lock()
+
+    async def address(self) -> str:
+        """The master server's address, starting it on first use."""
+        async with self._starting:
+            if self.server is None:
+                self._directory = tempfile.mkdtemp(prefix="rpc_parallel-master-")
+                path = f"{self._directory}/master.sock"
+                self.server = await serve_unix(
+                    path,
+                    secret=process().secret,
+                    implementations=[
+                        Implementation(REGISTER, self._register),
+                        Implementation(WORKER_FAILED, self._worker_failed),
+                    ],
+                    settings=process().rpc_settings(),
+                )
+            return f"unix:{self.server.address}"
+
+    async def _register(self, registration: Registration) -> None:
+        pending = self.pending.get(registration.worker_id)
+        if pending is None or pending.done():
+            raise ProtocolError(f"no spawn is waiting for worker id {registration.worker_id}")
+        pending.set_result((current_connection.get(), registration))
+
+    async def _worker_failed(self, report: ErrorReport) -> None:
+        handle = self.handles.get(current_connection.get())
+        if handle is not None:
+            handle._failure_reported(report)
+
+    def own(self, task: asyncio.Task[None]) -> None:
+        self.supervisors.add(task)
+        task.add_done_callback(self.supervisors.discard)
+
+    async def close(self) -> None:
+        """Close every worker link (workers not in called_shutdown mode exit) and the server."""
+        for handle in list(self.handles.values()):
+            await handle._master_exiting()
+        if self.supervisors:
+            await asyncio.wait(list(self.supervisors), timeout=10.0)
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+            self.server = None
+        if self._directory is not None:
+            shutil.rmtree(self._directory, ignore_errors=True)
+            self._directory = None
+
+
+_masters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Master] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def current_master() -> Master:
+    loop = asyncio.get_running_loop()
+    master = _masters.get(loop)
+    if master is None:
+        master = _masters[loop] = Master()
+    return master
+
+
+def existing_master() -> Master | None:
+    return _masters.get(asyncio.get_running_loop())

@@ -1,0 +1,219 @@
+"""A local worker process: launch, output forwarding, exit status, kill and reap."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import sys
+from collections import deque
+from collections.abc import Mapping
+from typing import IO
+
+from ..builtins import CONFIG_ENCODER, WorkerConfig
+from ..errors import SpawnError
+from .options import DevNull, FileAppend, FileTruncate, Forward, Local, Redirection, Remote, Wrap
+
+_TAIL_LINES = 40
+
+
+def describe_exit(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"killed by {name}"
+    return f"exited with code {returncode}"
+
+
+def _file_tail(path: str, limit: int = 4096) -> str:
+    try:
+        with open(path, "rb") as file:
+            file.seek(0, os.SEEK_END)
+            size = file.tell()
+            file.seek(max(0, size - limit))
+            return file.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+class WorkerProcess:
+    """The OS process of a local worker, owned by the master that started it.
+
+    Owns the tasks that forward its stdout/stderr; ``wait()`` reaps it, so no failed or
+    finished worker is left as a zombie.
+    """
+
+    def __init__(
+        self,
+        process: asyncio.subprocess.Process,
+        name: str,
+        redirect_stdout: Redirection,
+        redirect_stderr: Redirection,
+    ) -> None:
+        self.process = process
+        self.pid = process.pid
+        self.name = name
+        self._stderr_tail: deque[str] = deque(maxlen=_TAIL_LINES)
+        self._redirect_stderr = redirect_stderr
+        self._tasks: list[asyncio.Task[None]] = []
+        if process.stderr is not None:
+            self._tasks.append(asyncio.ensure_future(
+                self._forward(process.stderr, sys.stderr, self._stderr_tail,
+                              isinstance(redirect_stderr, Forward))
+            ))
+        if process.stdout is not None:
+            self._tasks.append(asyncio.ensure_future(
+                self._forward(process.stdout, sys.stdout, None,
+                              isinstance(redirect_stdout, Forward))
+            ))
+        self.stdin = process.stdin
+
+    @property
+    def returncode(self) -> int | None:
+        return self.process.returncode
+
+    async def _forward(
+        self,
+        stream: asyncio.StreamReader,
+        target: IO[str],
+        tail: deque[str] | None,
+        echo: bool,
+    ) -> None:
+        prefix = f"[{self.name}] "
+        while True:
+            try:
+                line = await stream.readline()
+            except (ValueError, asyncio.LimitOverrunError):
+                line = await stream.read(65536)
+            if not line:
+                return
+            text = line.decode(errors="replace")
+            if tail is not None:
+                tail.append(text)
+            if echo:
+                try:
+                    target.write(prefix + text if text.endswith("\n") else prefix + text + "\n")
+                    target.flush()
+                except (OSError, ValueError):
+                    pass
+
+    def stderr_tail(self) -> str:
+        text = "".join(self._stderr_tail)
+        if isinstance(self._redirect_stderr, FileAppend | FileTruncate):
+            text += _file_tail(os.fspath(self._redirect_stderr.path))
+        return text[-8000:]
+
+    async def wait(self, timeout: float | None = None) -> int | None:
+        """The exit status (negative: killed by that signal), or None on timeout."""
+        try:
+            if timeout is None:
+                returncode = await self.process.wait()
+            else:
+                returncode = await asyncio.wait_for(asyncio.shield(self.process.wait()), timeout)
+        except TimeoutError:
+            return None
+        await self.drain_output(timeout=1.0)
+        return returncode
+
+    async def drain_output(self, timeout: float) -> None:
+        """Let the forwarders reach end of file (bounded: a grandchild may hold the pipe)."""
+        pending = [t for t in self._tasks if not t.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
+
+    def kill(self) -> None:
+        if self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.kill()
+
+    async def kill_and_reap(self) -> int:
+        self.kill()
+        returncode = await self.process.wait()
+        await self.drain_output(timeout=1.0)
+        self.close_pipes()
+        return returncode
+
+    async def stop(self, grace: float) -> int:
+        """Wait up to ``grace`` seconds for a requested exit, then kill; always reaps."""
+        returncode = await self.wait(grace)
+        if returncode is None:
+            returncode = await self.kill_and_reap()
+        self.close_pipes()
+        return returncode
+
+    def close_pipes(self) -> None:
+        if self.stdin is not None and not self.stdin.is_closing():
+            self.stdin.close()
+        for task in self._tasks:
+            if not task.done():
+                task.cancel()
+
+
+def worker_argv(how: Local | Wrap | Remote, name: str) -> list[str]:
+    if isinstance(how, Wrap):
+        return [*how.prefix_argv, *worker_argv(how.how, name)]
+    if isinstance(how, Remote):
+        raise SpawnError(
+            f"cannot start worker {name} on {how.host}: remote workers are not available in "
+            "this release"
+        )
+    base = list(how.command) if how.command is not None else [how.python, "-m", "rpc_parallel"]
+    return [*base, "worker", name, "child-of", f"{os.getpid()}@{socket.gethostname()}"]
+
+
+async def launch(
+    config: WorkerConfig,
+    *,
+    how: Local | Wrap | Remote,
+    env: Mapping[str, str] | None,
+    cwd: str | None,
+    redirect_stdout: Redirection,
+    redirect_stderr: Redirection,
+    new_session: bool,
+) -> WorkerProcess:
+    """Start the process and hand it its configuration on stdin."""
+    argv = worker_argv(how, config.name)
+    environment = dict(os.environ)
+    if env is not None:
+        environment.update(env)
+    environment["RPC_PARALLEL_WORKER"] = "1"
+    stdout: int | IO[bytes] | None
+    stdout_file: IO[bytes] | None = None
+    if isinstance(redirect_stdout, Forward):
+        stdout = asyncio.subprocess.PIPE
+    elif isinstance(redirect_stdout, DevNull):
+        stdout = asyncio.subprocess.DEVNULL
+    else:
+        mode = "ab" if isinstance(redirect_stdout, FileAppend) else "wb"
+        try:
+            stdout = stdout_file = open(os.fspath(redirect_stdout.path), mode)  # noqa: SIM115
+        except OSError as error:
+            raise SpawnError(f"cannot open the stdout file of worker {config.name}: {error}") from None
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=stdout,
+            stderr=asyncio.subprocess.PIPE,
+            env=environment,
+            cwd=cwd,
+            start_new_session=new_session,
+        )
+    except OSError as error:
+        raise SpawnError(f"cannot start worker {config.name} ({argv[0]}): {error}") from None
+    finally:
+        if stdout_file is not None:
+            stdout_file.close()
+    worker = WorkerProcess(process, config.name, redirect_stdout, redirect_stderr)
+    payload = CONFIG_ENCODER.encode(config)
+    assert process.stdin is not None
+    try:
+        process.stdin.write(len(payload).to_bytes(4, "little") + payload)
+        await process.stdin.drain()
+    except (ConnectionError, OSError):
+        pass  # It died at once; the caller sees the exit and the stderr tail.
+    return worker

@@ -1,0 +1,247 @@
+"""The worker side of a spawned process: read the configuration, serve, exit.
+
+Started as ``python -m rpc_parallel worker <name> child-of <pid>@<host>``; the
+configuration (including the application secret) arrives on stdin, never on the command
+line. The process exits when its master link drops (the master died or closed the handle),
+unless it was spawned with ``shutdown_on="called_shutdown"``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import importlib.util
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import threading
+from typing import Any, NoReturn
+
+from .builtins import (
+    CONFIG_DECODER,
+    REGISTER,
+    WORKER_FAILED,
+    ErrorReport,
+    Registration,
+    WorkerConfig,
+)
+from .rpc import Connection as RpcConnection
+from .rpc import Error as RpcError
+from .rpc import FunctionSpec, connect_unix, serve_unix
+from .rpc import run as rpc_run
+from .rpc.functions import make_decoder
+from .state import State, process
+from .worker import Worker, error_report, report_fatal
+
+_exit: asyncio.Future[int] | None = None
+_registered = threading.Event()
+
+
+def request_exit(code: int) -> None:
+    """End the worker after the current call's answer has been sent."""
+    exit_future = _exit
+    if exit_future is not None and not exit_future.done():
+        loop = exit_future.get_loop()
+        loop.call_soon(lambda: exit_future.done() or exit_future.set_result(code))
+
+
+def _read_exactly(fd: int, size: int) -> bytes:
+    chunks: list[bytes] = []
+    while size:
+        chunk = os.read(fd, size)
+        if not chunk:
+            raise EOFError("the master closed stdin before sending the configuration")
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
+
+
+def read_config(fd: int = 0) -> WorkerConfig:
+    length = int.from_bytes(_read_exactly(fd, 4), "little")
+    if length > 64 * 1024 * 1024:
+        raise ValueError(f"worker configuration of {length} bytes is not plausible")
+    return CONFIG_DECODER.decode(_read_exactly(fd, length))
+
+
+def _watch_stdin(shutdown_on: str) -> None:
+    """The master holds our stdin open for our whole life: end of file means it is gone."""
+    try:
+        while os.read(0, 4096):
+            pass
+    except OSError:
+        pass
+    if shutdown_on == "called_shutdown" and _registered.is_set():
+        return
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def import_worker_class(config: WorkerConfig) -> type[Worker[Any]]:
+    if config.main_path is not None:
+        process().importing_for_worker = True
+        spec = importlib.util.spec_from_file_location("__mp_main__", config.main_path)
+        if spec is None or spec.loader is None:
+            raise ImportError(f"cannot load the main script {config.main_path}")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["__mp_main__"] = module
+        spec.loader.exec_module(module)
+        sys.modules["__main__"] = module
+        process().importing_for_worker = False
+    else:
+        module = importlib.import_module(config.module)
+    target: Any = module
+    for part in config.qualname.split("."):
+        target = getattr(target, part)
+    if not (isinstance(target, type) and issubclass(target, Worker)):
+        raise TypeError(f"{config.module}.{config.qualname} is not an rp.Worker subclass")
+    return target
+
+
+def _redirect_stderr(config: WorkerConfig) -> None:
+    redirect = config.redirect_stderr
+    if redirect.mode == "forward":
+        return
+    sys.stderr.flush()
+    if redirect.mode == "devnull":
+        fd = os.open(os.devnull, os.O_WRONLY)
+    else:
+        flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if redirect.mode == "append" else os.O_TRUNC)
+        fd = os.open(redirect.path, flags, 0o644)
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
+async def serve(config: WorkerConfig, cls: type[Worker[Any]]) -> int:
+    global _exit
+    loop = asyncio.get_running_loop()
+    exit_future: asyncio.Future[int] = loop.create_future()
+    _exit = exit_future
+    instance = cls()
+    link: RpcConnection | None = None
+    reporting: set[asyncio.Task[Any]] = set()
+
+    def fatal(report: ErrorReport) -> None:
+        sys.stderr.write(f"rpc_parallel worker {config.name}: {report.message}\n{report.traceback}")
+        sys.stderr.flush()
+
+        async def send() -> None:
+            if link is not None and not link.is_closed:
+                with contextlib.suppress(RpcError):
+                    await link.one_way(WORKER_FAILED, report)
+            if not exit_future.done():
+                exit_future.set_result(1)
+
+        task = loop.create_task(send())
+        reporting.add(task)
+
+    instance._rpc_parallel_on_fatal = fatal
+
+    def on_loop_error(_: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        error = context.get("exception")
+        if not isinstance(error, BaseException):
+            error = RuntimeError(str(context.get("message")))
+        report_fatal(instance, error, str(context.get("message", "unhandled error")))
+
+    loop.set_exception_handler(on_loop_error)
+
+    def one_way_failed(spec: FunctionSpec, error: BaseException) -> None:
+        report_fatal(instance, error, f"one-way function {spec.name} failed")
+
+    failure: ErrorReport | None = None
+    try:
+        init_arg = make_decoder(cls.init_type()).decode(config.init_arg)
+        await instance.init_worker_state(init_arg)
+    except Exception as error:
+        failure = error_report(error)
+    implementations = cls.implementations(instance)
+    settings = config.settings
+    directory = tempfile.mkdtemp(prefix="rpc_parallel-worker-")
+    try:
+        server = await serve_unix(
+            f"{directory}/worker.sock", secret=config.secret, implementations=implementations,
+            settings=settings, on_one_way_error=one_way_failed,
+        )
+        instance._rpc_parallel_server = server
+        master_path = config.master_address.removeprefix("unix:")
+        link = await connect_unix(
+            master_path, secret=config.secret, implementations=implementations,
+            settings=settings, on_one_way_error=one_way_failed,
+        )
+        await link.call(REGISTER, Registration(
+            worker_id=config.worker_id, pid=os.getpid(), host=socket.gethostname(),
+            address=f"unix:{server.address}", error=failure,
+        ))
+        if failure is not None:
+            return 1
+        _redirect_stderr(config)
+        _registered.set()
+        waiting: set[asyncio.Future[Any]] = {exit_future}
+        if config.shutdown_on != "called_shutdown":
+            waiting.add(asyncio.ensure_future(link.wait_closed()))
+        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        code = exit_future.result() if exit_future.done() else 0
+        if reporting:
+            await asyncio.wait(reporting, timeout=2.0)
+        server.close("worker exiting")
+        link.close("worker exiting")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(
+                asyncio.gather(link.wait_closed(), server.wait_closed()), timeout=2.0
+            )
+        return code
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def main() -> NoReturn:
+    """Entry point of a worker process."""
+    os.environ.pop("RPC_PARALLEL_WORKER", None)
+    try:
+        config = read_config()
+    except (EOFError, ValueError, OSError) as error:
+        sys.stderr.write(f"rpc_parallel worker: cannot read the configuration: {error}\n")
+        os._exit(2)
+    if config.umask is not None:
+        os.umask(config.umask)
+    state = process()
+    state.state = State.WORKER
+    state.secret = config.secret
+    state.settings = config.settings
+    state.worker_name = config.name
+    sys.path[:] = config.sys_path
+    threading.Thread(target=_watch_stdin, args=(config.shutdown_on,), daemon=True).start()
+    try:
+        cls = import_worker_class(config)
+    except BaseException as error:
+        import traceback
+
+        traceback.print_exception(error)
+        sys.stderr.write(
+            f"rpc_parallel worker {config.name}: cannot import worker class "
+            f"{config.module}.{config.qualname}: {type(error).__name__}: {error}\n"
+        )
+        sys.stderr.flush()
+        os._exit(3)
+    try:
+        code = rpc_run(serve(config, cls))
+    except BaseException as error:
+        import traceback
+
+        traceback.print_exception(error)
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def run_as_worker_if_requested() -> None:
+    """For custom entry points (``rp.Local(command=[...])``): become the worker if this
+    process was launched as one, otherwise return."""
+    if os.environ.get("RPC_PARALLEL_WORKER") == "1" and "worker" in sys.argv:
+        os.environ.pop("RPC_PARALLEL_WORKER", None)
+        main()
+
+
