@@ -77,8 +77,7 @@ class _FloorFramer(asyncio.Protocol):
         self.pending = bytearray()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
         pending = self.pending
@@ -227,8 +226,13 @@ async def _serve(kind: str, transport: str, address: str) -> None:
             port = raw.sockets[0].getsockname()[1]
         closers.append(raw.close)
     print(f"READY {port}", flush=True)
-    # Serve until the benchmark closes our stdin.
-    await loop.run_in_executor(None, sys.stdin.buffer.read)
+    # Serve until the benchmark closes our stdin (or is gone).
+    parent = os.getppid()
+    stdin_closed = loop.create_future()
+    loop.add_reader(0, lambda: stdin_closed.done() or stdin_closed.set_result(None))
+    while not stdin_closed.done() and os.getppid() == parent:
+        await asyncio.wait([stdin_closed], timeout=0.5)
+    loop.remove_reader(0)
     for close in closers:
         close()
 

@@ -7,6 +7,8 @@ handle, with exactly the arguments ``add`` takes, giving an ``int``.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, Concatenate, Generic, ParamSpec, Protocol, TypeVar, overload
 
@@ -57,6 +59,23 @@ class Function(Generic[W_contra]):
             )
         return spec
 
+    def bound_to(self, instance: object) -> Callable[..., Any]:
+        """The implementation bound to ``instance``, callable with every argument
+        positional (as they arrive on the wire): keyword-only parameters are passed by
+        keyword."""
+        method = self.implementation.__get__(instance, type(instance))
+        parameters = list(inspect.signature(self.implementation).parameters.values())[1:]
+        keyword_only = [p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY]
+        if not keyword_only:
+            return method  # type: ignore[no-any-return]
+        positional = len(parameters) - len(keyword_only)
+
+        @functools.wraps(self.implementation)
+        def call(*args: Any) -> Any:
+            return method(*args[:positional], **dict(zip(keyword_only, args[positional:], strict=True)))
+
+        return call
+
     def __repr__(self) -> str:
         return f"<rpc_parallel {self.kind} {self.name} v{self.version}>"
 
@@ -93,7 +112,7 @@ class ReversePipe(Function[W_contra], Generic[W_contra, P, R_co]):
 
 class _RpcDecorator(Protocol):
     @overload
-    def __call__(  # type: ignore[overload-overlap]
+    def __call__(
         self, function: Callable[Concatenate[Owner, P], Awaitable[R]], /
     ) -> Rpc[Owner, P, R]: ...
     @overload
@@ -112,8 +131,17 @@ class _PipeDecorator(Protocol):
 
 
 class _StateDecorator(Protocol):
+    @overload
     def __call__(
         self, function: Callable[Concatenate[Owner, P], Awaitable[tuple[S, AsyncIterator[U]]]], /
+    ) -> StateFunction[Owner, P, S, U]: ...
+    @overload
+    def __call__(
+        self, function: Callable[Concatenate[Owner, P], tuple[S, AsyncIterator[U]]], /
+    ) -> StateFunction[Owner, P, S, U]: ...
+    @overload
+    def __call__(
+        self, function: Callable[Concatenate[Owner, P], tuple[S, Iterator[U]]], /
     ) -> StateFunction[Owner, P, S, U]: ...
 
 
@@ -140,7 +168,7 @@ def _check_name(name: str | None, version: int) -> None:
 
 
 @overload
-def rpc(  # type: ignore[overload-overlap]
+def rpc(
     function: Callable[Concatenate[Owner, P], Awaitable[R]], /
 ) -> Rpc[Owner, P, R]: ...
 @overload
@@ -179,11 +207,20 @@ def state(
     function: Callable[Concatenate[Owner, P], Awaitable[tuple[S, AsyncIterator[U]]]], /
 ) -> StateFunction[Owner, P, S, U]: ...
 @overload
+def state(
+    function: Callable[Concatenate[Owner, P], tuple[S, AsyncIterator[U]]], /
+) -> StateFunction[Owner, P, S, U]: ...
+@overload
+def state(
+    function: Callable[Concatenate[Owner, P], tuple[S, Iterator[U]]], /
+) -> StateFunction[Owner, P, S, U]: ...
+@overload
 def state(*, name: str | None = None, version: int = 1) -> _StateDecorator: ...
 def state(
     function: Callable[..., Any] | None = None, /, *, name: str | None = None, version: int = 1
 ) -> Any:
-    """Declare a state function: returns ``(initial_state, async iterator of updates)``."""
+    """Declare a state function: returns ``(initial_state, async iterator of updates)`` (a
+    plain ``def`` runs in a thread and may return a plain iterator of updates)."""
     _check_name(name, version)
     if function is None:
         return lambda f: StateFunction(f, name, version)
@@ -191,7 +228,7 @@ def state(
 
 
 @overload
-def one_way(  # type: ignore[overload-overlap]
+def one_way(
     function: Callable[Concatenate[Owner, P], Awaitable[None]], /
 ) -> OneWay[Owner, P]: ...
 @overload

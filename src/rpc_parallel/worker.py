@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 import os
@@ -58,6 +59,9 @@ from .state import process
 
 I = TypeVar("I")  # noqa: E741
 W = TypeVar("W", bound="Worker[Any]")
+# Handles and connections are covariant: a WorkerHandle[Derived] runs every function of Base
+# (the functions are contravariant in their worker type), so it is a WorkerHandle[Base].
+W_co = TypeVar("W_co", bound="Worker[Any]", covariant=True)
 P = ParamSpec("P")
 R = TypeVar("R")
 S = TypeVar("S")
@@ -89,10 +93,10 @@ class Worker(Generic[I]):
                     functions[attribute] = value
         cls._rpc_parallel_functions = functions
 
-    async def init_worker_state(self, init_arg: I) -> None:
+    async def init_worker_state(self, init_arg: I, /) -> None:
         """Runs once in the worker process with the spawn's init argument."""
 
-    async def init_connection_state(self, arg: Any) -> Any:
+    async def init_connection_state(self, arg: Any, /) -> Any:
         """Runs for each ``handle.connect(arg)``; its result is ``self.connection_state``."""
         return arg
 
@@ -150,7 +154,7 @@ class Worker(Generic[I]):
     def implementations(cls, instance: Worker[Any]) -> list[Implementation]:
         """What a worker serves: its functions and the built-ins."""
         served = [
-            Implementation(f.spec, f.implementation.__get__(instance, cls))
+            Implementation(f.spec, f.bound_to(instance))
             for f in cls._rpc_parallel_functions.values()
         ]
         return served + builtin_implementations(instance)
@@ -219,6 +223,7 @@ class Worker(Generic[I]):
             settings=process().rpc_settings(),
         )
         instance._rpc_parallel_server = server
+        _served.add(server)  # the loop holds no reference to a listening server
         return WorkerHandle(
             worker_id=str(uuid.uuid4()),
             name=name or cls.__name__,
@@ -227,6 +232,11 @@ class Worker(Generic[I]):
             address=f"unix:{server.address}",
             worker_class=f"{cls.__module__}.{cls.__qualname__}",
         )
+
+
+_served: set[Server] = set()
+"""Servers started by ``Worker.serve``: kept alive until ``close_server`` (otherwise the
+garbage collector may close a listening socket nobody references, as uvloop does)."""
 
 
 # ---------------------------------------------------------------------- built-ins
@@ -288,6 +298,7 @@ def builtin_implementations(instance: Worker[Any]) -> list[Implementation]:
         server = instance._rpc_parallel_server
         if server is not None:
             server.stop_accepting()
+            _served.discard(server)
 
     async def subscribe_logs() -> AsyncIterator[LogRecord]:
         handler = _log_handler(process().worker_name or type(instance).__name__)
@@ -333,7 +344,7 @@ def report_fatal(instance: Worker[Any] | None, error: BaseException, context: st
 # ---------------------------------------------------------------------- handles
 
 
-class _Runner(Generic[W]):
+class _Runner(Generic[W_co]):
     """Running functions of a ``W`` worker: ``await x.run(W.f, *args, **kwargs)``."""
 
     name: str
@@ -345,34 +356,44 @@ class _Runner(Generic[W]):
         return error
 
     @overload
-    async def run(self, function: Rpc[W, P, R], /, *args: P.args, **kwargs: P.kwargs) -> R: ...
+    async def run(
+        self, function: Rpc[W_co, P, R], /, *args: P.args, **kwargs: P.kwargs
+    ) -> R: ...
     @overload
     async def run(
-        self, function: Pipe[W, P, R], /, *args: P.args, **kwargs: P.kwargs
+        self, function: Pipe[W_co, P, R], /, *args: P.args, **kwargs: P.kwargs
     ) -> PipeReader[R]: ...
     @overload
     async def run(
-        self, function: StateFunction[W, P, S, U], /, *args: P.args, **kwargs: P.kwargs
+        self, function: StateFunction[W_co, P, S, U], /, *args: P.args, **kwargs: P.kwargs
     ) -> tuple[S, PipeReader[U]]: ...
     @overload
-    async def run(self, function: OneWay[W, P], /, *args: P.args, **kwargs: P.kwargs) -> None: ...
+    async def run(
+        self, function: OneWay[W_co, P], /, *args: P.args, **kwargs: P.kwargs
+    ) -> None: ...
     @overload
     async def run(
-        self, function: ReversePipe[W, P, R], /, *args: P.args, **kwargs: P.kwargs
+        self, function: ReversePipe[W_co, P, R], /, *args: P.args, **kwargs: P.kwargs
     ) -> R: ...
     async def run(self, function: Function[Any], /, *args: Any, **kwargs: Any) -> Any:
         """Run ``function`` on the worker; the result's type follows the function's kind."""
-        if not isinstance(function, Function):
+        try:
+            spec = function._spec or function.spec
+        except AttributeError:
             raise TypeError(
                 f"run() takes a worker function (declared with @rp.rpc, @rp.pipe, ...), "
                 f"got {type(function).__qualname__}"
-            )
-        spec = function.spec
-        connection = await self._rpc_connection()
+            ) from None
+        connection = self._ready_connection() or await self._rpc_connection()
         try:
             kind = spec.kind
             if kind == "rpc":
-                return await connection.call(spec, *args, **kwargs)
+                future, call_id = connection._start_rpc(spec, spec.bind(args, kwargs))
+                try:
+                    return await future
+                except asyncio.CancelledError:
+                    connection._abandon(call_id)
+                    raise
             if kind == "pipe":
                 reader = await connection.pipe(spec, *args, **kwargs)
                 reader.translate_error = lambda e: self._translate(e, spec.name)
@@ -387,8 +408,56 @@ class _Runner(Generic[W]):
         except ConnectionClosed as error:
             raise await self._translate(error, spec.name) from None
 
+    def submit(
+        self, function: Rpc[W_co, P, R], /, *args: P.args, **kwargs: P.kwargs
+    ) -> asyncio.Future[R]:
+        """Start an ``rpc`` call now and return a future of its result.
 
-class WorkerHandle(_Runner[W]):
+        The fast path for many calls in flight: ``await asyncio.gather(*(w.submit(f, x) for x
+        in xs))`` creates no task per call, where ``run`` needs one each. Errors are the same
+        as ``run``'s. Cancelling the future does not cancel the call on the worker.
+        """
+        connection = self._ready_connection()
+        if connection is None or function.kind != "rpc":
+            return asyncio.ensure_future(self.run(function, *args, **kwargs))
+        spec = function._spec or function.spec
+        try:
+            inner = connection._start_rpc(spec, spec.bind(args, kwargs))[0]
+        except ConnectionClosed as error:
+            return asyncio.ensure_future(self._raise_translated(error, spec.name))
+        outer: asyncio.Future[R] = connection.loop.create_future()
+        inner.add_done_callback(functools.partial(self._settle, outer, spec.name))
+        return outer
+
+    def _settle(self, outer: asyncio.Future[Any], function: str, inner: asyncio.Future[Any]) -> None:
+        if outer.done():
+            return
+        if inner.cancelled():
+            outer.cancel()
+            return
+        error = inner.exception()
+        if error is None:
+            outer.set_result(inner.result())
+        elif isinstance(error, ConnectionClosed):
+            translating = asyncio.ensure_future(self._translate(error, function))
+
+            def deliver(done: asyncio.Future[BaseException]) -> None:
+                if not outer.done():
+                    outer.set_exception(done.result())
+
+            translating.add_done_callback(deliver)
+        else:
+            outer.set_exception(error)
+
+    async def _raise_translated(self, error: ConnectionClosed, function: str) -> Any:
+        raise await self._translate(error, function)
+
+    def _ready_connection(self) -> RpcConnection | None:
+        """The connection to use without waiting, if there is one."""
+        return None
+
+
+class WorkerHandle(_Runner[W_co]):
     """A running worker: run its functions, connect to it, close or shut it down.
 
     Can be passed to other workers as an argument; they ``connect`` to it.
@@ -425,6 +494,7 @@ class WorkerHandle(_Runner[W]):
         self._failure: WorkerFailure | None = None
         self._returncode: int | None = None
         self._supervisor: asyncio.Task[None] | None = None
+        self._detached = False
 
     def __repr__(self) -> str:
         return f"<WorkerHandle {self.name} pid={self.pid} host={self.host} id={self.id}>"
@@ -436,6 +506,9 @@ class WorkerHandle(_Runner[W]):
         await self.close()
 
     # ----- connections
+
+    def _ready_connection(self) -> RpcConnection | None:
+        return self._link if not self._closed else None
 
     async def _rpc_connection(self) -> RpcConnection:
         if self._closed:
@@ -459,7 +532,7 @@ class WorkerHandle(_Runner[W]):
                 "connect",
             ) from None
 
-    async def connect(self, arg: object = None) -> Connection[W]:
+    async def connect(self, arg: object = None) -> Connection[W_co]:
         """A new connection to the worker, with connection state from
         ``init_connection_state(arg)``."""
         if self._closed:
@@ -518,11 +591,24 @@ class WorkerHandle(_Runner[W]):
                 await self._link.call(SHUTDOWN)
             except ConnectionClosed:
                 pass
+        elif self._detached and self._process is not None and self._process.returncode is None:
+            # The master's links have ended (called_shutdown): ask the worker directly.
+            try:
+                connection = await open_connection(self.address)
+                try:
+                    await connection.call(SHUTDOWN)
+                finally:
+                    connection.close("shutdown sent")
+            except (ConnectionClosed, OSError, HandshakeError):
+                pass
         self._closed = True
         await self._wait_exit()
 
     async def _wait_exit(self) -> None:
-        if self._supervisor is not None:
+        if self._detached:
+            if self._process is not None:
+                self._returncode = await self._process.stop(grace=5.0)
+        elif self._supervisor is not None:
             await asyncio.shield(self._supervisor)
 
     async def _master_exiting(self) -> None:
@@ -530,6 +616,11 @@ class WorkerHandle(_Runner[W]):
             self._expected_exit = True
             self._closed = True
             self._link.close("the master is exiting")
+        elif self.shutdown_on == "called_shutdown" and self._supervisor is not None:
+            # It outlives the master: stop supervising (closing the master's server ends its
+            # link, which must not get it killed); ``shutdown()`` still ends it.
+            self._detached = True
+            self._supervisor.cancel()
 
     # ----- supervision (handles of spawned workers only)
 
@@ -621,10 +712,10 @@ class WorkerHandle(_Runner[W]):
         )
 
 
-class Connection(_Runner[W]):
+class Connection(_Runner[W_co]):
     """An extra connection to a worker, with its own connection state."""
 
-    def __init__(self, handle: WorkerHandle[W], connection: RpcConnection) -> None:
+    def __init__(self, handle: WorkerHandle[W_co], connection: RpcConnection) -> None:
         self.handle = handle
         self.name = handle.name
         self._connection = connection
@@ -633,6 +724,9 @@ class Connection(_Runner[W]):
         return f"<rpc_parallel Connection to {self.handle.name}>"
 
     async def _rpc_connection(self) -> RpcConnection:
+        return self._connection
+
+    def _ready_connection(self) -> RpcConnection | None:
         return self._connection
 
     async def _translate(self, error: ConnectionClosed, function: str) -> BaseException:
@@ -780,9 +874,9 @@ async def _spawn(
             redirect_stdout=redirect_stdout, redirect_stderr=redirect_stderr,
             new_session=not foreground,
         )
-        exited = asyncio.ensure_future(worker_process.process.wait())
+        exited: asyncio.Future[Any] = asyncio.ensure_future(worker_process.process.wait())
         try:
-            await asyncio.wait({registered, exited}, timeout=connection_timeout,
+            await asyncio.wait([registered, exited], timeout=connection_timeout,
                                return_when=asyncio.FIRST_COMPLETED)
         finally:
             exited.cancel()

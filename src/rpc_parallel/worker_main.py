@@ -44,8 +44,11 @@ def request_exit(code: int) -> None:
     """End the worker after the current call's answer has been sent."""
     exit_future = _exit
     if exit_future is not None and not exit_future.done():
-        loop = exit_future.get_loop()
-        loop.call_soon(lambda: exit_future.done() or exit_future.set_result(code))
+        def finish() -> None:
+            if not exit_future.done():
+                exit_future.set_result(code)
+
+        exit_future.get_loop().call_soon(finish)
 
 
 def _read_exactly(fd: int, size: int) -> bytes:

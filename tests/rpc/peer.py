@@ -16,7 +16,7 @@ import os
 import sys
 from collections.abc import AsyncIterator
 
-from rpc_parallel import rpc
+from tests.rpc import layer as rpc
 
 
 class Producer:
@@ -90,7 +90,8 @@ async def serve(settings_json: str | None) -> None:
         ],
         settings=settings,
     )
-    host, port = server.address  # type: ignore[misc]
+    assert isinstance(server.address, tuple)
+    host, port = server.address
     print("READY", host, port, flush=True)
     await _stdin_closed()
     server.close()

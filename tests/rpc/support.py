@@ -18,8 +18,9 @@ from typing import Any
 
 import msgspec
 
-from rpc_parallel import rpc
 from rpc_parallel.rpc import frames
+
+from . import layer as rpc
 
 SECRET = b"test secret"
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,6 +45,16 @@ class Service:
 
     async def echo(self, data: bytes) -> bytes:
         return data
+
+    async def blob(self, size: int) -> bytes:
+        return bytes(size)
+
+    async def blobs(self, size: int) -> AsyncIterator[bytes]:
+        yield b""
+        yield bytes(size)
+
+    async def swallow_bytes(self, stream: AsyncIterator[bytes]) -> int:
+        return sum([len(item) async for item in stream])
 
     async def boom(self, message: str) -> int:
         raise ValueError(message)
@@ -166,7 +177,7 @@ class Service:
 
 KINDS: dict[str, rpc.Kind] = {
     "add": "rpc", "echo": "rpc", "boom": "rpc", "hang": "rpc", "gated": "rpc",
-    "double": "rpc", "spin": "rpc",
+    "double": "rpc", "spin": "rpc", "blob": "rpc", "blobs": "pipe", "swallow_bytes": "reverse_pipe",
     "count": "pipe", "count_in_thread": "pipe", "endless": "pipe", "stalled": "pipe",
     "counter": "state", "state_hang": "state", "state_stalled": "state",
     "note": "one_way", "note_hang": "one_way", "fail_one_way": "one_way",
@@ -255,8 +266,8 @@ async def serving(
             server = await rpc.serve_tcp(**options)
         else:
             server = await rpc.serve_unix(os.path.join(directory, "s"), **options)
-        pair = Pair(server, None, service, served, errors, errored)  # type: ignore[arg-type]
         async with server:
+            pair = Pair(server, None, service, served, errors, errored)  # type: ignore[arg-type]
             pair.client = await pair.connect(settings=client_settings)
             try:
                 yield pair
@@ -265,6 +276,12 @@ async def serving(
                 await asyncio.wait_for(pair.client.wait_closed(), TIMEOUT)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def tcp_address(server: rpc.Server) -> tuple[str, int]:
+    address = server.address
+    assert isinstance(address, tuple)
+    return address
 
 
 async def wait_for(awaitable: Any, timeout: float = TIMEOUT) -> Any:

@@ -10,10 +10,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-from rpc_parallel import rpc
-
+from . import layer as rpc
 from .peer import CONSUME, PRODUCER
-from .support import SECRET, Subprocess, vm_hwm, wait_for
+from .support import SECRET, Subprocess, tcp_address, vm_hwm, wait_for
 
 ITEM = 1024 * 1024
 COUNT = 1024  # 1 GiB in all
@@ -68,7 +67,7 @@ async def test_reverse_pipe_producer_memory_is_bounded() -> None:
         secret=SECRET, implementations=[rpc.Implementation(CONSUME, consume)]
     )
     async with server:
-        host, port = server.address  # type: ignore[misc]
+        host, port = tcp_address(server)
         peer = await Subprocess.start("feed", host, str(port), str(COUNT), str(ITEM))
         try:
             assert await peer.line(timeout=30) == f"DONE {COUNT * ITEM}"
@@ -77,3 +76,23 @@ async def test_reverse_pipe_producer_memory_is_bounded() -> None:
             assert peak < RSS_CEILING, f"producer peak RSS {peak / 2**20:.0f} MiB"
         finally:
             assert await peer.stop() == 0
+
+
+async def test_small_items_are_bounded_by_count_too() -> None:
+    """Tiny items: each counts ITEM_OVERHEAD bytes beyond its payload against the window, so
+    a stalled reader queues thousands of items, not millions."""
+    from rpc_parallel.rpc.streams import ITEM_OVERHEAD
+
+    from .support import S, serving
+
+    async with serving("unix") as pair:
+        reader = await pair.client.pipe(S.endless, "small")
+        assert await wait_for(anext(reader)) == 0
+        await asyncio.sleep(SLOW_START)
+        window = rpc.RpcSettings().stream_window
+        assert pair.service.yielded["small"] <= window // ITEM_OVERHEAD + 2
+        # Then it drains as fast as it is read.
+        for i in range(1, 100_000):
+            assert await anext(reader) == i
+        await reader.aclose()
+        await wait_for(pair.service.events["small:finally"].wait())

@@ -80,6 +80,11 @@ static void serve(int fd, size_t msg_len) {
     _exit(0);
 }
 
+/* Parent ends of earlier children's sockets: a later child must not hold them open, or the
+ * earlier child would never see EOF. */
+static int parent_fds[8];
+static int n_parent_fds = 0;
+
 static int start_child(size_t msg_len, pid_t *pid) {
     int sv[2];
     if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) != 0) die("socketpair");
@@ -87,9 +92,11 @@ static int start_child(size_t msg_len, pid_t *pid) {
     if (p < 0) die("fork");
     if (p == 0) {
         close(sv[0]);
+        for (int i = 0; i < n_parent_fds; i++) close(parent_fds[i]);
         serve(sv[1], msg_len);
     }
     close(sv[1]);
+    if (n_parent_fds < 8) parent_fds[n_parent_fds++] = sv[0];
     *pid = p;
     return sv[0];
 }

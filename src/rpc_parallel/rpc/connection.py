@@ -48,8 +48,8 @@ from .frames import (
     MenuEntry,
 )
 from .functions import ENCODER, FunctionSpec
-from .settings import PREAUTH_MAX_MESSAGE_SIZE, RpcSettings
-from .streams import Credit, PipeReader
+from .settings import ENVELOPE, PREAUTH_MAX_MESSAGE_SIZE, RpcSettings
+from .streams import ITEM_OVERHEAD, Credit, PipeReader
 
 T = TypeVar("T")
 
@@ -453,7 +453,9 @@ class Connection(asyncio.BufferedProtocol):
             size = self._write(ITEM, call_id, 0, item)
         except TypeError as error:
             raise ProtocolError(f"{spec.name}: a stream item cannot be sent: {error}") from None
-        credit.available -= size
+        except MessageTooLarge as error:
+            raise MessageTooLarge(f"{spec.name}: a stream item: {error}") from None
+        credit.available -= size + ITEM_OVERHEAD
         if self._paused:
             await self._wait_writable()
         return True
@@ -489,7 +491,7 @@ class Connection(asyncio.BufferedProtocol):
                 del out[start:]
                 raise
             size = len(out) - start - HEADER_SIZE
-            if size + LENGTH_OVERHEAD > self.settings.max_message_size:
+            if size + LENGTH_OVERHEAD > self.settings.max_message_size + ENVELOPE:
                 del out[start:]
                 raise MessageTooLarge(
                     f"a message of {size + LENGTH_OVERHEAD} bytes exceeds max_message_size "
@@ -675,7 +677,7 @@ class Connection(asyncio.BufferedProtocol):
         elif message_type == CLOSE:
             try:
                 reason = frames.REASON_DECODER.decode(payload)
-            except msgspec.MsgspecError:
+            except (msgspec.MsgspecError, UnicodeDecodeError):
                 reason = "(unreadable reason)"
             self._peer_close_reason = f"closed by the peer: {reason}"
             self._shutdown(self._peer_close_reason)
@@ -690,7 +692,7 @@ class Connection(asyncio.BufferedProtocol):
             return
         try:
             info = frames.ERROR_DECODER.decode(payload)
-        except msgspec.MsgspecError as error:
+        except (msgspec.MsgspecError, UnicodeDecodeError) as error:
             entry._fail(ProtocolError(f"{entry.spec.name}: malformed error message: {error}"))
             return
         entry._fail(_error_from_info(entry.spec, info))
@@ -769,7 +771,7 @@ class Connection(asyncio.BufferedProtocol):
             return
         try:
             self._write(RESPONSE, call_id, 0, result)
-        except (TypeError, MessageTooLarge) as error:
+        except Exception as error:  # TypeError, MessageTooLarge, or a register_type hook's
             self._respond_error(call_id, ProtocolError(f"{spec.name}: the result cannot be sent: {error}"))
 
     def _respond_error(self, call_id: int, error: BaseException) -> None:
@@ -814,7 +816,7 @@ class Connection(asyncio.BufferedProtocol):
                     size = self._write(ITEM, call_id, 0, item)
                 except (TypeError, MessageTooLarge) as error:
                     raise ProtocolError(f"{spec.name}: a stream item cannot be sent: {error}") from None
-                credit.available -= size
+                credit.available -= size + ITEM_OVERHEAD
                 if self._paused:
                     await self._wait_writable()
             if self._close_reason is None and self._incoming.get(call_id) is served:
@@ -859,7 +861,7 @@ class Connection(asyncio.BufferedProtocol):
             return
         try:
             hello = frames.HELLO_DECODER.decode(payload)
-        except msgspec.MsgspecError:
+        except (msgspec.MsgspecError, UnicodeDecodeError):
             self._protocol_violation("handshake: malformed HELLO (not an rpc_parallel peer?)")
             return
         if hello.magic != frames.MAGIC:
@@ -884,7 +886,7 @@ class Connection(asyncio.BufferedProtocol):
             return
         try:
             proof = frames.AUTH_DECODER.decode(payload)
-        except msgspec.MsgspecError:
+        except (msgspec.MsgspecError, UnicodeDecodeError):
             self._protocol_violation("handshake: malformed AUTH")
             return
         peer_role = b"server" if self.is_client else b"client"
@@ -895,7 +897,7 @@ class Connection(asyncio.BufferedProtocol):
             )
             return
         self._authenticated = True
-        self._limit = self.settings.max_message_size
+        self._limit = self.settings.max_message_size + ENVELOPE
         self._write(MENU, 0, 0, [i.menu_entry() for i in self._served])
 
     def _on_menu(self, payload: memoryview) -> None:
@@ -904,7 +906,7 @@ class Connection(asyncio.BufferedProtocol):
             return
         try:
             menu = frames.MENU_DECODER.decode(payload)
-        except msgspec.MsgspecError:
+        except (msgspec.MsgspecError, UnicodeDecodeError):
             self._protocol_violation("handshake: malformed MENU")
             return
         self.peer_menu = {entry.name: entry for entry in menu}

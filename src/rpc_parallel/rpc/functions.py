@@ -33,14 +33,17 @@ def _encode_hook(value: Any) -> Any:
         convert = _to_wire.get(cls)
         if convert is not None:
             return convert(value)
-    raise NotImplementedError(f"objects of type {type(value).__qualname__} cannot be sent")
+    # TypeError, not NotImplementedError: msgspec passes a hook's exception through, and the
+    # connection reports a TypeError as "cannot be sent" instead of failing the call.
+    raise TypeError(f"objects of type {type(value).__qualname__} cannot be sent")
 
 
 def _decode_hook(expected: Any, value: Any) -> Any:
     origin = typing.get_origin(expected) or expected
     convert = _from_wire.get(origin)
     if convert is None:
-        raise NotImplementedError(f"type {expected!r} cannot be received")
+        # A TypeError becomes a msgspec.ValidationError (a refused value), never a crash.
+        raise TypeError(f"type {type_name(expected)} cannot be received")
     return convert(value)
 
 
@@ -141,7 +144,7 @@ class FunctionSpec:
         self.response = response if kind in ("rpc", "state", "reverse_pipe") else None
         self.item = item if kind in ("pipe", "state", "reverse_pipe") else None
         annotations = [p.annotation for p in self.parameters]
-        arguments_type: Any = tuple[tuple(annotations)] if annotations else tuple[()]
+        arguments_type: Any = tuple[tuple(annotations)] if annotations else tuple[()]  # type: ignore[misc]
         self.arguments_decoder = make_decoder(arguments_type)
         self.response_decoder = make_decoder(self.response)
         self.item_decoder = make_decoder(self.item)
@@ -204,7 +207,7 @@ class FunctionSpec:
             )
         except msgspec.ValidationError as error:
             raise ProtocolError(self._describe_argument_error(str(error))) from None
-        except msgspec.DecodeError as error:
+        except (msgspec.DecodeError, UnicodeDecodeError) as error:
             raise ProtocolError(f"{self.name}: malformed arguments: {error}") from None
 
     def decode_response(self, payload: memoryview) -> Any:
@@ -220,14 +223,14 @@ class FunctionSpec:
             raise ProtocolError(
                 f"{self.name}: {what}: {error} (expected {self._expected(what)})"
             ) from None
-        except msgspec.DecodeError as error:
+        except (msgspec.DecodeError, UnicodeDecodeError) as error:
             raise ProtocolError(f"{self.name}: malformed {what}: {error}") from None
 
     def _expected(self, what: str) -> str:
         return type_name(self.response if what == "result" else self.item)
 
     def _describe_argument_error(self, message: str) -> str:
-        match = re.search(r" - at `\$\[(\d+)\](.*)`$", message)
+        match = re.search(r" - at (`key` in )?`\$\[(\d+)\](.*)`$", message)
         if match is None:
             if message.startswith("Expected `array` of length"):
                 return (
@@ -235,9 +238,11 @@ class FunctionSpec:
                     f"({self.signature}): {message}"
                 )
             return f"{self.name}: arguments: {message}"
-        index = int(match.group(1))
+        index = int(match.group(2))
         parameter = self.parameters[index]
-        where = f"argument {parameter.name!r}{match.group(2)}"
+        where = f"argument {parameter.name!r}{match.group(3)}"
+        if match.group(1):
+            where += " (a key)"
         return (
             f"{self.name}: {where}: {message[: match.start()]} "
             f"(expected {type_name(parameter.annotation)})"

@@ -9,6 +9,9 @@ import msgspec
 SETTINGS_ENVIRONMENT_VARIABLE = "RPC_PARALLEL_RPC_SETTINGS"
 PREAUTH_MAX_MESSAGE_SIZE = 4096
 """Until the peer has authenticated, no frame may be larger than this."""
+ENVELOPE = 64
+"""A frame may exceed ``max_message_size`` by this much (frame header fields, msgpack headers),
+so that a value of exactly ``max_message_size`` bytes (a 256 MiB ``bytes``) can be sent."""
 
 
 class RpcSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -27,7 +30,7 @@ class RpcSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     def __post_init__(self) -> None:
         if self.max_message_size < PREAUTH_MAX_MESSAGE_SIZE:
             raise ValueError(f"max_message_size must be at least {PREAUTH_MAX_MESSAGE_SIZE}")
-        if self.max_message_size > 0xFFFF_FFFF - 64:
+        if self.max_message_size > 0xFFFF_FFFF - ENVELOPE:
             raise ValueError("max_message_size must fit a 32-bit frame length")
         if self.handshake_timeout <= 0:
             raise ValueError("handshake_timeout must be positive")

@@ -15,6 +15,10 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
+ITEM_OVERHEAD = 64
+"""What each stream item counts against the credit window beyond its payload size, so a
+window also bounds how many (small) items a receiver queues ahead of its consumer."""
+
 
 class PipeReader(Generic[T]):
     """An async iterator over a stream's items.
@@ -97,7 +101,7 @@ class PipeReader(Generic[T]):
             self._fail(error)
             self._connection._abandon(self._call_id)
             return
-        self._items.append((item, len(payload)))
+        self._items.append((item, len(payload) + ITEM_OVERHEAD))
         self._wake()
 
     def _on_response(self, payload: memoryview) -> None:

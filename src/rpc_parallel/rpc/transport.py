@@ -8,7 +8,8 @@ import ssl as ssl_module
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .connection import Connection, FunctionSpec, Implementation
+from .connection import Connection, Implementation
+from .functions import FunctionSpec
 from .settings import RpcSettings
 
 OnConnection = Callable[[Connection], None]

@@ -53,9 +53,12 @@ class WorkerProcess:
         name: str,
         redirect_stdout: Redirection,
         redirect_stderr: Redirection,
+        own_group: bool = False,
     ) -> None:
         self.process = process
         self.pid = process.pid
+        self.own_group = own_group
+        """Started in a new session: the process group ``pid`` is the worker's alone."""
         self.name = name
         self._stderr_tail: deque[str] = deque(maxlen=_TAIL_LINES)
         self._redirect_stderr = redirect_stderr
@@ -126,9 +129,14 @@ class WorkerProcess:
             await asyncio.wait(pending, timeout=timeout)
 
     def kill(self) -> None:
+        """SIGKILL the worker; a detached one with its whole process group, so that what a
+        wrapper (``rp.Wrap``) started before exec'ing the worker is not left behind."""
         if self.process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 self.process.kill()
+            if self.own_group:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(self.pid, signal.SIGKILL)
 
     async def kill_and_reap(self) -> int:
         self.kill()
@@ -208,7 +216,8 @@ async def launch(
     finally:
         if stdout_file is not None:
             stdout_file.close()
-    worker = WorkerProcess(process, config.name, redirect_stdout, redirect_stderr)
+    worker = WorkerProcess(process, config.name, redirect_stdout, redirect_stderr,
+                           own_group=new_session)
     payload = CONFIG_ENCODER.encode(config)
     assert process.stdin is not None
     try:

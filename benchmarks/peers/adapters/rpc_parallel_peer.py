@@ -1,0 +1,106 @@
+"""rpc_parallel through its public API only (DESIGN.md §1-3, §6).
+
+Driven from ``rp.start_app`` (see ``ENTRY``); the worker class lives at module top level so the
+worker process can import it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import ClassVar
+
+import rpc_parallel as rp
+
+from .base import AsyncPeer, check, check_map
+
+
+class BenchWorker(rp.Worker[None]):
+    @rp.rpc
+    async def inc(self, x: int) -> int:
+        return x + 1
+
+    @rp.rpc
+    async def echo(self, data: bytes) -> bytes:
+        return data
+
+
+class RpcParallelPeer(AsyncPeer):
+    key = "rpc_parallel"
+    label = "rpc_parallel"
+    notes: ClassVar[dict[str, str]] = {
+        "spawn": "await BenchWorker.spawn(None) + first run",
+        "inflight": "asyncio.gather of run() over 2 handles",
+        "map": "rp.map_reduce.map with Config(local=2); includes starting its 2 workers",
+    }
+
+    def __init__(self) -> None:
+        self.handles: list[rp.WorkerHandle[BenchWorker]] = []
+
+    def version(self) -> str | None:
+        return str(getattr(rp, "__version__", None) or "") or None
+
+    async def spawn_first(self) -> float:
+        t0 = time.perf_counter()
+        w = await BenchWorker.spawn(None)
+        r = await w.run(BenchWorker.inc, 1)
+        dt = time.perf_counter() - t0
+        await w.close()
+        check(r == 2, "inc(1)")
+        return dt
+
+    async def setup(self, workers: int) -> None:
+        self.handles = list(
+            await asyncio.gather(*(BenchWorker.spawn(None) for _ in range(workers)))
+        )
+        await asyncio.gather(*(h.run(BenchWorker.inc, 0) for h in self.handles))
+
+    async def latency(self, n: int) -> list[float]:
+        h = self.handles[0]
+        out: list[float] = []
+        for i in range(n):
+            t0 = time.perf_counter()
+            r = await h.run(BenchWorker.inc, i)
+            out.append(time.perf_counter() - t0)
+            check(r == i + 1, "inc")
+        return out
+
+    async def inflight(self, n: int) -> float:
+        hs = self.handles
+        k = len(hs)
+        t0 = time.perf_counter()
+        results = await asyncio.gather(*(hs[i % k].run(BenchWorker.inc, i) for i in range(n)))
+        dt = time.perf_counter() - t0
+        check(results[-1] == n, "inc")
+        return dt
+
+    async def echo(self, payload: bytes) -> float:
+        h = self.handles[0]
+        t0 = time.perf_counter()
+        r = await h.run(BenchWorker.echo, payload)
+        dt = time.perf_counter() - t0
+        check(len(r) == len(payload), "echo length")
+        return dt
+
+    async def map(self, items: list[int]) -> float:
+        # Imported here so that a missing map_reduce fails this workload alone.
+        from .rpc_parallel_map import run_map
+
+        t0 = time.perf_counter()
+        out = await run_map(items, workers=2)
+        dt = time.perf_counter() - t0
+        check_map(items, out)
+        return dt
+
+    async def teardown(self) -> None:
+        await asyncio.gather(*(h.close() for h in self.handles))
+        self.handles = []
+
+
+def ENTRY(main: Callable[[], Awaitable[None]]) -> None:  # noqa: N802 - a constant-like hook
+    """How the harness starts an event loop for this library: the recommended entry point."""
+    rp.start_app(main)
+
+
+PEER = RpcParallelPeer

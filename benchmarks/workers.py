@@ -1,0 +1,252 @@
+"""Workers through the public API, beside multiprocessing.Pool and the raw floor, in one run.
+
+    .venv/bin/python benchmarks/workers.py [--quick]
+
+Prints a table and the ratios against the issue's targets; writes
+benchmarks/results/workers.json. The floor is the raw asyncio/uvloop + msgspec ping-pong of
+benchmarks/rpc_floor.py, started as a separate process like a worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import rpc_floor  # noqa: E402
+
+import rpc_parallel as rp  # noqa: E402
+
+SIXTEEN_MIB = 16 * 1024 * 1024
+
+
+class Echo(rp.Worker[None]):
+    @rp.rpc
+    async def add(self, x: int) -> int:
+        return x + 1
+
+    @rp.rpc
+    async def echo(self, data: bytes) -> bytes:
+        return data
+
+
+def pool_add(x: int) -> int:
+    return x + 1
+
+
+def pool_echo(data: bytes) -> bytes:
+    return data
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
+
+
+# ------------------------------------------------------------------ rpc_parallel
+
+
+async def ours_spawn_to_first_result(rounds: int) -> float:
+    times = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        async with await Echo.spawn(None) as worker:
+            await worker.run(Echo.add, 1)
+            times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1000
+
+
+async def ours_latency(worker: rp.WorkerHandle[Echo], calls: int) -> tuple[float, float]:
+    for i in range(200):
+        await worker.run(Echo.add, i)
+    samples = []
+    for i in range(calls):
+        started = time.perf_counter()
+        await worker.run(Echo.add, i)
+        samples.append(time.perf_counter() - started)
+    return statistics.median(samples) * 1e6, percentile(samples, 0.99) * 1e6
+
+
+async def ours_throughput(
+    workers: list[rp.WorkerHandle[Echo]], seconds: float, use_submit: bool
+) -> float:
+    in_flight = 256
+    done = 0
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        if use_submit:
+            calls: list[Awaitable[int]] = [
+                workers[i % len(workers)].submit(Echo.add, i) for i in range(in_flight)
+            ]
+        else:
+            calls = [workers[i % len(workers)].run(Echo.add, i) for i in range(in_flight)]
+        await asyncio.gather(*calls)
+        done += in_flight
+    return done / (time.perf_counter() - started)
+
+
+async def ours_bandwidth(worker: rp.WorkerHandle[Echo], seconds: float) -> float:
+    data = os.urandom(SIXTEEN_MIB)
+    await worker.run(Echo.echo, data)
+    moved = 0
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds or moved < 4 * SIXTEEN_MIB * 2:
+        result = await worker.run(Echo.echo, data)
+        moved += len(data) + len(result)
+    return moved / (time.perf_counter() - started) / 1e9
+
+
+# ------------------------------------------------------------------ multiprocessing.Pool
+
+
+def pool_spawn_to_first_result(rounds: int, method: str) -> float:
+    context = multiprocessing.get_context(method)
+    times = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        with context.Pool(1) as pool:
+            pool.apply(pool_add, (1,))
+            times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1000
+
+
+def pool_latency(pool: Any, calls: int) -> tuple[float, float]:
+    for i in range(200):
+        pool.apply(pool_add, (i,))
+    samples = []
+    for i in range(calls):
+        started = time.perf_counter()
+        pool.apply(pool_add, (i,))
+        samples.append(time.perf_counter() - started)
+    return statistics.median(samples) * 1e6, percentile(samples, 0.99) * 1e6
+
+
+def pool_throughput(pool: Any, seconds: float) -> float:
+    done = 0
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        results = [pool.apply_async(pool_add, (i,)) for i in range(256)]
+        for result in results:
+            result.get()
+        done += 256
+    return done / (time.perf_counter() - started)
+
+
+def pool_bandwidth(pool: Any, seconds: float) -> float:
+    data = os.urandom(SIXTEEN_MIB)
+    pool.apply(pool_echo, (data,))
+    moved = 0
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds or moved < 4 * SIXTEEN_MIB * 2:
+        result = pool.apply(pool_echo, (data,))
+        moved += len(data) + len(result)
+    return moved / (time.perf_counter() - started) / 1e9
+
+
+# ------------------------------------------------------------------ the floor
+
+
+async def floor_figures(plan: rpc_floor.Plan) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as directory:
+        server = rpc_floor.ServerProcess.start("floor", "unix", directory)
+        try:
+            client = await rpc_floor.connect(server)
+            median, p99 = await rpc_floor.measure_latency(client, plan.latency_calls)
+            throughput = await rpc_floor.measure_throughput(client, plan.throughput_seconds)
+            bandwidth = await rpc_floor.measure_bandwidth(
+                client, plan.bandwidth_seconds, plan.min_echoes
+            )
+            client.close()
+        finally:
+            server.stop()
+    return {"latency_median_us": median, "latency_p99_us": p99,
+            "throughput_calls_per_s": throughput, "bandwidth_gb_per_s": bandwidth}
+
+
+# ------------------------------------------------------------------ the run
+
+
+async def run(quick: bool) -> dict[str, Any]:
+    rounds = 2 if quick else 5
+    calls = 500 if quick else 5000
+    seconds = 0.2 if quick else 1.0
+    results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0],
+                                           "uvloop": rp.rpc.uvloop_available()}}
+    ours: dict[str, float] = {}
+    ours["spawn_to_first_result_ms"] = await ours_spawn_to_first_result(rounds)
+    async with await Echo.spawn(None) as first, await Echo.spawn(None) as second:
+        ours["latency_median_us"], ours["latency_p99_us"] = await ours_latency(first, calls)
+        ours["throughput_run_calls_per_s"] = await ours_throughput([first, second], seconds, False)
+        ours["throughput_submit_calls_per_s"] = await ours_throughput(
+            [first, second], seconds, True
+        )
+        ours["bandwidth_gb_per_s"] = await ours_bandwidth(first, seconds)
+    results["rpc_parallel"] = ours
+
+    pool: dict[str, float] = {}
+    pool["spawn_to_first_result_ms_fork"] = pool_spawn_to_first_result(rounds, "fork")
+    pool["spawn_to_first_result_ms_spawn"] = pool_spawn_to_first_result(rounds, "spawn")
+    with multiprocessing.get_context("fork").Pool(2) as workers:
+        pool["latency_median_us"], pool["latency_p99_us"] = pool_latency(workers, calls)
+        pool["throughput_apply_async_calls_per_s"] = pool_throughput(workers, seconds)
+        pool["bandwidth_gb_per_s"] = pool_bandwidth(workers, seconds)
+    results["multiprocessing_pool"] = pool
+
+    results["floor"] = await floor_figures(rpc_floor.QUICK if quick else rpc_floor.FULL)
+
+    best_throughput = max(ours["throughput_run_calls_per_s"], ours["throughput_submit_calls_per_s"])
+    results["ratios"] = {
+        "latency_vs_pool_apply (target <= 0.8)":
+            ours["latency_median_us"] / pool["latency_median_us"],
+        "throughput_vs_pool_apply_async (target >= 5)":
+            best_throughput / pool["throughput_apply_async_calls_per_s"],
+        "bandwidth_vs_pool (target >= 2)": ours["bandwidth_gb_per_s"] / pool["bandwidth_gb_per_s"],
+        "spawn_to_first_result_ms (target <= 80)": ours["spawn_to_first_result_ms"],
+        "latency_vs_floor": ours["latency_median_us"] / results["floor"]["latency_median_us"],
+        "throughput_vs_floor": best_throughput / results["floor"]["throughput_calls_per_s"],
+        "bandwidth_vs_floor": ours["bandwidth_gb_per_s"] / results["floor"]["bandwidth_gb_per_s"],
+    }
+    return results
+
+
+def print_results(results: dict[str, Any]) -> None:
+    for section in ("rpc_parallel", "multiprocessing_pool", "floor"):
+        print(f"\n{section}")
+        for key, value in results[section].items():
+            print(f"  {key:40s} {value:12.2f}")
+    print("\nratios (same run)")
+    for key, value in results["ratios"].items():
+        print(f"  {key:50s} {value:8.2f}")
+
+
+def main(argv: list[str] | None = None, *, output: Path | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="tiny counts, for a smoke run")
+    arguments = parser.parse_args(argv)
+    holder: dict[str, Any] = {}
+
+    async def body() -> None:
+        holder.update(await run(arguments.quick))
+
+    rp.start_app(body)
+    print_results(holder)
+    target = output or Path(__file__).resolve().parent / "results" / "workers.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(holder, indent=2) + "\n")
+    return holder
+
+
+
+if __name__ == "__main__":
+    main()
