@@ -24,9 +24,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import rpc_floor  # noqa: E402
+import rpc_floor
 
-import rpc_parallel as rp  # noqa: E402
+import rpc_parallel as rp
+from rpc_parallel.rpc import uvloop_available
 
 SIXTEEN_MIB = 16 * 1024 * 1024
 
@@ -182,7 +183,7 @@ async def run(quick: bool) -> dict[str, Any]:
     calls = 500 if quick else 5000
     seconds = 0.2 if quick else 1.0
     results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0],
-                                           "uvloop": rp.rpc.uvloop_available()}}
+                                           "uvloop": uvloop_available()}}
     ours: dict[str, float] = {}
     ours["spawn_to_first_result_ms"] = await ours_spawn_to_first_result(rounds)
     async with await Echo.spawn(None) as first, await Echo.spawn(None) as second:

@@ -16,6 +16,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tokenize
 from collections import defaultdict
 from functools import cache
 from pathlib import Path
@@ -34,11 +35,13 @@ Diagnostics = dict[Path, dict[int, list[str]]]
 
 
 def expected_lines(path: Path) -> set[int]:
-    return {
-        number
-        for number, line in enumerate(path.read_text().splitlines(), start=1)
-        if EXPECT.search(line)
-    }
+    """The lines whose comment is ``# expect-error`` (comments only, not strings)."""
+    with tokenize.open(path) as source:
+        return {
+            token.start[0]
+            for token in tokenize.generate_tokens(source.readline)
+            if token.type == tokenize.COMMENT and EXPECT.match(token.string)
+        }
 
 
 def _run(command: list[str], timeout: float) -> subprocess.CompletedProcess[str]:

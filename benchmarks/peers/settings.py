@@ -122,7 +122,7 @@ QUICK = Setting(
     map_items=2000,
     map_reps=2,
     workload_budget_s=3.0,
-    workload_limit_s=30.0,
+    workload_limit_s=20.0,
     run_limit_s=5 * 60.0,
 )
 

@@ -47,7 +47,7 @@ def summarize(samples: Sequence[float]) -> Summary:
 
 
 def spread_of(summary: Summary) -> tuple[str, float, float]:
-    """The spread reported for a figure: p25–p75 from 5 samples up, min–max below that."""
+    """The spread reported for a figure: p25-p75 from 5 samples up, min-max below that."""
     if summary["n"] >= 5:
         return ("p25-p75", summary["p25"], summary["p75"])
     return ("min-max", summary["min"], summary["max"])

@@ -66,8 +66,10 @@ CONFIG_DECODER = msgspec.msgpack.Decoder(WorkerConfig)
 REGISTER = FunctionSpec(
     "rpc_parallel.register", kind="rpc", parameters=[("registration", Registration)]
 )
+# An rpc, not a one-way call: the worker exits right after reporting, and a one-way call
+# followed at once by the end of the connection may never be served.
 WORKER_FAILED = FunctionSpec(
-    "rpc_parallel.worker_failed", kind="one_way", parameters=[("report", ErrorReport)]
+    "rpc_parallel.worker_failed", kind="rpc", parameters=[("report", ErrorReport)]
 )
 
 # Served by every worker.

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, Concatenate, Generic, ParamSpec, Protocol, TypeVar, overload
 
 from .rpc.functions import FunctionSpec, Kind, describe_callable
@@ -122,7 +122,7 @@ class _RpcDecorator(Protocol):
 class _PipeDecorator(Protocol):
     @overload
     def __call__(
-        self, function: Callable[Concatenate[Owner, P], AsyncIterator[R]], /
+        self, function: Callable[Concatenate[Owner, P], AsyncIterable[R]], /
     ) -> Pipe[Owner, P, R]: ...
     @overload
     def __call__(
@@ -187,7 +187,7 @@ def rpc(
 
 
 @overload
-def pipe(function: Callable[Concatenate[Owner, P], AsyncIterator[R]], /) -> Pipe[Owner, P, R]: ...
+def pipe(function: Callable[Concatenate[Owner, P], AsyncIterable[R]], /) -> Pipe[Owner, P, R]: ...
 @overload
 def pipe(function: Callable[Concatenate[Owner, P], Iterator[R]], /) -> Pipe[Owner, P, R]: ...
 @overload

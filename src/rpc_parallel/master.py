@@ -7,6 +7,7 @@ its whole life; when the master dies the link drops and the worker exits.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import shutil
 import tempfile
 import weakref
@@ -36,6 +37,7 @@ class Master:
         async with self._starting:
             if self.server is None:
                 self._directory = tempfile.mkdtemp(prefix="rpc_parallel-master-")
+                atexit.register(shutil.rmtree, self._directory, True)
                 path = f"{self._directory}/master.sock"
                 self.server = await serve_unix(
                     path,

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
+import contextlib
 import functools
 import inspect
 import logging
 import os
+import shutil
 import socket
 import sys
 import tempfile
@@ -216,6 +219,7 @@ class Worker(Generic[I]):
         instance = cls()
         await instance.init_worker_state(init_arg)
         directory = tempfile.mkdtemp(prefix="rpc_parallel-serve-")
+        atexit.register(shutil.rmtree, directory, True)
         server = await serve_unix(
             f"{directory}/worker.sock",
             secret=process().secret,
@@ -587,10 +591,8 @@ class WorkerHandle(_Runner[W_co]):
             self._closed = True
             return
         if self._link is not None and not self._link.is_closed:
-            try:
+            with contextlib.suppress(ConnectionClosed):
                 await self._link.call(SHUTDOWN)
-            except ConnectionClosed:
-                pass
         elif self._detached and self._process is not None and self._process.returncode is None:
             # The master's links have ended (called_shutdown): ask the worker directly.
             try:
@@ -637,12 +639,17 @@ class WorkerHandle(_Runner[W_co]):
         try:
             await asyncio.wait({closed, exited}, return_when=asyncio.FIRST_COMPLETED)
             if exited.done():
+                if not closed.done():
+                    # Read what it sent before dying (a failure report) up to the link's end
+                    # of file, which its exit has caused; bounded in case a child holds it.
+                    await asyncio.wait({closed}, timeout=1.0)
                 link.close(f"worker process {spawn_process.describe_exit(exited.result())}")
                 returncode = await worker_process.stop(grace=0)
             else:
                 grace = 5.0 if self._expected_exit else 1.0
                 returncode = await worker_process.stop(grace=grace)
             self._returncode = returncode
+            _remove_socket_directory(self.address)
             if not self._expected_exit and self._failure is None:
                 self._notify(WorkerFailure(
                     self.name,
@@ -755,6 +762,15 @@ async def open_connection(address: str) -> RpcConnection:
         host, _, port = address[4:].rpartition(":")
         return await connect_tcp(host, int(port), secret=secret, settings=settings)
     raise ProtocolError(f"unknown worker address {address!r}")
+
+
+def _remove_socket_directory(address: str) -> None:
+    """A dead worker cannot remove its socket's directory; its master does."""
+    directory = os.path.dirname(address.removeprefix("unix:"))
+    if address.startswith("unix:") and os.path.basename(directory).startswith(
+        "rpc_parallel-worker-"
+    ):
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def _handle_to_wire(handle: WorkerHandle[Any]) -> list[Any]:

@@ -77,6 +77,13 @@ def _watch_stdin(shutdown_on: str) -> None:
     except OSError:
         pass
     if shutdown_on == "called_shutdown" and _registered.is_set():
+        # Outlive the master; its ends of our output pipes are gone, so write nowhere.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        with contextlib.suppress(OSError):
+            if os.fstat(2).st_mode & 0o170000 == 0o010000:  # stderr is still the pipe
+                os.dup2(devnull, 2)
+        os.close(devnull)
         return
     sys.stderr.flush()
     os._exit(0)
@@ -132,8 +139,8 @@ async def serve(config: WorkerConfig, cls: type[Worker[Any]]) -> int:
 
         async def send() -> None:
             if link is not None and not link.is_closed:
-                with contextlib.suppress(RpcError):
-                    await link.one_way(WORKER_FAILED, report)
+                with contextlib.suppress(RpcError, TimeoutError):
+                    await asyncio.wait_for(link.call(WORKER_FAILED, report), timeout=2.0)
             if not exit_future.done():
                 exit_future.set_result(1)
 

@@ -399,6 +399,13 @@ class RawPeer:
                 if got[0] == frames.CLOSE:
                     reason = frames.REASON_DECODER.decode(got[3])
 
+    async def closed_by(self, connection: rpc.Connection) -> tuple[str, str | None]:
+        """Wait for the server to close this peer's connection: its close reason, and the
+        reason read in its CLOSE frame (if one came). Closes this end too, as a peer does."""
+        told = await self.close_reason()
+        self.close()
+        return await asyncio.wait_for(connection.wait_closed(), TIMEOUT), told
+
     def close(self) -> None:
         self.writer.close()
 

@@ -267,7 +267,7 @@ async def test_reverse_pipe_cancel_stops_server(transport: str) -> None:
 
 
 async def test_heartbeats_flow_while_a_thread_computes(transport: str) -> None:
-    settings = rpc.RpcSettings(heartbeat_interval=0.05, heartbeat_timeout=0.3)
+    settings = rpc.RpcSettings(heartbeat_interval=0.1, heartbeat_timeout=0.5)
     async with serving(transport, settings=settings, client_settings=settings) as pair:
         # CPU-bound for much longer than heartbeat_timeout, in the server's thread pool.
         turns = await wait_for(pair.client.call(S.spin, 1.5))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +30,7 @@ from .support import (
     menu_entry,
     rss,
     tcp_address,
+    wait_for,
 )
 
 SAFE = ("add", "echo", "count", "note", "total", "counter", "boom")
@@ -60,10 +62,7 @@ class Target:
         peer.send(data)
         if eof:
             peer.writer.write_eof()
-        reason = await asyncio.wait_for(connection.wait_closed(), TIMEOUT)
-        told = await peer.close_reason()
-        peer.close()
-        return reason, told
+        return await peer.closed_by(connection)
 
     async def good_call(self) -> None:
         client = await rpc.connect_tcp(*tcp_address(self.server), secret=SECRET)
@@ -155,19 +154,17 @@ async def test_wrong_secrets_never_reach_dispatch() -> None:
         note = [e.name for e in SAFE_MENU].index("note")
         peer.send(peer.auth_frame(b"wrong") + frame(frames.MENU, payload=encode([]))
                   + frame(frames.QUERY, 0, note, encode((1,))))
-        reason = await asyncio.wait_for(connection.wait_closed(), TIMEOUT)
+        reason, told = await peer.closed_by(connection)
         assert reason == "authentication failed: the peer does not hold this application's secret"
-        assert await peer.close_reason() == reason
-        peer.close()
+        assert told == reason
         # A peer that replays a proof for another nonce.
         peer, connection = await t.open()
         peer.send(peer.hello_frame())
         await peer.read_frame()
         peer.server_nonce = b"\x00" * 32
         peer.send(peer.auth_frame())
-        reason = await asyncio.wait_for(connection.wait_closed(), TIMEOUT)
+        reason, _ = await peer.closed_by(connection)
         assert reason.startswith("authentication failed")
-        peer.close()
         assert t.service.log == []
         await t.good_call()
 
@@ -179,9 +176,9 @@ SAFE_MENU = [menu_entry(spec) for name, spec in S.by_name.items() if name in SAF
 async def test_silent_peer_times_out_in_the_handshake() -> None:
     async with target() as t:
         peer, connection = await t.open()
-        reason = await asyncio.wait_for(connection.wait_closed(), TIMEOUT)
+        reason, told = await peer.closed_by(connection)
         assert reason == "handshake timeout: no complete handshake within 1 s"
-        peer.close()
+        assert told == reason
 
 
 async def test_bad_frames_after_authentication() -> None:
@@ -222,13 +219,12 @@ async def test_bad_frames_after_authentication() -> None:
         # (A frame may exceed max_message_size by the envelope: headers around the value.)
         too_long = SETTINGS.max_message_size + ENVELOPE + 1
         peer.send(frames.HEADER.pack(too_long, frames.QUERY, 11, add))
-        reason = await asyncio.wait_for(connection.wait_closed(), TIMEOUT)
+        reason, told = await peer.closed_by(connection)
         assert reason == (
             f"a frame of {too_long} bytes exceeds max_message_size "
             f"({SETTINGS.max_message_size} bytes)"
         )
-        assert await peer.close_reason() == reason
-        peer.close()
+        assert told == reason
         await t.good_call()
 
 
@@ -323,3 +319,56 @@ async def test_random_sessions_do_not_hurt_the_server() -> None:
         await t.good_call()
         bystander.close()
         await bystander.wait_closed()
+
+
+async def test_garbled_answers_fail_only_their_call() -> None:
+    """The calling side of a connection against a peer that answers with garbage: each bad
+    answer fails its call with ProtocolError; the connection survives."""
+    connected: list[rpc.Connection] = []
+    ready = asyncio.Event()
+
+    def on_connection(connection: rpc.Connection) -> None:
+        connected.append(connection)
+        ready.set()
+
+    greet = rpc.FunctionSpec("greet", kind="rpc", response=str)
+    words = rpc.FunctionSpec("words", kind="pipe", item=str)
+    loop = asyncio.get_running_loop()
+    loop_errors: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _, context: loop_errors.append(context))
+    server = await rpc.serve_tcp(secret=SECRET, on_connection=on_connection)
+    async with server:
+        peer = await RawPeer.open(server.address)
+        await peer.handshake(menu=[menu_entry(greet), menu_entry(words)])
+        await wait_for(ready.wait())
+        connection = connected[0]
+        answers = [
+            (frames.RESPONSE, b"\xa2\xff\xfe", "greet: malformed result"),
+            (frames.RESPONSE, b"\xc1", "greet: malformed result"),
+            (frames.RESPONSE, encode(5), "greet: result: Expected `str`, got `int`"),
+            (frames.ERROR, b"\xa2\xff\xfe", "greet: malformed error message"),
+            (frames.ERROR, encode(["protocol", "X", "told you", ""]), "told you"),
+        ]
+        for message_type, payload, expected in answers:
+            call = asyncio.ensure_future(connection.call(greet))
+            got = await peer.read_frame()
+            while got is not None and got[0] == frames.HEARTBEAT:
+                got = await peer.read_frame()
+            assert got is not None and got[0] == frames.QUERY
+            peer.send_frame(message_type, got[1], 0, payload)
+            with pytest.raises(rpc.ProtocolError, match=re.escape(expected)):
+                await wait_for(call)
+        reader = await connection.pipe(words)
+        got = await peer.read_frame()
+        while got is not None and got[0] != frames.QUERY:
+            got = await peer.read_frame()
+        assert got is not None
+        peer.send_frame(frames.ITEM, got[1], 0, encode("fine"))
+        peer.send_frame(frames.ITEM, got[1], 0, b"\xa2\xff\xfe")
+        assert await wait_for(anext(reader)) == "fine"
+        with pytest.raises(rpc.ProtocolError, match="words: malformed stream item"):
+            await wait_for(anext(reader))
+        assert not connection.is_closed
+        peer.close()
+        await wait_for(connection.wait_closed())
+    assert loop_errors == [], loop_errors

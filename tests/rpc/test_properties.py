@@ -122,8 +122,8 @@ def test_framing_any_split_points_deliver_the_same_messages(
         await asyncio.wait_for(collect_responses(peer, expected), TIMEOUT)
         assert not connection.is_closed
         connection.close()
-        await asyncio.wait_for(connection.wait_closed(), TIMEOUT)
         peer.close()
+        await asyncio.wait_for(connection.wait_closed(), TIMEOUT)
 
     rpc.run(check())
 

@@ -85,9 +85,13 @@ def pids_with_argument(argument: str) -> list[int]:
     return found
 
 
-def cmdline(pid: int) -> list[str]:
+def cmdline_bytes(pid: int) -> bytes:
     with open(f"/proc/{pid}/cmdline", "rb") as file:
-        return [word.decode() for word in file.read().split(b"\0") if word]
+        return file.read()
+
+
+def cmdline(pid: int) -> list[str]:
+    return [word.decode() for word in cmdline_bytes(pid).split(b"\0") if word]
 
 
 def environ(pid: int) -> bytes:

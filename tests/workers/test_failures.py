@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -71,7 +72,7 @@ async def test_one_way_exception_goes_to_on_failure_then_worker_exits(tmp_path: 
     err_file = tmp_path / "stderr.txt"
     w = await Echo.spawn(0, on_failure=failures, redirect_stderr=rp.FileTruncate(err_file))
     try:
-        assert await w.run(Echo.fail_one_way, "one-way broke") is None  # sent: no error here
+        await w.run(Echo.fail_one_way, "one-way broke")  # sent: no error here
         failure = await failures.first(10.0)
         assert isinstance(failure, rp.WorkerFailure)
         assert failure.remote_type == "RuntimeError"
@@ -114,7 +115,7 @@ async def test_background_exception_goes_to_on_failure_then_worker_exits() -> No
 # ---------------------------------------------------------------------- the worker dies
 
 
-async def start_calls_in_flight(w: rp.WorkerHandle[Echo]) -> dict[str, asyncio.Future[object]]:
+async def start_calls_in_flight(w: rp.WorkerHandle[Echo]) -> dict[str, asyncio.Future[Any]]:
     """Calls of several kinds, all still running on the worker when this returns."""
     reader = await w.run(Echo.endless)
     assert await anext(reader) == 0  # the pipe is streaming
@@ -125,7 +126,7 @@ async def start_calls_in_flight(w: rp.WorkerHandle[Echo]) -> dict[str, asyncio.F
         return "ended"
 
     _, updates = await w.run(Echo.counter, 0)
-    calls: dict[str, asyncio.Future[object]] = {
+    calls: dict[str, asyncio.Future[Any]] = {
         "Echo.sleep": asyncio.ensure_future(w.run(Echo.sleep, 60.0)),
         "Echo.spin": asyncio.ensure_future(w.run(Echo.spin, 60.0)),
         "Echo.endless": asyncio.ensure_future(drain()),
@@ -140,9 +141,9 @@ async def start_calls_in_flight(w: rp.WorkerHandle[Echo]) -> dict[str, asyncio.F
 
 
 async def check_all_died(
-    calls: dict[str, asyncio.Future[object]], started: float, **expected: object
+    calls: dict[str, asyncio.Future[Any]], started: float, **expected: object
 ) -> list[rp.WorkerDied]:
-    done, pending = await asyncio.wait(calls.values(), timeout=10.0)
+    _, pending = await asyncio.wait(calls.values(), timeout=10.0)
     assert not pending, f"calls still hanging 10 s after the death: {pending}"
     assert time.monotonic() - started < 10.0
     errors = []
@@ -298,16 +299,18 @@ async def check_nothing_left(name: str) -> None:
     await no_zombies()
 
 
-async def test_spawn_import_error() -> None:
+async def test_spawn_import_error(capfd: pytest.CaptureFixture[str]) -> None:
     name = f"fragile-{uuid.uuid4().hex[:6]}"
     started = time.monotonic()
     with pytest.raises(rp.SpawnError) as caught:
+        # stderr to /dev/null: until it has registered, a worker's stderr is forwarded anyway.
         await Fragile.spawn(None, name=name, env={"RPC_PARALLEL_TEST_BREAK_IMPORT": "1"},
-                            connection_timeout=10.0)
+                            redirect_stderr=rp.DevNull(), connection_timeout=10.0)
     assert time.monotonic() - started < 10.0
     assert "broken on purpose" in caught.value.stderr_tail
     assert "broken on purpose" in str(caught.value)
     assert "ImportError" in caught.value.stderr_tail
+    assert f"[{name}] ImportError: fragile: broken on purpose" in capfd.readouterr().err
     await check_nothing_left(name)
     # Without the marker the same module works.
     async with await Fragile.spawn(None) as w:
@@ -362,16 +365,18 @@ async def test_wrong_types_on_the_wire_are_protocol_errors() -> None:
         with pytest.raises(rp.ProtocolError, match=r"Echo\.add: argument 'y'.*expected int"):
             await w.run(Echo.add, 1, y="two")  # type: ignore[arg-type]
         with pytest.raises(rp.ProtocolError, match=r"Echo\.add: argument 'x'.*expected int"):
-            await w.run(Echo.add, "one")  # type: ignore[arg-type]
+            await w.run(Echo.add, "one")  # type: ignore[call-overload]
         with pytest.raises(rp.ProtocolError, match=r"Echo\.count: argument 'n'.*expected int"):
-            await w.run(Echo.count, "x")  # type: ignore[arg-type]
+            # A pipe's reader comes back at once; the refusal arrives through it.
+            reader = await w.run(Echo.count, "x")  # type: ignore[call-overload]
+            await bounded(anext(reader), 10.0, "the refusal of a pipe call")
         with pytest.raises(rp.ProtocolError, match=r"Echo\.wrong_result: result.*expected int"):
             await w.run(Echo.wrong_result)
         with pytest.raises(rp.ProtocolError, match=r"Echo\.total: stream item.*expected int"):
-            await w.run(Echo.total, 1, ["a"])  # type: ignore[arg-type]
+            await w.run(Echo.total, 1, ["a"])  # type: ignore[call-overload]
         # A function of another worker type is unknown to this one.
         with pytest.raises(rp.ProtocolError, match=r"InitFails\.ping"):
-            await w.run(InitFails.ping)  # type: ignore[arg-type]
+            await w.run(InitFails.ping)  # type: ignore[call-overload]
         # None of that hurt the worker.
         assert await w.run(Echo.add, 1, 1) == 2
 

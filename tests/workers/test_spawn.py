@@ -12,7 +12,7 @@ import pytest
 import rpc_parallel as rp
 from rpc_parallel.state import process
 
-from .support import alive, bounded, cmdline, environ, gone, stat_fields, wait_until
+from .support import alive, bounded, cmdline, cmdline_bytes, environ, gone, stat_fields, wait_until
 from .workers import Echo
 
 
@@ -32,8 +32,8 @@ async def test_handle_attributes_and_command_line() -> None:
         # The secret travels on stdin only: never on the command line or in the environment.
         secret = process().secret
         assert len(secret) >= 16
-        with open(f"/proc/{w.pid}/cmdline", "rb") as file:
-            assert secret not in file.read()
+        assert secret not in cmdline_bytes(w.pid)
+        assert secret.hex().encode() not in cmdline_bytes(w.pid)
         assert secret not in environ(w.pid)
         assert secret.hex().encode() not in environ(w.pid)
         # A worker is in its own session/process group (detached from the terminal's).

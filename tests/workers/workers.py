@@ -184,6 +184,12 @@ class Echo(rp.Worker[int]):
             return child.pid, await child.run(Echo.add, 1, 0)
 
     @rp.rpc
+    async def child_settings(self) -> Settings:
+        """The settings a worker spawned by this worker runs with."""
+        async with await Echo.spawn(0) as child:
+            return await child.run(Echo.settings)
+
+    @rp.rpc
     async def spawn_and_keep(self, offset: int) -> int:
         """Spawn a worker that this worker keeps; its pid."""
         child = await Echo.spawn(offset)

@@ -10,7 +10,9 @@ The tiny call is ``inc(x) = x + 1`` (an int in, an int out); the echo returns it
 
 from __future__ import annotations
 
-from typing import ClassVar
+import asyncio
+from collections.abc import Callable, Coroutine
+from typing import Any, ClassVar
 
 from ..settings import WORKLOAD_KEYS
 
@@ -75,6 +77,11 @@ class Peer(_Common):
 
 class AsyncPeer(_Common):
     """A library driven from asyncio: the same methods, as coroutines."""
+
+    @staticmethod
+    def run_loop(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run ``main`` to completion on this library's event loop, in the main thread."""
+        asyncio.run(main())
 
     async def start_cluster(self, workers: int) -> float:
         raise Unsupported("no cluster")

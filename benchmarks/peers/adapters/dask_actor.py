@@ -33,7 +33,7 @@ class DaskActorPeer(DaskPeer):
     def spawn_first(self) -> float:
         client = self._client()
         t0 = time.perf_counter()
-        actor = client.submit(IncActor, actor=True, pure=False).result()
+        actor: Any = client.submit(IncActor, actor=True, pure=False).result()
         r = actor.inc(1).result()
         dt = time.perf_counter() - t0
         check(r == 2, "inc(1)")

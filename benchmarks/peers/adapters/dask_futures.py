@@ -14,6 +14,10 @@ import distributed
 from .base import Peer, check, check_map
 from .tasks import echo, inc
 
+_LocalCluster: Any = distributed.LocalCluster
+_Client: Any = distributed.Client
+_from_sequence: Any = dask.bag.from_sequence
+
 
 class DaskPeer(Peer):
     """Cluster handling shared by the futures and the actor adapters."""
@@ -22,16 +26,17 @@ class DaskPeer(Peer):
     supports: ClassVar[frozenset[str]] = Peer.supports | {"cluster_start"}
 
     def __init__(self) -> None:
-        self.cluster: distributed.LocalCluster | None = None
-        self.client: distributed.Client | None = None
+        # Any: distributed ships no type information for these.
+        self.cluster: Any = None
+        self.client: Any = None
         warnings.filterwarnings("ignore", module="distributed")
 
     def version(self) -> str | None:
-        return str(distributed.__version__)
+        return str(getattr(distributed, "__version__", None))
 
     def start_cluster(self, workers: int) -> float:
         t0 = time.perf_counter()
-        self.cluster = distributed.LocalCluster(
+        self.cluster = _LocalCluster(
             n_workers=workers,
             threads_per_worker=1,
             processes=True,
@@ -40,7 +45,7 @@ class DaskPeer(Peer):
             scheduler_kwargs={"dashboard": False},
             silence_logs=logging.ERROR,
         )
-        self.client = distributed.Client(self.cluster)
+        self.client = _Client(self.cluster)
         return time.perf_counter() - t0
 
     def stop_cluster(self) -> None:
@@ -51,7 +56,7 @@ class DaskPeer(Peer):
             self.cluster.close()
             self.cluster = None
 
-    def _client(self) -> distributed.Client:
+    def _client(self) -> Any:
         if self.client is None:
             raise RuntimeError("start_cluster() was not called")
         return self.client
@@ -107,7 +112,7 @@ class DaskFuturesPeer(DaskPeer):
     def map(self, items: list[int]) -> float:
         client = self._client()
         t0 = time.perf_counter()
-        out: Any = dask.bag.from_sequence(items).map(inc).compute(scheduler=client)
+        out: Any = _from_sequence(items).map(inc).compute(scheduler=client)
         dt = time.perf_counter() - t0
         check_map(items, list(out))
         return dt

@@ -10,6 +10,7 @@ import asyncio
 import socket
 import sys
 import time
+from collections.abc import Callable, Coroutine
 from typing import Any, ClassVar
 
 from .base import AsyncPeer, check, check_map
@@ -86,7 +87,7 @@ class FloorPeer(AsyncPeer):
             import uvloop
         except ImportError:
             return "asyncio (no uvloop)"
-        return f"uvloop {uvloop.__version__}"
+        return f"uvloop {getattr(uvloop, '__version__', '?')}"
 
     async def spawn_first(self) -> float:
         t0 = time.perf_counter()
@@ -144,6 +145,15 @@ class FloorPeer(AsyncPeer):
     async def teardown(self) -> None:
         await asyncio.gather(*(w.close() for w in self.workers))
         self.workers = []
+
+    @staticmethod
+    def run_loop(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        try:
+            import uvloop
+        except ImportError:
+            asyncio.run(main())
+        else:
+            uvloop.run(main())
 
 
 PEER = FloorPeer

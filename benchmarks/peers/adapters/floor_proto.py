@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 
@@ -38,8 +38,7 @@ class FrameProtocol(asyncio.Protocol):
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.closed.done():
@@ -63,7 +62,8 @@ class FrameProtocol(asyncio.Protocol):
             del buf[:pos]
 
     def send(self, obj: object) -> None:
-        assert self.transport is not None
+        if self.transport is None:
+            raise ConnectionError("not connected")
         self.transport.write(frame(obj))
 
     def message(self, msg: Any) -> None:

@@ -22,10 +22,12 @@ class LokyPeer(ExecutorPeer):
         return str(loky.__version__)
 
     def new_executor(self, workers: int) -> concurrent.futures.Executor:
-        return loky.ProcessPoolExecutor(max_workers=workers)
+        executor: concurrent.futures.Executor = loky.ProcessPoolExecutor(max_workers=workers)
+        return executor
 
     def steady_executor(self, workers: int) -> concurrent.futures.Executor:
-        return loky.get_reusable_executor(max_workers=workers)
+        executor: concurrent.futures.Executor = loky.get_reusable_executor(max_workers=workers)
+        return executor
 
 
 PEER = LokyPeer

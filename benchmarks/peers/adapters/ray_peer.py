@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
 from typing import Any, ClassVar
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Ray resolves "127.0.0.1" to the machine's outward address unless it runs as a single-machine
+# cluster; this switch (read at import) makes it keep loopback, and bind its servers there.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
-import ray  # noqa: E402
+import ray
 
-from .base import Peer, check, check_map  # noqa: E402
+from .base import Peer, check, check_map
 
 
 class _Actor:
@@ -37,13 +42,17 @@ class RayPeer(Peer):
 
     def __init__(self) -> None:
         self.actors: list[Any] = []
+        self.temp_dir: str | None = None
 
     def version(self) -> str | None:
         return str(ray.__version__)
 
     def start_cluster(self, workers: int) -> float:
+        # A private session directory, removed at stop, instead of piling up in /tmp/ray.
+        self.temp_dir = tempfile.mkdtemp(prefix="bench-ray-")
         t0 = time.perf_counter()
         ray.init(
+            _temp_dir=self.temp_dir,
             num_cpus=max(2, workers),
             include_dashboard=False,
             _node_ip_address="127.0.0.1",
@@ -54,6 +63,9 @@ class RayPeer(Peer):
 
     def stop_cluster(self) -> None:
         ray.shutdown()
+        if self.temp_dir is not None:
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
+            self.temp_dir = None
 
     def spawn_first(self) -> float:
         t0 = time.perf_counter()

@@ -1,6 +1,6 @@
 """rpc_parallel through its public API only (DESIGN.md §1-3, §6).
 
-Driven from ``rp.start_app`` (see ``ENTRY``); the worker class lives at module top level so the
+Driven from ``rp.start_app`` (see ``run_loop``); the worker class lives at module top level so the
 worker process can import it.
 """
 
@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
-from typing import ClassVar
+from collections.abc import Callable, Coroutine
+from typing import Any, ClassVar
 
 import rpc_parallel as rp
 
@@ -97,10 +97,9 @@ class RpcParallelPeer(AsyncPeer):
         await asyncio.gather(*(h.close() for h in self.handles))
         self.handles = []
 
-
-def ENTRY(main: Callable[[], Awaitable[None]]) -> None:  # noqa: N802 - a constant-like hook
-    """How the harness starts an event loop for this library: the recommended entry point."""
-    rp.start_app(main)
+    @staticmethod
+    def run_loop(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        rp.start_app(main)  # the recommended entry point
 
 
 PEER = RpcParallelPeer

@@ -15,7 +15,17 @@ import hmac
 import inspect
 import os
 import traceback
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
+import types
+from asyncio.tasks import _enter_task, _leave_task  # What Python 3.12's eager tasks use.
+from collections import deque
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Generator,
+    Iterable,
+    Sequence,
+)
 from typing import Any, TypeVar
 
 import msgspec
@@ -73,11 +83,16 @@ class Implementation:
     generator for a stream is advanced in a thread, one item at a time.
     """
 
-    __slots__ = ("handler", "in_thread", "spec")
+    __slots__ = ("handler", "in_thread", "spec", "starts_nothing")
 
     def __init__(self, spec: FunctionSpec, handler: Callable[..., Any]) -> None:
         self.spec = spec
         self.handler = handler
+        function = handler.__func__ if type(handler) is types.MethodType else handler
+        # An ``async def`` (or a method of one): calling it runs none of its code yet.
+        self.starts_nothing = type(function) is types.FunctionType and bool(
+            function.__code__.co_flags & inspect.CO_COROUTINE
+        )
         unwrapped = inspect.unwrap(handler)
         self.in_thread = not (
             inspect.iscoroutinefunction(unwrapped) or inspect.isasyncgenfunction(unwrapped)
@@ -98,11 +113,19 @@ class _RpcCall:
         self.future = future
 
     def _on_response(self, payload: memoryview) -> None:
-        if not self.future.done():
+        future = self.future
+        if not future.done():
+            spec = self.spec
+            if not spec._copy_payload:
+                try:
+                    future.set_result(spec.response_decoder.decode(payload))
+                    return
+                except (msgspec.MsgspecError, UnicodeDecodeError):
+                    pass  # decode_response explains it.
             try:
-                self.future.set_result(self.spec.decode_response(payload))
+                future.set_result(spec.decode_response(payload))
             except ProtocolError as error:
-                self.future.set_exception(error)
+                future.set_exception(error)
 
     def _fail(self, error: BaseException) -> None:
         if not self.future.done():
@@ -190,6 +213,10 @@ class Connection(asyncio.BufferedProtocol):
         self._outgoing: dict[int, Any] = {}
         self._incoming: dict[int, Any] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        # rpc calls to coroutine implementations wait here for the runner task (_run_queued).
+        self._queued: deque[tuple[int, Implementation, tuple[Any, ...]]] = deque()
+        self._runner: asyncio.Task[None] | None = None
+        self._runner_idle: asyncio.Future[None] | None = None  # Set to wake an idle runner.
         # Sending.
         self._out = bytearray()
         self._flush_handle: asyncio.Handle | None = None
@@ -254,12 +281,19 @@ class Connection(asyncio.BufferedProtocol):
         if self._transport is not None and not self._transport.is_closing():
             self._write(CLOSE, 0, 0, reason[:1000])
             self._flush()
-            self._transport.close()
-            if self._transport.get_write_buffer_size():
-                # The peer is not reading; do not wait for it forever.
-                self.loop.call_later(
-                    min(2.0, self.settings.heartbeat_timeout), self._transport.abort
-                )
+            transport = self._transport
+            if transport.can_write_eof():
+                # Half-close, and let the peer close once it has read CLOSE: closing outright
+                # could fail its writes (EPIPE, RST) before it reads the reason. What still
+                # arrives is dropped.
+                try:
+                    transport.write_eof()
+                except OSError:  # The peer is gone already (asyncio's shutdown() raises).
+                    transport.abort()
+            else:
+                transport.close()
+            # A peer that never closes (or never reads) is not waited for long.
+            self.loop.call_later(min(2.0, self.settings.heartbeat_timeout), transport.abort)
         self._shutdown(reason)
 
     def check_menu(self, specs: Iterable[FunctionSpec]) -> None:
@@ -378,15 +412,22 @@ class Connection(asyncio.BufferedProtocol):
             raise TypeError(f"{spec.name} is a {spec.kind} function, not a {kind}")
 
     def _start_rpc(self, spec: FunctionSpec, args: tuple[Any, ...]) -> tuple[asyncio.Future[Any], int]:
-        if spec.kind != "rpc":
-            self._expect_kind(spec, "rpc")
         index = self._peer_index.get(spec)
-        if index is None:
-            index = self._index_of(spec)
-        if self._close_reason is not None:
-            raise ConnectionClosed(self._close_reason)
-        call_id = self._take_id()
-        self._send_query(spec, call_id, index, args)
+        if index is None or spec.kind != "rpc" or self._close_reason is not None:
+            if spec.kind != "rpc":
+                self._expect_kind(spec, "rpc")
+            if index is None:
+                index = self._index_of(spec)
+            if self._close_reason is not None:
+                raise ConnectionClosed(self._close_reason)
+        call_id = self._next_id  # (_take_id, inline)
+        self._next_id = call_id + 2 if call_id < 0xFFFF_FFFD else (1 if self.is_client else 2)
+        try:  # (_send_query, inline)
+            self._write(QUERY, call_id, index, args)
+        except TypeError as error:
+            raise ProtocolError(f"{spec.name}: the arguments cannot be sent: {error}") from None
+        except MessageTooLarge as error:
+            raise MessageTooLarge(f"{spec.name}: arguments: {error}") from None
         future: asyncio.Future[Any] = self.loop.create_future()
         self._outgoing[call_id] = _RpcCall(spec, future)
         return future, call_id
@@ -513,7 +554,8 @@ class Connection(asyncio.BufferedProtocol):
         if out:
             self._out = bytearray()
             transport = self._transport
-            if transport is not None and not transport.is_closing():
+            # Once closed, nothing more is sent (the write side may be shut down already).
+            if transport is not None and self._close_reason is None and not transport.is_closing():
                 transport.write(out)
 
     async def _wait_writable(self) -> None:
@@ -560,6 +602,10 @@ class Connection(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         self._received = True
+        if self._close_reason is not None:
+            self._start = self._end = 0  # Closed: drop what the peer still sends.
+            self._large = None
+            return
         if self._large is not None:
             self._large_filled += nbytes
             if self._large_filled == len(self._large):
@@ -570,6 +616,8 @@ class Connection(asyncio.BufferedProtocol):
             return
         self._end += nbytes
         self._process()
+        if self._flush_handle is not None:
+            self._flush()  # Answers to what was just read leave now, in one write.
 
     def _process(self) -> None:
         view = self._view
@@ -717,6 +765,22 @@ class Connection(asyncio.BufferedProtocol):
             elif call_id:
                 self._write(ERROR, call_id, 0, _error_info(error))
             return
+        if kind == "rpc" and not implementation.in_thread:
+            # No task per call: see _serve_inline and _run_queued.
+            if (
+                self._runner_idle is not None
+                and implementation.starts_nothing
+                and self._serve_inline(call_id, implementation, args, self._runner_idle)
+            ):
+                return
+            self._queued.append((call_id, implementation, args))
+            if self._runner is None:
+                self._start_runner()
+            elif self._runner_idle is not None:
+                if not self._runner_idle.done():
+                    self._runner_idle.set_result(None)
+                self._runner_idle = None
+            return
         context = self._context.copy()
         if kind == "rpc":
             self._incoming[call_id] = self.loop.create_task(
@@ -765,6 +829,125 @@ class Connection(asyncio.BufferedProtocol):
             return
         if self._incoming.pop(call_id, None) is not None:
             self._respond(implementation.spec, call_id, result)
+
+    def _serve_inline(
+        self,
+        call_id: int,
+        implementation: Implementation,
+        args: tuple[Any, ...],
+        idle: asyncio.Future[Any],
+    ) -> bool:
+        """Run an rpc call's first step now, with the idle runner as the current task.
+
+        Most calls return without waiting: answered here, as fast as a raw protocol, without
+        a loop iteration. One that waits is handed to the runner, which becomes its task (the
+        task ``asyncio.current_task()``, ``asyncio.timeout`` and task groups saw in the first
+        step). False if this cannot be done here (the call is then queued).
+        """
+        runner = self._runner
+        assert runner is not None
+        try:
+            _enter_task(self.loop, runner)
+        except RuntimeError:  # Called from inside a task.
+            return False
+        context = self._context.copy()
+        try:
+            coroutine = implementation.handler(*args)
+            waiting = context.run(coroutine.send, None)
+        except StopIteration as done:
+            self._respond(implementation.spec, call_id, done.value)
+            return True
+        except (Exception, asyncio.CancelledError) as error:
+            self._respond_error(call_id, error)
+            return True
+        finally:
+            _leave_task(self.loop, runner)
+        self._runner = self._runner_idle = None
+        self._incoming[call_id] = runner
+        idle.set_result((call_id, implementation, coroutine, waiting, context))
+        return True
+
+    def _start_runner(self) -> None:
+        runner = self.loop.create_task(self._run_queued(), context=self._context.copy())
+        self._runner = runner
+        self._tasks.add(runner)  # (It takes itself out when it ends.)
+
+    async def _run_queued(self) -> None:
+        """Run queued rpc calls one after the other, each in a context of its own.
+
+        Calls that return without waiting cost no task and no loop iteration of their own,
+        and their responses leave in one write; then the runner waits for more (and lends
+        itself to _serve_inline). A call that has to wait keeps this task as its task to the
+        end (``asyncio.current_task()``, ``asyncio.timeout`` and task groups see one task
+        for the whole call, as with a task per call; ABORT cancels it), and a new runner
+        takes the rest of the queue.
+        """
+        task = asyncio.current_task()
+        assert task is not None
+        queue = self._queued
+        base = self._context
+        try:
+            while self._close_reason is None:
+                if not queue:
+                    if self._out:
+                        self._flush()  # Now, rather than one loop iteration later.
+                    idle = self._runner_idle = self.loop.create_future()
+                    try:
+                        job = await idle
+                    except asyncio.CancelledError:
+                        if not idle.done() or idle.cancelled() or idle.result() is None:
+                            raise
+                        # Cancelled once _serve_inline had handed over a call: pass the
+                        # cancellation on to it.
+                        job = idle.result()
+                        task.uncancel()
+                        task.cancel()
+                    if job is None:
+                        continue
+                    call_id, implementation, awaitable, waiting, context = job
+                else:
+                    call_id, implementation, args = queue.popleft()
+                    context = base.copy()
+                    try:
+                        if implementation.starts_nothing:
+                            awaitable = implementation.handler(*args)
+                            waiting = context.run(awaitable.send, None)
+                        else:
+                            awaitable, waiting = context.run(
+                                _first_step, implementation.handler, args
+                            )
+                    except StopIteration as done:
+                        self._respond(implementation.spec, call_id, done.value)
+                        continue
+                    except (Exception, asyncio.CancelledError) as error:
+                        # A CancelledError here comes from the implementation itself
+                        # (nothing has cancelled this task): answer it, and go on.
+                        self._respond_error(call_id, error)
+                        continue
+                    self._runner = None
+                    if queue:
+                        self._start_runner()
+                    self._incoming[call_id] = task
+                # The call waits: this task is its task from now on.
+                if waiting is not _NOT_STARTED:
+                    awaitable = _resume(awaitable, waiting, context)
+                try:
+                    result = await awaitable
+                except asyncio.CancelledError:
+                    self._incoming.pop(call_id, None)
+                    raise
+                except Exception as error:
+                    self._incoming.pop(call_id, None)
+                    self._respond_error(call_id, error)
+                    return
+                if self._incoming.pop(call_id, None) is not None:
+                    self._respond(implementation.spec, call_id, result)
+                return
+        finally:
+            self._tasks.discard(task)
+            if self._runner is task:
+                self._runner = self._runner_idle = None
+                queue.clear()  # (Closed: these calls are not run.)
 
     def _respond(self, spec: FunctionSpec, call_id: int, result: Any) -> None:
         if self._close_reason is not None:
@@ -1000,6 +1183,44 @@ class Connection(asyncio.BufferedProtocol):
             await self._lost
         assert self._close_reason is not None
         self._closed.set_result(self._close_reason)
+
+
+_NOT_STARTED: Any = object()
+
+
+def _first_step(handler: Callable[..., Any], args: tuple[Any, ...]) -> tuple[Any, Any]:
+    """Call ``handler``; run the coroutine it returns up to its first suspension.
+
+    Returns the coroutine and what it yielded (for ``_resume``), or an awaitable that is not
+    a coroutine and ``_NOT_STARTED``; a coroutine that finished raises ``StopIteration``.
+    """
+    awaitable = handler(*args)
+    if type(awaitable) is not types.CoroutineType:
+        return awaitable, _NOT_STARTED
+    return awaitable, awaitable.send(None)
+
+
+@types.coroutine
+def _resume(
+    coroutine: types.CoroutineType[Any, Any, Any], waiting: Any, context: contextvars.Context
+) -> Generator[Any, Any, Any]:
+    """Await a coroutine that ``_first_step`` started, each step in ``context``."""
+    send, throw = coroutine.send, coroutine.throw
+    while True:
+        step: Callable[[Any], Any]
+        try:
+            value = yield waiting
+        except GeneratorExit:
+            coroutine.close()
+            raise
+        except BaseException as error:
+            step, value = throw, error
+        else:
+            step = send
+        try:
+            waiting = context.run(step, value)
+        except StopIteration as done:
+            return done.value
 
 
 def _as_async_iterator(value: Any, loop: asyncio.AbstractEventLoop) -> AsyncIterator[Any]:

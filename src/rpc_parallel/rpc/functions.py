@@ -68,9 +68,12 @@ def type_name(annotation: Any) -> str:
         inner = ", ".join(type_name(a) for a in arguments) if arguments else "()"
         return f"{type_name(origin)}[{inner}]"
     if isinstance(annotation, type):
-        if annotation.__module__ == "builtins":
+        module = annotation.__module__
+        if module == "builtins":
             return annotation.__qualname__
-        return f"{annotation.__module__}.{annotation.__qualname__}"
+        if module == "__mp_main__":
+            module = "__main__"  # The main script, as a worker process imports it.
+        return f"{module}.{annotation.__qualname__}"
     return repr(annotation)
 
 

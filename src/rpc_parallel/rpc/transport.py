@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import ssl as ssl_module
 from collections.abc import Callable, Sequence
@@ -129,10 +130,8 @@ class Server:
         if self._server is not None:
             self._server.close()
         if self._unix_path is not None:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._unix_path)
-            except FileNotFoundError:
-                pass
             self._unix_path = None
 
     def close(self, reason: str = "server closed") -> None:

@@ -64,9 +64,11 @@ class WorkerProcess:
         self._redirect_stderr = redirect_stderr
         self._tasks: list[asyncio.Task[None]] = []
         if process.stderr is not None:
+            # Always echoed: with another redirection the worker moves its stderr away from
+            # this pipe once it has registered, so what arrives here is what it wrote while
+            # starting (an import error, a crash), which must never be silent.
             self._tasks.append(asyncio.ensure_future(
-                self._forward(process.stderr, sys.stderr, self._stderr_tail,
-                              isinstance(redirect_stderr, Forward))
+                self._forward(process.stderr, sys.stderr, self._stderr_tail, True)
             ))
         if process.stdout is not None:
             self._tasks.append(asyncio.ensure_future(
@@ -198,7 +200,7 @@ async def launch(
     else:
         mode = "ab" if isinstance(redirect_stdout, FileAppend) else "wb"
         try:
-            stdout = stdout_file = open(os.fspath(redirect_stdout.path), mode)  # noqa: SIM115
+            stdout = stdout_file = open(os.fspath(redirect_stdout.path), mode)  # noqa: SIM115, ASYNC230
         except OSError as error:
             raise SpawnError(f"cannot open the stdout file of worker {config.name}: {error}") from None
     try:

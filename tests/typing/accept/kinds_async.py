@@ -1,8 +1,9 @@
+# pyright: strict
 """Every function kind with ``async def`` implementations: what ``run`` gives."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
 from typing import assert_type
 
 import rpc_parallel as rp
@@ -33,6 +34,15 @@ class Adder(rp.Worker[int]):
         for i in range(n):
             yield i + self.offset
 
+    @rp.pipe
+    async def letters(self, word: str) -> AsyncGenerator[str, None]:
+        for letter in word:
+            yield letter
+
+    @rp.pipe
+    async def chunks(self) -> AsyncIterable[bytes]:
+        yield b"chunk"
+
     @rp.state
     async def watch(self, key: str) -> tuple[dict[str, int], AsyncIterator[str]]:
         async def updates() -> AsyncIterator[str]:
@@ -48,10 +58,18 @@ class Adder(rp.Worker[int]):
     async def total(self, scale: int, numbers: AsyncIterator[int]) -> int:
         return scale * sum([x async for x in numbers])
 
+    @rp.reverse_pipe
+    async def join(self, parts: AsyncIterable[str], *, separator: str = "") -> str:
+        return separator.join([part async for part in parts])
+
 
 async def numbers() -> AsyncIterator[int]:
     yield 1
     yield 2
+
+
+async def words() -> AsyncGenerator[str, None]:
+    yield "a"
 
 
 async def main() -> None:
@@ -80,6 +98,8 @@ async def main() -> None:
         items = [x async for x in await w.run(Adder.count, n=3)]
         assert_type(items, list[int])
         await reader.aclose()
+        assert_type(await w.run(Adder.letters, "abc"), rp.PipeReader[str])
+        assert_type(await w.run(Adder.chunks), rp.PipeReader[bytes])
 
         # state
         result = await w.run(Adder.watch, "k")
@@ -97,6 +117,8 @@ async def main() -> None:
         # reverse_pipe
         assert_type(await w.run(Adder.total, 2, numbers()), int)
         assert_type(await w.run(Adder.total, scale=2, numbers=numbers()), int)
+        assert_type(await w.run(Adder.join, await w.run(Adder.letters, "ab")), str)
+        assert_type(await w.run(Adder.join, words(), separator=" "), str)
 
         # submit: rpc functions only, a future of the result
         future = w.submit(Adder.add, 1)

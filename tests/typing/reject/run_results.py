@@ -61,12 +61,14 @@ async def main(w: rp.WorkerHandle[Adder]) -> None:
     o: int = w.run(Adder.add, 1)  # expect-error
 
     reader = await w.run(Adder.count, 3)
+    p: str = await anext(reader)  # expect-error
     async for item in reader:
-        p: str = item  # expect-error
+        item.upper()  # expect-error
     initial, updates = await w.run(Adder.watch, "k")
     q: str = initial  # expect-error
+    r: int = await anext(updates)  # expect-error
     async for update in updates:
-        r: int = update  # expect-error
+        update + 1  # expect-error
     (await w.run(Adder.add, 1)).upper()  # expect-error
     len(await w.run(Adder.add, 1))  # expect-error
     await w.run(Adder.add, 1) + "x"  # expect-error
