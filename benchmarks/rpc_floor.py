@@ -42,7 +42,7 @@ from typing import Any
 import msgspec
 import uvloop
 
-from rpc_parallel import rpc
+import rpc_parallel.rpc as rpc
 
 SECRET = b"rpc_floor benchmark secret"
 ECHO_SIZE = 16 * 1024 * 1024
@@ -229,7 +229,12 @@ async def _serve(kind: str, transport: str, address: str) -> None:
     # Serve until the benchmark closes our stdin (or is gone).
     parent = os.getppid()
     stdin_closed = loop.create_future()
-    loop.add_reader(0, lambda: stdin_closed.done() or stdin_closed.set_result(None))
+
+    def on_stdin() -> None:
+        if not stdin_closed.done():
+            stdin_closed.set_result(None)
+
+    loop.add_reader(0, on_stdin)
     while not stdin_closed.done() and os.getppid() == parent:
         await asyncio.wait([stdin_closed], timeout=0.5)
     loop.remove_reader(0)
@@ -292,7 +297,10 @@ async def connect(server: ServerProcess) -> Client:
             conn = await rpc.connect_unix(server.address, secret=SECRET)
 
         def start(value: Any) -> asyncio.Future[Any]:
-            return conn.call_future(ECHO if type(value) is bytes else ADD, value)
+            future: asyncio.Future[Any] = conn.call_future(
+                ECHO if type(value) is bytes else ADD, value
+            )
+            return future
 
         async def call(value: Any) -> Any:
             return await conn.call(ECHO if type(value) is bytes else ADD, value)
@@ -501,7 +509,7 @@ def print_table(summary: dict[str, Any]) -> None:
     for name, entry in summary["metrics"].items():
         _, label, unit, ratio_key, _ = keys[name]
 
-        def fmt(value: float | None) -> str:
+        def fmt(value: float | None, unit: str = unit) -> str:
             if value is None:
                 return "-"
             return f"{value:,.0f}" if unit == "calls/s" else f"{value:.2f}"
@@ -567,7 +575,7 @@ def main() -> None:
         "machine": {
             "cpus": os.cpu_count(), "affinity": sorted(os.sched_getaffinity(0)),
             "python": platform.python_version(), "platform": platform.platform(),
-            "uvloop": uvloop.__version__, "msgspec": msgspec.__version__,
+            "uvloop": getattr(uvloop, "__version__", "?"), "msgspec": msgspec.__version__,
         },
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "seconds": elapsed,

@@ -14,6 +14,7 @@ import datetime as dt
 import json
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
@@ -237,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     docs: dict[str, dict[str, Any]] = {}
-    for i, entry in enumerate(REGISTRY, 1):
+    done = 0
+    for entry in REGISTRY:
         if entry.key not in selected:
             docs[entry.key] = {
                 "key": entry.key,
@@ -258,10 +260,12 @@ def main(argv: list[str] | None = None) -> int:
                 "version": None,
                 "metrics": {},
             }
-            say(f"[{i}/{len(REGISTRY)}] {entry.label}: skipped (run time limit)")
+            say(f"[{done + 1}/{len(selected)}] {entry.label}: skipped (run time limit)")
+            done += 1
             continue
         timeout = min(left, 7 * setting.workload_limit_s + 30)
-        say(f"[{i}/{len(REGISTRY)}] {entry.label} ...")
+        done += 1
+        say(f"[{done}/{len(selected)}] {entry.label} ...")
         doc = run_child(entry.key, setting, work, timeout)
         failed_req = [r for r in install_failures if entry.dist and _dist(r) == entry.dist]
         if doc["status"] == "unavailable" and failed_req:
@@ -294,5 +298,9 @@ def main(argv: list[str] | None = None) -> int:
     say(f"wrote {json_path}")
     say(f"wrote {md_path}")
     say(f"wrote {png_path}" if chart_note is None else f"no chart: {chart_note}")
+    if all(d["status"] in ("ok", "skipped") for d in docs.values()):
+        shutil.rmtree(work, ignore_errors=True)  # nothing to look into
+    else:
+        say(f"logs kept in {work}")
     say(f"total {result['duration_s']:.1f} s")
     return 0

@@ -15,7 +15,15 @@ class Redirect(msgspec.Struct, frozen=True):
     path: str = ""
 
 
-class WorkerConfig(msgspec.Struct, frozen=True, kw_only=True):
+class Preload(msgspec.Struct, frozen=True, kw_only=True, tag="preload"):
+    """Sent to a pre-started process: import the worker's module now, the rest comes later."""
+
+    module: str
+    main_path: str | None
+    sys_path: list[str]
+
+
+class WorkerConfig(msgspec.Struct, frozen=True, kw_only=True, tag="config"):
     """What a new worker process reads from its stdin before anything else."""
 
     worker_id: str
@@ -60,7 +68,7 @@ class LogRecord(msgspec.Struct, frozen=True, kw_only=True):
 
 
 CONFIG_ENCODER = msgspec.msgpack.Encoder()
-CONFIG_DECODER = msgspec.msgpack.Decoder(WorkerConfig)
+CONFIG_DECODER = msgspec.msgpack.Decoder(Preload | WorkerConfig)
 
 # Served by the master, called by its workers over their link.
 REGISTER = FunctionSpec(

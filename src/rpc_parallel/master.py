@@ -9,15 +9,22 @@ from __future__ import annotations
 import asyncio
 import atexit
 import shutil
+import sys
 import tempfile
+import uuid
 import weakref
 from typing import TYPE_CHECKING, Any
 
-from .builtins import REGISTER, WORKER_FAILED, ErrorReport, Registration
+from .builtins import REGISTER, WORKER_FAILED, ErrorReport, Preload, Registration
 from .errors import ProtocolError
 from .rpc import Connection as RpcConnection
 from .rpc import Implementation, Server, current_connection, serve_unix
+from .spawn.options import Forward, Local
+from .spawn.process import WorkerProcess, send, start
 from .state import process
+
+WarmKey = tuple[str, str, str | None]
+"""(module, qualname, main script path) of a worker class."""
 
 if TYPE_CHECKING:
     from .worker import WorkerHandle
@@ -31,6 +38,9 @@ class Master:
         self.server: Server | None = None
         self._directory: str | None = None
         self._starting: asyncio.Lock = asyncio.Lock()
+        self.warm: dict[WarmKey, WorkerProcess] = {}
+        self._warming: set[WarmKey] = set()
+        self._closing = False
 
     async def address(self) -> str:
         """The master server's address, starting it on first use."""
@@ -61,12 +71,52 @@ class Master:
         if handle is not None:
             handle._failure_reported(report)
 
+    def take_warm(self, key: WarmKey) -> WorkerProcess | None:
+        """A pre-started process for this worker class, if one is ready and alive."""
+        worker = self.warm.pop(key, None)
+        if worker is not None and worker.returncode is not None:
+            worker.close_pipes()
+            return None
+        return worker
+
+    def warm_up(self, key: WarmKey) -> None:
+        """Start one process for the next spawn of this class in the background: it has
+        imported rpc_parallel and the class's module, and waits for its configuration."""
+        if self._closing or key in self.warm or key in self._warming:
+            return
+        self._warming.add(key)
+        self.own(asyncio.ensure_future(self._warm(key)))
+
+    async def _warm(self, key: WarmKey) -> None:
+        module, qualname, main_path = key
+        name = f"{qualname.rpartition('.')[2]}-{uuid.uuid4().hex[:8]}"
+        try:
+            worker = await start(
+                name, how=Local(), env=None, cwd=None, redirect_stdout=Forward(),
+                redirect_stderr=Forward(), new_session=True,
+            )
+            await send(worker, Preload(module=module, main_path=main_path, sys_path=list(sys.path)))
+        except Exception:
+            return  # The next spawn of this class starts cold and reports what is wrong.
+        finally:
+            self._warming.discard(key)
+        if self._closing:
+            await worker.stop(grace=0)
+        else:
+            self.warm[key] = worker
+
     def own(self, task: asyncio.Task[None]) -> None:
         self.supervisors.add(task)
         task.add_done_callback(self.supervisors.discard)
 
     async def close(self) -> None:
         """Close every worker link (workers not in called_shutdown mode exit) and the server."""
+        self._closing = True
+        warm, self.warm = list(self.warm.values()), {}
+        for worker in warm:
+            worker.close_pipes()  # End of file on stdin: it exits.
+        for worker in warm:
+            await worker.stop(grace=2.0)
         for handle in list(self.handles.values()):
             await handle._master_exiting()
         if self.supervisors:

@@ -58,7 +58,7 @@ from .spawn.options import (
     ShutdownOn,
     Wrap,
 )
-from .state import process
+from .state import State, process
 
 I = TypeVar("I")  # noqa: E741
 W = TypeVar("W", bound="Worker[Any]")
@@ -862,9 +862,17 @@ async def _spawn(
     for function in cls._rpc_parallel_functions.values():
         function.spec  # noqa: B018 — annotation errors surface here, not in the worker
     worker_id = str(uuid.uuid4())
-    worker_name = name or f"{cls.__name__}-{worker_id[:8]}"
     _redirect(redirect_stdout, "redirect_stdout")
     master = current_master()
+    warm_key = (module, qualname, main_path)
+    prestart = (
+        process().state is State.MASTER
+        and os.environ.get("RPC_PARALLEL_PRESTART", "1") != "0"
+        and not foreground and name is None and env is None and cwd is None
+        and how == Local() and isinstance(redirect_stdout, Forward)
+    )
+    warm = master.take_warm(warm_key) if prestart else None
+    worker_name = warm.name if warm is not None else (name or f"{cls.__name__}-{worker_id[:8]}")
     config = WorkerConfig(
         worker_id=worker_id,
         name=worker_name,
@@ -885,11 +893,16 @@ async def _spawn(
     master.pending[worker_id] = registered
     worker_process: spawn_process.WorkerProcess | None = None
     try:
-        worker_process = await spawn_process.launch(
-            config, how=how, env=env, cwd=None if cwd is None else os.fspath(cwd),
-            redirect_stdout=redirect_stdout, redirect_stderr=redirect_stderr,
-            new_session=not foreground,
-        )
+        if warm is not None:
+            worker_process = warm
+            worker_process.redirect_stderr = redirect_stderr
+            await spawn_process.send(worker_process, config)
+        else:
+            worker_process = await spawn_process.launch(
+                config, how=how, env=env, cwd=None if cwd is None else os.fspath(cwd),
+                redirect_stdout=redirect_stdout, redirect_stderr=redirect_stderr,
+                new_session=not foreground,
+            )
         exited: asyncio.Future[Any] = asyncio.ensure_future(worker_process.process.wait())
         try:
             await asyncio.wait([registered, exited], timeout=connection_timeout,
@@ -945,4 +958,6 @@ async def _spawn(
     )
     master.handles[link] = handle
     handle._start_supervision()
+    if prestart:
+        master.warm_up(warm_key)
     return handle, worker_process

@@ -22,6 +22,7 @@ from typing import Any, NoReturn
 
 from .builtins import (
     CONFIG_DECODER,
+    Preload,
     REGISTER,
     WORKER_FAILED,
     ErrorReport,
@@ -62,11 +63,33 @@ def _read_exactly(fd: int, size: int) -> bytes:
     return b"".join(chunks)
 
 
-def read_config(fd: int = 0) -> WorkerConfig:
+def read_message(fd: int = 0) -> Preload | WorkerConfig:
     length = int.from_bytes(_read_exactly(fd, 4), "little")
     if length > 64 * 1024 * 1024:
         raise ValueError(f"worker configuration of {length} bytes is not plausible")
-    return CONFIG_DECODER.decode(_read_exactly(fd, length))
+    message: Preload | WorkerConfig = CONFIG_DECODER.decode(_read_exactly(fd, length))
+    return message
+
+
+def read_config(fd: int = 0) -> WorkerConfig:
+    """The configuration, after importing what a ``Preload`` before it names."""
+    while True:
+        message = read_message(fd)
+        if isinstance(message, WorkerConfig):
+            return message
+        sys.path[:] = message.sys_path
+        try:
+            _import_module(message.module, message.main_path)
+        except BaseException as error:
+            import traceback
+
+            traceback.print_exception(error)
+            sys.stderr.write(
+                f"rpc_parallel worker: cannot import {message.module}: "
+                f"{type(error).__name__}: {error}\n"
+            )
+            sys.stderr.flush()
+            os._exit(3)
 
 
 def _watch_stdin(shutdown_on: str) -> None:
@@ -89,19 +112,26 @@ def _watch_stdin(shutdown_on: str) -> None:
     os._exit(0)
 
 
+def _import_module(name: str, main_path: str | None) -> Any:
+    if main_path is None:
+        return importlib.import_module(name)
+    loaded = sys.modules.get("__mp_main__")
+    if loaded is not None and getattr(loaded, "__file__", None) == main_path:
+        return loaded
+    process().importing_for_worker = True
+    spec = importlib.util.spec_from_file_location("__mp_main__", main_path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load the main script {main_path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["__mp_main__"] = module
+    spec.loader.exec_module(module)
+    sys.modules["__main__"] = module
+    process().importing_for_worker = False
+    return module
+
+
 def import_worker_class(config: WorkerConfig) -> type[Worker[Any]]:
-    if config.main_path is not None:
-        process().importing_for_worker = True
-        spec = importlib.util.spec_from_file_location("__mp_main__", config.main_path)
-        if spec is None or spec.loader is None:
-            raise ImportError(f"cannot load the main script {config.main_path}")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["__mp_main__"] = module
-        spec.loader.exec_module(module)
-        sys.modules["__main__"] = module
-        process().importing_for_worker = False
-    else:
-        module = importlib.import_module(config.module)
+    module = _import_module(config.module, config.main_path)
     target: Any = module
     for part in config.qualname.split("."):
         target = getattr(target, part)
@@ -211,7 +241,9 @@ def main() -> NoReturn:
     os.environ.pop("RPC_PARALLEL_WORKER", None)
     try:
         config = read_config()
-    except (EOFError, ValueError, OSError) as error:
+    except EOFError:
+        os._exit(0)  # A pre-started process the master no longer needs.
+    except (ValueError, OSError) as error:
         sys.stderr.write(f"rpc_parallel worker: cannot read the configuration: {error}\n")
         os._exit(2)
     if config.umask is not None:

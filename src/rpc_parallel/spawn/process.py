@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Mapping
 from typing import IO
 
-from ..builtins import CONFIG_ENCODER, WorkerConfig
+from ..builtins import CONFIG_ENCODER, Preload, WorkerConfig
 from ..errors import SpawnError
 from .options import DevNull, FileAppend, FileTruncate, Forward, Local, Redirection, Remote, Wrap
 
@@ -61,7 +61,7 @@ class WorkerProcess:
         """Started in a new session: the process group ``pid`` is the worker's alone."""
         self.name = name
         self._stderr_tail: deque[str] = deque(maxlen=_TAIL_LINES)
-        self._redirect_stderr = redirect_stderr
+        self.redirect_stderr = redirect_stderr
         self._tasks: list[asyncio.Task[None]] = []
         if process.stderr is not None:
             # Always echoed: with another redirection the worker moves its stderr away from
@@ -108,8 +108,8 @@ class WorkerProcess:
 
     def stderr_tail(self) -> str:
         text = "".join(self._stderr_tail)
-        if isinstance(self._redirect_stderr, FileAppend | FileTruncate):
-            text += _file_tail(os.fspath(self._redirect_stderr.path))
+        if isinstance(self.redirect_stderr, FileAppend | FileTruncate):
+            text += _file_tail(os.fspath(self.redirect_stderr.path))
         return text[-8000:]
 
     async def wait(self, timeout: float | None = None) -> int | None:
@@ -175,8 +175,8 @@ def worker_argv(how: Local | Wrap | Remote, name: str) -> list[str]:
     return [*base, "worker", name, "child-of", f"{os.getpid()}@{socket.gethostname()}"]
 
 
-async def launch(
-    config: WorkerConfig,
+async def start(
+    name: str,
     *,
     how: Local | Wrap | Remote,
     env: Mapping[str, str] | None,
@@ -185,8 +185,8 @@ async def launch(
     redirect_stderr: Redirection,
     new_session: bool,
 ) -> WorkerProcess:
-    """Start the process and hand it its configuration on stdin."""
-    argv = worker_argv(how, config.name)
+    """Start a worker process; it waits for its configuration on stdin (``send``)."""
+    argv = worker_argv(how, name)
     environment = dict(os.environ)
     if env is not None:
         environment.update(env)
@@ -202,7 +202,7 @@ async def launch(
         try:
             stdout = stdout_file = open(os.fspath(redirect_stdout.path), mode)  # noqa: SIM115, ASYNC230
         except OSError as error:
-            raise SpawnError(f"cannot open the stdout file of worker {config.name}: {error}") from None
+            raise SpawnError(f"cannot open the stdout file of worker {name}: {error}") from None
     try:
         process = await asyncio.create_subprocess_exec(
             *argv,
@@ -214,17 +214,37 @@ async def launch(
             start_new_session=new_session,
         )
     except OSError as error:
-        raise SpawnError(f"cannot start worker {config.name} ({argv[0]}): {error}") from None
+        raise SpawnError(f"cannot start worker {name} ({argv[0]}): {error}") from None
     finally:
         if stdout_file is not None:
             stdout_file.close()
-    worker = WorkerProcess(process, config.name, redirect_stdout, redirect_stderr,
-                           own_group=new_session)
-    payload = CONFIG_ENCODER.encode(config)
-    assert process.stdin is not None
+    return WorkerProcess(process, name, redirect_stdout, redirect_stderr, own_group=new_session)
+
+
+async def send(worker: WorkerProcess, message: WorkerConfig | Preload) -> None:
+    """Write one length-prefixed message to the worker's stdin."""
+    payload = CONFIG_ENCODER.encode(message)
+    stdin = worker.stdin
+    assert stdin is not None
     try:
-        process.stdin.write(len(payload).to_bytes(4, "little") + payload)
-        await process.stdin.drain()
+        stdin.write(len(payload).to_bytes(4, "little") + payload)
+        await stdin.drain()
     except (ConnectionError, OSError):
         pass  # It died at once; the caller sees the exit and the stderr tail.
+
+
+async def launch(
+    config: WorkerConfig,
+    *,
+    how: Local | Wrap | Remote,
+    env: Mapping[str, str] | None,
+    cwd: str | None,
+    redirect_stdout: Redirection,
+    redirect_stderr: Redirection,
+    new_session: bool,
+) -> WorkerProcess:
+    """Start the process and hand it its configuration on stdin."""
+    worker = await start(config.name, how=how, env=env, cwd=cwd, redirect_stdout=redirect_stdout,
+                         redirect_stderr=redirect_stderr, new_session=new_session)
+    await send(worker, config)
     return worker
