@@ -22,10 +22,10 @@ from typing import Any, NoReturn
 
 from .builtins import (
     CONFIG_DECODER,
-    Preload,
     REGISTER,
     WORKER_FAILED,
     ErrorReport,
+    Preload,
     Registration,
     WorkerConfig,
 )
