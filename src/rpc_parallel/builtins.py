@@ -84,4 +84,7 @@ WORKER_FAILED = FunctionSpec(
 INIT_CONNECTION = FunctionSpec("rpc_parallel.init_connection", kind="rpc", parameters=[("arg", Any)])
 SHUTDOWN = FunctionSpec("rpc_parallel.shutdown", kind="rpc")
 CLOSE_SERVER = FunctionSpec("rpc_parallel.close_server", kind="rpc")
-SUBSCRIBE_LOGS = FunctionSpec("rpc_parallel.subscribe_logs", kind="pipe", item=LogRecord)
+# A state function: its initial answer (the worker's name) means the subscription is active.
+SUBSCRIBE_LOGS = FunctionSpec(
+    "rpc_parallel.subscribe_logs", kind="state", response=str, item=LogRecord
+)

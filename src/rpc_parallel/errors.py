@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 
+def _with_stderr_tail(text: str, stderr_tail: str) -> str:
+    if stderr_tail:
+        text += "\n--- worker stderr (tail) ---\n" + stderr_tail.rstrip()
+    return text
+
+
 class Error(Exception):
     """Base class of every rpc_parallel error."""
 
@@ -67,10 +73,7 @@ class WorkerDied(ConnectionClosed):
         self.stderr_tail = stderr_tail
 
     def __str__(self) -> str:
-        text = self.reason
-        if self.stderr_tail:
-            text += "\n--- worker stderr (tail) ---\n" + self.stderr_tail.rstrip()
-        return text
+        return _with_stderr_tail(self.reason, self.stderr_tail)
 
 
 class SpawnError(Error):
@@ -82,10 +85,7 @@ class SpawnError(Error):
         self.stderr_tail = stderr_tail
 
     def __str__(self) -> str:
-        text = self.reason
-        if self.stderr_tail:
-            text += "\n--- worker stderr (tail) ---\n" + self.stderr_tail.rstrip()
-        return text
+        return _with_stderr_tail(self.reason, self.stderr_tail)
 
 
 class WorkerFailure(Error):

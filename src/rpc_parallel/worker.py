@@ -272,6 +272,26 @@ class _LogBroadcast(logging.Handler):
                 self.subscribers.discard((loop, queue))
 
 
+class _LogSubscription:
+    """One subscriber's records; registered from creation, so nothing logged after the
+    subscriber's ``subscribe_logs()`` returned is missed."""
+
+    def __init__(self, handler: _LogBroadcast) -> None:
+        self._handler = handler
+        self._queue: asyncio.Queue[LogRecord] = asyncio.Queue(maxsize=10_000)
+        self._entry = (asyncio.get_running_loop(), self._queue)
+        handler.subscribers.add(self._entry)
+
+    def __aiter__(self) -> _LogSubscription:
+        return self
+
+    async def __anext__(self) -> LogRecord:
+        return await self._queue.get()
+
+    async def aclose(self) -> None:
+        self._handler.subscribers.discard(self._entry)
+
+
 def _offer(queue: asyncio.Queue[LogRecord], item: LogRecord) -> None:
     if not queue.full():
         queue.put_nowait(item)
@@ -304,16 +324,9 @@ def builtin_implementations(instance: Worker[Any]) -> list[Implementation]:
             server.stop_accepting()
             _served.discard(server)
 
-    async def subscribe_logs() -> AsyncIterator[LogRecord]:
+    async def subscribe_logs() -> tuple[str, AsyncIterator[LogRecord]]:
         handler = _log_handler(process().worker_name or type(instance).__name__)
-        queue: asyncio.Queue[LogRecord] = asyncio.Queue(maxsize=10_000)
-        entry = (asyncio.get_running_loop(), queue)
-        handler.subscribers.add(entry)
-        try:
-            while True:
-                yield await queue.get()
-        finally:
-            handler.subscribers.discard(entry)
+        return handler.worker_name, _LogSubscription(handler)
 
     return [
         Implementation(INIT_CONNECTION, init_connection),
@@ -553,7 +566,7 @@ class WorkerHandle(_Runner[W_co]):
         """Stream the worker's ``logging`` records from now on."""
         connection = await self._rpc_connection()
         try:
-            reader: PipeReader[LogRecord] = await connection.pipe(SUBSCRIBE_LOGS)
+            _, reader = await connection.state(SUBSCRIBE_LOGS)
         except ConnectionClosed as error:
             raise await self._translate(error, SUBSCRIBE_LOGS.name) from None
         reader.translate_error = lambda e: self._translate(e, SUBSCRIBE_LOGS.name)
@@ -898,11 +911,12 @@ async def _spawn(
             worker_process.redirect_stderr = redirect_stderr
             await spawn_process.send(worker_process, config)
         else:
-            worker_process = await spawn_process.launch(
-                config, how=how, env=env, cwd=None if cwd is None else os.fspath(cwd),
+            worker_process = await spawn_process.start(
+                worker_name, how=how, env=env, cwd=None if cwd is None else os.fspath(cwd),
                 redirect_stdout=redirect_stdout, redirect_stderr=redirect_stderr,
                 new_session=not foreground,
             )
+            await spawn_process.send(worker_process, config)
         exited: asyncio.Future[Any] = asyncio.ensure_future(worker_process.process.wait())
         try:
             await asyncio.wait([registered, exited], timeout=connection_timeout,

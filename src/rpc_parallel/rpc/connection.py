@@ -21,6 +21,7 @@ from collections import deque
 from collections.abc import (
     AsyncIterable,
     AsyncIterator,
+    Awaitable,
     Callable,
     Generator,
     Iterable,
@@ -815,11 +816,12 @@ class Connection(asyncio.BufferedProtocol):
         return await implementation.handler(*args)
 
     async def _serve_rpc(self, call_id: int, implementation: Implementation, args: tuple[Any, ...]) -> None:
+        await self._answer(call_id, implementation, self._run(implementation, args))
+
+    async def _answer(self, call_id: int, implementation: Implementation, call: Awaitable[Any]) -> None:
+        """Await a served rpc call and send its result or error (unless it was abandoned)."""
         try:
-            if implementation.in_thread:
-                result = await self._run(implementation, args)
-            else:
-                result = await implementation.handler(*args)
+            result = await call
         except asyncio.CancelledError:
             self._incoming.pop(call_id, None)
             raise
@@ -931,17 +933,7 @@ class Connection(asyncio.BufferedProtocol):
                 # The call waits: this task is its task from now on.
                 if waiting is not _NOT_STARTED:
                     awaitable = _resume(awaitable, waiting, context)
-                try:
-                    result = await awaitable
-                except asyncio.CancelledError:
-                    self._incoming.pop(call_id, None)
-                    raise
-                except Exception as error:
-                    self._incoming.pop(call_id, None)
-                    self._respond_error(call_id, error)
-                    return
-                if self._incoming.pop(call_id, None) is not None:
-                    self._respond(implementation.spec, call_id, result)
+                await self._answer(call_id, implementation, awaitable)
                 return
         finally:
             self._tasks.discard(task)

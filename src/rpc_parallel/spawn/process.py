@@ -231,20 +231,3 @@ async def send(worker: WorkerProcess, message: WorkerConfig | Preload) -> None:
         await stdin.drain()
     except (ConnectionError, OSError):
         pass  # It died at once; the caller sees the exit and the stderr tail.
-
-
-async def launch(
-    config: WorkerConfig,
-    *,
-    how: Local | Wrap | Remote,
-    env: Mapping[str, str] | None,
-    cwd: str | None,
-    redirect_stdout: Redirection,
-    redirect_stderr: Redirection,
-    new_session: bool,
-) -> WorkerProcess:
-    """Start the process and hand it its configuration on stdin."""
-    worker = await start(config.name, how=how, env=env, cwd=cwd, redirect_stdout=redirect_stdout,
-                         redirect_stderr=redirect_stderr, new_session=new_session)
-    await send(worker, config)
-    return worker
