@@ -38,8 +38,7 @@ class Master:
         self.server: Server | None = None
         self._directory: str | None = None
         self._starting: asyncio.Lock = asyncio.Lock()
-        self.warm: dict[WarmKey, WorkerProcess] = {}
-        self._warming: set[WarmKey] = set()
+        self.warm: dict[WarmKey, asyncio.Future[WorkerProcess | None]] = {}
         self._closing = False
 
     async def address(self) -> str:
@@ -71,23 +70,28 @@ class Master:
         if handle is not None:
             handle._failure_reported(report)
 
-    def take_warm(self, key: WarmKey) -> WorkerProcess | None:
-        """A pre-started process for this worker class, if one is ready and alive."""
-        worker = self.warm.pop(key, None)
+    async def take_warm(self, key: WarmKey) -> WorkerProcess | None:
+        """A pre-started process for this worker class, if one was started and is alive.
+
+        It may still be importing; the spawn's configuration waits in its stdin meanwhile.
+        """
+        starting = self.warm.pop(key, None)
+        if starting is None:
+            return None
+        worker = await asyncio.shield(starting)
         if worker is not None and worker.returncode is not None:
             worker.close_pipes()
             return None
         return worker
 
     def warm_up(self, key: WarmKey) -> None:
-        """Start one process for the next spawn of this class in the background: it has
-        imported rpc_parallel and the class's module, and waits for its configuration."""
-        if self._closing or key in self.warm or key in self._warming:
+        """Start one process for the next spawn of this class in the background: it
+        imports rpc_parallel and the class's module, then waits for its configuration."""
+        if self._closing or key in self.warm:
             return
-        self._warming.add(key)
-        self.own(asyncio.ensure_future(self._warm(key)))
+        self.warm[key] = asyncio.ensure_future(self._warm(key))
 
-    async def _warm(self, key: WarmKey) -> None:
+    async def _warm(self, key: WarmKey) -> WorkerProcess | None:
         module, qualname, main_path = key
         name = f"{qualname.rpartition('.')[2]}-{uuid.uuid4().hex[:8]}"
         try:
@@ -95,15 +99,10 @@ class Master:
                 name, how=Local(), env=None, cwd=None, redirect_stdout=Forward(),
                 redirect_stderr=Forward(), new_session=True,
             )
-            await send(worker, Preload(module=module, main_path=main_path, sys_path=list(sys.path)))
         except Exception:
-            return  # The next spawn of this class starts cold and reports what is wrong.
-        finally:
-            self._warming.discard(key)
-        if self._closing:
-            await worker.stop(grace=0)
-        else:
-            self.warm[key] = worker
+            return None  # The next spawn of this class starts cold and says what is wrong.
+        await send(worker, Preload(module=module, main_path=main_path, sys_path=list(sys.path)))
+        return worker
 
     def own(self, task: asyncio.Task[None]) -> None:
         self.supervisors.add(task)
@@ -112,7 +111,8 @@ class Master:
     async def close(self) -> None:
         """Close every worker link (workers not in called_shutdown mode exit) and the server."""
         self._closing = True
-        warm, self.warm = list(self.warm.values()), {}
+        starting, self.warm = list(self.warm.values()), {}
+        warm = [w for w in await asyncio.gather(*starting) if w is not None]
         for worker in warm:
             worker.close_pipes()  # End of file on stdin: it exits.
         for worker in warm:

@@ -884,7 +884,9 @@ async def _spawn(
         and not foreground and name is None and env is None and cwd is None
         and how == Local() and isinstance(redirect_stdout, Forward)
     )
-    warm = master.take_warm(warm_key) if prestart else None
+    warm = await master.take_warm(warm_key) if prestart else None
+    if prestart:
+        master.warm_up(warm_key)  # Ready, or nearly, by the next spawn of this class.
     worker_name = warm.name if warm is not None else (name or f"{cls.__name__}-{worker_id[:8]}")
     config = WorkerConfig(
         worker_id=worker_id,
@@ -972,6 +974,4 @@ async def _spawn(
     )
     master.handles[link] = handle
     handle._start_supervision()
-    if prestart:
-        master.warm_up(warm_key)
     return handle, worker_process
