@@ -78,7 +78,11 @@ class Master:
         starting = self.warm.pop(key, None)
         if starting is None:
             return None
-        worker = await asyncio.shield(starting)
+        try:
+            worker = await asyncio.shield(starting)
+        except asyncio.CancelledError:
+            starting.add_done_callback(_release)  # The spawn was cancelled: let it exit.
+            raise
         if worker is not None and worker.returncode is not None:
             worker.close_pipes()
             return None
@@ -128,6 +132,12 @@ class Master:
         if self._directory is not None:
             shutil.rmtree(self._directory, ignore_errors=True)
             self._directory = None
+
+
+def _release(starting: asyncio.Future[WorkerProcess | None]) -> None:
+    worker = None if starting.cancelled() else starting.result()
+    if worker is not None:
+        worker.close_pipes()  # End of file on stdin: an unclaimed process exits.
 
 
 _masters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Master] = (

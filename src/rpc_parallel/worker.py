@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
-import functools
 import inspect
 import logging
 import os
@@ -439,32 +438,9 @@ class _Runner(Generic[W_co]):
             return asyncio.ensure_future(self.run(function, *args, **kwargs))
         spec = function._spec or function.spec
         try:
-            inner = connection._start_rpc(spec, spec.bind(args, kwargs))[0]
+            return connection._start_rpc(spec, spec.bind(args, kwargs))[0]
         except ConnectionClosed as error:
             return asyncio.ensure_future(self._raise_translated(error, spec.name))
-        outer: asyncio.Future[R] = connection.loop.create_future()
-        inner.add_done_callback(functools.partial(self._settle, outer, spec.name))
-        return outer
-
-    def _settle(self, outer: asyncio.Future[Any], function: str, inner: asyncio.Future[Any]) -> None:
-        if outer.done():
-            return
-        if inner.cancelled():
-            outer.cancel()
-            return
-        error = inner.exception()
-        if error is None:
-            outer.set_result(inner.result())
-        elif isinstance(error, ConnectionClosed):
-            translating = asyncio.ensure_future(self._translate(error, function))
-
-            def deliver(done: asyncio.Future[BaseException]) -> None:
-                if not outer.done():
-                    outer.set_exception(done.result())
-
-            translating.add_done_callback(deliver)
-        else:
-            outer.set_exception(error)
 
     async def _raise_translated(self, error: ConnectionClosed, function: str) -> Any:
         raise await self._translate(error, function)
@@ -502,6 +478,8 @@ class WorkerHandle(_Runner[W_co]):
         self.worker_class = worker_class
         self.shutdown_on: ShutdownOn = shutdown_on
         self._link = link
+        if link is not None:
+            link.translate_lost = self._death
         self._process = worker_process
         self._on_failure = on_failure
         self._own_connection: RpcConnection | None = None
@@ -703,14 +681,22 @@ class WorkerHandle(_Runner[W_co]):
     async def _translate(self, error: ConnectionClosed, function: str) -> BaseException:
         if isinstance(error, WorkerDied):
             return error
+        return (await self._death(error))(function)
+
+    async def _death(self, error: ConnectionClosed) -> Callable[[str], BaseException]:
+        """What calls fail with once the connection to the worker is lost: ``WorkerDied``
+        with its exit status and stderr tail (known once the process has been reaped)."""
         worker_process = self._process
         if worker_process is None:
             if self._closed:
-                return error
-            return WorkerDied(f"worker {self.name}: {error.reason} (while running {function})",
-                              worker=self.name, function=function)
+                return lambda function: error
+            return lambda function: WorkerDied(
+                f"worker {self.name}: {error.reason} (while running {function})",
+                worker=self.name, function=function,
+            )
         if self._closed and self._expected_exit and self._returncode is None:
-            return ConnectionClosed(f"worker {self.name}: this handle is closed")
+            closed = ConnectionClosed(f"worker {self.name}: this handle is closed")
+            return lambda function: closed
         if self._supervisor is not None:
             await asyncio.wait({self._supervisor}, timeout=10.0)
         returncode = self._returncode
@@ -722,13 +708,12 @@ class WorkerHandle(_Runner[W_co]):
             text = self._describe_end(returncode, error.reason)
         if self._failure is not None:
             text += f", after reporting: {self._failure.message}"
-        return WorkerDied(
-            f"{text} (while running {function})",
-            worker=self.name,
-            function=function,
-            exit_code=returncode if returncode is not None and returncode >= 0 else None,
-            signal=-returncode if returncode is not None and returncode < 0 else None,
-            stderr_tail=worker_process.stderr_tail(),
+        tail = worker_process.stderr_tail()
+        exit_code = returncode if returncode is not None and returncode >= 0 else None
+        signal = -returncode if returncode is not None and returncode < 0 else None
+        return lambda function: WorkerDied(
+            f"{text} (while running {function})", worker=self.name, function=function,
+            exit_code=exit_code, signal=signal, stderr_tail=tail,
         )
 
 
@@ -739,6 +724,7 @@ class Connection(_Runner[W_co]):
         self.handle = handle
         self.name = handle.name
         self._connection = connection
+        connection.translate_lost = self._death
 
     def __repr__(self) -> str:
         return f"<rpc_parallel Connection to {self.handle.name}>"
@@ -750,9 +736,14 @@ class Connection(_Runner[W_co]):
         return self._connection
 
     async def _translate(self, error: ConnectionClosed, function: str) -> BaseException:
-        if self._connection.close_reason == "connection closed by its owner":
+        if isinstance(error, WorkerDied):
             return error
-        return await self.handle._translate(error, function)
+        return (await self._death(error))(function)
+
+    async def _death(self, error: ConnectionClosed) -> Callable[[str], BaseException]:
+        if self._connection.close_reason == "connection closed by its owner":
+            return lambda function: error
+        return await self.handle._death(error)
 
     async def close(self) -> None:
         self._connection.close("connection closed by its owner")

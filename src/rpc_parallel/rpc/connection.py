@@ -200,6 +200,12 @@ class Connection(asyncio.BufferedProtocol):
         self.user_data: Any = None
         """Free for the layer above (the worker layer keeps connection state here)."""
         self.peer_menu: dict[str, MenuEntry] = {}
+        self.translate_lost: (
+            Callable[[ConnectionClosed], Awaitable[Callable[[str], BaseException]]] | None
+        ) = None
+        """Set by a layer above: once the connection is lost, makes the error each rpc call in
+        flight fails with, from the function's name (default: ``ConnectionClosed``)."""
+        self._translating: asyncio.Task[None] | None = None
         self._secret = secret
         self._served = list(implementations)
         self._on_one_way_error = on_one_way_error
@@ -1153,10 +1159,18 @@ class Connection(asyncio.BufferedProtocol):
             self._ready.set_exception(error)
             self._ready.exception()  # Retrieved here; wait_ready() re-raises it.
         outgoing, self._outgoing = self._outgoing, {}
+        translated = []
         for entry in outgoing.values():
-            entry._fail(ConnectionClosed(reason))
             if type(entry) is _ReversePipeCall:
                 entry.credit.stop()
+            if self.translate_lost is not None and type(entry) is not PipeReader:
+                translated.append(entry)
+            else:
+                entry._fail(ConnectionClosed(reason))
+        if translated:
+            self._translating = self.loop.create_task(
+                self._fail_translated(translated, ConnectionClosed(reason))
+            )
         incoming, self._incoming = self._incoming, {}
         tasks = list(self._tasks)
         for served in incoming.values():
@@ -1167,6 +1181,18 @@ class Connection(asyncio.BufferedProtocol):
         self.resume_writing()
         finisher = self.loop.create_task(self._finish_close([t for t in tasks if t is not None]))
         self._tasks.add(finisher)
+
+    async def _fail_translated(self, calls: list[_RpcCall], error: ConnectionClosed) -> None:
+        """Fail calls in flight with the error the layer above makes of the lost connection."""
+        assert self.translate_lost is not None
+        try:
+            make = await self.translate_lost(error)
+        except BaseException:
+            for call in calls:
+                call._fail(ConnectionClosed(error.reason))
+            raise
+        for call in calls:
+            call._fail(make(call.spec.name))
 
     async def _finish_close(self, tasks: list[asyncio.Task[Any]]) -> None:
         if tasks:
