@@ -71,6 +71,7 @@ current_connection: contextvars.ContextVar[Connection] = contextvars.ContextVar(
 
 _RECEIVE_BUFFER_SIZE = 256 * 1024
 _LARGE_FRAME = _RECEIVE_BUFFER_SIZE // 2
+_SPARE_LIMIT = 64 * 1024 * 1024  # The largest receive buffer kept for the next large frame.
 _FLUSH_AT = 256 * 1024
 _ZERO_HEADER = bytes(HEADER_SIZE)
 _NO_PAYLOAD: Any = object()
@@ -234,7 +235,8 @@ class Connection(asyncio.BufferedProtocol):
         self._view = memoryview(self._buffer)
         self._start = 0
         self._end = 0
-        self._large: bytearray | None = None
+        self._large: memoryview | None = None
+        self._spare: bytearray | None = None  # Reused for large frames: no page faults.
         self._large_header: tuple[int, int, int] = (0, 0, 0)
         self._large_filled = 0
         self._limit = PREAUTH_MAX_MESSAGE_SIZE
@@ -596,7 +598,7 @@ class Connection(asyncio.BufferedProtocol):
     def get_buffer(self, sizehint: int) -> memoryview:
         large = self._large
         if large is not None:
-            return memoryview(large)[self._large_filled :]
+            return large[self._large_filled :]
         if self._end == _RECEIVE_BUFFER_SIZE:
             self._compact()
         return self._view[self._end :]
@@ -617,7 +619,7 @@ class Connection(asyncio.BufferedProtocol):
             self._large_filled += nbytes
             if self._large_filled == len(self._large):
                 message_type, call_id, argument = self._large_header
-                payload = memoryview(self._large)
+                payload = self._large
                 self._large = None
                 self._dispatch(message_type, call_id, argument, payload)
             return
@@ -645,7 +647,13 @@ class Connection(asyncio.BufferedProtocol):
             if length > _LARGE_FRAME:
                 # Receive the body straight into its own buffer: no further copies.
                 have = end - start - HEADER_SIZE
-                large = bytearray(length - LENGTH_OVERHEAD)
+                size = length - LENGTH_OVERHEAD
+                spare = self._spare
+                if spare is None or len(spare) < size:
+                    spare = bytearray(size)
+                    if size <= _SPARE_LIMIT:
+                        self._spare = spare
+                large = memoryview(spare)[:size]
                 large[:have] = view[start + HEADER_SIZE : end]
                 self._large = large
                 self._large_filled = have
