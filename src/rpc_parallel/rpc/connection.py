@@ -90,7 +90,7 @@ class Implementation:
     def __init__(self, spec: FunctionSpec, handler: Callable[..., Any]) -> None:
         self.spec = spec
         self.handler = handler
-        function = handler.__func__ if type(handler) is types.MethodType else handler
+        function = handler.__func__ if isinstance(handler, types.MethodType) else handler
         # An ``async def`` (or a method of one): calling it runs none of its code yet.
         self.starts_nothing = type(function) is types.FunctionType and bool(
             function.__code__.co_flags & inspect.CO_COROUTINE
