@@ -156,6 +156,15 @@ async def test_state_initial_and_updates(transport: str) -> None:
         await wait_for(pair.service.events["i:finally"].wait())
 
 
+async def test_one_way_calls_sent_just_before_close_are_still_served(transport: str) -> None:
+    async with serving(transport) as pair:
+        for x in range(3):
+            await pair.client.one_way(S.note, x)
+        pair.client.close("done sending")  # CLOSE follows the calls in the same write
+        await wait_for(pair.service.events["note:2"].wait())
+        assert pair.service.log == [0, 1, 2]
+
+
 async def test_one_way_and_its_errors(transport: str) -> None:
     async with serving(transport) as pair:
         for x in range(5):

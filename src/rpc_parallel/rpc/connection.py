@@ -221,6 +221,9 @@ class Connection(asyncio.BufferedProtocol):
         self._outgoing: dict[int, Any] = {}
         self._incoming: dict[int, Any] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._one_way_tasks: set[asyncio.Task[Any]] = set()
+        """One-way calls received: only closing from this side cancels them (a message that
+        arrived before the peer closed or vanished is still served)."""
         # rpc calls to coroutine implementations wait here for the runner task (_run_queued).
         self._queued: deque[tuple[int, Implementation, tuple[Any, ...]]] = deque()
         self._runner: asyncio.Task[None] | None = None
@@ -251,6 +254,7 @@ class Connection(asyncio.BufferedProtocol):
         self._last_heard = 0.0
         # Closing.
         self._close_reason: str | None = None
+        self._closing_here = False
         self._peer_close_reason: str | None = None
         self._lost: asyncio.Future[None] = self.loop.create_future()
         self._closed: asyncio.Future[str] = self.loop.create_future()
@@ -287,6 +291,7 @@ class Connection(asyncio.BufferedProtocol):
         """Close: fail every call in flight with ``ConnectionClosed(reason)``, stop serving."""
         if self._close_reason is not None:
             return
+        self._closing_here = True
         if self._transport is not None and not self._transport.is_closing():
             self._write(CLOSE, 0, 0, reason[:1000])
             self._flush()
@@ -803,8 +808,8 @@ class Connection(asyncio.BufferedProtocol):
             )
         elif kind == "one_way":
             task = self.loop.create_task(self._serve_one_way(implementation, args), context=context)
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._one_way_tasks.add(task)
+            task.add_done_callback(self._one_way_tasks.discard)
         else:
             served = _ServedStream(
                 Credit(self.loop) if kind != "reverse_pipe" else None,
@@ -1180,7 +1185,10 @@ class Connection(asyncio.BufferedProtocol):
                 self._fail_translated(translated, ConnectionClosed(reason))
             )
         incoming, self._incoming = self._incoming, {}
-        tasks = list(self._tasks)
+        tasks = [*self._tasks, *self._one_way_tasks]
+        if self._closing_here:
+            for task in self._one_way_tasks:
+                task.cancel()
         for served in incoming.values():
             served.cancel()
             tasks.append(served if isinstance(served, asyncio.Task) else served.task)
