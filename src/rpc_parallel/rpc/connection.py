@@ -222,8 +222,8 @@ class Connection(asyncio.BufferedProtocol):
         self._incoming: dict[int, Any] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._one_way_tasks: set[asyncio.Task[Any]] = set()
-        """One-way calls received: only closing from this side cancels them (a message that
-        arrived before the peer closed or vanished is still served)."""
+        """One-way calls received. Closing from this side cancels them; one that arrived
+        before the peer closed or vanished is still served, for up to heartbeat_timeout."""
         # rpc calls to coroutine implementations wait here for the runner task (_run_queued).
         self._queued: deque[tuple[int, Implementation, tuple[Any, ...]]] = deque()
         self._runner: asyncio.Task[None] | None = None
@@ -1186,9 +1186,13 @@ class Connection(asyncio.BufferedProtocol):
             )
         incoming, self._incoming = self._incoming, {}
         tasks = [*self._tasks, *self._one_way_tasks]
+        one_way = list(self._one_way_tasks)
         if self._closing_here:
-            for task in self._one_way_tasks:
+            for task in one_way:
                 task.cancel()
+        elif one_way:
+            # Sent before the peer closed or vanished: they run, within a bound.
+            self.loop.call_later(self.settings.heartbeat_timeout, _cancel_all, one_way)
         for served in incoming.values():
             served.cancel()
             tasks.append(served if isinstance(served, asyncio.Task) else served.task)
@@ -1217,6 +1221,11 @@ class Connection(asyncio.BufferedProtocol):
             await self._lost
         assert self._close_reason is not None
         self._closed.set_result(self._close_reason)
+
+
+def _cancel_all(tasks: list[asyncio.Task[Any]]) -> None:
+    for task in tasks:
+        task.cancel()
 
 
 _NOT_STARTED: Any = object()
