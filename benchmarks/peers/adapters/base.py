@@ -11,6 +11,7 @@ The tiny call is ``inc(x) = x + 1`` (an int in, an int out); the echo returns it
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any, ClassVar
 
@@ -73,6 +74,29 @@ class Peer(_Common):
 
     def teardown(self) -> None:
         """Stop the workers started by :meth:`setup`."""
+
+
+class SpreadPeer(Peer):
+    """A library whose many-calls workloads (in flight, map) are one call per item spread
+    over its workers: the adapter gives ``spread``, this times and checks both."""
+
+    def spread(self, items: list[int]) -> list[int]:
+        """inc of every item, one call each over the workers, in input order."""
+        raise NotImplementedError
+
+    def inflight(self, n: int) -> float:
+        t0 = time.perf_counter()
+        results = self.spread(list(range(n)))
+        dt = time.perf_counter() - t0
+        check(results[-1] == n, "inc")
+        return dt
+
+    def map(self, items: list[int]) -> float:
+        t0 = time.perf_counter()
+        out = self.spread(items)
+        dt = time.perf_counter() - t0
+        check_map(items, out)
+        return dt
 
 
 class AsyncPeer(_Common):

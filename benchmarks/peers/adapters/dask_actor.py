@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any, ClassVar
 
-from .base import check, check_map
+from .base import SpreadPeer, check
 from .dask_futures import DaskPeer
 
 
@@ -17,7 +17,7 @@ class IncActor:
         return data
 
 
-class DaskActorPeer(DaskPeer):
+class DaskActorPeer(SpreadPeer, DaskPeer):
     key = "dask_actor"
     label = "Dask actor"
     notes: ClassVar[dict[str, str]] = {
@@ -61,31 +61,17 @@ class DaskActorPeer(DaskPeer):
             check(r == i + 1, "inc")
         return out
 
-    def _spread(self, items: list[int]) -> list[int]:
+    def spread(self, items: list[int]) -> list[int]:
         actors = self.actors
         k = len(actors)
         pending = [actors[j % k].inc(x) for j, x in enumerate(items)]
         return [p.result() for p in pending]
-
-    def inflight(self, n: int) -> float:
-        t0 = time.perf_counter()
-        results = self._spread(list(range(n)))
-        dt = time.perf_counter() - t0
-        check(results[-1] == n, "inc")
-        return dt
 
     def echo(self, payload: bytes) -> float:
         t0 = time.perf_counter()
         r = self.actors[0].echo(payload).result()
         dt = time.perf_counter() - t0
         check(len(r) == len(payload), "echo length")
-        return dt
-
-    def map(self, items: list[int]) -> float:
-        t0 = time.perf_counter()
-        out = self._spread(items)
-        dt = time.perf_counter() - t0
-        check_map(items, out)
         return dt
 
     def teardown(self) -> None:

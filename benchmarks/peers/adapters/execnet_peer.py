@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 import execnet
 
-from .base import Peer, check, check_map
+from .base import SpreadPeer, check
 
 # Runs inside the gateway: an int comes back incremented, anything else comes back as sent.
 _WORKER_SOURCE = """
@@ -31,7 +31,7 @@ class _Worker:
         self.gateway.exit()
 
 
-class ExecnetPeer(Peer):
+class ExecnetPeer(SpreadPeer):
     key = "execnet"
     label = "execnet"
     notes: ClassVar[dict[str, str]] = {
@@ -73,19 +73,12 @@ class ExecnetPeer(Peer):
             check(r == i + 1, "inc")
         return out
 
-    def _spread(self, items: list[int]) -> list[int]:
+    def spread(self, items: list[int]) -> list[int]:
         channels = [w.channel for w in self.workers]
         k = len(channels)
         for j, x in enumerate(items):
             channels[j % k].send(x)
         return [channels[j % k].receive() for j in range(len(items))]
-
-    def inflight(self, n: int) -> float:
-        t0 = time.perf_counter()
-        results = self._spread(list(range(n)))
-        dt = time.perf_counter() - t0
-        check(results[-1] == n, "inc")
-        return dt
 
     def echo(self, payload: bytes) -> float:
         ch = self.workers[0].channel
@@ -94,13 +87,6 @@ class ExecnetPeer(Peer):
         r = ch.receive()
         dt = time.perf_counter() - t0
         check(len(r) == len(payload), "echo length")
-        return dt
-
-    def map(self, items: list[int]) -> float:
-        t0 = time.perf_counter()
-        out = self._spread(items)
-        dt = time.perf_counter() - t0
-        check_map(items, out)
         return dt
 
     def teardown(self) -> None:

@@ -15,7 +15,7 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 import ray
 
-from .base import Peer, check, check_map
+from .base import SpreadPeer, check
 
 
 class _Actor:
@@ -29,11 +29,11 @@ class _Actor:
 _RemoteActor: Any = ray.remote(_Actor)
 
 
-class RayPeer(Peer):
+class RayPeer(SpreadPeer):
     key = "ray"
     label = "Ray actor"
     has_cluster = True
-    supports: ClassVar[frozenset[str]] = Peer.supports | {"cluster_start"}
+    supports: ClassVar[frozenset[str]] = SpreadPeer.supports | {"cluster_start"}
     notes: ClassVar[dict[str, str]] = {
         "cluster_start": "ray.init(num_cpus=2), local, 127.0.0.1, no dashboard",
         "spawn": "actor creation + first method call; cluster already up",
@@ -90,30 +90,16 @@ class RayPeer(Peer):
             check(r == i + 1, "inc")
         return out
 
-    def _spread(self, items: list[int]) -> list[int]:
+    def spread(self, items: list[int]) -> list[int]:
         actors = self.actors
         k = len(actors)
         return list(ray.get([actors[j % k].inc.remote(x) for j, x in enumerate(items)]))
-
-    def inflight(self, n: int) -> float:
-        t0 = time.perf_counter()
-        results = self._spread(list(range(n)))
-        dt = time.perf_counter() - t0
-        check(results[-1] == n, "inc")
-        return dt
 
     def echo(self, payload: bytes) -> float:
         t0 = time.perf_counter()
         r = ray.get(self.actors[0].echo.remote(payload))
         dt = time.perf_counter() - t0
         check(len(r) == len(payload), "echo length")
-        return dt
-
-    def map(self, items: list[int]) -> float:
-        t0 = time.perf_counter()
-        out = self._spread(items)
-        dt = time.perf_counter() - t0
-        check_map(items, out)
         return dt
 
     def teardown(self) -> None:
