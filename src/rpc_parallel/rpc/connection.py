@@ -243,6 +243,7 @@ class Connection(asyncio.BufferedProtocol):
         self._large_header: tuple[int, int, int] = (0, 0, 0)
         self._large_filled = 0
         self._limit = PREAUTH_MAX_MESSAGE_SIZE
+        self._send_limit = self.settings.max_message_size + ENVELOPE
         # Handshake and liveness.
         self._nonce = os.urandom(32)
         self._peer_nonce: bytes | None = None
@@ -546,7 +547,7 @@ class Connection(asyncio.BufferedProtocol):
                 del out[start:]
                 raise
             size = len(out) - start - HEADER_SIZE
-            if size + LENGTH_OVERHEAD > self.settings.max_message_size + ENVELOPE:
+            if size + LENGTH_OVERHEAD > self._send_limit:
                 del out[start:]
                 raise MessageTooLarge(
                     f"a message of {size + LENGTH_OVERHEAD} bytes exceeds max_message_size "
@@ -1152,9 +1153,6 @@ class Connection(asyncio.BufferedProtocol):
                 reason = "connection lost: the peer closed the connection"
             self._shutdown(reason)
         self._transport = None
-
-    def eof_received(self) -> bool | None:
-        return None
 
     def _shutdown(self, reason: str) -> None:
         if self._close_reason is not None:

@@ -37,11 +37,6 @@ CREDIT = 10
 HEARTBEAT = 11
 CLOSE = 12
 
-MESSAGE_NAMES = {
-    HELLO: "HELLO", AUTH: "AUTH", MENU: "MENU", QUERY: "QUERY", RESPONSE: "RESPONSE",
-    ERROR: "ERROR", ITEM: "ITEM", END: "END", ABORT: "ABORT", CREDIT: "CREDIT",
-    HEARTBEAT: "HEARTBEAT", CLOSE: "CLOSE",
-}
 
 
 class Hello(msgspec.Struct, array_like=True, frozen=True):
