@@ -2,54 +2,32 @@
 
 from __future__ import annotations
 
+from .rpc.errors import (
+    ConnectionClosed,
+    Error,
+    HandshakeError,
+    MessageTooLarge,
+    ProtocolError,
+    RemoteError,
+)
+
+__all__ = [
+    "ConnectionClosed",
+    "Error",
+    "HandshakeError",
+    "MessageTooLarge",
+    "ProtocolError",
+    "RemoteError",
+    "SpawnError",
+    "WorkerDied",
+    "WorkerFailure",
+]
+
 
 def _with_stderr_tail(text: str, stderr_tail: str) -> str:
     if stderr_tail:
         text += "\n--- worker stderr (tail) ---\n" + stderr_tail.rstrip()
     return text
-
-
-class Error(Exception):
-    """Base class of every rpc_parallel error."""
-
-
-class ProtocolError(Error):
-    """The peers disagree: wrong types, unknown function, version mismatch, bad frames."""
-
-
-class MessageTooLarge(ProtocolError):
-    """A message exceeds ``max_message_size``; refused before it is sent or read."""
-
-
-class HandshakeError(ProtocolError):
-    """The connection handshake failed: wrong magic or version, bad secret, timeout."""
-
-
-class ConnectionClosed(Error):
-    """The connection ended while a call needed it; ``reason`` says why."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class RemoteError(Error):
-    """The remote implementation raised; carries its type, message and traceback text."""
-
-    def __init__(
-        self, function: str, remote_type: str, remote_message: str, remote_traceback: str
-    ) -> None:
-        super().__init__(f"{function} raised {remote_type}: {remote_message}")
-        self.function = function
-        self.remote_type = remote_type
-        self.remote_message = remote_message
-        self.remote_traceback = remote_traceback
-
-    def __str__(self) -> str:
-        text = super().__str__()
-        if self.remote_traceback:
-            text += "\n--- remote traceback ---\n" + self.remote_traceback.rstrip()
-        return text
 
 
 class WorkerDied(ConnectionClosed):

@@ -12,7 +12,11 @@ import inspect
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, Concatenate, Generic, ParamSpec, Protocol, TypeVar, overload
 
-from .rpc.functions import FunctionSpec, Kind, describe_callable
+from .rpc.functions import FunctionSpec, Kind, alias_module, describe_callable
+
+# A worker process imports the master's main script as ``__mp_main__`` (as multiprocessing
+# does): its types are named as the master names them.
+alias_module("__mp_main__", "__main__")
 
 P = ParamSpec("P")
 R = TypeVar("R")

@@ -13,10 +13,11 @@ import sys
 import tempfile
 import uuid
 import weakref
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Protocol
 
 from .builtins import REGISTER, WORKER_FAILED, ErrorReport, Preload, Registration
-from .errors import ProtocolError
+from .errors import ConnectionClosed, ProtocolError
 from .rpc import Connection as RpcConnection
 from .rpc import Implementation, Server, current_connection, serve_unix
 from .spawn.options import Forward, Local
@@ -26,14 +27,26 @@ from .state import process
 WarmKey = tuple[str, str, str | None]
 """(module, qualname, main script path) of a worker class."""
 
-if TYPE_CHECKING:
-    from .worker import WorkerHandle
+
+
+class Supervised(Protocol):
+    """What the master knows of a worker it spawned (a ``WorkerHandle``)."""
+
+    def _failure_reported(self, report: ErrorReport) -> None:
+        """The worker reported a failure outside any call."""
+
+    async def _master_exiting(self) -> None:
+        """The master is closing: end the worker as its ``shutdown_on`` says."""
+
+    async def _death(self, error: ConnectionClosed) -> Callable[[str], BaseException]:
+        """What calls in flight fail with once the link to the worker is lost."""
+        ...
 
 
 class Master:
     def __init__(self) -> None:
         self.pending: dict[str, asyncio.Future[tuple[RpcConnection, Registration]]] = {}
-        self.handles: dict[RpcConnection, WorkerHandle[Any]] = {}
+        self.handles: dict[RpcConnection, Supervised] = {}
         self.supervisors: set[asyncio.Task[None]] = set()
         self.server: Server | None = None
         self._directory: str | None = None
@@ -56,8 +69,18 @@ class Master:
                         Implementation(WORKER_FAILED, self._worker_failed),
                     ],
                     settings=process().rpc_settings(),
+                    translate_closed=self._translate_link,
                 )
             return f"unix:{self.server.address}"
+
+    async def _translate_link(
+        self, link: RpcConnection, error: ConnectionClosed
+    ) -> Callable[[str], BaseException]:
+        # The handle, set as the link's user data by the spawn (it outlives ``handles``).
+        handle: Supervised | None = link.user_data
+        if handle is None:
+            return lambda function: error
+        return await handle._death(error)
 
     async def _register(self, registration: Registration) -> None:
         pending = self.pending.get(registration.worker_id)

@@ -43,6 +43,7 @@ from .rpc import (
     current_connection,
     serve_unix,
 )
+from .rpc.connection import TranslateClosed
 from .rpc.functions import ENCODER, make_decoder, register_type, type_name
 from .spawn import process as spawn_process
 from .spawn.options import (
@@ -70,6 +71,8 @@ S = TypeVar("S")
 U = TypeVar("U")
 
 logger = logging.getLogger("rpc_parallel")
+
+_CLOSED_BY_OWNER = "connection closed by its owner"
 
 OnFailure = Callable[[WorkerFailure], object]
 
@@ -404,20 +407,12 @@ class _Runner(Generic[W_co]):
         try:
             kind = spec.kind
             if kind == "rpc":
-                future, call_id = connection._start_rpc(spec, spec.bind(args, kwargs))
-                try:
-                    return await future
-                except asyncio.CancelledError:
-                    connection._abandon(call_id)
-                    raise
+                # The layer's own call: it waits while writing is paused (backpressure).
+                return await connection.call(spec, *args, **kwargs)
             if kind == "pipe":
-                reader = await connection.pipe(spec, *args, **kwargs)
-                reader.translate_error = lambda e: self._translate(e, spec.name)
-                return reader
+                return await connection.pipe(spec, *args, **kwargs)
             if kind == "state":
-                initial, reader = await connection.state(spec, *args, **kwargs)
-                reader.translate_error = lambda e: self._translate(e, spec.name)
-                return initial, reader
+                return await connection.state(spec, *args, **kwargs)
             if kind == "one_way":
                 return await connection.one_way(spec, *args, **kwargs)
             return await connection.reverse_pipe(spec, *args, **kwargs)
@@ -438,7 +433,7 @@ class _Runner(Generic[W_co]):
             return asyncio.ensure_future(self.run(function, *args, **kwargs))
         spec = function._spec or function.spec
         try:
-            return connection._start_rpc(spec, spec.bind(args, kwargs))[0]
+            return connection.start_call(spec, spec.bind(args, kwargs))[0]
         except ConnectionClosed as error:
             return asyncio.ensure_future(self._raise_translated(error, spec.name))
 
@@ -477,9 +472,7 @@ class WorkerHandle(_Runner[W_co]):
         self.address = address
         self.worker_class = worker_class
         self.shutdown_on: ShutdownOn = shutdown_on
-        self._link = link
-        if link is not None:
-            link.translate_lost = self._death
+        self._link = link  # Its lost-connection errors come from the master (``_death``).
         self._process = worker_process
         self._on_failure = on_failure
         self._own_connection: RpcConnection | None = None
@@ -520,12 +513,20 @@ class WorkerHandle(_Runner[W_co]):
 
     async def _open(self) -> RpcConnection:
         try:
-            return await open_connection(self.address)
+            return await open_connection(self.address, self._translate_own)
         except (OSError, HandshakeError) as error:
             raise await self._translate(
                 ConnectionClosed(f"cannot connect to worker {self.name} at {self.address}: {error}"),
                 "connect",
             ) from None
+
+    async def _translate_own(
+        self, connection: RpcConnection, error: ConnectionClosed
+    ) -> Callable[[str], BaseException]:
+        """Errors for calls on a connection this handle opened, once it is lost."""
+        if error.reason == _CLOSED_BY_OWNER:
+            return lambda function: error
+        return await self._death(error)
 
     async def connect(self, arg: object = None) -> Connection[W_co]:
         """A new connection to the worker, with connection state from
@@ -547,7 +548,6 @@ class WorkerHandle(_Runner[W_co]):
             _, reader = await connection.state(SUBSCRIBE_LOGS)
         except ConnectionClosed as error:
             raise await self._translate(error, SUBSCRIBE_LOGS.name) from None
-        reader.translate_error = lambda e: self._translate(e, SUBSCRIBE_LOGS.name)
         return reader
 
     async def close_server(self) -> None:
@@ -723,8 +723,7 @@ class Connection(_Runner[W_co]):
     def __init__(self, handle: WorkerHandle[W_co], connection: RpcConnection) -> None:
         self.handle = handle
         self.name = handle.name
-        self._connection = connection
-        connection.translate_lost = self._death
+        self._connection = connection  # Opened by the handle, with its ``_translate_own``.
 
     def __repr__(self) -> str:
         return f"<rpc_parallel Connection to {self.handle.name}>"
@@ -741,12 +740,12 @@ class Connection(_Runner[W_co]):
         return (await self._death(error))(function)
 
     async def _death(self, error: ConnectionClosed) -> Callable[[str], BaseException]:
-        if self._connection.close_reason == "connection closed by its owner":
+        if self._connection.close_reason == _CLOSED_BY_OWNER:
             return lambda function: error
         return await self.handle._death(error)
 
     async def close(self) -> None:
-        self._connection.close("connection closed by its owner")
+        self._connection.close(_CLOSED_BY_OWNER)
         await self._connection.wait_closed()
 
     async def __aenter__(self) -> Self:
@@ -756,15 +755,21 @@ class Connection(_Runner[W_co]):
         await self.close()
 
 
-async def open_connection(address: str) -> RpcConnection:
+async def open_connection(
+    address: str, translate_closed: TranslateClosed | None = None
+) -> RpcConnection:
     """Connect to a worker server at ``unix:/path`` or ``tcp:host:port``."""
     settings = process().rpc_settings()
     secret = process().secret
     if address.startswith("unix:"):
-        return await connect_unix(address[5:], secret=secret, settings=settings)
+        return await connect_unix(
+            address[5:], secret=secret, settings=settings, translate_closed=translate_closed
+        )
     if address.startswith("tcp:"):
         host, _, port = address[4:].rpartition(":")
-        return await connect_tcp(host, int(port), secret=secret, settings=settings)
+        return await connect_tcp(
+            host, int(port), secret=secret, settings=settings, translate_closed=translate_closed
+        )
     raise ProtocolError(f"unknown worker address {address!r}")
 
 
@@ -964,5 +969,6 @@ async def _spawn(
         on_failure=on_failure,
     )
     master.handles[link] = handle
+    link.user_data = handle  # For the master's translation of a lost link (``_death``).
     handle._start_supervision()
     return handle, worker_process

@@ -1,7 +1,8 @@
 """The typed async RPC layer: framing, authentication, function menus, five call kinds,
 flow control and heartbeats over TCP or Unix sockets. It knows nothing of workers."""
 
-from ..errors import (
+from .connection import Connection, Implementation, current_connection
+from .errors import (
     ConnectionClosed,
     Error,
     HandshakeError,
@@ -9,7 +10,6 @@ from ..errors import (
     ProtocolError,
     RemoteError,
 )
-from .connection import Connection, Implementation, current_connection
 from .functions import FunctionSpec, Kind, Parameter, register_type, type_name
 from .loop import new_event_loop, run, uvloop_available
 from .settings import SETTINGS_ENVIRONMENT_VARIABLE, RpcSettings

@@ -16,7 +16,6 @@ import inspect
 import os
 import traceback
 import types
-from asyncio.tasks import _enter_task, _leave_task  # What Python 3.12's eager tasks use.
 from collections import deque
 from collections.abc import (
     AsyncIterable,
@@ -31,14 +30,16 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from ..errors import (
+from . import frames
+from ._compat import enter_task as _enter_task  # What Python 3.12's eager tasks use.
+from ._compat import leave_task as _leave_task
+from .errors import (
     ConnectionClosed,
     HandshakeError,
     MessageTooLarge,
     ProtocolError,
     RemoteError,
 )
-from . import frames
 from .frames import (
     ABORT,
     AUTH,
@@ -63,6 +64,13 @@ from .settings import ENVELOPE, PREAUTH_MAX_MESSAGE_SIZE, RpcSettings
 from .streams import ITEM_OVERHEAD, Credit, PipeReader
 
 T = TypeVar("T")
+
+TranslateClosed = Callable[
+    ["Connection", ConnectionClosed], Awaitable[Callable[[str], BaseException]]
+]
+"""Given the connection and the error its loss makes, the error each call in flight fails
+with, from the function's name. A layer above passes one to the constructor (or ``connect_*``) to turn
+a lost connection into its own error (the worker layer's ``WorkerDied``)."""
 
 current_connection: contextvars.ContextVar[Connection] = contextvars.ContextVar(
     "rpc_parallel_current_connection"
@@ -192,6 +200,7 @@ class Connection(asyncio.BufferedProtocol):
         is_client: bool,
         on_one_way_error: Callable[[FunctionSpec, BaseException], None] | None = None,
         on_ready: Callable[[Connection], None] | None = None,
+        translate_closed: TranslateClosed | None = None,
     ) -> None:
         if not secret:
             raise ValueError("a connection needs a non-empty secret")
@@ -201,11 +210,7 @@ class Connection(asyncio.BufferedProtocol):
         self.user_data: Any = None
         """Free for the layer above (the worker layer keeps connection state here)."""
         self.peer_menu: dict[str, MenuEntry] = {}
-        self.translate_lost: (
-            Callable[[ConnectionClosed], Awaitable[Callable[[str], BaseException]]] | None
-        ) = None
-        """Set by a layer above: once the connection is lost, makes the error each rpc call in
-        flight fails with, from the function's name (default: ``ConnectionClosed``)."""
+        self._translate_lost = translate_closed
         self._translating: asyncio.Task[None] | None = None
         self._secret = secret
         self._served = list(implementations)
@@ -311,6 +316,17 @@ class Connection(asyncio.BufferedProtocol):
             self.loop.call_later(min(2.0, self.settings.heartbeat_timeout), transport.abort)
         self._shutdown(reason)
 
+    def add_close_callback(self, callback: Callable[[Connection], object]) -> None:
+        """Call ``callback(self)`` once the connection and every task it owns have ended."""
+        self._closed.add_done_callback(lambda _: callback(self))
+
+    async def translate_closed(self, error: ConnectionClosed, function: str) -> BaseException:
+        """The error a call of ``function`` fails with when the connection ends with ``error``:
+        what the ``translate_closed`` given at construction makes of it, else ``error``."""
+        if self._translate_lost is None:
+            return error
+        return (await self._translate_lost(self, error))(function)
+
     def check_menu(self, specs: Iterable[FunctionSpec]) -> None:
         """Raise ``ProtocolError`` naming every spec the peer lacks or types differently."""
         problems = [p for p in (self._menu_problem(s) for s in specs) if p]
@@ -319,13 +335,13 @@ class Connection(asyncio.BufferedProtocol):
 
     async def call(self, spec: FunctionSpec, /, *args: Any, **kwargs: Any) -> Any:
         """Run an ``rpc`` function on the peer and return its result."""
-        future, call_id = self._start_rpc(spec, spec.bind(args, kwargs))
+        future, call_id = self.start_call(spec, spec.bind(args, kwargs))
         if self._paused:
             await self._wait_writable()
         try:
             return await future
         except asyncio.CancelledError:
-            self._abandon(call_id)
+            self.abandon(call_id)
             raise
 
     def call_future(self, spec: FunctionSpec, /, *args: Any) -> asyncio.Future[Any]:
@@ -333,7 +349,7 @@ class Connection(asyncio.BufferedProtocol):
 
         The fast path for many calls in flight: no task per call.
         """
-        return self._start_rpc(spec, spec.bind(args, {}))[0]
+        return self.start_call(spec, spec.bind(args, {}))[0]
 
     async def pipe(self, spec: FunctionSpec, /, *args: Any, **kwargs: Any) -> PipeReader[Any]:
         """Start a ``pipe`` function; its items arrive through the returned reader."""
@@ -380,7 +396,7 @@ class Connection(asyncio.BufferedProtocol):
         try:
             return await future
         except asyncio.CancelledError:
-            self._abandon(call_id)
+            self.abandon(call_id)
             raise
         finally:
             credit.stop()
@@ -426,7 +442,10 @@ class Connection(asyncio.BufferedProtocol):
         if spec.kind != kind:
             raise TypeError(f"{spec.name} is a {spec.kind} function, not a {kind}")
 
-    def _start_rpc(self, spec: FunctionSpec, args: tuple[Any, ...]) -> tuple[asyncio.Future[Any], int]:
+    def start_call(self, spec: FunctionSpec, args: tuple[Any, ...]) -> tuple[asyncio.Future[Any], int]:
+        """Send an ``rpc`` call with its bound arguments (``spec.bind``); return the future of
+        its result and its call id (for ``abandon``). Does not wait if writing is paused:
+        ``call`` does. Part of the per-call hot path: kept flat."""
         index = self._peer_index.get(spec)
         if index is None or spec.kind != "rpc" or self._close_reason is not None:
             if spec.kind != "rpc":
@@ -495,7 +514,7 @@ class Connection(asyncio.BufferedProtocol):
         except BaseException as error:
             # The caller's stream failed: stop the remote call and fail this one.
             if call_id in self._outgoing:
-                self._abandon(call_id)
+                self.abandon(call_id)
                 if not future.done():
                     future.set_exception(error)
             if not isinstance(error, Exception):
@@ -520,7 +539,7 @@ class Connection(asyncio.BufferedProtocol):
         if self._close_reason is None:
             self._write(CREDIT, call_id, amount)
 
-    def _abandon(self, call_id: int) -> None:
+    def abandon(self, call_id: int) -> None:
         """Stop a call from this side: tell the peer, forget it here."""
         entry = self._outgoing.pop(call_id, None)
         if entry is None:
@@ -1174,7 +1193,7 @@ class Connection(asyncio.BufferedProtocol):
         for entry in outgoing.values():
             if type(entry) is _ReversePipeCall:
                 entry.credit.stop()
-            if self.translate_lost is not None and type(entry) is not PipeReader:
+            if self._translate_lost is not None and type(entry) is not PipeReader:
                 translated.append(entry)
             else:
                 entry._fail(ConnectionClosed(reason))
@@ -1202,9 +1221,9 @@ class Connection(asyncio.BufferedProtocol):
 
     async def _fail_translated(self, calls: list[_RpcCall], error: ConnectionClosed) -> None:
         """Fail calls in flight with the error the layer above makes of the lost connection."""
-        assert self.translate_lost is not None
+        assert self._translate_lost is not None
         try:
-            make = await self.translate_lost(error)
+            make = await self._translate_lost(self, error)
         except BaseException:
             for call in calls:
                 call._fail(ConnectionClosed(error.reason))

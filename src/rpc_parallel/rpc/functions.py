@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from ..errors import ProtocolError
+from .errors import ProtocolError
 
 Kind = Literal["rpc", "pipe", "state", "one_way", "reverse_pipe"]
 KINDS: tuple[Kind, ...] = ("rpc", "pipe", "state", "one_way", "reverse_pipe")
@@ -54,6 +54,16 @@ def make_decoder(annotation: Any) -> msgspec.msgpack.Decoder[Any]:
     return msgspec.msgpack.Decoder(annotation, dec_hook=_decode_hook)
 
 
+_module_aliases: dict[str, str] = {}
+
+
+def alias_module(module: str, shown_as: str) -> None:
+    """Name the types of ``module`` as if they were defined in ``shown_as``, in signatures
+    and digests. The layer above uses it for a script that one process runs as ``__main__``
+    and another imports under a different name."""
+    _module_aliases[module] = shown_as
+
+
 def type_name(annotation: Any) -> str:
     """A short, stable, readable name of a type annotation."""
     if annotation is None or annotation is type(None):
@@ -71,8 +81,7 @@ def type_name(annotation: Any) -> str:
         module = annotation.__module__
         if module == "builtins":
             return annotation.__qualname__
-        if module == "__mp_main__":
-            module = "__main__"  # The main script, as a worker process imports it.
+        module = _module_aliases.get(module, module)
         return f"{module}.{annotation.__qualname__}"
     return repr(annotation)
 

@@ -4,20 +4,36 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
-from ..errors import ConnectionClosed, ProtocolError
+from .errors import ConnectionClosed, ProtocolError
 
 if TYPE_CHECKING:
-    from .connection import Connection
     from .functions import FunctionSpec
+    from .settings import RpcSettings
 
 T = TypeVar("T")
 
 ITEM_OVERHEAD = 64
 """What each stream item counts against the credit window beyond its payload size, so a
 window also bounds how many (small) items a receiver queues ahead of its consumer."""
+
+
+class StreamOwner(Protocol):
+    """What a reader needs of the connection that carries its stream (``Connection``)."""
+
+    loop: asyncio.AbstractEventLoop
+    settings: RpcSettings
+
+    def _grant(self, call_id: int, amount: int) -> None:
+        """Return ``amount`` bytes of credit to the sender."""
+
+    def abandon(self, call_id: int) -> None:
+        """Stop the call from this side."""
+
+    async def translate_closed(self, error: ConnectionClosed, function: str) -> BaseException:
+        """The error a lost connection makes for a call of ``function``."""
+        ...
 
 
 class PipeReader(Generic[T]):
@@ -30,10 +46,10 @@ class PipeReader(Generic[T]):
 
     __slots__ = (
         "_call_id", "_connection", "_consumed", "_done", "_error", "_grant_at", "_items",
-        "_waiter", "initial", "spec", "translate_error",
+        "_translated", "_waiter", "initial", "spec",
     )
 
-    def __init__(self, connection: Connection, call_id: int, spec: FunctionSpec) -> None:
+    def __init__(self, connection: StreamOwner, call_id: int, spec: FunctionSpec) -> None:
         self._connection = connection
         self._call_id = call_id
         self.spec = spec
@@ -44,8 +60,7 @@ class PipeReader(Generic[T]):
         self._consumed = 0
         self._grant_at = max(1, connection.settings.stream_window // 2)
         self.initial: asyncio.Future[Any] | None = None
-        self.translate_error: Callable[[ConnectionClosed], Awaitable[BaseException]] | None = None
-        """Set by a layer above to turn a lost connection into its own error (once)."""
+        self._translated = False
 
     def __repr__(self) -> str:
         state = "done" if self._done else "open"
@@ -57,10 +72,12 @@ class PipeReader(Generic[T]):
     async def __anext__(self) -> T:
         while not self._items:
             if self._error is not None:
-                translate = self.translate_error
-                if translate is not None and isinstance(self._error, ConnectionClosed):
-                    self.translate_error = None
-                    self._error = await translate(self._error)
+                if not self._translated and isinstance(self._error, ConnectionClosed):
+                    # The layer above's error for a lost connection, made once.
+                    self._translated = True
+                    self._error = await self._connection.translate_closed(
+                        self._error, self.spec.name
+                    )
                 raise self._error
             if self._done:
                 raise StopAsyncIteration
@@ -81,7 +98,7 @@ class PipeReader(Generic[T]):
         """Stop the stream; items not yet read are dropped."""
         if not self._done:
             self._done = True
-            self._connection._abandon(self._call_id)
+            self._connection.abandon(self._call_id)
         self._items.clear()
 
     async def __aenter__(self) -> PipeReader[T]:
@@ -99,7 +116,7 @@ class PipeReader(Generic[T]):
             item = self.spec.decode_item(payload)
         except ProtocolError as error:
             self._fail(error)
-            self._connection._abandon(self._call_id)
+            self._connection.abandon(self._call_id)
             return
         self._items.append((item, len(payload) + ITEM_OVERHEAD))
         self._wake()
@@ -113,7 +130,7 @@ class PipeReader(Generic[T]):
         except ProtocolError as error:
             initial.set_exception(error)
             self._fail(error)
-            self._connection._abandon(self._call_id)
+            self._connection.abandon(self._call_id)
 
     def _end(self) -> None:
         self._done = True

@@ -9,7 +9,7 @@ import ssl as ssl_module
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .connection import Connection, Implementation
+from .connection import Connection, Implementation, TranslateClosed
 from .functions import FunctionSpec
 from .settings import RpcSettings
 
@@ -24,6 +24,7 @@ def _factory(
     is_client: bool,
     on_one_way_error: Callable[[FunctionSpec, BaseException], None] | None,
     on_ready: OnConnection | None = None,
+    translate_closed: TranslateClosed | None = None,
 ) -> Callable[[], Connection]:
     def make() -> Connection:
         return Connection(
@@ -33,6 +34,7 @@ def _factory(
             is_client=is_client,
             on_one_way_error=on_one_way_error,
             on_ready=on_ready,
+            translate_closed=translate_closed,
         )
 
     return make
@@ -57,11 +59,13 @@ async def connect_tcp(
     ssl: ssl_module.SSLContext | None = None,
     server_hostname: str | None = None,
     on_one_way_error: Callable[[FunctionSpec, BaseException], None] | None = None,
+    translate_closed: TranslateClosed | None = None,
 ) -> Connection:
     """Connect over TCP and finish the handshake (raises ``HandshakeError`` on failure)."""
     loop = asyncio.get_running_loop()
     factory = _factory(secret=secret, implementations=implementations, settings=settings,
-                       is_client=True, on_one_way_error=on_one_way_error)
+                       is_client=True, on_one_way_error=on_one_way_error,
+                       translate_closed=translate_closed)
     extra: dict[str, Any] = {}
     if ssl is not None:
         extra = {"ssl": ssl, "server_hostname": server_hostname or host}
@@ -76,11 +80,13 @@ async def connect_unix(
     implementations: Sequence[Implementation] = (),
     settings: RpcSettings | None = None,
     on_one_way_error: Callable[[FunctionSpec, BaseException], None] | None = None,
+    translate_closed: TranslateClosed | None = None,
 ) -> Connection:
     """Connect over a Unix domain socket and finish the handshake."""
     loop = asyncio.get_running_loop()
     factory = _factory(secret=secret, implementations=implementations, settings=settings,
-                       is_client=True, on_one_way_error=on_one_way_error)
+                       is_client=True, on_one_way_error=on_one_way_error,
+                       translate_closed=translate_closed)
     _, connection = await loop.create_unix_connection(factory, path)
     return await _connected(connection)
 
@@ -100,6 +106,7 @@ class Server:
         settings: RpcSettings | None,
         on_connection: OnConnection | None,
         on_one_way_error: Callable[[FunctionSpec, BaseException], None] | None,
+        translate_closed: TranslateClosed | None = None,
     ) -> None:
         self.connections: set[Connection] = set()
         self._on_connection = on_connection
@@ -109,12 +116,13 @@ class Server:
         self._factory = _factory(
             secret=secret, implementations=implementations, settings=settings,
             is_client=False, on_one_way_error=on_one_way_error, on_ready=self._ready,
+            translate_closed=translate_closed,
         )
 
     def _make(self) -> Connection:
         connection = self._factory()
         self.connections.add(connection)
-        connection._closed.add_done_callback(lambda _: self.connections.discard(connection))
+        connection.add_close_callback(self.connections.discard)
         return connection
 
     def _ready(self, connection: Connection) -> None:
@@ -162,11 +170,13 @@ async def serve_tcp(
     settings: RpcSettings | None = None,
     on_connection: OnConnection | None = None,
     on_one_way_error: Callable[[FunctionSpec, BaseException], None] | None = None,
+    translate_closed: TranslateClosed | None = None,
     ssl: ssl_module.SSLContext | None = None,
 ) -> Server:
     """Serve on TCP (loopback unless told otherwise); ``server.address`` is (host, port)."""
     server = Server(secret=secret, implementations=implementations, settings=settings,
-                    on_connection=on_connection, on_one_way_error=on_one_way_error)
+                    on_connection=on_connection, on_one_way_error=on_one_way_error,
+                    translate_closed=translate_closed)
     loop = asyncio.get_running_loop()
     server._server = await loop.create_server(server._make, host, port, ssl=ssl)
     bound = server._server.sockets[0].getsockname()
@@ -182,10 +192,12 @@ async def serve_unix(
     settings: RpcSettings | None = None,
     on_connection: OnConnection | None = None,
     on_one_way_error: Callable[[FunctionSpec, BaseException], None] | None = None,
+    translate_closed: TranslateClosed | None = None,
 ) -> Server:
     """Serve on a Unix domain socket at ``path`` (created owner-only)."""
     server = Server(secret=secret, implementations=implementations, settings=settings,
-                    on_connection=on_connection, on_one_way_error=on_one_way_error)
+                    on_connection=on_connection, on_one_way_error=on_one_way_error,
+                    translate_closed=translate_closed)
     loop = asyncio.get_running_loop()
     old_umask = os.umask(0o177)
     try:
