@@ -1,10 +1,39 @@
 """rpc_parallel: typed parallel workers on a typed async RPC layer.
 
-A Python form of Jane Street's Rpc_parallel. See ``docs/guide.md``.
+A Python form of Jane Street's Rpc_parallel. See ``docs/guide.md``; the map of the modules
+is in ``docs/architecture.md``.
+
+Layering, bottom up (a module imports only from layers below it, and never in a cycle --
+tests/test_structure.py checks both):
+
+1. ``rpc`` -- the typed async RPC layer (its own errors, settings, transport). Imports
+   nothing else of this package.
+2. ``errors``, ``_state``, ``_builtins``, ``_functions`` -- errors, this process's role and
+   settings, the wire records between master and workers, typed function descriptors.
+3. ``launch`` -- how a worker process is started (``Local``, ``Wrap``, redirections).
+4. ``_master``, ``_serving`` -- the per-loop master server; what a worker serves besides
+   its functions.
+5. ``_worker`` -- ``Worker``, ``WorkerHandle``, ``Connection``, the spawn and supervision.
+6. ``_worker_main``, ``_app`` -- the worker process; ``start_app`` / ``expert``.
+
+This module re-exports the public names; everything with a leading underscore is internal.
 """
 
-from .app import expert, start_app
-from .builtins import LogRecord
+from ._app import expert, start_app
+from ._builtins import LogRecord
+from ._functions import (
+    Function,
+    OneWay,
+    Pipe,
+    ReversePipe,
+    Rpc,
+    StateFunction,
+    one_way,
+    pipe,
+    reverse_pipe,
+)
+from ._state import State
+from ._worker import Connection, Worker, WorkerHandle
 from .errors import (
     ConnectionClosed,
     Error,
@@ -16,44 +45,17 @@ from .errors import (
     WorkerDied,
     WorkerFailure,
 )
-from .functions import (
-    Function,
-    OneWay,
-    Pipe,
-    ReversePipe,
-    Rpc,
-    StateFunction,
-    one_way,
-    pipe,
-    reverse_pipe,
-)
+from .launch import DevNull, FileAppend, FileTruncate, Forward, Local, Remote, Wrap
+from .launch._process import WorkerProcess
 from .rpc import PipeReader, RpcSettings
-from .spawn import DevNull, FileAppend, FileTruncate, Forward, Local, Remote, Wrap
-from .spawn.process import WorkerProcess
-from .state import State
-from .worker import Connection, Worker, WorkerHandle
 
 # isort: split
-# ``rpc`` and ``state`` are also submodules of this package, and ``from .rpc import ...`` /
-# ``from .state import ...`` above bind the submodules under those names for type checkers
-# (pyright then sees ``rp.rpc`` as a module). Binding the decorators last makes ``rp.rpc`` and
-# ``rp.state`` the decorators for checkers, as they are at run time.
-from .functions import rpc, state
-
-
-# ``rp.rpc`` is the decorator (the contract's name) and shadows the ``rpc_parallel.rpc``
-# subpackage as an attribute of this package. ``from rpc_parallel.rpc import X`` is the way to
-# reach the RPC layer; the layer's names are also set on the decorator, so code that reaches
-# it as ``rpc_parallel.rpc.X`` keeps working at run time.
-def _expose_rpc_layer() -> None:
-    import importlib
-
-    layer = importlib.import_module("rpc_parallel.rpc")
-    for name in layer.__all__:
-        setattr(rpc, name, getattr(layer, name))
-
-
-_expose_rpc_layer()
+# ``rp.rpc`` is the decorator and ``rpc_parallel.rpc`` the RPC layer (docs/decisions/0008).
+# ``from .rpc import ...`` above imported the subpackage once (binding it here as ``rpc``);
+# the decorators are bound last, so ``rp.rpc`` / ``rp.state`` are the decorators for the
+# interpreter and type checkers alike. The layer stays in ``sys.modules``: ``from
+# rpc_parallel.rpc import X`` reaches it. Nothing in the package imports it as a bare ``rpc``.
+from ._functions import rpc, state
 
 __all__ = [
     "Connection",

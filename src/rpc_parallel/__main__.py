@@ -3,7 +3,7 @@
 import sys
 
 if len(sys.argv) > 1 and sys.argv[1] == "worker":
-    from .worker_main import main
+    from ._worker_main import main
 
     main()
 else:

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from rpc_parallel.state import process
+from rpc_parallel._state import process
 
 from .support import SHORT, children, cmdline_bytes, wait_until_sync
 

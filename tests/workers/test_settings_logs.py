@@ -17,7 +17,7 @@ SETTINGS_SCRIPT = """
 import json, sys
 sys.path.insert(0, {repo!r})
 import rpc_parallel as rp
-from rpc_parallel.state import process
+from rpc_parallel._state import process
 from tests.workers.workers import Echo
 
 

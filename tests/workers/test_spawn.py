@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import rpc_parallel as rp
-from rpc_parallel.state import process
+from rpc_parallel._state import process
 
 from .support import alive, bounded, cmdline, cmdline_bytes, environ, gone, stat_fields, wait_until
 from .workers import Echo

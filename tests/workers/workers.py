@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 import msgspec
 
 import rpc_parallel as rp
-from rpc_parallel.state import process
+from rpc_parallel._state import process
 
 log = logging.getLogger("tests.workers")
 

@@ -14,12 +14,12 @@ import sys
 import tempfile
 import typing
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, ClassVar, Generic, ParamSpec, Self, TypeVar, overload
 
 import msgspec
 
-from .builtins import (
+from ._builtins import (
     CLOSE_SERVER,
     INIT_CONNECTION,
     SHUTDOWN,
@@ -29,9 +29,24 @@ from .builtins import (
     Redirect,
     WorkerConfig,
 )
+from ._functions import Function, OneWay, Pipe, ReversePipe, Rpc, StateFunction
+from ._master import current_master
+from ._serving import builtin_implementations, kept_servers, report_fatal
+from ._state import State, process
 from .errors import ConnectionClosed, ProtocolError, SpawnError, WorkerDied, WorkerFailure
-from .functions import Function, OneWay, Pipe, ReversePipe, Rpc, StateFunction
-from .master import current_master
+from .launch import _process as spawn_process
+from .launch.options import (
+    SHUTDOWN_MODES,
+    DevNull,
+    FileAppend,
+    FileTruncate,
+    Forward,
+    Local,
+    Redirection,
+    Remote,
+    ShutdownOn,
+    Wrap,
+)
 from .rpc import Connection as RpcConnection
 from .rpc import (
     HandshakeError,
@@ -45,20 +60,6 @@ from .rpc import (
 )
 from .rpc.connection import TranslateClosed
 from .rpc.functions import ENCODER, make_decoder, register_type, type_name
-from .spawn import process as spawn_process
-from .spawn.options import (
-    SHUTDOWN_MODES,
-    DevNull,
-    FileAppend,
-    FileTruncate,
-    Forward,
-    Local,
-    Redirection,
-    Remote,
-    ShutdownOn,
-    Wrap,
-)
-from .state import State, process
 
 I = TypeVar("I")  # noqa: E741
 W = TypeVar("W", bound="Worker[Any]")
@@ -229,7 +230,7 @@ class Worker(Generic[I]):
             settings=process().rpc_settings(),
         )
         instance._rpc_parallel_server = server
-        _served.add(server)  # the loop holds no reference to a listening server
+        kept_servers.add(server)  # the loop holds no reference to a listening server
         return WorkerHandle(
             worker_id=str(uuid.uuid4()),
             name=name or cls.__name__,
@@ -238,126 +239,6 @@ class Worker(Generic[I]):
             address=f"unix:{server.address}",
             worker_class=f"{cls.__module__}.{cls.__qualname__}",
         )
-
-
-_served: set[Server] = set()
-"""Servers started by ``Worker.serve``: kept alive until ``close_server`` (otherwise the
-garbage collector may close a listening socket nobody references, as uvloop does)."""
-
-
-# ---------------------------------------------------------------------- built-ins
-
-
-class _LogBroadcast(logging.Handler):
-    """Sends this process's ``logging`` records to every subscriber."""
-
-    def __init__(self, worker_name: str) -> None:
-        super().__init__(logging.NOTSET)
-        self.worker_name = worker_name
-        self.subscribers: set[tuple[asyncio.AbstractEventLoop, asyncio.Queue[LogRecord]]] = set()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if not self.subscribers:
-            return
-        try:
-            message = record.getMessage()
-            if record.exc_info:
-                message += "\n" + logging.Formatter().formatException(record.exc_info)
-        except Exception:
-            message = str(record.msg)
-        item = LogRecord(worker=self.worker_name, logger=record.name, level=record.levelno,
-                         level_name=record.levelname, message=message, created=record.created)
-        for loop, queue in list(self.subscribers):
-            try:
-                loop.call_soon_threadsafe(_offer, queue, item)
-            except RuntimeError:
-                self.subscribers.discard((loop, queue))
-
-
-class _LogSubscription:
-    """One subscriber's records; registered from creation, so nothing logged after the
-    subscriber's ``subscribe_logs()`` returned is missed."""
-
-    def __init__(self, handler: _LogBroadcast) -> None:
-        self._handler = handler
-        self._queue: asyncio.Queue[LogRecord] = asyncio.Queue(maxsize=10_000)
-        self._entry = (asyncio.get_running_loop(), self._queue)
-        handler.subscribers.add(self._entry)
-
-    def __aiter__(self) -> _LogSubscription:
-        return self
-
-    async def __anext__(self) -> LogRecord:
-        return await self._queue.get()
-
-    async def aclose(self) -> None:
-        self._handler.subscribers.discard(self._entry)
-
-
-def _offer(queue: asyncio.Queue[LogRecord], item: LogRecord) -> None:
-    if not queue.full():
-        queue.put_nowait(item)
-
-
-_log_broadcast: _LogBroadcast | None = None
-
-
-def _log_handler(name: str) -> _LogBroadcast:
-    global _log_broadcast
-    if _log_broadcast is None:
-        _log_broadcast = _LogBroadcast(name)
-        logging.getLogger().addHandler(_log_broadcast)
-    return _log_broadcast
-
-
-def builtin_implementations(instance: Worker[Any]) -> list[Implementation]:
-    async def init_connection(arg: Any) -> None:
-        connection = current_connection.get()
-        connection.user_data = await instance.init_connection_state(arg)
-
-    async def shutdown() -> None:
-        from .worker_main import request_exit
-
-        request_exit(0)
-
-    async def close_server() -> None:
-        server = instance._rpc_parallel_server
-        if server is not None:
-            server.stop_accepting()
-            _served.discard(server)
-
-    async def subscribe_logs() -> tuple[str, AsyncIterator[LogRecord]]:
-        handler = _log_handler(process().worker_name or type(instance).__name__)
-        return handler.worker_name, _LogSubscription(handler)
-
-    return [
-        Implementation(INIT_CONNECTION, init_connection),
-        Implementation(SHUTDOWN, shutdown),
-        Implementation(CLOSE_SERVER, close_server),
-        Implementation(SUBSCRIBE_LOGS, subscribe_logs),
-    ]
-
-
-def error_report(error: BaseException) -> ErrorReport:
-    import traceback
-
-    return ErrorReport(
-        type(error).__qualname__,
-        str(error),
-        "".join(traceback.format_exception(type(error), error, error.__traceback__)),
-    )
-
-
-def report_fatal(instance: Worker[Any] | None, error: BaseException, context: str) -> None:
-    """A failure outside any call: tell the master (in a worker process) and exit."""
-    report = error_report(error)
-    report = ErrorReport(report.type_name, f"{context}: {report.type_name}: {report.message}",
-                         report.traceback)
-    on_fatal = instance._rpc_parallel_on_fatal if instance is not None else None
-    if on_fatal is not None:
-        on_fatal(report)
-    else:
-        logger.error("%s", report.message, exc_info=error)
 
 
 # ---------------------------------------------------------------------- handles

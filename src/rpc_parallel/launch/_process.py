@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Mapping
 from typing import IO
 
-from ..builtins import CONFIG_ENCODER, Preload, WorkerConfig
+from .._builtins import CONFIG_ENCODER, Preload, WorkerConfig
 from ..errors import SpawnError
 from .options import DevNull, FileAppend, FileTruncate, Forward, Local, Redirection, Remote, Wrap
 

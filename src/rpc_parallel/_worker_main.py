@@ -20,7 +20,7 @@ import tempfile
 import threading
 from typing import Any, NoReturn
 
-from .builtins import (
+from ._builtins import (
     CONFIG_DECODER,
     REGISTER,
     WORKER_FAILED,
@@ -29,27 +29,16 @@ from .builtins import (
     Registration,
     WorkerConfig,
 )
+from ._serving import error_report, report_fatal, set_exit_future
+from ._state import State, process
+from ._worker import Worker
 from .rpc import Connection as RpcConnection
 from .rpc import Error as RpcError
 from .rpc import FunctionSpec, connect_unix, serve_unix
 from .rpc import run as rpc_run
 from .rpc.functions import make_decoder
-from .state import State, process
-from .worker import Worker, error_report, report_fatal
 
-_exit: asyncio.Future[int] | None = None
 _registered = threading.Event()
-
-
-def request_exit(code: int) -> None:
-    """End the worker after the current call's answer has been sent."""
-    exit_future = _exit
-    if exit_future is not None and not exit_future.done():
-        def finish() -> None:
-            if not exit_future.done():
-                exit_future.set_result(code)
-
-        exit_future.get_loop().call_soon(finish)
 
 
 def _read_exactly(fd: int, size: int) -> bytes:
@@ -155,10 +144,9 @@ def _redirect_stderr(config: WorkerConfig) -> None:
 
 
 async def serve(config: WorkerConfig, cls: type[Worker[Any]]) -> int:
-    global _exit
     loop = asyncio.get_running_loop()
     exit_future: asyncio.Future[int] = loop.create_future()
-    _exit = exit_future
+    set_exit_future(exit_future)
     instance = cls()
     link: RpcConnection | None = None
     reporting: set[asyncio.Task[Any]] = set()

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from .master import existing_master
+from ._master import existing_master
+from ._state import State, process
 from .rpc import run as rpc_run
 from .rpc.settings import RpcSettings
-from .state import State, process
 
 
 def start_app(
@@ -54,7 +54,7 @@ class expert:
     @staticmethod
     async def start_master_server() -> str:
         """Start this loop's master server now (spawn starts it on demand); its address."""
-        from .master import current_master
+        from ._master import current_master
 
         return await current_master().address()
 
@@ -69,6 +69,6 @@ class expert:
     def run_as_worker_if_requested() -> None:
         """In a custom worker entry point (``rp.Local(command=[...])``): become the
         worker if this process was launched as one, else return."""
-        from .worker_main import run_as_worker_if_requested
+        from ._worker_main import run_as_worker_if_requested
 
         run_as_worker_if_requested()

@@ -16,13 +16,13 @@ import weakref
 from collections.abc import Callable
 from typing import Protocol
 
-from .builtins import REGISTER, WORKER_FAILED, ErrorReport, Preload, Registration
+from ._builtins import REGISTER, WORKER_FAILED, ErrorReport, Preload, Registration
+from ._state import process
 from .errors import ConnectionClosed, ProtocolError
+from .launch._process import WorkerProcess, send, start
+from .launch.options import Forward, Local
 from .rpc import Connection as RpcConnection
 from .rpc import Implementation, Server, current_connection, serve_unix
-from .spawn.options import Forward, Local
-from .spawn.process import WorkerProcess, send, start
-from .state import process
 
 WarmKey = tuple[str, str, str | None]
 """(module, qualname, main script path) of a worker class."""
