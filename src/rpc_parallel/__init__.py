@@ -32,8 +32,9 @@ from ._functions import (
     pipe,
     reverse_pipe,
 )
+from ._handle import Connection, WorkerHandle
 from ._state import State
-from ._worker import Connection, Worker, WorkerHandle
+from ._worker_type import Worker
 from .errors import (
     ConnectionClosed,
     Error,

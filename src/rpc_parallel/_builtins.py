@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
+from .launch.redirection import Redirect
 from .rpc import FunctionSpec
 from .rpc.settings import RpcSettings
 
-
-class Redirect(msgspec.Struct, frozen=True):
-    mode: str  # "forward" | "devnull" | "append" | "truncate"
-    path: str = ""
+ShutdownOn = Literal["connection_closed", "heartbeat_timeout", "called_shutdown"]
+"""When a worker exits (``spawn(shutdown_on=...)``); travels as this literal on the wire."""
+SHUTDOWN_MODES: tuple[ShutdownOn, ...] = ("connection_closed", "heartbeat_timeout", "called_shutdown")
 
 
 class Preload(msgspec.Struct, frozen=True, kw_only=True, tag="preload"):
@@ -36,7 +36,7 @@ class WorkerConfig(msgspec.Struct, frozen=True, kw_only=True, tag="config"):
     master_address: str
     settings: RpcSettings
     init_arg: bytes
-    shutdown_on: str
+    shutdown_on: ShutdownOn
     redirect_stderr: Redirect
     umask: int | None
     parent: str

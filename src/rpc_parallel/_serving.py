@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import traceback
+import weakref
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
@@ -31,9 +32,19 @@ class WorkerInstance(Protocol):
     """What the built-ins need of a worker instance (an ``rp.Worker``)."""
 
     _rpc_parallel_server: Server | None
-    _rpc_parallel_on_fatal: Callable[[ErrorReport], None] | None
 
     async def init_connection_state(self, arg: Any, /) -> Any: ...
+
+
+_fatal_reporters: weakref.WeakKeyDictionary[WorkerInstance, Callable[[ErrorReport], None]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def set_fatal_reporter(instance: WorkerInstance, report: Callable[[ErrorReport], None]) -> None:
+    """How ``report_fatal`` tells the master of ``instance``'s failures (the worker process
+    sets it for the instance it serves; elsewhere failures are logged)."""
+    _fatal_reporters[instance] = report
 
 
 _exit: asyncio.Future[int] | None = None
@@ -165,7 +176,7 @@ def report_fatal(instance: WorkerInstance | None, error: BaseException, context:
     report = error_report(error)
     report = ErrorReport(report.type_name, f"{context}: {report.type_name}: {report.message}",
                          report.traceback)
-    on_fatal = instance._rpc_parallel_on_fatal if instance is not None else None
+    on_fatal = _fatal_reporters.get(instance) if instance is not None else None
     if on_fatal is not None:
         on_fatal(report)
     else:

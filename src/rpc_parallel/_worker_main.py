@@ -13,10 +13,8 @@ import contextlib
 import importlib
 import importlib.util
 import os
-import shutil
 import socket
 import sys
-import tempfile
 import threading
 from typing import Any, NoReturn
 
@@ -29,12 +27,13 @@ from ._builtins import (
     Registration,
     WorkerConfig,
 )
-from ._serving import error_report, report_fatal, set_exit_future
+from ._serving import error_report, report_fatal, set_exit_future, set_fatal_reporter
+from ._sockets import WORKER_PREFIX, remove_socket_directory, serve_in_temporary_directory
 from ._state import State, process
-from ._worker import Worker
+from ._worker_type import Worker
 from .rpc import Connection as RpcConnection
 from .rpc import Error as RpcError
-from .rpc import FunctionSpec, connect_unix, serve_unix
+from .rpc import FunctionSpec, connect_unix
 from .rpc import run as rpc_run
 from .rpc.functions import make_decoder
 
@@ -165,7 +164,7 @@ async def serve(config: WorkerConfig, cls: type[Worker[Any]]) -> int:
         task = loop.create_task(send())
         reporting.add(task)
 
-    instance._rpc_parallel_on_fatal = fatal
+    set_fatal_reporter(instance, fatal)
 
     def on_loop_error(_: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         error = context.get("exception")
@@ -186,12 +185,11 @@ async def serve(config: WorkerConfig, cls: type[Worker[Any]]) -> int:
         failure = error_report(error)
     implementations = cls.implementations(instance)
     settings = config.settings
-    directory = tempfile.mkdtemp(prefix="rpc_parallel-worker-")
+    server = await serve_in_temporary_directory(
+        WORKER_PREFIX, "worker.sock", secret=config.secret, implementations=implementations,
+        settings=settings, on_one_way_error=one_way_failed,
+    )
     try:
-        server = await serve_unix(
-            f"{directory}/worker.sock", secret=config.secret, implementations=implementations,
-            settings=settings, on_one_way_error=one_way_failed,
-        )
         instance._rpc_parallel_server = server
         master_path = config.master_address.removeprefix("unix:")
         link = await connect_unix(
@@ -221,7 +219,7 @@ async def serve(config: WorkerConfig, cls: type[Worker[Any]]) -> int:
             )
         return code
     finally:
-        shutil.rmtree(directory, ignore_errors=True)
+        remove_socket_directory(f"unix:{server.address}", WORKER_PREFIX)
 
 
 def main() -> NoReturn:

@@ -1,29 +1,20 @@
-"""How workers start: local processes, prefix wrappers, supervision and redirection."""
+"""How workers start: the ``Launcher`` seam, its implementations, output redirections."""
 
-from .options import (
-    SHUTDOWN_MODES,
-    DevNull,
-    FileAppend,
-    FileTruncate,
-    Forward,
-    How,
-    Local,
-    Redirection,
-    Remote,
-    ShutdownOn,
-    Wrap,
-)
+from ._launcher import LaunchedProcess, Launcher, LaunchRequest
+from .options import Local, Remote, Wrap, check_launcher
+from .redirection import DevNull, FileAppend, FileTruncate, Forward, Redirection
 
 __all__ = [
-    "SHUTDOWN_MODES",
     "DevNull",
     "FileAppend",
     "FileTruncate",
     "Forward",
-    "How",
+    "LaunchRequest",
+    "LaunchedProcess",
+    "Launcher",
     "Local",
     "Redirection",
     "Remote",
-    "ShutdownOn",
     "Wrap",
+    "check_launcher",
 ]

@@ -6,15 +6,13 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import sys
 from collections import deque
-from collections.abc import Mapping
 from typing import IO
 
-from .._builtins import CONFIG_ENCODER, Preload, WorkerConfig
 from ..errors import SpawnError
-from .options import DevNull, FileAppend, FileTruncate, Forward, Local, Redirection, Remote, Wrap
+from ._launcher import LaunchRequest
+from .redirection import DevNull, FileAppend, FileTruncate, Forward, Redirection
 
 _TAIL_LINES = 40
 
@@ -155,6 +153,17 @@ class WorkerProcess:
         self.close_pipes()
         return returncode
 
+    async def send(self, message: bytes) -> None:
+        """Write one length-prefixed message to the worker's stdin."""
+        stdin = self.stdin
+        if stdin is None:
+            return
+        try:
+            stdin.write(len(message).to_bytes(4, "little") + message)
+            await stdin.drain()
+        except (ConnectionError, OSError):
+            pass  # It died at once; the caller sees the exit and the stderr tail.
+
     def close_pipes(self) -> None:
         if self.stdin is not None and not self.stdin.is_closing():
             self.stdin.close()
@@ -163,71 +172,43 @@ class WorkerProcess:
                 task.cancel()
 
 
-def worker_argv(how: Local | Wrap | Remote, name: str) -> list[str]:
-    if isinstance(how, Wrap):
-        return [*how.prefix_argv, *worker_argv(how.how, name)]
-    if isinstance(how, Remote):
-        raise SpawnError(
-            f"cannot start worker {name} on {how.host}: remote workers are not available in "
-            "this release"
-        )
-    base = list(how.command) if how.command is not None else [how.python, "-m", "rpc_parallel"]
-    return [*base, "worker", name, "child-of", f"{os.getpid()}@{socket.gethostname()}"]
-
-
-async def start(
-    name: str,
-    *,
-    how: Local | Wrap | Remote,
-    env: Mapping[str, str] | None,
-    cwd: str | None,
-    redirect_stdout: Redirection,
-    redirect_stderr: Redirection,
-    new_session: bool,
-) -> WorkerProcess:
-    """Start a worker process; it waits for its configuration on stdin (``send``)."""
-    argv = worker_argv(how, name)
+async def start(request: LaunchRequest) -> WorkerProcess:
+    """Start ``request.command`` as a child process; it waits for its configuration on stdin
+    (``WorkerProcess.send``)."""
+    name = request.name
     environment = dict(os.environ)
-    if env is not None:
-        environment.update(env)
+    if request.env is not None:
+        environment.update(request.env)
     environment["RPC_PARALLEL_WORKER"] = "1"
-    stdout: int | IO[bytes] | None
-    stdout_file: IO[bytes] | None = None
-    if isinstance(redirect_stdout, Forward):
-        stdout = asyncio.subprocess.PIPE
-    elif isinstance(redirect_stdout, DevNull):
-        stdout = asyncio.subprocess.DEVNULL
-    else:
-        mode = "ab" if isinstance(redirect_stdout, FileAppend) else "wb"
-        try:
-            stdout = stdout_file = open(os.fspath(redirect_stdout.path), mode)  # noqa: SIM115, ASYNC230
-        except OSError as error:
-            raise SpawnError(f"cannot open the stdout file of worker {name}: {error}") from None
+    stdout, stdout_file = _open_stdout(request.redirect_stdout, name)
     try:
         process = await asyncio.create_subprocess_exec(
-            *argv,
+            *request.command,
             stdin=asyncio.subprocess.PIPE,
             stdout=stdout,
             stderr=asyncio.subprocess.PIPE,
             env=environment,
-            cwd=cwd,
-            start_new_session=new_session,
+            cwd=request.cwd,
+            start_new_session=request.new_session,
         )
     except OSError as error:
-        raise SpawnError(f"cannot start worker {name} ({argv[0]}): {error}") from None
+        raise SpawnError(f"cannot start worker {name} ({request.command[0]}): {error}") from None
     finally:
         if stdout_file is not None:
             stdout_file.close()
-    return WorkerProcess(process, name, redirect_stdout, redirect_stderr, own_group=new_session)
+    return WorkerProcess(process, name, request.redirect_stdout, request.redirect_stderr,
+                         own_group=request.new_session)
 
 
-async def send(worker: WorkerProcess, message: WorkerConfig | Preload) -> None:
-    """Write one length-prefixed message to the worker's stdin."""
-    payload = CONFIG_ENCODER.encode(message)
-    stdin = worker.stdin
-    assert stdin is not None
+def _open_stdout(redirect: Redirection, name: str) -> tuple[int | IO[bytes], IO[bytes] | None]:
+    """The child's stdout for ``redirect``, and the file to close once it has started."""
+    if isinstance(redirect, Forward):
+        return asyncio.subprocess.PIPE, None
+    if isinstance(redirect, DevNull):
+        return asyncio.subprocess.DEVNULL, None
+    mode = "ab" if isinstance(redirect, FileAppend) else "wb"
     try:
-        stdin.write(len(payload).to_bytes(4, "little") + payload)
-        await stdin.drain()
-    except (ConnectionError, OSError):
-        pass  # It died at once; the caller sees the exit and the stderr tail.
+        file = open(os.fspath(redirect.path), mode)  # noqa: SIM115
+    except OSError as error:
+        raise SpawnError(f"cannot open the stdout file of worker {name}: {error}") from None
+    return file, file

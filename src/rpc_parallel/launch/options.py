@@ -1,15 +1,16 @@
-"""How and where a worker starts, and where its output goes."""
+"""The launchers of this release: ``Local``, ``Wrap`` and ``Remote`` (see ``_launcher``)."""
 
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
-ShutdownOn = Literal["connection_closed", "heartbeat_timeout", "called_shutdown"]
-SHUTDOWN_MODES: tuple[ShutdownOn, ...] = ("connection_closed", "heartbeat_timeout", "called_shutdown")
+from ..errors import SpawnError
+from . import _process
+from ._launcher import LaunchedProcess, Launcher, LaunchRequest
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,21 @@ class Local:
     python: str = field(default_factory=lambda: sys.executable)
     command: Sequence[str] | None = None
 
+    @property
+    def needs_network(self) -> bool:
+        return False
+
+    @property
+    def can_use_prestarted(self) -> bool:
+        return self == Local()
+
+    def worker_command(self, name: str) -> list[str]:
+        base = list(self.command) if self.command is not None else [self.python, "-m", "rpc_parallel"]
+        return [*base, "worker", name, "child-of", f"{os.getpid()}@{socket.gethostname()}"]
+
+    async def launch(self, request: LaunchRequest) -> LaunchedProcess:
+        return await _process.start(request)
+
 
 @dataclass(frozen=True)
 class Remote:
@@ -36,46 +52,61 @@ class Remote:
     ssh_options: Sequence[str] = ()
     executable: object = None
 
+    @property
+    def needs_network(self) -> bool:
+        return True
+
+    @property
+    def can_use_prestarted(self) -> bool:
+        return False
+
+    def worker_command(self, name: str) -> list[str]:
+        raise SpawnError(
+            f"cannot start worker {name} on {self.host}: remote workers are not available in "
+            "this release"
+        )
+
+    async def launch(self, request: LaunchRequest) -> LaunchedProcess:
+        self.worker_command(request.name)
+        raise AssertionError("unreachable")  # pragma: no cover
+
 
 @dataclass(frozen=True)
 class Wrap:
-    """Launch through a prefix command (``nice``, ``taskset``, ``numactl``, ``srun`` ...)."""
+    """Launch through a prefix command (``nice``, ``taskset``, ``numactl``, ``srun`` ...).
+
+    The prefix runs on the target side of the inner launcher ``how``.
+    """
 
     prefix_argv: Sequence[str]
-    how: Local | Remote = field(default_factory=Local)
+    how: Launcher = field(default_factory=Local)
 
     def __post_init__(self) -> None:
         if isinstance(self.prefix_argv, str) or not all(
             isinstance(a, str) for a in self.prefix_argv
         ):
             raise TypeError("Wrap(prefix_argv) takes a sequence of strings, e.g. ['nice', '-n', '5']")
+        check_launcher(self.how, "Wrap(how=...)")
+
+    @property
+    def needs_network(self) -> bool:
+        return self.how.needs_network
+
+    @property
+    def can_use_prestarted(self) -> bool:
+        return False
+
+    def worker_command(self, name: str) -> list[str]:
+        return [*self.prefix_argv, *self.how.worker_command(name)]
+
+    async def launch(self, request: LaunchRequest) -> LaunchedProcess:
+        return await self.how.launch(request)
 
 
-How = Local | Remote | Wrap
-
-
-@dataclass(frozen=True)
-class Forward:
-    """Copy each line of the worker's output to the master's, prefixed with the worker's name."""
-
-
-@dataclass(frozen=True)
-class DevNull:
-    """Discard the output."""
-
-
-@dataclass(frozen=True)
-class FileAppend:
-    """Append the output to a file."""
-
-    path: str | os.PathLike[str]
-
-
-@dataclass(frozen=True)
-class FileTruncate:
-    """Write the output to a file, emptied first."""
-
-    path: str | os.PathLike[str]
-
-
-Redirection = Forward | DevNull | FileAppend | FileTruncate
+def check_launcher(how: object, what: str = "how") -> None:
+    """``TypeError`` unless ``how`` implements the ``Launcher`` protocol."""
+    if not isinstance(how, Launcher):
+        raise TypeError(
+            f"{what} must be rp.Local(), rp.Remote(...), rp.Wrap(...) or another launcher "
+            f"(see rpc_parallel.launch.Launcher), got {how!r}"
+        )

@@ -1,0 +1,384 @@
+"""Handles to running workers and extra connections to them: running their functions.
+
+``WorkerHandle`` and ``Connection`` share ``_Runner.run`` / ``submit``; a spawned worker's
+handle owns its ``Supervisor``. Imports the supervisor and the RPC layer; knows nothing of
+worker classes (a handle's type parameter is any worker type).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import Any, Generic, ParamSpec, Self, TypeVar, overload
+
+from ._builtins import (
+    CLOSE_SERVER,
+    INIT_CONNECTION,
+    SHUTDOWN,
+    SUBSCRIBE_LOGS,
+    ErrorReport,
+    LogRecord,
+    ShutdownOn,
+)
+from ._functions import Function, OneWay, Pipe, ReversePipe, Rpc, StateFunction
+from ._state import process
+from ._supervisor import Supervisor
+from .errors import ConnectionClosed, ProtocolError, WorkerDied
+from .rpc import Connection as RpcConnection
+from .rpc import HandshakeError, PipeReader, connect_tcp, connect_unix
+from .rpc.connection import TranslateClosed
+from .rpc.functions import register_type
+
+# Handles and connections are covariant: a WorkerHandle[Derived] runs every function of Base
+# (the functions are contravariant in their worker type), so it is a WorkerHandle[Base].
+W_co = TypeVar("W_co", covariant=True)
+P = ParamSpec("P")
+R = TypeVar("R")
+S = TypeVar("S")
+U = TypeVar("U")
+
+_CLOSED_BY_OWNER = "connection closed by its owner"
+
+
+class _Runner(Generic[W_co]):
+    """Running functions of a ``W`` worker: ``await x.run(W.f, *args, **kwargs)``."""
+
+    name: str
+
+    async def _rpc_connection(self) -> RpcConnection:
+        raise NotImplementedError
+
+    async def _translate(self, error: ConnectionClosed, function: str) -> BaseException:
+        return error
+
+    @overload
+    async def run(
+        self, function: Rpc[W_co, P, R], /, *args: P.args, **kwargs: P.kwargs
+    ) -> R: ...
+    @overload
+    async def run(
+        self, function: Pipe[W_co, P, R], /, *args: P.args, **kwargs: P.kwargs
+    ) -> PipeReader[R]: ...
+    @overload
+    async def run(
+        self, function: StateFunction[W_co, P, S, U], /, *args: P.args, **kwargs: P.kwargs
+    ) -> tuple[S, PipeReader[U]]: ...
+    @overload
+    async def run(
+        self, function: OneWay[W_co, P], /, *args: P.args, **kwargs: P.kwargs
+    ) -> None: ...
+    @overload
+    async def run(
+        self, function: ReversePipe[W_co, P, R], /, *args: P.args, **kwargs: P.kwargs
+    ) -> R: ...
+    async def run(self, function: Function[Any], /, *args: Any, **kwargs: Any) -> Any:
+        """Run ``function`` on the worker; the result's type follows the function's kind."""
+        try:
+            spec = function._spec or function.spec
+        except AttributeError:
+            raise TypeError(
+                f"run() takes a worker function (declared with @rp.rpc, @rp.pipe, ...), "
+                f"got {type(function).__qualname__}"
+            ) from None
+        connection = self._ready_connection() or await self._rpc_connection()
+        try:
+            kind = spec.kind
+            if kind == "rpc":
+                # The layer's own call: it waits while writing is paused (backpressure).
+                return await connection.call(spec, *args, **kwargs)
+            if kind == "pipe":
+                return await connection.pipe(spec, *args, **kwargs)
+            if kind == "state":
+                return await connection.state(spec, *args, **kwargs)
+            if kind == "one_way":
+                return await connection.one_way(spec, *args, **kwargs)
+            return await connection.reverse_pipe(spec, *args, **kwargs)
+        except ConnectionClosed as error:
+            raise await self._translate(error, spec.name) from None
+
+    def submit(
+        self, function: Rpc[W_co, P, R], /, *args: P.args, **kwargs: P.kwargs
+    ) -> asyncio.Future[R]:
+        """Start an ``rpc`` call now and return a future of its result.
+
+        The fast path for many calls in flight: ``await asyncio.gather(*(w.submit(f, x) for x
+        in xs))`` creates no task per call, where ``run`` needs one each. Errors are the same
+        as ``run``'s. Cancelling the future does not cancel the call on the worker.
+        """
+        connection = self._ready_connection()
+        if connection is None or function.kind != "rpc":
+            return asyncio.ensure_future(self.run(function, *args, **kwargs))
+        spec = function._spec or function.spec
+        try:
+            return connection.start_call(spec, spec.bind(args, kwargs))[0]
+        except ConnectionClosed as error:
+            return asyncio.ensure_future(self._raise_translated(error, spec.name))
+
+    async def _raise_translated(self, error: ConnectionClosed, function: str) -> Any:
+        raise await self._translate(error, function)
+
+    def _ready_connection(self) -> RpcConnection | None:
+        """The connection to use without waiting, if there is one."""
+        return None
+
+
+class WorkerHandle(_Runner[W_co]):
+    """A running worker: run its functions, connect to it, close or shut it down.
+
+    Can be passed to other workers as an argument; they ``connect`` to it.
+    """
+
+    def __init__(
+        self,
+        *,
+        worker_id: str,
+        name: str,
+        pid: int,
+        host: str,
+        address: str,
+        worker_class: str,
+        link: RpcConnection | None = None,
+        supervisor: Supervisor | None = None,
+        shutdown_on: ShutdownOn = "connection_closed",
+    ) -> None:
+        self.id = worker_id
+        self.name = name
+        self.pid = pid
+        self.host = host
+        self.address = address
+        self.worker_class = worker_class
+        self.shutdown_on: ShutdownOn = shutdown_on
+        self._link = link  # Its lost-connection errors come from the master (``_death``).
+        self._supervisor = supervisor  # A spawned worker's; None for served or received ones.
+        self._own_connection: RpcConnection | None = None
+        self._connecting = asyncio.Lock()
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<WorkerHandle {self.name} pid={self.pid} host={self.host} id={self.id}>"
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # ----- connections
+
+    def _ready_connection(self) -> RpcConnection | None:
+        return self._link if not self._closed else None
+
+    async def _rpc_connection(self) -> RpcConnection:
+        if self._closed:
+            raise ConnectionClosed(f"worker {self.name}: this handle is closed")
+        if self._link is not None:
+            return self._link
+        connection = self._own_connection
+        if connection is None or connection.is_closed:
+            async with self._connecting:
+                connection = self._own_connection
+                if connection is None or connection.is_closed:
+                    connection = self._own_connection = await self._open()
+        return connection
+
+    async def _open(self) -> RpcConnection:
+        try:
+            return await open_connection(self.address, self._translate_own)
+        except (OSError, HandshakeError) as error:
+            raise await self._translate(
+                ConnectionClosed(f"cannot connect to worker {self.name} at {self.address}: {error}"),
+                "connect",
+            ) from None
+
+    async def _translate_own(
+        self, connection: RpcConnection, error: ConnectionClosed
+    ) -> Callable[[str], BaseException]:
+        """Errors for calls on a connection this handle opened, once it is lost."""
+        if error.reason == _CLOSED_BY_OWNER:
+            return lambda function: error
+        return await self._death(error)
+
+    async def connect(self, arg: object = None) -> Connection[W_co]:
+        """A new connection to the worker, with connection state from
+        ``init_connection_state(arg)``."""
+        if self._closed:
+            raise ConnectionClosed(f"worker {self.name}: this handle is closed")
+        connection = await self._open()
+        try:
+            await connection.call(INIT_CONNECTION, arg)
+        except BaseException:
+            connection.close("connection state could not be set up")
+            raise
+        return Connection(self, connection)
+
+    async def subscribe_logs(self) -> PipeReader[LogRecord]:
+        """Stream the worker's ``logging`` records from now on."""
+        connection = await self._rpc_connection()
+        try:
+            _, reader = await connection.state(SUBSCRIBE_LOGS)
+        except ConnectionClosed as error:
+            raise await self._translate(error, SUBSCRIBE_LOGS.name) from None
+        return reader
+
+    async def close_server(self) -> None:
+        """Stop the worker accepting new connections; existing ones go on."""
+        connection = await self._rpc_connection()
+        try:
+            await connection.call(CLOSE_SERVER)
+        except ConnectionClosed as error:
+            raise await self._translate(error, CLOSE_SERVER.name) from None
+
+    # ----- ending
+
+    async def close(self) -> None:
+        """Close this handle. With ``shutdown_on="connection_closed"`` the worker exits
+        (this waits for it); in the other modes it goes on running."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._own_connection is not None:
+            self._own_connection.close("handle closed")
+        if self._link is not None and self.shutdown_on == "connection_closed":
+            self._expect_exit()
+            self._link.close("the master closed the worker's handle")
+            await self._wait_exit()
+
+    async def shutdown(self) -> None:
+        """End the worker process, whatever its ``shutdown_on`` mode; waits for its exit."""
+        self._expect_exit()
+        supervisor = self._supervisor
+        if self._link is None and supervisor is None:
+            connection = await self._rpc_connection()
+            await connection.call(SHUTDOWN)
+            self._closed = True
+            return
+        if self._link is not None and not self._link.is_closed:
+            with contextlib.suppress(ConnectionClosed):
+                await self._link.call(SHUTDOWN)
+        elif (
+            supervisor is not None and supervisor.detached
+            and supervisor.process.returncode is None
+        ):
+            # The master's links have ended (called_shutdown): ask the worker directly.
+            try:
+                connection = await open_connection(self.address)
+                try:
+                    await connection.call(SHUTDOWN)
+                finally:
+                    connection.close("shutdown sent")
+            except (ConnectionClosed, OSError, HandshakeError):
+                pass
+        self._closed = True
+        await self._wait_exit()
+
+    def _expect_exit(self) -> None:
+        if self._supervisor is not None:
+            self._supervisor.expected_exit = True
+
+    async def _wait_exit(self) -> None:
+        if self._supervisor is not None:
+            await self._supervisor.wait_exit()
+
+    # ----- what the master knows of a handle (``_master.Supervised``)
+
+    async def _master_exiting(self) -> None:
+        supervisor = self._supervisor
+        if self.shutdown_on != "called_shutdown" and self._link is not None:
+            self._expect_exit()
+            self._closed = True
+            self._link.close("the master is exiting")
+        elif self.shutdown_on == "called_shutdown" and supervisor is not None:
+            supervisor.detach()  # It outlives the master; ``shutdown()`` still ends it.
+
+    def _failure_reported(self, report: ErrorReport) -> None:
+        if self._supervisor is not None:
+            self._supervisor.failure_reported(report)
+
+    async def _translate(self, error: ConnectionClosed, function: str) -> BaseException:
+        if isinstance(error, WorkerDied):
+            return error
+        return (await self._death(error))(function)
+
+    async def _death(self, error: ConnectionClosed) -> Callable[[str], BaseException]:
+        """What calls fail with once the connection to the worker is lost."""
+        if self._supervisor is not None:
+            return await self._supervisor.death(error, self._closed)
+        if self._closed:
+            return lambda function: error
+        return lambda function: WorkerDied(
+            f"worker {self.name}: {error.reason} (while running {function})",
+            worker=self.name, function=function,
+        )
+
+
+class Connection(_Runner[W_co]):
+    """An extra connection to a worker, with its own connection state."""
+
+    def __init__(self, handle: WorkerHandle[W_co], connection: RpcConnection) -> None:
+        self.handle = handle
+        self.name = handle.name
+        self._connection = connection  # Opened by the handle, with its ``_translate_own``.
+
+    def __repr__(self) -> str:
+        return f"<rpc_parallel Connection to {self.handle.name}>"
+
+    async def _rpc_connection(self) -> RpcConnection:
+        return self._connection
+
+    def _ready_connection(self) -> RpcConnection | None:
+        return self._connection
+
+    async def _translate(self, error: ConnectionClosed, function: str) -> BaseException:
+        if isinstance(error, WorkerDied):
+            return error
+        return (await self._death(error))(function)
+
+    async def _death(self, error: ConnectionClosed) -> Callable[[str], BaseException]:
+        if self._connection.close_reason == _CLOSED_BY_OWNER:
+            return lambda function: error
+        return await self.handle._death(error)
+
+    async def close(self) -> None:
+        self._connection.close(_CLOSED_BY_OWNER)
+        await self._connection.wait_closed()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+
+async def open_connection(
+    address: str, translate_closed: TranslateClosed | None = None
+) -> RpcConnection:
+    """Connect to a worker server at ``unix:/path`` or ``tcp:host:port``."""
+    settings = process().rpc_settings()
+    secret = process().secret
+    if address.startswith("unix:"):
+        return await connect_unix(
+            address[5:], secret=secret, settings=settings, translate_closed=translate_closed
+        )
+    if address.startswith("tcp:"):
+        host, _, port = address[4:].rpartition(":")
+        return await connect_tcp(
+            host, int(port), secret=secret, settings=settings, translate_closed=translate_closed
+        )
+    raise ProtocolError(f"unknown worker address {address!r}")
+
+
+def _handle_to_wire(handle: WorkerHandle[Any]) -> list[Any]:
+    return [handle.id, handle.name, handle.pid, handle.host, handle.address, handle.worker_class]
+
+
+def _handle_from_wire(value: Any) -> WorkerHandle[Any]:
+    try:
+        worker_id, name, pid, host, address, worker_class = value
+        return WorkerHandle(worker_id=str(worker_id), name=str(name), pid=int(pid), host=str(host),
+                            address=str(address), worker_class=str(worker_class))
+    except (TypeError, ValueError):
+        raise ValueError(f"not a worker handle: {value!r}") from None
+
+
+register_type(WorkerHandle, _handle_to_wire, _handle_from_wire)

@@ -1,0 +1,268 @@
+"""The spawn pipeline: from a worker class, an init argument and ``SpawnOptions`` to a
+registered, supervised worker and its handle.
+
+Steps: check the request (``_Prepared``), take a pre-started process or launch one through
+the ``Launcher`` (``_start_process``), send its configuration, wait for it to register with
+the master (``_await_registration``), check what it serves, make its handle. On any failure
+the process is killed and reaped. Imports the handle, the supervisor, the master and the
+launch seam; knows worker classes only by the ``WorkerClass`` protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import sys
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
+
+import msgspec
+
+from ._builtins import CONFIG_ENCODER, SHUTDOWN_MODES, Registration, ShutdownOn, WorkerConfig
+from ._functions import Function
+from ._handle import WorkerHandle
+from ._master import Master, current_master
+from ._prestart import ClassKey
+from ._state import State, process
+from ._supervisor import OnFailure, Supervisor, describe_exit
+from .errors import ProtocolError, SpawnError
+from .launch import (
+    Forward,
+    LaunchedProcess,
+    Launcher,
+    LaunchRequest,
+    Local,
+    Redirection,
+    check_launcher,
+)
+from .launch.redirection import to_wire
+from .rpc import Connection as RpcConnection
+from .rpc.functions import ENCODER, make_decoder, type_name
+
+
+class _WorkerInstance(Protocol):
+    """What the spawn needs of an ``rp.Worker`` (its class is a ``WorkerClass``)."""
+
+    _rpc_parallel_functions: ClassVar[dict[str, Function[Any]]]
+
+    @classmethod
+    def init_type(cls) -> Any: ...
+
+
+WorkerClass = type[_WorkerInstance]
+"""A worker class (an ``rp.Worker`` subclass), as the spawn knows it."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class SpawnOptions:
+    """The keyword arguments of ``Worker.spawn`` / ``spawn_in_foreground``, as one value."""
+
+    how: Launcher = Local()  # noqa: RUF009 - frozen, so one shared default is fine.
+    name: str | None = None
+    env: Mapping[str, str] | None = None
+    cwd: str | os.PathLike[str] | None = None
+    umask: int | None = None
+    shutdown_on: ShutdownOn = "connection_closed"
+    redirect_stdout: Redirection = Forward()  # noqa: RUF009
+    redirect_stderr: Redirection = Forward()  # noqa: RUF009
+    on_failure: OnFailure | None = None
+    connection_timeout: float = 10.0
+    foreground: bool = False
+    """``spawn_in_foreground``: the caller's process group, no pre-started process."""
+
+
+async def spawn(
+    cls: WorkerClass, init_arg: Any, options: SpawnOptions
+) -> tuple[WorkerHandle[Any], LaunchedProcess]:
+    """Start one worker; returns once its ``init_worker_state`` has finished."""
+    prepared = _Prepared(cls, init_arg, options)
+    master = current_master()
+    worker, name = await _start_process(prepared, master)
+    registered: asyncio.Future[tuple[RpcConnection, Registration]] = (
+        asyncio.get_running_loop().create_future()
+    )
+    master.pending[prepared.worker_id] = registered
+    try:
+        await worker.send(CONFIG_ENCODER.encode(await prepared.config(name, master)))
+        link, registration = await _await_registration(worker, registered, name, options)
+        link.check_menu(f.spec for f in cls._rpc_parallel_functions.values())
+    except BaseException:
+        await _abort(worker, registered)
+        raise
+    finally:
+        master.pending.pop(prepared.worker_id, None)
+    return _make_handle(prepared, name, link, registration, worker, master), worker
+
+
+class _Prepared:
+    """A checked spawn request: the class's location, the encoded init argument."""
+
+    def __init__(self, cls: WorkerClass, init_arg: Any, options: SpawnOptions) -> None:
+        if options.shutdown_on not in SHUTDOWN_MODES:
+            raise ValueError(
+                f"shutdown_on must be one of {SHUTDOWN_MODES}, got {options.shutdown_on!r}"
+            )
+        check_launcher(options.how)
+        self.cls = cls
+        self.options = options
+        self.key: ClassKey = _class_location(cls)
+        for function in cls._rpc_parallel_functions.values():
+            function.spec  # noqa: B018 — annotation errors surface here, not in the worker
+        self.worker_id = str(uuid.uuid4())
+        to_wire(options.redirect_stdout, "redirect_stdout")
+        self.redirect_stderr = to_wire(options.redirect_stderr, "redirect_stderr")
+        self.init_arg = _encode_init_arg(cls, init_arg)
+
+    def default_name(self) -> str:
+        return self.options.name or f"{self.cls.__name__}-{self.worker_id[:8]}"
+
+    def may_use_prestarted(self) -> bool:
+        options = self.options
+        return (
+            process().state is State.MASTER
+            and os.environ.get("RPC_PARALLEL_PRESTART", "1") != "0"
+            and not options.foreground and options.name is None and options.env is None
+            and options.cwd is None and options.how.can_use_prestarted
+            and isinstance(options.redirect_stdout, Forward)
+        )
+
+    async def config(self, name: str, master: Master) -> WorkerConfig:
+        module, qualname, main_path = self.key
+        return WorkerConfig(
+            worker_id=self.worker_id, name=name, module=module, qualname=qualname,
+            main_path=main_path, sys_path=list(sys.path), secret=process().secret,
+            master_address=await master.address(remote=self.options.how.needs_network),
+            settings=process().rpc_settings(), init_arg=self.init_arg,
+            shutdown_on=self.options.shutdown_on, redirect_stderr=self.redirect_stderr,
+            umask=self.options.umask, parent=f"{os.getpid()}@{socket.gethostname()}",
+        )
+
+
+async def _start_process(prepared: _Prepared, master: Master) -> tuple[LaunchedProcess, str]:
+    """A pre-started process of the class if there is one, else a new one from the launcher."""
+    options = prepared.options
+    if prepared.may_use_prestarted():
+        worker = await master.prestarted.take(prepared.key)
+        master.prestarted.start(prepared.key)  # Ready, or nearly, by the next spawn.
+        if worker is not None:
+            worker.redirect_stderr = options.redirect_stderr
+            return worker, worker.name
+    name = prepared.default_name()
+    command = options.how.worker_command(name)
+    worker = await options.how.launch(LaunchRequest(
+        name=name, command=command, env=options.env,
+        cwd=None if options.cwd is None else os.fspath(options.cwd),
+        redirect_stdout=options.redirect_stdout, redirect_stderr=options.redirect_stderr,
+        new_session=not options.foreground,
+    ))
+    return worker, name
+
+
+async def _await_registration(
+    worker: LaunchedProcess,
+    registered: asyncio.Future[tuple[RpcConnection, Registration]],
+    name: str,
+    options: SpawnOptions,
+) -> tuple[RpcConnection, Registration]:
+    """Wait until the worker registers (within ``connection_timeout``), exits, or fails."""
+    exited = asyncio.ensure_future(worker.wait())
+    try:
+        waiting: list[asyncio.Future[Any]] = [registered, exited]
+        await asyncio.wait(waiting, timeout=options.connection_timeout,
+                           return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        exited.cancel()
+    if not registered.done():
+        if worker.returncode is not None:
+            await worker.drain_output(timeout=1.0)
+            raise SpawnError(f"worker {name} {describe_exit(worker.returncode)} before it "
+                             "registered", stderr_tail=worker.stderr_tail())
+        await worker.kill_and_reap()
+        raise SpawnError(
+            f"worker {name} did not register within connection_timeout "
+            f"({options.connection_timeout:g} s); killed",
+            stderr_tail=worker.stderr_tail(),
+        )
+    link, registration = registered.result()
+    failure = registration.error
+    if failure is not None:
+        link.close("init_worker_state failed")
+        await worker.stop(grace=5.0)
+        raise SpawnError(
+            f"worker {name}: init_worker_state raised {failure.type_name}: "
+            f"{failure.message}\n--- remote traceback ---\n{failure.traceback.rstrip()}",
+            stderr_tail=worker.stderr_tail(),
+        )
+    return link, registration
+
+
+async def _abort(
+    worker: LaunchedProcess, registered: asyncio.Future[tuple[RpcConnection, Registration]]
+) -> None:
+    """The spawn failed or was cancelled: nothing it started is left running."""
+    if worker.returncode is None:
+        await asyncio.shield(worker.kill_and_reap())
+    else:
+        worker.close_pipes()
+    if registered.done() and not registered.cancelled():
+        registered.result()[0].close("spawn failed")
+
+
+def _make_handle(
+    prepared: _Prepared,
+    name: str,
+    link: RpcConnection,
+    registration: Registration,
+    worker: LaunchedProcess,
+    master: Master,
+) -> WorkerHandle[Any]:
+    module, qualname, _ = prepared.key
+    supervisor = Supervisor(
+        name=name, pid=registration.pid, address=registration.address, link=link,
+        worker_process=worker, on_failure=prepared.options.on_failure,
+    )
+    handle: WorkerHandle[Any] = WorkerHandle(
+        worker_id=prepared.worker_id, name=name, pid=registration.pid, host=registration.host,
+        address=registration.address, worker_class=f"{module}.{qualname}", link=link,
+        supervisor=supervisor, shutdown_on=prepared.options.shutdown_on,
+    )
+    master.handles[link] = handle
+    link.user_data = handle  # For the master's translation of a lost link (``_death``).
+    supervisor.start()
+    return handle
+
+
+def _class_location(cls: WorkerClass) -> ClassKey:
+    module = cls.__module__
+    qualname = cls.__qualname__
+    if "<locals>" in qualname:
+        raise SpawnError(
+            f"worker class {qualname} is defined inside a function; define it at module top "
+            "level so the worker process can import it"
+        )
+    main_path = None
+    if module in ("__main__", "__mp_main__"):
+        main_module = sys.modules.get(module)
+        main_path = getattr(main_module, "__file__", None)
+        if main_path is None:
+            raise SpawnError(
+                f"worker class {qualname} is defined in an interactive __main__; define it in "
+                "an importable module"
+            )
+        main_path = os.path.abspath(main_path)
+    return module, qualname, main_path
+
+
+def _encode_init_arg(cls: WorkerClass, init_arg: Any) -> bytes:
+    init_type = cls.init_type()
+    try:
+        encoded = ENCODER.encode(init_arg)
+        make_decoder(init_type).decode(encoded)
+    except (TypeError, msgspec.ValidationError) as error:
+        raise ProtocolError(
+            f"{cls.__qualname__}.spawn: init argument: {error} (expected {type_name(init_type)})"
+        ) from None
+    return encoded

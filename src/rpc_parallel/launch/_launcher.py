@@ -1,0 +1,129 @@
+"""The launcher seam: how a worker process comes to exist.
+
+``Worker.spawn(how=...)`` takes any value that implements :class:`Launcher`. The spawn
+pipeline asks it for the worker's command, has it start a process, and supervises what it
+returns through :class:`LaunchedProcess`; it never looks at which launcher it has. Today's
+launchers are ``Local`` (a child process of this one), ``Wrap`` (a prefix command in front of
+another launcher) and ``Remote`` (declared; it refuses with a clear ``SpawnError`` until the
+ssh launcher lands). An ssh host, a Slurm step or job, a fork server: each is one new module
+with one class implementing this protocol.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from .redirection import Redirection
+
+
+@dataclass(frozen=True)
+class LaunchRequest:
+    """What the spawn asks a launcher for: one worker process.
+
+    ``command`` is the argv to run on the target (what ``Launcher.worker_command`` gave, with
+    any ``Wrap`` prefixes in front). ``env`` extends the target's environment; ``cwd`` is on
+    the target. ``new_session``: start the process in a session (and process group) of its
+    own, so that killing the worker kills what a wrapper started too; false for
+    ``spawn_in_foreground``, which keeps it in the caller's group.
+    """
+
+    name: str
+    command: Sequence[str]
+    env: Mapping[str, str] | None
+    cwd: str | None
+    redirect_stdout: Redirection
+    redirect_stderr: Redirection
+    new_session: bool
+
+
+class LaunchedProcess(Protocol):
+    """A started worker process, as the spawn and the supervisor use it.
+
+    Until its configuration arrives, the worker reads length-prefixed messages from its stdin
+    (``send``); closing stdin (``close_pipes``) before that makes it exit. ``wait`` and
+    ``kill_and_reap`` reap it: nothing a launcher starts may be left as a zombie.
+    """
+
+    name: str
+    """The worker's name (a pre-started process chose its own)."""
+
+    pid: int
+    """The process id on the host where it runs (the launcher's own child for ssh/srun)."""
+
+    redirect_stderr: Redirection
+    """Where its stderr goes once it has registered (for ``stderr_tail``); a pre-started
+    process learns it when a spawn takes it."""
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit status once it has exited (negative: the signal that killed it)."""
+        ...
+
+    async def wait(self, timeout: float | None = None) -> int | None:
+        """Wait for the exit status (None on timeout), then drain its output."""
+        ...
+
+    async def send(self, message: bytes) -> None:
+        """Write one length-prefixed message to its stdin; ignore a process already dead."""
+        ...
+
+    def kill(self) -> None:
+        """SIGKILL it (with its process group when it has one of its own)."""
+        ...
+
+    async def kill_and_reap(self) -> int:
+        """Kill it, reap it, close its pipes; its exit status."""
+        ...
+
+    async def stop(self, grace: float) -> int:
+        """Wait up to ``grace`` seconds for a requested exit, then kill; always reaps."""
+        ...
+
+    def stderr_tail(self) -> str:
+        """The last lines it wrote to stderr (for ``SpawnError`` and ``WorkerDied``)."""
+        ...
+
+    async def drain_output(self, timeout: float) -> None:
+        """Let output forwarding reach end of file, bounded by ``timeout``."""
+        ...
+
+    def close_pipes(self) -> None:
+        """Close its stdin and stop forwarding its output."""
+        ...
+
+
+@runtime_checkable
+class Launcher(Protocol):
+    """How and where a worker process starts: the value of ``spawn(how=...)``.
+
+    For the next implementer:
+
+    * ``worker_command(name)`` is the argv that runs the worker *on the target*: for a local
+      launcher ``[python, "-m", "rpc_parallel", "worker", name, "child-of", ...]``; for an
+      ssh launcher the same with the remote interpreter. ``Wrap(prefix, how=inner)`` puts
+      its prefix in front of ``inner.worker_command(name)``, so the prefix runs on the target
+      side of any inner launcher (on the remote host for ssh). Raise ``SpawnError`` for a
+      launcher that cannot start a worker, saying why.
+    * ``launch(request)`` starts ``request.command`` (a local launcher runs it; ssh would
+      run ``ssh host -- <quoted command>``; Slurm ``srun ...``) and returns the process.
+      Secrets never go on a command line: the configuration (with the secret) is sent
+      afterwards through ``LaunchedProcess.send``. Raise ``SpawnError`` naming what failed.
+    * ``needs_network``: whether the worker may run on another host. The master's address
+      choice consults it in one place (``Master.address``): a Unix socket when false; TCP
+      with TLS when true (not available in this release).
+    * ``can_use_prestarted``: whether a pre-started local process (``_prestart``) may serve
+      this spawn instead of a new one; true only when the launch would be exactly the
+      master's default local launch.
+    """
+
+    @property
+    def needs_network(self) -> bool: ...
+
+    @property
+    def can_use_prestarted(self) -> bool: ...
+
+    def worker_command(self, name: str) -> list[str]: ...
+
+    async def launch(self, request: LaunchRequest) -> LaunchedProcess: ...
