@@ -47,11 +47,13 @@ def _namespace_host_session() -> Iterator[NamespaceHost]:
 
 @pytest.fixture
 def namespace_host(_namespace_host_session: NamespaceHost) -> Iterator[NamespaceHost]:
-    """The session's namespace host; healed after each test that partitions it."""
+    """The session's namespace host; after a test that partitioned it, it is healed and its
+    ssh master (which may have seen its connection stall) is closed."""
     try:
         yield _namespace_host_session
     finally:
-        _namespace_host_session.heal()
+        if _namespace_host_session.heal():
+            _namespace_host_session.ssh_host.close_masters()
 
 
 @pytest.fixture(scope="session")

@@ -61,11 +61,17 @@ def _free_subnet(start: int) -> ipaddress.IPv4Network:
 
 @contextlib.contextmanager
 def _setup_lock() -> Iterator[None]:
-    """Serialise subnet choice and creation between concurrent test runs."""
-    os.makedirs("/run/lock", exist_ok=True)
-    with open("/run/lock/rpc_parallel-test-netns.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    """Serialise subnet choice and creation between concurrent test runs.
+
+    The lock is taken on a directory that exists anyway, so no lock file is left behind.
+    """
+    directory = "/run/lock" if os.path.isdir("/run/lock") else "/tmp"
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
         yield
+    finally:
+        os.close(fd)
 
 
 @dataclass
@@ -144,9 +150,11 @@ class NamespaceHost:
         """Drop every packet in and out of the namespace (loopback excepted)."""
         self.run(["nft", "-f", "-"], input=_PARTITION, timeout=10)
 
-    def heal(self) -> None:
-        """End a partition (no error if there is none)."""
-        self.run(["nft", "delete", "table", "inet", "rp_partition"], timeout=10, check=False)
+    def heal(self) -> bool:
+        """End a partition; whether there was one."""
+        result = self.run(["nft", "delete", "table", "inet", "rp_partition"], timeout=10,
+                          check=False)
+        return result.returncode == 0
 
     @property
     def partitioned(self) -> bool:

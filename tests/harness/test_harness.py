@@ -70,6 +70,7 @@ def test_partition_cuts_the_link_and_heal_restores_it(
     port = listener.getsockname()[1]
     address = namespace_host.host_address
     assert _probe_from_namespace(namespace_host, address, port, 5) == "connected"
+    namespace_host.ssh_host.ssh("true")  # an ssh master is up across the partition
     namespace_host.partition()
     assert namespace_host.partitioned
     assert _probe_from_namespace(namespace_host, address, port, 2) == "timeout"
@@ -77,6 +78,7 @@ def test_partition_cuts_the_link_and_heal_restores_it(
     namespace_host.heal()
     assert not namespace_host.partitioned
     assert _probe_from_namespace(namespace_host, address, port, 5) == "connected"
+    assert namespace_host.ssh_host.ssh("hostname").stdout.strip() == namespace_host.hostname
 
 
 def test_slurm_runs_steps(slurm_cluster: SlurmCluster) -> None:
