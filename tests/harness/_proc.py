@@ -19,7 +19,7 @@ class Unavailable(Exception):
 
 def require_root(what: str) -> None:
     if os.geteuid() != 0:
-        raise Unavailable(f"{what} needs root (network namespaces, sshd, Slurm daemons)")
+        raise Unavailable(f"{what} needs root (this test runs as uid {os.geteuid()})")
 
 
 def require_binaries(what: str, *names: str) -> dict[str, str]:
