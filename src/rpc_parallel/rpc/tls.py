@@ -71,6 +71,7 @@ class TlsIdentity(msgspec.Struct, frozen=True):
 def server_context(identity: TlsIdentity) -> ssl.SSLContext:
     """A context for ``serve_tcp(ssl=...)``: TLS 1.3, client certificate required."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.num_tickets = 0  # clients never resume a session: send no tickets
     _configure(context, identity)
     return context
 
