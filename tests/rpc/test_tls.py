@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import os
 import ssl
+import subprocess
 import sys
 import tempfile
 from collections.abc import AsyncIterator
@@ -135,6 +136,21 @@ def test_memfd_is_closed_after_loading() -> None:
     before = set(os.listdir("/proc/self/fd"))
     tls.client_context(IDENTITY)
     assert set(os.listdir("/proc/self/fd")) <= before
+
+
+def test_cryptography_is_imported_only_to_generate() -> None:
+    """Importing the layer and loading an identity (what a worker does) need only ``ssl``."""
+    program = (
+        "import sys, msgspec\n"
+        "from rpc_parallel.rpc import tls\n"
+        "identity = msgspec.msgpack.decode(sys.stdin.buffer.read(), type=tls.TlsIdentity)\n"
+        "tls.server_context(identity); tls.client_context(identity)\n"
+        "print(sorted(m for m in sys.modules if m.startswith('cryptography')))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    result = subprocess.run([sys.executable, "-c", program], input=msgspec.msgpack.encode(IDENTITY),
+                            capture_output=True, timeout=60, env=env, check=True)
+    assert result.stdout.decode().strip() == "[]"
 
 
 # ---------------------------------------------------------------------- loopback
