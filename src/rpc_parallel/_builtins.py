@@ -9,6 +9,7 @@ import msgspec
 from .launch.redirection import Redirect
 from .rpc import FunctionSpec
 from .rpc.settings import RpcSettings
+from .rpc.tls import TlsIdentity
 
 ShutdownOn = Literal["connection_closed", "heartbeat_timeout", "called_shutdown"]
 """When a worker exits (``spawn(shutdown_on=...)``); travels as this literal on the wire."""
@@ -21,6 +22,23 @@ class Preload(msgspec.Struct, frozen=True, kw_only=True, tag="preload"):
     module: str
     main_path: str | None
     sys_path: list[str]
+
+
+class Network(msgspec.Struct, frozen=True, kw_only=True):
+    """A worker's part in the application's network (TCP + TLS between hosts).
+
+    Sent only once the master listens on TCP (a launcher with ``needs_network`` spawned).
+    ``master_host`` and ``worker_host`` are *sources*, tried in order: ``env:NAME`` (the
+    first field of that environment variable), ``env:NAME:N`` (its field N), or a host
+    name or address as is. ``worker_host`` is what the worker advertises for its own
+    server; ``@master`` there means "the master's host, as each peer reaches it" (a worker
+    on the master's machine). See ``_network``.
+    """
+
+    identity: TlsIdentity
+    master_host: list[str]
+    worker_host: list[str]
+    listen_host: str
 
 
 class WorkerConfig(msgspec.Struct, frozen=True, kw_only=True, tag="config"):
@@ -40,6 +58,9 @@ class WorkerConfig(msgspec.Struct, frozen=True, kw_only=True, tag="config"):
     redirect_stderr: Redirect
     umask: int | None
     parent: str
+    network: Network | None = None
+    """Present once the master listens on TCP + TLS; ``master_address`` is then ``tls:``
+    with the host ``@master`` when the worker connects back over the network."""
 
 
 class ErrorReport(msgspec.Struct, frozen=True):

@@ -22,11 +22,13 @@ from ._builtins import (
     ShutdownOn,
 )
 from ._functions import Function, OneWay, Pipe, ReversePipe, Rpc, StateFunction
+from ._network import alternatives
 from ._state import process
 from ._supervisor import Supervisor
 from .errors import ConnectionClosed, ProtocolError, WorkerDied
 from .rpc import Connection as RpcConnection
-from .rpc import HandshakeError, PipeReader, connect_tcp, connect_unix
+from .rpc import HandshakeError, PipeReader
+from .rpc.address import TcpAddress, connect_address
 from .rpc.connection import TranslateClosed
 from .rpc.functions import register_type
 
@@ -353,19 +355,30 @@ class Connection(_Runner[W_co]):
 async def open_connection(
     address: str, translate_closed: TranslateClosed | None = None
 ) -> RpcConnection:
-    """Connect to a worker server at ``unix:/path`` or ``tcp:host:port``."""
-    settings = process().rpc_settings()
-    secret = process().secret
-    if address.startswith("unix:"):
-        return await connect_unix(
-            address[5:], secret=secret, settings=settings, translate_closed=translate_closed
+    """Connect to a worker server at ``address``: the first of its alternatives
+    (``unix:/path tls:host:port``) that can be reached from here."""
+    try:
+        candidates = alternatives(address)
+    except ValueError as error:
+        raise ProtocolError(f"unknown worker address {address!r}: {error}") from None
+    if not candidates:
+        raise ConnectionRefusedError(f"none of the addresses {address!r} can be used here")
+    state = process()
+    for candidate in candidates[:-1]:
+        with contextlib.suppress(OSError):
+            return await connect_address(
+                candidate, secret=state.secret, identity=state.identity,
+                settings=state.rpc_settings(), translate_closed=translate_closed,
+            )
+    if isinstance(candidates[-1], TcpAddress) and candidates[-1].tls and state.identity is None:
+        raise ConnectionRefusedError(
+            f"{candidates[-1]} is a TLS address and this process has no TLS identity (it was "
+            "started before its master had a remote worker)"
         )
-    if address.startswith("tcp:"):
-        host, _, port = address[4:].rpartition(":")
-        return await connect_tcp(
-            host, int(port), secret=secret, settings=settings, translate_closed=translate_closed
-        )
-    raise ProtocolError(f"unknown worker address {address!r}")
+    return await connect_address(
+        candidates[-1], secret=state.secret, identity=state.identity,
+        settings=state.rpc_settings(), translate_closed=translate_closed,
+    )
 
 
 def _handle_to_wire(handle: WorkerHandle[Any]) -> list[Any]:

@@ -31,9 +31,11 @@ async def serve_in_temporary_directory(prefix: str, name: str, **serve: Any) -> 
 
 def remove_socket_directory(address: str, prefix: str = "rpc_parallel-") -> None:
     """Remove the temporary directory of a server at ``unix:<path>`` (a dead worker cannot
-    remove its own; a master removes its own on close)."""
-    if not address.startswith("unix:"):
-        return
-    directory = os.path.dirname(address.removeprefix("unix:"))
-    if os.path.basename(directory).startswith(prefix):
-        shutil.rmtree(directory, ignore_errors=True)
+    remove its own; a master removes its own on close). ``address`` may list alternatives
+    (``unix:<path> tls:<host>:<port>``); only the Unix one names a directory."""
+    for text in address.split():
+        if not text.startswith("unix:"):
+            continue
+        directory = os.path.dirname(text.removeprefix("unix:"))
+        if os.path.basename(directory).startswith(prefix):
+            shutil.rmtree(directory, ignore_errors=True)

@@ -131,10 +131,12 @@ class _Prepared:
 
     async def config(self, name: str, master: Master) -> WorkerConfig:
         module, qualname, main_path = self.key
+        how = self.options.how
+        master_address = await master.address(remote=how.needs_network)
         return WorkerConfig(
             worker_id=self.worker_id, name=name, module=module, qualname=qualname,
             main_path=main_path, sys_path=list(sys.path), secret=process().secret,
-            master_address=await master.address(remote=self.options.how.needs_network),
+            master_address=master_address, network=master.network(how, how.needs_network),
             settings=process().rpc_settings(), init_arg=self.init_arg,
             shutdown_on=self.options.shutdown_on, redirect_stderr=self.redirect_stderr,
             umask=self.options.umask, parent=f"{os.getpid()}@{socket.gethostname()}",

@@ -16,6 +16,7 @@ import os
 import socket
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 from ._builtins import (
@@ -27,14 +28,16 @@ from ._builtins import (
     Registration,
     WorkerConfig,
 )
+from ._network import advertised_host, alternatives, join
 from ._serving import error_report, report_fatal, set_exit_future, set_fatal_reporter
 from ._sockets import WORKER_PREFIX, remove_socket_directory, serve_in_temporary_directory
 from ._state import State, process
 from ._worker_type import Worker
 from .rpc import Connection as RpcConnection
 from .rpc import Error as RpcError
-from .rpc import FunctionSpec, connect_unix
+from .rpc import FunctionSpec, Implementation, Server, serve_tcp, server_context
 from .rpc import run as rpc_run
+from .rpc.address import connect_address
 from .rpc.functions import make_decoder
 
 _registered = threading.Event()
@@ -184,21 +187,13 @@ async def serve(config: WorkerConfig, cls: type[Worker[Any]]) -> int:
     except Exception as error:
         failure = error_report(error)
     implementations = cls.implementations(instance)
-    settings = config.settings
-    server = await serve_in_temporary_directory(
-        WORKER_PREFIX, "worker.sock", secret=config.secret, implementations=implementations,
-        settings=settings, on_one_way_error=one_way_failed,
-    )
+    servers, address = await _open_servers(config, implementations, one_way_failed)
     try:
-        instance._rpc_parallel_server = server
-        master_path = config.master_address.removeprefix("unix:")
-        link = await connect_unix(
-            master_path, secret=config.secret, implementations=implementations,
-            settings=settings, on_one_way_error=one_way_failed,
-        )
+        instance._rpc_parallel_server = servers[0]
+        link = await _connect_link(config, implementations, one_way_failed)
         await link.call(REGISTER, Registration(
             worker_id=config.worker_id, pid=os.getpid(), host=socket.gethostname(),
-            address=f"unix:{server.address}", error=failure,
+            address=address, error=failure,
         ))
         if failure is not None:
             return 1
@@ -211,15 +206,74 @@ async def serve(config: WorkerConfig, cls: type[Worker[Any]]) -> int:
         code = exit_future.result() if exit_future.done() else 0
         if reporting:
             await asyncio.wait(reporting, timeout=2.0)
-        server.close("worker exiting")
-        link.close("worker exiting")
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(
-                asyncio.gather(link.wait_closed(), server.wait_closed()), timeout=2.0
-            )
+        await _close_all(servers, link)
         return code
     finally:
+        for server in servers:
+            server.close("worker exiting")
+        remove_socket_directory(f"unix:{servers[0].address}", WORKER_PREFIX)
+
+
+OneWayError = Callable[[FunctionSpec, BaseException], None]
+
+
+async def _open_servers(
+    config: WorkerConfig, implementations: list[Implementation], one_way_failed: OneWayError
+) -> tuple[list[Server], str]:
+    """The worker's servers (a Unix socket; TCP + TLS too once the application has a
+    network) and the address it advertises, listing both."""
+    settings = config.settings
+    server = await serve_in_temporary_directory(
+        WORKER_PREFIX, "worker.sock", secret=config.secret, implementations=implementations,
+        settings=settings, on_one_way_error=one_way_failed,
+    )
+    network = config.network
+    if network is None:
+        return [server], f"unix:{server.address}"
+    try:
+        tls_server = await serve_tcp(
+            network.listen_host, 0, secret=config.secret, implementations=implementations,
+            settings=settings, on_one_way_error=one_way_failed,
+            ssl=server_context(network.identity),
+        )
+    except BaseException:
+        server.close()
         remove_socket_directory(f"unix:{server.address}", WORKER_PREFIX)
+        raise
+    assert isinstance(tls_server.address, tuple)
+    _, port = tls_server.address
+    host = advertised_host(network)
+    return [server, tls_server], f"unix:{server.address} tls:{host}:{port}"
+
+
+async def _connect_link(
+    config: WorkerConfig, implementations: list[Implementation], one_way_failed: OneWayError
+) -> RpcConnection:
+    """Connect to the master (the link), over the first of its addresses that works."""
+    candidates = alternatives(config.master_address)
+    if not candidates:
+        raise ConnectionError(f"no usable master address in {config.master_address!r}")
+    try:
+        return await connect_address(
+            candidates[0], secret=config.secret, identity=process().identity,
+            implementations=implementations, settings=config.settings,
+            on_one_way_error=one_way_failed,
+        )
+    except OSError as error:
+        raise ConnectionError(
+            f"rpc_parallel worker {config.name} on {socket.gethostname()}: cannot connect "
+            f"back to the master at {candidates[0]}: {error}"
+        ) from None
+
+
+async def _close_all(servers: list[Server], link: RpcConnection) -> None:
+    for server in servers:
+        server.close("worker exiting")
+    link.close("worker exiting")
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(
+            asyncio.gather(link.wait_closed(), *(s.wait_closed() for s in servers)), timeout=2.0
+        )
 
 
 def main() -> NoReturn:
@@ -239,6 +293,8 @@ def main() -> NoReturn:
     state.secret = config.secret
     state.settings = config.settings
     state.worker_name = config.name
+    if config.network is not None:
+        join(config.network)
     sys.path[:] = config.sys_path
     threading.Thread(target=_watch_stdin, args=(config.shutdown_on,), daemon=True).start()
     try:

@@ -1,10 +1,11 @@
 """How workers start: the ``Launcher`` seam, its implementations, output redirections."""
 
-from ._launcher import LaunchedProcess, Launcher, LaunchRequest
+from ._launcher import ConnectBack, LaunchedProcess, Launcher, LaunchRequest, connect_back_of
 from .options import Local, Remote, Wrap, check_launcher
 from .redirection import DevNull, FileAppend, FileTruncate, Forward, Redirection
 
 __all__ = [
+    "ConnectBack",
     "DevNull",
     "FileAppend",
     "FileTruncate",
@@ -17,4 +18,5 @@ __all__ = [
     "Remote",
     "Wrap",
     "check_launcher",
+    "connect_back_of",
 ]

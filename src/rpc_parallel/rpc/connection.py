@@ -201,7 +201,10 @@ class Connection(asyncio.BufferedProtocol):
         on_one_way_error: Callable[[FunctionSpec, BaseException], None] | None = None,
         on_ready: Callable[[Connection], None] | None = None,
         translate_closed: TranslateClosed | None = None,
+        on_made: Callable[[Connection], None] | None = None,
     ) -> None:
+        """``on_made`` runs when the transport is up (for TLS: after the TLS handshake),
+        ``on_ready`` once the peer has authenticated and sent its menu."""
         if not secret:
             raise ValueError("a connection needs a non-empty secret")
         self.loop = asyncio.get_running_loop()
@@ -216,6 +219,7 @@ class Connection(asyncio.BufferedProtocol):
         self._served = list(implementations)
         self._on_one_way_error = on_one_way_error
         self._on_ready = on_ready
+        self._on_made = on_made
         self._context = contextvars.copy_context()
         self._context.run(current_connection.set, self)
         self._transport: asyncio.Transport | None = None
@@ -615,6 +619,8 @@ class Connection(asyncio.BufferedProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
+        if self._on_made is not None:
+            self._on_made(self)
         self._write(HELLO, 0, 0, frames.Hello(frames.MAGIC, frames.PROTOCOL_VERSION, self._nonce))
         self._handshake_timer = self.loop.call_later(
             self.settings.handshake_timeout, self._handshake_timed_out

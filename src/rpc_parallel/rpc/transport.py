@@ -25,6 +25,7 @@ def _factory(
     on_one_way_error: Callable[[FunctionSpec, BaseException], None] | None,
     on_ready: OnConnection | None = None,
     translate_closed: TranslateClosed | None = None,
+    on_made: OnConnection | None = None,
 ) -> Callable[[], Connection]:
     def make() -> Connection:
         return Connection(
@@ -35,6 +36,7 @@ def _factory(
             on_one_way_error=on_one_way_error,
             on_ready=on_ready,
             translate_closed=translate_closed,
+            on_made=on_made,
         )
 
     return make
@@ -68,7 +70,8 @@ async def connect_tcp(
                        translate_closed=translate_closed)
     extra: dict[str, Any] = {}
     if ssl is not None:
-        extra = {"ssl": ssl, "server_hostname": server_hostname or host}
+        extra = {"ssl": ssl, "server_hostname": server_hostname or host,
+                 "ssl_handshake_timeout": (settings or RpcSettings()).handshake_timeout}
     _, connection = await loop.create_connection(factory, host, port, **extra)
     return await _connected(connection)
 
@@ -116,14 +119,15 @@ class Server:
         self._factory = _factory(
             secret=secret, implementations=implementations, settings=settings,
             is_client=False, on_one_way_error=on_one_way_error, on_ready=self._ready,
-            translate_closed=translate_closed,
+            translate_closed=translate_closed, on_made=self._made,
         )
+        self.handshake_timeout = (settings or RpcSettings()).handshake_timeout
 
-    def _make(self) -> Connection:
-        connection = self._factory()
+    def _made(self, connection: Connection) -> None:
+        # Registered once the transport is up, not when the protocol is made: a TLS client
+        # refused during the TLS handshake never gets here, so it is never kept.
         self.connections.add(connection)
         connection.add_close_callback(self.connections.discard)
-        return connection
 
     def _ready(self, connection: Connection) -> None:
         if self._on_connection is not None:
@@ -178,7 +182,10 @@ async def serve_tcp(
                     on_connection=on_connection, on_one_way_error=on_one_way_error,
                     translate_closed=translate_closed)
     loop = asyncio.get_running_loop()
-    server._server = await loop.create_server(server._make, host, port, ssl=ssl)
+    extra: dict[str, Any] = {}
+    if ssl is not None:
+        extra = {"ssl": ssl, "ssl_handshake_timeout": server.handshake_timeout}
+    server._server = await loop.create_server(server._factory, host, port, **extra)
     bound = server._server.sockets[0].getsockname()
     server.address = (bound[0], bound[1])
     return server
@@ -201,7 +208,7 @@ async def serve_unix(
     loop = asyncio.get_running_loop()
     old_umask = os.umask(0o177)
     try:
-        server._server = await loop.create_unix_server(server._make, path)
+        server._server = await loop.create_unix_server(server._factory, path)
     finally:
         os.umask(old_umask)
     server._unix_path = path
