@@ -50,7 +50,14 @@ class _Runner(Generic[W_co]):
         raise NotImplementedError
 
     async def _translate(self, error: ConnectionClosed, function: str) -> BaseException:
-        return error
+        """The error a call of ``function`` fails with when its connection ended with
+        ``error``: already a ``WorkerDied``, or what ``_death`` makes of it."""
+        if isinstance(error, WorkerDied):
+            return error
+        return (await self._death(error))(function)
+
+    async def _death(self, error: ConnectionClosed) -> Callable[[str], BaseException]:
+        return lambda function: error
 
     @overload
     async def run(
@@ -295,11 +302,6 @@ class WorkerHandle(_Runner[W_co]):
         if self._supervisor is not None:
             self._supervisor.failure_reported(report)
 
-    async def _translate(self, error: ConnectionClosed, function: str) -> BaseException:
-        if isinstance(error, WorkerDied):
-            return error
-        return (await self._death(error))(function)
-
     async def _death(self, error: ConnectionClosed) -> Callable[[str], BaseException]:
         """What calls fail with once the connection to the worker is lost."""
         if self._supervisor is not None:
@@ -328,11 +330,6 @@ class Connection(_Runner[W_co]):
 
     def _ready_connection(self) -> RpcConnection | None:
         return self._connection
-
-    async def _translate(self, error: ConnectionClosed, function: str) -> BaseException:
-        if isinstance(error, WorkerDied):
-            return error
-        return (await self._death(error))(function)
 
     async def _death(self, error: ConnectionClosed) -> Callable[[str], BaseException]:
         if self._connection.close_reason == _CLOSED_BY_OWNER:

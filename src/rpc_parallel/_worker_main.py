@@ -16,6 +16,8 @@ import os
 import socket
 import sys
 import threading
+import traceback
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 from ._builtins import (
@@ -33,7 +35,7 @@ from ._state import State, process
 from ._worker_type import Worker
 from .rpc import Connection as RpcConnection
 from .rpc import Error as RpcError
-from .rpc import FunctionSpec, connect_unix
+from .rpc import FunctionSpec, Server, connect_unix
 from .rpc import run as rpc_run
 from .rpc.functions import make_decoder
 
@@ -69,15 +71,7 @@ def read_config(fd: int = 0) -> WorkerConfig:
         try:
             _import_module(message.module, message.main_path)
         except BaseException as error:
-            import traceback
-
-            traceback.print_exception(error)
-            sys.stderr.write(
-                f"rpc_parallel worker: cannot import {message.module}: "
-                f"{type(error).__name__}: {error}\n"
-            )
-            sys.stderr.flush()
-            os._exit(3)
+            _die(error, f"rpc_parallel worker: cannot import {message.module}", 3)
 
 
 def _watch_stdin(shutdown_on: str) -> None:
@@ -142,29 +136,40 @@ def _redirect_stderr(config: WorkerConfig) -> None:
     os.close(fd)
 
 
-async def serve(config: WorkerConfig, cls: type[Worker[Any]]) -> int:
-    loop = asyncio.get_running_loop()
-    exit_future: asyncio.Future[int] = loop.create_future()
-    set_exit_future(exit_future)
-    instance = cls()
-    link: RpcConnection | None = None
-    reporting: set[asyncio.Task[Any]] = set()
+class _Reports:
+    """Failures outside any call: written to stderr, sent to the master over the link, then
+    the worker exits with code 1."""
 
-    def fatal(report: ErrorReport) -> None:
-        sys.stderr.write(f"rpc_parallel worker {config.name}: {report.message}\n{report.traceback}")
+    def __init__(self, name: str, exit_future: asyncio.Future[int]) -> None:
+        self.name = name
+        self.exit_future = exit_future
+        self.link: RpcConnection | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def fatal(self, report: ErrorReport) -> None:
+        sys.stderr.write(f"rpc_parallel worker {self.name}: {report.message}\n{report.traceback}")
         sys.stderr.flush()
+        self.tasks.add(asyncio.get_running_loop().create_task(self._send(report)))
 
-        async def send() -> None:
-            if link is not None and not link.is_closed:
-                with contextlib.suppress(RpcError, TimeoutError):
-                    await asyncio.wait_for(link.call(WORKER_FAILED, report), timeout=2.0)
-            if not exit_future.done():
-                exit_future.set_result(1)
+    async def _send(self, report: ErrorReport) -> None:
+        link = self.link
+        if link is not None and not link.is_closed:
+            with contextlib.suppress(RpcError, TimeoutError):
+                await asyncio.wait_for(link.call(WORKER_FAILED, report), timeout=2.0)
+        if not self.exit_future.done():
+            self.exit_future.set_result(1)
 
-        task = loop.create_task(send())
-        reporting.add(task)
+    async def wait(self) -> None:
+        if self.tasks:
+            await asyncio.wait(self.tasks, timeout=2.0)
 
-    set_fatal_reporter(instance, fatal)
+
+def _report_failures(
+    instance: Worker[Any], reports: _Reports
+) -> Callable[[FunctionSpec, BaseException], None]:
+    """Route the loop's unhandled errors and failed one-way calls to ``report_fatal``;
+    returns the one-way handler for the connections."""
+    set_fatal_reporter(instance, reports.fatal)
 
     def on_loop_error(_: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         error = context.get("exception")
@@ -172,29 +177,44 @@ async def serve(config: WorkerConfig, cls: type[Worker[Any]]) -> int:
             error = RuntimeError(str(context.get("message")))
         report_fatal(instance, error, str(context.get("message", "unhandled error")))
 
-    loop.set_exception_handler(on_loop_error)
+    asyncio.get_running_loop().set_exception_handler(on_loop_error)
 
     def one_way_failed(spec: FunctionSpec, error: BaseException) -> None:
         report_fatal(instance, error, f"one-way function {spec.name} failed")
 
-    failure: ErrorReport | None = None
+    return one_way_failed
+
+
+async def _init_worker_state(
+    config: WorkerConfig, cls: type[Worker[Any]], instance: Worker[Any]
+) -> ErrorReport | None:
+    """Run ``init_worker_state``; what it raised, for the registration."""
     try:
         init_arg = make_decoder(cls.init_type()).decode(config.init_arg)
         await instance.init_worker_state(init_arg)
     except Exception as error:
-        failure = error_report(error)
+        return error_report(error)
+    return None
+
+
+async def serve(config: WorkerConfig, cls: type[Worker[Any]]) -> int:
+    """Serve ``cls`` as the worker ``config`` describes; the process's exit code."""
+    exit_future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    set_exit_future(exit_future)
+    instance = cls()
+    reports = _Reports(config.name, exit_future)
+    one_way_failed = _report_failures(instance, reports)
+    failure = await _init_worker_state(config, cls, instance)
     implementations = cls.implementations(instance)
-    settings = config.settings
-    server = await serve_in_temporary_directory(
-        WORKER_PREFIX, "worker.sock", secret=config.secret, implementations=implementations,
-        settings=settings, on_one_way_error=one_way_failed,
-    )
+    serving: dict[str, Any] = {
+        "secret": config.secret, "implementations": implementations,
+        "settings": config.settings, "on_one_way_error": one_way_failed,
+    }
+    server = await serve_in_temporary_directory(WORKER_PREFIX, "worker.sock", **serving)
     try:
         instance._rpc_parallel_server = server
-        master_path = config.master_address.removeprefix("unix:")
-        link = await connect_unix(
-            master_path, secret=config.secret, implementations=implementations,
-            settings=settings, on_one_way_error=one_way_failed,
+        link = reports.link = await connect_unix(
+            config.master_address.removeprefix("unix:"), **serving
         )
         await link.call(REGISTER, Registration(
             worker_id=config.worker_id, pid=os.getpid(), host=socket.gethostname(),
@@ -204,22 +224,32 @@ async def serve(config: WorkerConfig, cls: type[Worker[Any]]) -> int:
             return 1
         _redirect_stderr(config)
         _registered.set()
-        waiting: set[asyncio.Future[Any]] = {exit_future}
-        if config.shutdown_on != "called_shutdown":
-            waiting.add(asyncio.ensure_future(link.wait_closed()))
-        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-        code = exit_future.result() if exit_future.done() else 0
-        if reporting:
-            await asyncio.wait(reporting, timeout=2.0)
-        server.close("worker exiting")
-        link.close("worker exiting")
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(
-                asyncio.gather(link.wait_closed(), server.wait_closed()), timeout=2.0
-            )
+        code = await _wait_for_exit(config, link, exit_future)
+        await reports.wait()
+        await _close(server, link)
         return code
     finally:
         remove_socket_directory(f"unix:{server.address}", WORKER_PREFIX)
+
+
+async def _wait_for_exit(
+    config: WorkerConfig, link: RpcConnection, exit_future: asyncio.Future[int]
+) -> int:
+    """Until an exit is requested, or (unless ``called_shutdown``) the master's link ends."""
+    waiting: set[asyncio.Future[Any]] = {exit_future}
+    if config.shutdown_on != "called_shutdown":
+        waiting.add(asyncio.ensure_future(link.wait_closed()))
+    await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+    return exit_future.result() if exit_future.done() else 0
+
+
+async def _close(server: Server, link: RpcConnection) -> None:
+    server.close("worker exiting")
+    link.close("worker exiting")
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(
+            asyncio.gather(link.wait_closed(), server.wait_closed()), timeout=2.0
+        )
 
 
 def main() -> NoReturn:
@@ -244,22 +274,23 @@ def main() -> NoReturn:
     try:
         cls = import_worker_class(config)
     except BaseException as error:
-        import traceback
-
-        traceback.print_exception(error)
-        sys.stderr.write(
-            f"rpc_parallel worker {config.name}: cannot import worker class "
-            f"{config.module}.{config.qualname}: {type(error).__name__}: {error}\n"
-        )
-        sys.stderr.flush()
-        os._exit(3)
+        _die(error, f"rpc_parallel worker {config.name}: cannot import worker class "
+                    f"{config.module}.{config.qualname}", 3)
     try:
         code = rpc_run(serve(config, cls))
     except BaseException as error:
-        import traceback
+        _die(error, "", 1)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
-        traceback.print_exception(error)
-        code = 1
+
+def _die(error: BaseException, what: str, code: int) -> NoReturn:
+    """Print the traceback (and ``what: error`` if given), then exit with ``code`` at once:
+    the master reads the tail of stderr into its ``SpawnError`` / ``WorkerDied``."""
+    traceback.print_exception(error)
+    if what:
+        sys.stderr.write(f"{what}: {type(error).__name__}: {error}\n")
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

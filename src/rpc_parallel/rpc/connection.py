@@ -184,6 +184,22 @@ def _error_from_info(spec: FunctionSpec, info: ErrorInfo) -> Exception:
     return RemoteError(spec.name, info.type_name, info.message, info.traceback)
 
 
+_UNSENDABLE = {"arguments": ("the arguments", "arguments"), "item": ("a stream item",) * 2,
+               "result": ("the result", "the result")}
+
+
+def _cannot_send(
+    spec: FunctionSpec, what: str, error: BaseException, serving: bool = False
+) -> ProtocolError:
+    """The error for a value of a call of ``spec`` that cannot be encoded or is too large
+    (``what``: arguments, item, result). The caller's side keeps ``MessageTooLarge``; the
+    serving side reports a ``ProtocolError`` to the peer."""
+    long, short = _UNSENDABLE[what]
+    if isinstance(error, MessageTooLarge) and not serving:
+        return MessageTooLarge(f"{spec.name}: {short}: {error}")
+    return ProtocolError(f"{spec.name}: {long} cannot be sent: {error}")
+
+
 def _proof(secret: bytes, role: bytes, first: bytes, second: bytes) -> bytes:
     return hmac.new(secret, b"rpc_parallel/1 " + role + first + second, hashlib.sha256).digest()
 
@@ -458,10 +474,8 @@ class Connection(asyncio.BufferedProtocol):
         self._next_id = call_id + 2 if call_id < 0xFFFF_FFFD else (1 if self.is_client else 2)
         try:  # (_send_query, inline)
             self._write(QUERY, call_id, index, args)
-        except TypeError as error:
-            raise ProtocolError(f"{spec.name}: the arguments cannot be sent: {error}") from None
-        except MessageTooLarge as error:
-            raise MessageTooLarge(f"{spec.name}: arguments: {error}") from None
+        except (TypeError, MessageTooLarge) as error:
+            raise _cannot_send(spec, "arguments", error) from None
         future: asyncio.Future[Any] = self.loop.create_future()
         self._outgoing[call_id] = _RpcCall(spec, future)
         return future, call_id
@@ -484,10 +498,8 @@ class Connection(asyncio.BufferedProtocol):
             raise ConnectionClosed(self._close_reason)
         try:
             self._write(QUERY, call_id, index, args)
-        except TypeError as error:
-            raise ProtocolError(f"{spec.name}: the arguments cannot be sent: {error}") from None
-        except MessageTooLarge as error:
-            raise MessageTooLarge(f"{spec.name}: arguments: {error}") from None
+        except (TypeError, MessageTooLarge) as error:
+            raise _cannot_send(spec, "arguments", error) from None
 
     async def _pump(
         self,
@@ -520,16 +532,18 @@ class Connection(asyncio.BufferedProtocol):
             if not isinstance(error, Exception):
                 raise
 
-    async def _send_item(self, spec: FunctionSpec, call_id: int, item: Any, credit: Credit) -> bool:
+    async def _send_item(
+        self, spec: FunctionSpec, call_id: int, item: Any, credit: Credit, serving: bool = False
+    ) -> bool:
+        """Send one stream item once ``credit`` allows (either direction of a stream);
+        False if the stream or the connection has stopped."""
         await credit.wait()
         if credit.stopped or self._close_reason is not None:
             return False
         try:
             size = self._write(ITEM, call_id, 0, item)
-        except TypeError as error:
-            raise ProtocolError(f"{spec.name}: a stream item cannot be sent: {error}") from None
-        except MessageTooLarge as error:
-            raise MessageTooLarge(f"{spec.name}: a stream item: {error}") from None
+        except (TypeError, MessageTooLarge) as error:
+            raise _cannot_send(spec, "item", error, serving) from None
         credit.available -= size + ITEM_OVERHEAD
         if self._paused:
             await self._wait_writable()
@@ -986,7 +1000,7 @@ class Connection(asyncio.BufferedProtocol):
         try:
             self._write(RESPONSE, call_id, 0, result)
         except Exception as error:  # TypeError, MessageTooLarge, or a register_type hook's
-            self._respond_error(call_id, ProtocolError(f"{spec.name}: the result cannot be sent: {error}"))
+            self._respond_error(call_id, _cannot_send(spec, "result", error, serving=True))
 
     def _respond_error(self, call_id: int, error: BaseException) -> None:
         if self._close_reason is None:
@@ -1023,16 +1037,8 @@ class Connection(asyncio.BufferedProtocol):
                 updates = implementation.handler(*args)
             iterator = _as_async_iterator(updates, self.loop)
             async for item in iterator:
-                await credit.wait()
-                if self._close_reason is not None:
+                if not await self._send_item(spec, call_id, item, credit, serving=True):
                     return
-                try:
-                    size = self._write(ITEM, call_id, 0, item)
-                except (TypeError, MessageTooLarge) as error:
-                    raise ProtocolError(f"{spec.name}: a stream item cannot be sent: {error}") from None
-                credit.available -= size + ITEM_OVERHEAD
-                if self._paused:
-                    await self._wait_writable()
             if self._close_reason is None and self._incoming.get(call_id) is served:
                 self._write(END, call_id, 0)
         except (asyncio.CancelledError, ConnectionClosed):
