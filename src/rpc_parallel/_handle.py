@@ -38,9 +38,6 @@ R = TypeVar("R")
 S = TypeVar("S")
 U = TypeVar("U")
 
-_CLOSED_BY_OWNER = "connection closed by its owner"
-
-
 class _Runner(Generic[W_co]):
     """Running functions of a ``W`` worker: ``await x.run(W.f, *args, **kwargs)``."""
 
@@ -186,12 +183,12 @@ class WorkerHandle(_Runner[W_co]):
             async with self._connecting:
                 connection = self._own_connection
                 if connection is None or connection.is_closed:
-                    connection = self._own_connection = await self._open()
+                    connection = self._own_connection = await self._open(self._translate_own)
         return connection
 
-    async def _open(self) -> RpcConnection:
+    async def _open(self, translate_closed: TranslateClosed) -> RpcConnection:
         try:
-            return await open_connection(self.address, self._translate_own)
+            return await open_connection(self.address, translate_closed)
         except (OSError, HandshakeError) as error:
             raise await self._translate(
                 ConnectionClosed(f"cannot connect to worker {self.name} at {self.address}: {error}"),
@@ -201,8 +198,15 @@ class WorkerHandle(_Runner[W_co]):
     async def _translate_own(
         self, connection: RpcConnection, error: ConnectionClosed
     ) -> Callable[[str], BaseException]:
-        """Errors for calls on a connection this handle opened, once it is lost."""
-        if error.reason == _CLOSED_BY_OWNER:
+        """Errors for calls on the handle's own connection, once it is lost."""
+        return await self._death(error)
+
+    async def _translate_connected(
+        self, connection: RpcConnection, error: ConnectionClosed
+    ) -> Callable[[str], BaseException]:
+        """Errors for calls on a ``connect()`` connection, once it is lost: closed by its
+        owner (``Connection.close``) is not a death."""
+        if error.kind == "closed_here":
             return lambda function: error
         return await self._death(error)
 
@@ -211,7 +215,7 @@ class WorkerHandle(_Runner[W_co]):
         ``init_connection_state(arg)``."""
         if self._closed:
             raise ConnectionClosed(f"worker {self.name}: this handle is closed")
-        connection = await self._open()
+        connection = await self._open(self._translate_connected)
         try:
             await connection.call(INIT_CONNECTION, arg)
         except BaseException:
@@ -320,7 +324,7 @@ class Connection(_Runner[W_co]):
     def __init__(self, handle: WorkerHandle[W_co], connection: RpcConnection) -> None:
         self.handle = handle
         self.name = handle.name
-        self._connection = connection  # Opened by the handle, with its ``_translate_own``.
+        self._connection = connection  # Opened with the handle's ``_translate_connected``.
 
     def __repr__(self) -> str:
         return f"<rpc_parallel Connection to {self.handle.name}>"
@@ -332,12 +336,12 @@ class Connection(_Runner[W_co]):
         return self._connection
 
     async def _death(self, error: ConnectionClosed) -> Callable[[str], BaseException]:
-        if self._connection.close_reason == _CLOSED_BY_OWNER:
+        if self._connection.close_kind == "closed_here":
             return lambda function: error
         return await self.handle._death(error)
 
     async def close(self) -> None:
-        self._connection.close(_CLOSED_BY_OWNER)
+        self._connection.close("connection closed by its owner")
         await self._connection.wait_closed()
 
     async def __aenter__(self) -> Self:

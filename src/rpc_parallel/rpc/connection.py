@@ -34,6 +34,7 @@ from . import frames
 from ._compat import enter_task as _enter_task  # What Python 3.12's eager tasks use.
 from ._compat import leave_task as _leave_task
 from .errors import (
+    CloseKind,
     ConnectionClosed,
     HandshakeError,
     MessageTooLarge,
@@ -276,6 +277,7 @@ class Connection(asyncio.BufferedProtocol):
         self._last_heard = 0.0
         # Closing.
         self._close_reason: str | None = None
+        self._close_kind: CloseKind | None = None
         self._closing_here = False
         self._peer_close_reason: str | None = None
         self._lost: asyncio.Future[None] = self.loop.create_future()
@@ -298,6 +300,11 @@ class Connection(asyncio.BufferedProtocol):
         return self._close_reason
 
     @property
+    def close_kind(self) -> CloseKind | None:
+        """Why the connection closed, as a value (see ``CloseKind``), or None while open."""
+        return self._close_kind
+
+    @property
     def peer_address(self) -> Any:
         return None if self._transport is None else self._transport.get_extra_info("peername")
 
@@ -311,6 +318,9 @@ class Connection(asyncio.BufferedProtocol):
 
     def close(self, reason: str = "closed by this side") -> None:
         """Close: fail every call in flight with ``ConnectionClosed(reason)``, stop serving."""
+        self._close(reason, "closed_here")
+
+    def _close(self, reason: str, kind: CloseKind) -> None:
         if self._close_reason is not None:
             return
         self._closing_here = True
@@ -330,7 +340,11 @@ class Connection(asyncio.BufferedProtocol):
                 transport.close()
             # A peer that never closes (or never reads) is not waited for long.
             self.loop.call_later(min(2.0, self.settings.heartbeat_timeout), transport.abort)
-        self._shutdown(reason)
+        self._shutdown(reason, kind)
+
+    def _closed_error(self) -> ConnectionClosed:
+        assert self._close_reason is not None and self._close_kind is not None
+        return ConnectionClosed(self._close_reason, self._close_kind)
 
     def add_close_callback(self, callback: Callable[[Connection], object]) -> None:
         """Call ``callback(self)`` once the connection and every task it owns have ended."""
@@ -431,7 +445,7 @@ class Connection(asyncio.BufferedProtocol):
         index = self._peer_index.get(spec)
         if index is None:
             if self._close_reason is not None:
-                raise ConnectionClosed(self._close_reason)
+                raise self._closed_error()
             if not self._ready.done():
                 raise ProtocolError("the connection is not ready: wait_ready() first")
             problem = self._menu_problem(spec)
@@ -469,7 +483,7 @@ class Connection(asyncio.BufferedProtocol):
             if index is None:
                 index = self._index_of(spec)
             if self._close_reason is not None:
-                raise ConnectionClosed(self._close_reason)
+                raise self._closed_error()
         call_id = self._next_id  # (_take_id, inline)
         self._next_id = call_id + 2 if call_id < 0xFFFF_FFFD else (1 if self.is_client else 2)
         try:  # (_send_query, inline)
@@ -495,7 +509,7 @@ class Connection(asyncio.BufferedProtocol):
 
     def _send_query(self, spec: FunctionSpec, call_id: int, index: int, args: tuple[Any, ...]) -> None:
         if self._close_reason is not None:
-            raise ConnectionClosed(self._close_reason)
+            raise self._closed_error()
         try:
             self._write(QUERY, call_id, index, args)
         except (TypeError, MessageTooLarge) as error:
@@ -612,7 +626,7 @@ class Connection(asyncio.BufferedProtocol):
                 self._writable = self.loop.create_future()
             await asyncio.shield(self._writable)
         if self._close_reason is not None:
-            raise ConnectionClosed(self._close_reason)
+            raise self._closed_error()
 
     def pause_writing(self) -> None:
         self._paused = True
@@ -782,7 +796,7 @@ class Connection(asyncio.BufferedProtocol):
             except (msgspec.MsgspecError, UnicodeDecodeError):
                 reason = "(unreadable reason)"
             self._peer_close_reason = f"closed by the peer: {reason}"
-            self._shutdown(self._peer_close_reason)
+            self._shutdown(self._peer_close_reason, "closed_by_peer")
             if self._transport is not None:
                 self._transport.close()
         else:
@@ -1150,10 +1164,11 @@ class Connection(asyncio.BufferedProtocol):
             self._received = False
             self._last_heard = now
         elif now - self._last_heard >= self.settings.heartbeat_timeout:
-            self._protocol_violation(
+            self._close(
                 f"heartbeat timeout: nothing heard from the peer for "
                 f"{now - self._last_heard:.1f} s (heartbeat_timeout "
-                f"{self.settings.heartbeat_timeout:g} s)"
+                f"{self.settings.heartbeat_timeout:g} s)",
+                "heartbeat_timeout",
             )
             if self._transport is not None:
                 self._transport.abort()
@@ -1164,32 +1179,34 @@ class Connection(asyncio.BufferedProtocol):
     # ------------------------------------------------------------------ closing
 
     def _protocol_violation(self, reason: str) -> None:
-        self.close(reason)
+        self._close(reason, "protocol_error")
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self._lost.done():
             self._lost.set_result(None)
         if self._close_reason is None:
+            kind: CloseKind = "lost"
             if exc is not None:
                 reason = f"connection lost: {exc}"
             elif self._peer_close_reason is not None:
-                reason = self._peer_close_reason
+                reason, kind = self._peer_close_reason, "closed_by_peer"
             else:
                 reason = "connection lost: the peer closed the connection"
-            self._shutdown(reason)
+            self._shutdown(reason, kind)
         self._transport = None
 
-    def _shutdown(self, reason: str) -> None:
+    def _shutdown(self, reason: str, kind: CloseKind) -> None:
         if self._close_reason is not None:
             return
         self._close_reason = reason
+        self._close_kind = kind
         for timer in (self._handshake_timer, self._heartbeat_timer, self._flush_handle):
             if timer is not None:
                 timer.cancel()
         self._flush_handle = None
         error: Exception
         if self._ready.done():
-            error = ConnectionClosed(reason)
+            error = ConnectionClosed(reason, kind)
         else:
             error = HandshakeError(reason)
             self._ready.set_exception(error)
@@ -1202,10 +1219,10 @@ class Connection(asyncio.BufferedProtocol):
             if self._translate_lost is not None and type(entry) is not PipeReader:
                 translated.append(entry)
             else:
-                entry._fail(ConnectionClosed(reason))
+                entry._fail(ConnectionClosed(reason, kind))
         if translated:
             self._translating = self.loop.create_task(
-                self._fail_translated(translated, ConnectionClosed(reason))
+                self._fail_translated(translated, ConnectionClosed(reason, kind))
             )
         incoming, self._incoming = self._incoming, {}
         tasks = [*self._tasks, *self._one_way_tasks]
@@ -1232,7 +1249,7 @@ class Connection(asyncio.BufferedProtocol):
             make = await self._translate_lost(self, error)
         except BaseException:
             for call in calls:
-                call._fail(ConnectionClosed(error.reason))
+                call._fail(ConnectionClosed(error.reason, error.kind))
             raise
         for call in calls:
             call._fail(make(call.spec.name))
