@@ -24,11 +24,12 @@ from ._builtins import (
 from ._functions import Function, OneWay, Pipe, ReversePipe, Rpc, StateFunction
 from ._state import process
 from ._supervisor import Supervisor
-from .errors import ConnectionClosed, ProtocolError, WorkerDied
+from .errors import ConnectionClosed, WorkerDied
 from .rpc import Connection as RpcConnection
-from .rpc import HandshakeError, PipeReader, connect_tcp, connect_unix
+from .rpc import HandshakeError, PipeReader
 from .rpc.connection import TranslateClosed
 from .rpc.functions import register_type
+from .rpc.transport import connect, parse_address
 
 # Handles and connections are covariant: a WorkerHandle[Derived] runs every function of Base
 # (the functions are contravariant in their worker type), so it is a WorkerHandle[Base].
@@ -354,19 +355,11 @@ class Connection(_Runner[W_co]):
 async def open_connection(
     address: str, translate_closed: TranslateClosed | None = None
 ) -> RpcConnection:
-    """Connect to a worker server at ``unix:/path`` or ``tcp:host:port``."""
-    settings = process().rpc_settings()
-    secret = process().secret
-    if address.startswith("unix:"):
-        return await connect_unix(
-            address[5:], secret=secret, settings=settings, translate_closed=translate_closed
-        )
-    if address.startswith("tcp:"):
-        host, _, port = address[4:].rpartition(":")
-        return await connect_tcp(
-            host, int(port), secret=secret, settings=settings, translate_closed=translate_closed
-        )
-    raise ProtocolError(f"unknown worker address {address!r}")
+    """Connect to a worker server at its address's wire form (``unix:/path``, ``tcp:h:p``)."""
+    return await connect(
+        parse_address(address), secret=process().secret, settings=process().rpc_settings(),
+        translate_closed=translate_closed,
+    )
 
 
 def _handle_to_wire(handle: WorkerHandle[Any]) -> list[Any]:

@@ -18,6 +18,7 @@ from ._state import process
 from .errors import ConnectionClosed, ProtocolError, SpawnError
 from .rpc import Connection as RpcConnection
 from .rpc import Implementation, Server, current_connection
+from .rpc.transport import address_of
 
 
 class Supervised(Protocol):
@@ -69,7 +70,7 @@ class Master:
                     settings=process().rpc_settings(),
                     translate_closed=self._translate_link,
                 )
-            return f"unix:{self.server.address}"
+            return address_of(self.server).wire
 
     async def _translate_link(
         self, link: RpcConnection, error: ConnectionClosed
@@ -105,7 +106,7 @@ class Master:
         if self.server is not None:
             self.server.close()
             await self.server.wait_closed()
-            remove_socket_directory(f"unix:{self.server.address}", "rpc_parallel-master-")
+            remove_socket_directory(address_of(self.server).wire, "rpc_parallel-master-")
             self.server = None
 
 

@@ -13,6 +13,7 @@ import tempfile
 from typing import Any
 
 from .rpc import Server, serve_unix
+from .rpc.transport import Unix, parse_address
 
 WORKER_PREFIX = "rpc_parallel-worker-"
 
@@ -32,8 +33,9 @@ async def serve_in_temporary_directory(prefix: str, name: str, **serve: Any) -> 
 def remove_socket_directory(address: str, prefix: str = "rpc_parallel-") -> None:
     """Remove the temporary directory of a server at ``unix:<path>`` (a dead worker cannot
     remove its own; a master removes its own on close)."""
-    if not address.startswith("unix:"):
+    where = parse_address(address)
+    if not isinstance(where, Unix):
         return
-    directory = os.path.dirname(address.removeprefix("unix:"))
+    directory = os.path.dirname(where.path)
     if os.path.basename(directory).startswith(prefix):
         shutil.rmtree(directory, ignore_errors=True)

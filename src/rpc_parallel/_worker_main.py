@@ -35,9 +35,10 @@ from ._state import State, process
 from ._worker_type import Worker
 from .rpc import Connection as RpcConnection
 from .rpc import Error as RpcError
-from .rpc import FunctionSpec, Server, connect_unix
+from .rpc import FunctionSpec, Server
 from .rpc import run as rpc_run
 from .rpc.functions import make_decoder
+from .rpc.transport import address_of, connect, parse_address
 
 _registered = threading.Event()
 
@@ -213,12 +214,10 @@ async def serve(config: WorkerConfig, cls: type[Worker[Any]]) -> int:
     server = await serve_in_temporary_directory(WORKER_PREFIX, "worker.sock", **serving)
     try:
         instance._rpc_parallel_server = server
-        link = reports.link = await connect_unix(
-            config.master_address.removeprefix("unix:"), **serving
-        )
+        link = reports.link = await connect(parse_address(config.master_address), **serving)
         await link.call(REGISTER, Registration(
             worker_id=config.worker_id, pid=os.getpid(), host=socket.gethostname(),
-            address=f"unix:{server.address}", error=failure,
+            address=address_of(server).wire, error=failure,
         ))
         if failure is not None:
             return 1
@@ -229,7 +228,7 @@ async def serve(config: WorkerConfig, cls: type[Worker[Any]]) -> int:
         await _close(server, link)
         return code
     finally:
-        remove_socket_directory(f"unix:{server.address}", WORKER_PREFIX)
+        remove_socket_directory(address_of(server).wire, WORKER_PREFIX)
 
 
 async def _wait_for_exit(
