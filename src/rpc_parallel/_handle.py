@@ -17,7 +17,6 @@ from ._builtins import (
     INIT_CONNECTION,
     SHUTDOWN,
     SUBSCRIBE_LOGS,
-    ErrorReport,
     LogRecord,
     ShutdownOn,
 )
@@ -28,6 +27,7 @@ from .errors import ConnectionClosed, WorkerDied
 from .rpc import Connection as RpcConnection
 from .rpc import HandshakeError, PipeReader
 from .rpc.connection import TranslateClosed
+from .rpc.frames import ErrorInfo
 from .rpc.functions import register_type
 from .rpc.transport import connect, parse_address
 
@@ -303,7 +303,7 @@ class WorkerHandle(_Runner[W_co]):
         elif self.shutdown_on == "called_shutdown" and supervisor is not None:
             supervisor.detach()  # It outlives the master; ``shutdown()`` still ends it.
 
-    def _failure_reported(self, report: ErrorReport) -> None:
+    def _failure_reported(self, report: ErrorInfo) -> None:
         if self._supervisor is not None:
             self._supervisor.failure_reported(report)
 

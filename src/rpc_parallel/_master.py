@@ -11,20 +11,21 @@ import weakref
 from collections.abc import Callable
 from typing import Protocol
 
-from ._builtins import REGISTER, WORKER_FAILED, ErrorReport, Registration
+from ._builtins import REGISTER, WORKER_FAILED, Registration
 from ._prestart import Prestarted
 from ._sockets import remove_socket_directory, serve_in_temporary_directory
 from ._state import process
 from .errors import ConnectionClosed, ProtocolError, SpawnError
 from .rpc import Connection as RpcConnection
 from .rpc import Implementation, Server, current_connection
+from .rpc.frames import ErrorInfo
 from .rpc.transport import address_of
 
 
 class Supervised(Protocol):
     """What the master knows of a worker it spawned (a ``WorkerHandle``)."""
 
-    def _failure_reported(self, report: ErrorReport) -> None:
+    def _failure_reported(self, report: ErrorInfo) -> None:
         """The worker reported a failure outside any call."""
 
     async def _master_exiting(self) -> None:
@@ -87,7 +88,7 @@ class Master:
             raise ProtocolError(f"no spawn is waiting for worker id {registration.worker_id}")
         pending.set_result((current_connection.get(), registration))
 
-    async def _worker_failed(self, report: ErrorReport) -> None:
+    async def _worker_failed(self, report: ErrorInfo) -> None:
         handle = self.handles.get(current_connection.get())
         if handle is not None:
             handle._failure_reported(report)

@@ -15,13 +15,13 @@ import logging
 import signal
 from collections.abc import Callable
 
-from ._builtins import ErrorReport
 from ._master import current_master
 from ._sockets import WORKER_PREFIX, remove_socket_directory
 from .errors import ConnectionClosed, WorkerDied, WorkerFailure
 from .launch import LaunchedProcess
 from .rpc import Connection as RpcConnection
 from .rpc.errors import CloseKind
+from .rpc.frames import ErrorInfo
 
 logger = logging.getLogger("rpc_parallel")
 
@@ -131,7 +131,7 @@ class Supervisor:
             return f"worker {self.name} (pid {self.pid}) stopped answering ({reason}); killed"
         return f"worker {self.name} (pid {self.pid}) {describe_exit(returncode)}"
 
-    def failure_reported(self, report: ErrorReport) -> None:
+    def failure_reported(self, report: ErrorInfo) -> None:
         """The worker reported a failure outside any call (it exits next)."""
         self.failure = WorkerFailure(
             self.name, report.message, remote_type=report.type_name,

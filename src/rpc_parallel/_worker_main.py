@@ -24,12 +24,11 @@ from ._builtins import (
     CONFIG_DECODER,
     REGISTER,
     WORKER_FAILED,
-    ErrorReport,
     Preload,
     Registration,
     WorkerConfig,
 )
-from ._serving import error_report, report_fatal, set_exit_future, set_fatal_reporter
+from ._serving import report_fatal, set_exit_future, set_fatal_reporter
 from ._sockets import WORKER_PREFIX, remove_socket_directory, serve_in_temporary_directory
 from ._state import State, process
 from ._worker_type import Worker
@@ -37,6 +36,7 @@ from .rpc import Connection as RpcConnection
 from .rpc import Error as RpcError
 from .rpc import FunctionSpec, Server
 from .rpc import run as rpc_run
+from .rpc.frames import ErrorInfo, remote_error_info
 from .rpc.functions import make_decoder
 from .rpc.transport import address_of, connect, parse_address
 
@@ -147,12 +147,12 @@ class _Reports:
         self.link: RpcConnection | None = None
         self.tasks: set[asyncio.Task[None]] = set()
 
-    def fatal(self, report: ErrorReport) -> None:
+    def fatal(self, report: ErrorInfo) -> None:
         sys.stderr.write(f"rpc_parallel worker {self.name}: {report.message}\n{report.traceback}")
         sys.stderr.flush()
         self.tasks.add(asyncio.get_running_loop().create_task(self._send(report)))
 
-    async def _send(self, report: ErrorReport) -> None:
+    async def _send(self, report: ErrorInfo) -> None:
         link = self.link
         if link is not None and not link.is_closed:
             with contextlib.suppress(RpcError, TimeoutError):
@@ -188,13 +188,13 @@ def _report_failures(
 
 async def _init_worker_state(
     config: WorkerConfig, cls: type[Worker[Any]], instance: Worker[Any]
-) -> ErrorReport | None:
+) -> ErrorInfo | None:
     """Run ``init_worker_state``; what it raised, for the registration."""
     try:
         init_arg = make_decoder(cls.init_type()).decode(config.init_arg)
         await instance.init_worker_state(init_arg)
     except Exception as error:
-        return error_report(error)
+        return remote_error_info(error)
     return None
 
 

@@ -14,7 +14,6 @@ import hashlib
 import hmac
 import inspect
 import os
-import traceback
 import types
 from collections import deque
 from collections.abc import (
@@ -59,6 +58,7 @@ from .frames import (
     RESPONSE,
     ErrorInfo,
     MenuEntry,
+    remote_error_info,
 )
 from .functions import ENCODER, FunctionSpec
 from .settings import ENVELOPE, PREAUTH_MAX_MESSAGE_SIZE, RpcSettings
@@ -171,12 +171,7 @@ class _ServedStream:
 def _error_info(error: BaseException) -> ErrorInfo:
     if isinstance(error, ProtocolError):
         return ErrorInfo("protocol", type(error).__qualname__, str(error), "")
-    return ErrorInfo(
-        "remote",
-        type(error).__qualname__,
-        str(error),
-        "".join(traceback.format_exception(type(error), error, error.__traceback__)),
-    )
+    return remote_error_info(error)
 
 
 def _error_from_info(spec: FunctionSpec, info: ErrorInfo) -> Exception:
