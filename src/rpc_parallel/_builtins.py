@@ -8,6 +8,7 @@ import msgspec
 
 from .launch.redirection import Redirect
 from .rpc import FunctionSpec
+from .rpc.frames import ErrorInfo
 from .rpc.settings import RpcSettings
 from .rpc.tls import TlsIdentity
 
@@ -63,18 +64,12 @@ class WorkerConfig(msgspec.Struct, frozen=True, kw_only=True, tag="config"):
     with the host ``@master`` when the worker connects back over the network."""
 
 
-class ErrorReport(msgspec.Struct, frozen=True):
-    type_name: str
-    message: str
-    traceback: str
-
-
 class Registration(msgspec.Struct, frozen=True, kw_only=True):
     worker_id: str
     pid: int
     host: str
     address: str
-    error: ErrorReport | None = None
+    error: ErrorInfo | None = None
 
 
 class LogRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -98,7 +93,7 @@ REGISTER = FunctionSpec(
 # An rpc, not a one-way call: the worker exits right after reporting, and a one-way call
 # followed at once by the end of the connection may never be served.
 WORKER_FAILED = FunctionSpec(
-    "rpc_parallel.worker_failed", kind="rpc", parameters=[("report", ErrorReport)]
+    "rpc_parallel.worker_failed", kind="rpc", parameters=[("report", ErrorInfo)]
 )
 
 # Served by every worker.

@@ -11,7 +11,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from ._builtins import REGISTER, WORKER_FAILED, ErrorReport, Network, Registration
+from ._builtins import REGISTER, WORKER_FAILED, Network, Registration
 from ._network import LISTEN_HOST, MASTER_HOST, network_config
 from ._prestart import Prestarted
 from ._sockets import remove_socket_directory, serve_in_temporary_directory
@@ -20,12 +20,14 @@ from .errors import ConnectionClosed, ProtocolError
 from .launch._launcher import connect_back_of
 from .rpc import Connection as RpcConnection
 from .rpc import Implementation, Server, current_connection, serve_tcp, server_context
+from .rpc.frames import ErrorInfo
+from .rpc.transport import Tcp, address_of
 
 
 class Supervised(Protocol):
     """What the master knows of a worker it spawned (a ``WorkerHandle``)."""
 
-    def _failure_reported(self, report: ErrorReport) -> None:
+    def _failure_reported(self, report: ErrorInfo) -> None:
         """The worker reported a failure outside any call."""
 
     async def _master_exiting(self) -> None:
@@ -64,14 +66,14 @@ class Master:
                         LISTEN_HOST, 0, ssl=server_context(process().tls_identity()),
                         **self._serving(),
                     )
-                assert isinstance(self.network_server.address, tuple)
-                _, port = self.network_server.address
-                return f"tls:{MASTER_HOST}:{port}"
+                bound = address_of(self.network_server)
+                assert isinstance(bound, Tcp)
+                return Tcp(MASTER_HOST, bound.port, tls=True).wire
             if self.server is None:
                 self.server = await serve_in_temporary_directory(
                     "rpc_parallel-master-", "master.sock", **self._serving()
                 )
-            return f"unix:{self.server.address}"
+            return address_of(self.server).wire
 
     def network(self, how: object, remote: bool) -> Network | None:
         """The ``Network`` part of a new worker's configuration: None until the master
@@ -109,7 +111,7 @@ class Master:
             raise ProtocolError(f"no spawn is waiting for worker id {registration.worker_id}")
         pending.set_result((current_connection.get(), registration))
 
-    async def _worker_failed(self, report: ErrorReport) -> None:
+    async def _worker_failed(self, report: ErrorInfo) -> None:
         handle = self.handles.get(current_connection.get())
         if handle is not None:
             handle._failure_reported(report)
@@ -132,7 +134,7 @@ class Master:
         if self.server is not None:
             self.server.close()
             await self.server.wait_closed()
-            remove_socket_directory(f"unix:{self.server.address}", "rpc_parallel-master-")
+            remove_socket_directory(address_of(self.server).wire, "rpc_parallel-master-")
             self.server = None
 
 

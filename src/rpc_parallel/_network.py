@@ -6,7 +6,7 @@ Unix socket. Every worker spawned from then on gets a ``Network`` record in its
 configuration (the TLS identity and where to find the master) and serves its functions on
 TCP + TLS too, so that a handle passed to a worker on another host can be connected to.
 
-Addresses are texts (``rpc.address``) and may list alternatives separated by spaces
+Addresses are texts (the wire form of ``rpc.transport.Address``) and may list alternatives separated by spaces
 (``unix:/tmp/.../worker.sock tls:10.0.0.7:40123``): a peer uses the first that works from
 where it runs. The host ``@master`` stands for "the master's host, as this process reaches
 it" (``127.0.0.1`` on the master's machine, the connect-back host on another): a worker on
@@ -23,8 +23,8 @@ from collections.abc import Mapping, Sequence
 from ._builtins import Network
 from ._state import process
 from .launch._launcher import ConnectBack
-from .rpc.address import Address, TcpAddress, UnixAddress, parse_address
 from .rpc.tls import TlsIdentity
+from .rpc.transport import Address, Tcp, Unix, parse_address
 
 MASTER_HOST = "@master"
 """In an address: the master's host as the process using the address reaches it."""
@@ -85,11 +85,11 @@ def alternatives(address: str) -> list[Address]:
     found: list[Address] = []
     for text in address.split():
         parsed = parse_address(text)
-        if isinstance(parsed, UnixAddress):
+        if isinstance(parsed, Unix):
             if os.path.exists(parsed.path):
                 found.append(parsed)
         elif parsed.host == MASTER_HOST:
-            found.append(TcpAddress(master_host(), parsed.port, parsed.tls))
+            found.append(Tcp(master_host(), parsed.port, parsed.tls))
         else:
             found.append(parsed)
     return found

@@ -13,6 +13,7 @@ import tempfile
 from typing import Any
 
 from .rpc import Server, serve_unix
+from .rpc.transport import Unix, parse_address
 
 WORKER_PREFIX = "rpc_parallel-worker-"
 
@@ -34,8 +35,9 @@ def remove_socket_directory(address: str, prefix: str = "rpc_parallel-") -> None
     remove its own; a master removes its own on close). ``address`` may list alternatives
     (``unix:<path> tls:<host>:<port>``); only the Unix one names a directory."""
     for text in address.split():
-        if not text.startswith("unix:"):
+        where = parse_address(text)
+        if not isinstance(where, Unix):
             continue
-        directory = os.path.dirname(text.removeprefix("unix:"))
+        directory = os.path.dirname(where.path)
         if os.path.basename(directory).startswith(prefix):
             shutil.rmtree(directory, ignore_errors=True)
