@@ -127,9 +127,10 @@ class Supervisor:
 
     def describe_end(self, returncode: int, kind: CloseKind | None, reason: str | None) -> str:
         """How the worker ended: its exit status, or that it stopped answering (killed)."""
+        who = f"worker {self.name} (pid {self.pid}{getattr(self.process, 'where', '')})"
         if kind == "heartbeat_timeout":
-            return f"worker {self.name} (pid {self.pid}) stopped answering ({reason}); killed"
-        return f"worker {self.name} (pid {self.pid}) {describe_exit(returncode)}"
+            return f"{who} stopped answering ({reason}); killed"
+        return f"{who} {describe_exit(returncode)}"
 
     def failure_reported(self, report: ErrorInfo) -> None:
         """The worker reported a failure outside any call (it exits next)."""

@@ -71,7 +71,7 @@ async def test_tls_link_every_kind_and_nothing_left_listening() -> None:
         assert ("00000000", worker_port) in listening_tcp(w.pid)
         assert f"tls:127.0.0.1:{worker_port}" in w.address.split()
 
-        await _every_kind(w)
+        await every_kind(w)
         # A connection of its own, over the worker's TLS server (not the link).
         tls_only = w.address.split()[1]
         from rpc_parallel._handle import WorkerHandle
@@ -92,7 +92,7 @@ async def test_tls_link_every_kind_and_nothing_left_listening() -> None:
     assert set(listening_tcp(os.getpid())) == before
 
 
-async def _every_kind(w: rp.WorkerHandle[Echo]) -> None:
+async def every_kind(w: rp.WorkerHandle[Echo]) -> None:
     assert await w.run(Echo.add, 1, 2, scale=3) == 109
     assert await w.run(Echo.add_in_thread, 1) == (101, False)
     assert [x async for x in await w.run(Echo.count, 3)] == [100, 101, 102]

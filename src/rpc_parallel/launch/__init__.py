@@ -1,8 +1,9 @@
 """How workers start: the ``Launcher`` seam, its implementations, output redirections."""
 
 from ._launcher import ConnectBack, LaunchedProcess, Launcher, LaunchRequest, connect_back_of
-from .options import Local, Remote, Wrap, check_launcher
+from .options import Local, Wrap, check_launcher
 from .redirection import DevNull, FileAppend, FileTruncate, Forward, Redirection
+from .ssh import Remote
 
 __all__ = [
     "ConnectBack",
