@@ -35,8 +35,7 @@ from ._state import State, process
 from ._worker_type import Worker
 from .rpc import Connection as RpcConnection
 from .rpc import Error as RpcError
-from .rpc import FunctionSpec, Server, serve_tcp, server_context
-from .rpc import new_event_loop
+from .rpc import FunctionSpec, Server, new_event_loop, serve_tcp, server_context
 from .rpc.frames import ErrorInfo, remote_error_info
 from .rpc.functions import make_decoder
 from .rpc.transport import Tcp, address_of, connect
