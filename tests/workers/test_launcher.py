@@ -71,7 +71,7 @@ async def test_remote_is_not_available_in_this_release(how: rp.Remote | rp.Wrap)
 
 
 async def test_a_value_that_is_no_launcher_is_refused_by_name() -> None:
-    with pytest.raises(TypeError, match="how must be rp.Local"):
+    with pytest.raises(TypeError, match=r"how must be rp\.Local"):
         await Echo.spawn(1, how="local")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=r"Wrap\(how=...\)"):
         rp.Wrap(["nice"], how="local")  # type: ignore[arg-type]
