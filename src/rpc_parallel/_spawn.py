@@ -37,6 +37,7 @@ from .launch import (
     Local,
     Redirection,
     check_launcher,
+    worker_paths,
 )
 from .launch.redirection import to_wire
 from .rpc import Connection as RpcConnection
@@ -133,9 +134,10 @@ class _Prepared:
         module, qualname, main_path = self.key
         how = self.options.how
         master_address = await master.address(remote=how.needs_network)
+        sys_path, main_path = worker_paths(how, list(sys.path), main_path)
         return WorkerConfig(
             worker_id=self.worker_id, name=name, module=module, qualname=qualname,
-            main_path=main_path, sys_path=list(sys.path), secret=process().secret,
+            main_path=main_path, sys_path=sys_path, secret=process().secret,
             master_address=master_address, network=master.network(how, how.needs_network),
             settings=process().rpc_settings(), init_arg=self.init_arg,
             shutdown_on=self.options.shutdown_on, redirect_stderr=self.redirect_stderr,

@@ -1,6 +1,13 @@
 """How workers start: the ``Launcher`` seam, its implementations, output redirections."""
 
-from ._launcher import ConnectBack, LaunchedProcess, Launcher, LaunchRequest, connect_back_of
+from ._launcher import (
+    ConnectBack,
+    LaunchedProcess,
+    Launcher,
+    LaunchRequest,
+    connect_back_of,
+    worker_paths,
+)
 from .options import Local, Wrap, check_launcher
 from .redirection import DevNull, FileAppend, FileTruncate, Forward, Redirection
 from .ssh import Remote
@@ -20,4 +27,5 @@ __all__ = [
     "Wrap",
     "check_launcher",
     "connect_back_of",
+    "worker_paths",
 ]
