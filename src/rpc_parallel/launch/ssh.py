@@ -94,6 +94,13 @@ class Remote:
             argv += ["-p", str(self.port)]
         return [*argv, "--", self.host, remote_command]
 
+    def worker_paths(
+        self, sys_path: list[str], main_path: str | None
+    ) -> tuple[list[str], str | None]:
+        """The master's import path, with ``''`` (the master's working directory) made
+        absolute: the worker starts in its login directory on the host."""
+        return [entry or os.getcwd() for entry in sys_path], main_path
+
     def worker_command(self, name: str) -> list[str]:
         python = self.python or sys.executable
         return [python, "-m", "rpc_parallel", "worker", name, "child-of",
