@@ -11,6 +11,10 @@ address on that link).
 
 Remote command: ``cd <cwd> && exec env VAR=... <prefix...> <python> -m rpc_parallel worker
 <name> child-of <pid>@<host> [>stdout-file]``, each word quoted for a POSIX shell on the host.
+With ``executable=`` (an ``rp.RemoteExecutable``), ``<python> -m rpc_parallel`` is the
+bundle's isolated bootstrap stub instead, and the bootstrap itself goes first on stdin: it
+checks every shipped file against the manifest whose hash the master holds, then runs the
+worker from the bundle (decision 0014).
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ import sys
 from asyncio import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import KW_ONLY, dataclass
+from typing import Protocol, runtime_checkable
 
+from ..errors import SpawnError
 from . import _process
 from ._launcher import ConnectBack, LaunchedProcess, LaunchRequest
 from .redirection import DevNull, FileAppend, FileTruncate, Forward, Redirection, to_wire
@@ -32,6 +38,23 @@ SSH_CONNECT_BACK = ConnectBack(
 )
 """A worker started by ssh: the master is where the session came from (``SSH_CONNECTION``
 field 0), the worker is where the session arrived (field 2)."""
+
+
+@runtime_checkable
+class Shipped(Protocol):
+    """What ``Remote`` needs of ``executable=`` (an ``rp.RemoteExecutable``)."""
+
+    @property
+    def host(self) -> str: ...
+
+    @property
+    def sys_path(self) -> list[str]: ...
+
+    def python_argv(self, python: str | None = None) -> list[str]: ...
+
+    def boot_input(self, argv: Sequence[str]) -> bytes: ...
+
+    def remote_file(self, local_path: str) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -56,7 +79,7 @@ class Remote:
     port: int | None = None
     python: str | None = None
     ssh_options: Sequence[str] = ()
-    executable: object | None = None
+    executable: Shipped | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.host, str) or not self.host or self.host.startswith("-") or any(
@@ -72,6 +95,13 @@ class Remote:
         ):
             raise TypeError("rp.Remote(ssh_options=...) takes a sequence of strings, e.g. "
                             "['-F', 'cluster.cfg']")
+        if self.executable is not None:
+            if not isinstance(self.executable, Shipped):
+                raise TypeError(f"rp.Remote(executable=...) takes an rp.RemoteExecutable, got "
+                                f"{self.executable!r}")
+            if self.executable.host != self.host:
+                raise ValueError(f"rp.Remote({self.host!r}): the executable was copied to host "
+                                 f"{self.executable.host!r}")
 
     @property
     def needs_network(self) -> bool:
@@ -97,28 +127,49 @@ class Remote:
     def worker_paths(
         self, sys_path: list[str], main_path: str | None
     ) -> tuple[list[str], str | None]:
-        """The master's import path, with ``''`` (the master's working directory) made
-        absolute: the worker starts in its login directory on the host."""
-        return [entry or os.getcwd() for entry in sys_path], main_path
+        """Without a bundle: the master's import path, with ``''`` (the master's working
+        directory) made absolute, since the worker starts in its login directory on the
+        host. With one: the bundle's import path and its copy of the main script."""
+        exe = self.executable
+        if exe is None:
+            return [entry or os.getcwd() for entry in sys_path], main_path
+        if main_path is None:
+            return exe.sys_path, None
+        shipped = exe.remote_file(main_path)
+        if shipped is None:
+            raise SpawnError(f"the main script {main_path} is not in the bundle on host "
+                             f"{self.host}: copy the executable from this program")
+        return exe.sys_path, shipped
 
     def worker_command(self, name: str) -> list[str]:
-        python = self.python or sys.executable
-        return [python, "-m", "rpc_parallel", "worker", name, "child-of",
-                f"{os.getpid()}@{socket.gethostname()}"]
+        argv = ["worker", name, "child-of", f"{os.getpid()}@{socket.gethostname()}"]
+        if self.executable is not None:
+            # The stub ignores its arguments (the bundle's bootstrap, on stdin, gets the
+            # worker's argv); they are there for ``ps``, as for any worker.
+            return [*self.executable.python_argv(self.python), *argv]
+        return [self.python or sys.executable, "-m", "rpc_parallel", *argv]
 
     async def launch(self, request: LaunchRequest) -> LaunchedProcess:
-        environment = {"PYTHONPATH": _package_root(), **(request.env or {})}
-        if request.env and "PYTHONPATH" in request.env:
-            environment["PYTHONPATH"] = f"{_package_root()}:{request.env['PYTHONPATH']}"
+        environment = dict(request.env or {})
+        if self.executable is None:  # Run the master's rpc_parallel, from the shared files.
+            root = _package_root()
+            given = environment.get("PYTHONPATH")
+            environment["PYTHONPATH"] = root if not given else f"{root}:{given}"
         remote = remote_command(request.command, environment, request.cwd,
                                 request.redirect_stdout)
         stdout = subprocess.PIPE if isinstance(request.redirect_stdout, Forward) else (
             subprocess.DEVNULL
         )
-        return await _process.start_process(
+        worker = await _process.start_process(
             self.ssh_argv(remote), request, env=None, cwd=None, stdout=stdout,
             what=f" on host {self.host} (over ssh)",
         )
+        if self.executable is not None and worker.stdin is not None:
+            # First the bootstrap (verify the bundle, then run the worker from it); the
+            # worker's configuration follows on the same stdin.
+            argv = ["worker", request.name, "child-of", f"{os.getpid()}@{socket.gethostname()}"]
+            worker.stdin.write(self.executable.boot_input(argv))
+        return worker
 
 
 def remote_command(
