@@ -191,3 +191,23 @@ async def test_master_sigkill_ends_remote_workers_but_called_shutdown(
         if survivor is not None and alive(survivor):
             os.kill(survivor, signal.SIGKILL)
             await gone(survivor, 10.0)
+
+
+async def test_a_worker_that_cannot_connect_back(namespace_host: NamespaceHost) -> None:
+    """The master's host set to an address the host cannot reach it at (inside the
+    namespace, 127.0.0.1 is the namespace's own loopback): the worker says so and exits, and
+    the spawn fails at once naming the host and the address it tried."""
+    from rpc_parallel._state import process
+
+    state = process()
+    saved = state.master_host_setting
+    state.master_host_setting = "127.0.0.1"
+    try:
+        error, elapsed = await _spawn_fails(remote(namespace_host.ssh_host))
+    finally:
+        state.master_host_setting = saved
+    text = str(error)
+    assert namespace_host.ssh_host.alias in text
+    assert "cannot connect back to the master at tls:127.0.0.1:" in text, text
+    print(f"cannot connect back -> SpawnError in {elapsed:.2f} s")
+    await rp.expert.shutdown_master()
