@@ -27,6 +27,7 @@ from .functions import (
     pipe,
     reverse_pipe,
 )
+from .launch import RemoteExecutable
 from .rpc import PipeReader, RpcSettings
 from .spawn import DevNull, FileAppend, FileTruncate, Forward, Local, Remote, Wrap
 from .spawn.process import WorkerProcess
@@ -74,6 +75,7 @@ __all__ = [
     "ProtocolError",
     "Remote",
     "RemoteError",
+    "RemoteExecutable",
     "ReversePipe",
     "Rpc",
     "RpcSettings",

@@ -23,14 +23,21 @@ import asyncio
 import io
 import json
 import os
-import tarfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import SpawnError
 from . import _boot, _ssh
-from ._pack import Bundle, application_bundle
+
+if TYPE_CHECKING:  # Packing (importlib.metadata, tarfile) is imported when first used.
+    from ._pack import Bundle
+
+
+def application_bundle() -> Bundle:
+    from ._pack import application_bundle as pack
+
+    return pack()
 
 _BOOT_SOURCE = Path(__file__).with_name("_boot.py").read_bytes()
 EXIT_REFUSED = _boot.EXIT_REFUSED
@@ -71,6 +78,8 @@ def _status(line: bytes) -> str | None:
 
 def _tar(bundle: Bundle) -> bytes:
     """The bundle's files as an uncompressed tar stream (fixed owner, mode and time)."""
+    import tarfile
+
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w|", format=tarfile.PAX_FORMAT) as archive:
         for relpath in sorted(bundle.sources):
@@ -138,6 +147,12 @@ class RemoteExecutable:
     @classmethod
     async def _existing(cls, target: _ssh.Target, path: str, python: str) -> RemoteExecutable:
         bundle = await asyncio.to_thread(application_bundle)
+        return await cls._check_existing(target, path, python, bundle)
+
+    @classmethod
+    async def _check_existing(
+        cls, target: _ssh.Target, path: str, python: str, bundle: Bundle
+    ) -> RemoteExecutable:
         exe = cls(target, path.rstrip("/"), bundle, python)
         if os.path.basename(exe.path) != bundle.id:
             raise SpawnError(

@@ -1,0 +1,327 @@
+"""rp.RemoteExecutable: a bundle packed here, installed and checked by a bare host python.
+
+The "host" is this machine: the bundle's bootstrap runs under the python of a fresh
+``python -m venv --without-pip`` (nothing installed), first directly as a subprocess, then
+through a real ``sshd`` on a loopback port when OpenSSH's server is installed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import rpc_parallel as rp
+from rpc_parallel.launch import _boot, _pack, _ssh
+from rpc_parallel.launch._pack import Bundle
+from rpc_parallel.launch.executable import RemoteExecutable
+
+APP_MODULE = "rp_exe_sample_app"
+
+
+@pytest.fixture(scope="module")
+def bare_python(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A CPython with nothing installed: no msgspec, no rpc_parallel."""
+    venv = tmp_path_factory.mktemp("bare") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True,
+                   timeout=120)
+    python = str(venv / "bin" / "python")
+    probe = subprocess.run([python, "-c", "import msgspec"], capture_output=True, timeout=60)
+    assert probe.returncode != 0, "the bare venv must not see msgspec"
+    return python
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bundle]:
+    """The bundle of a small application: a main script and one module of its own."""
+    source = tmp_path_factory.mktemp("appsrc")
+    (source / f"{APP_MODULE}.py").write_text("VALUE = 42\n")
+    main = source / "rp_exe_main.py"
+    main.write_text(f"import {APP_MODULE}\n")
+    sys.path.insert(0, str(source))
+    try:
+        import msgspec
+
+        module = __import__(APP_MODULE)
+        yield _pack.pack([msgspec, module], str(main))
+    finally:
+        sys.path.remove(str(source))
+        sys.modules.pop(APP_MODULE, None)
+
+
+async def copy(bundle: Bundle, directory: Path, python: str) -> RemoteExecutable:
+    return await RemoteExecutable._copy_bundle(_ssh.DirectTarget(), str(directory), python, bundle)
+
+
+def file_of(exe: RemoteExecutable, relpath: str) -> Path:
+    return Path(exe.path) / relpath
+
+
+async def test_bundle_imports_only_from_itself_on_a_bare_python(
+    bundle: Bundle, bare_python: str, tmp_path: Path
+) -> None:
+    exe = await copy(bundle, tmp_path / "bundles", bare_python)
+    assert exe.path == str(tmp_path / "bundles" / bundle.id)
+    files = await exe.probe(["msgspec", "msgspec._core", "rpc_parallel", "rpc_parallel.worker_main",
+                             APP_MODULE])
+    for name, file in files.items():
+        assert file is not None and file.startswith(exe.path + "/lib/"), (name, file)
+    assert exe.remote_file(str(Path(sys.modules["msgspec"].__file__ or ""))) == (
+        f"{exe.path}/lib/msgspec/__init__.py")
+    manifest = json.loads(bundle.manifest)
+    assert {"msgspec", "rpc-parallel"} <= set(manifest["distributions"])
+    assert any(path.endswith("rp_exe_main.py") for path, _, _ in manifest["files"])
+    await exe.delete()
+
+
+async def test_copy_is_skipped_when_identical_and_repairs_a_damaged_copy(
+    bundle: Bundle, bare_python: str, tmp_path: Path
+) -> None:
+    exe = await copy(bundle, tmp_path, bare_python)
+    before = os.stat(exe.path).st_ino
+    again = await copy(bundle, tmp_path, bare_python)
+    assert again.path == exe.path and os.stat(exe.path).st_ino == before
+    file_of(exe, "lib/msgspec/__init__.py").write_text("raise SystemExit('tampered')\n")
+    await copy(bundle, tmp_path, bare_python)
+    await exe.verify()
+    assert os.stat(exe.path).st_ino != before
+    assert sorted(os.listdir(tmp_path)) == [bundle.id], "no staging directory is left"
+    await exe.delete()
+
+
+@pytest.mark.parametrize("damage", ["changed", "missing", "added"])
+async def test_a_changed_missing_or_added_file_is_refused_naming_it(
+    bundle: Bundle, bare_python: str, tmp_path: Path, damage: str
+) -> None:
+    exe = await copy(bundle, tmp_path, bare_python)
+    relpath = {"changed": f"lib/{APP_MODULE}.py", "missing": "lib/msgspec/__init__.py",
+               "added": "lib/msgspec/extra.py"}[damage]
+    target = file_of(exe, relpath)
+    if damage == "changed":
+        target.write_text("VALUE = 43\n")  # Same size: only the hash tells.
+    elif damage == "missing":
+        target.unlink()
+    else:
+        target.write_text("print('not shipped')\n")
+    with pytest.raises(rp.SpawnError, match=f"{damage} file {relpath}"):
+        await exe.verify()
+    with pytest.raises(rp.SpawnError, match=f"{damage} file {relpath}"):
+        await exe.probe(["msgspec"])
+    run = subprocess.run(exe.python_argv(), input=exe.boot_input(["worker"]),
+                         capture_output=True, timeout=60)
+    assert run.returncode == _boot.EXIT_REFUSED
+    error = exe.spawn_failure(run.returncode, run.stderr)
+    assert f"{damage} file {relpath}" in str(error) and "localhost" in str(error)
+
+
+def with_python_version(bundle: Bundle, version: list[int]) -> Bundle:
+    manifest = json.loads(bundle.manifest)
+    manifest["python"]["version"] = version
+    text = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
+    import hashlib
+
+    return Bundle(bundle.sources, text, hashlib.sha256(text).hexdigest(), bundle.local_paths)
+
+
+async def test_a_host_python_that_cannot_load_the_bundle_is_refused_naming_both_sides(
+    bundle: Bundle, bare_python: str, tmp_path: Path
+) -> None:
+    future = with_python_version(bundle, [3, 99])
+    here = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    with pytest.raises(rp.SpawnError, match=rf"needs cpython 3\.99 .* runs .* cpython {here} "):
+        await copy(future, tmp_path, bare_python)
+    assert os.listdir(tmp_path) == [], "nothing is copied to a host that cannot use it"
+    # A bundle already on the host is checked the same way before each use.
+    exe = await copy(bundle, tmp_path, bare_python)
+    root = tmp_path / future.id
+    shutil.copytree(exe.path, root)
+    (root / _boot.MANIFEST).write_bytes(future.manifest)
+    installed = RemoteExecutable(_ssh.DirectTarget(), str(root), future, bare_python)
+    with pytest.raises(rp.SpawnError, match=rf"needs cpython 3\.99 .*cpython {here} "):
+        await installed.verify()
+    run = subprocess.run(installed.python_argv(), input=installed.boot_input(["worker"]),
+                         capture_output=True, timeout=60)
+    assert "cpython 3.99" in str(installed.spawn_failure(run.returncode, run.stderr))
+
+
+async def test_run_starts_rpc_parallel_from_the_bundle(
+    bundle: Bundle, bare_python: str, tmp_path: Path
+) -> None:
+    exe = await copy(bundle, tmp_path, bare_python)
+    # Without "worker" the module prints its usage: proof that it ran, from the bundle.
+    run = subprocess.run(exe.python_argv(), input=exe.boot_input(["help"]), capture_output=True,
+                         timeout=60, env={**os.environ, "PYTHONPATH": "/nonexistent"})
+    assert run.returncode == 2, run.stderr
+    assert b"usage: python -m rpc_parallel worker" in run.stderr
+
+
+async def test_delete_removes_every_copied_file_and_nothing_else(
+    bundle: Bundle, bare_python: str, tmp_path: Path
+) -> None:
+    exe = await copy(bundle, tmp_path / "made" / "for" / "it", bare_python)
+    await exe.delete()
+    assert not (tmp_path / "made").exists(), "the directories copy_to_host made are gone"
+    kept = tmp_path / "mine"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("mine")
+    exe = await copy(bundle, kept, bare_python)
+    (Path(exe.path) / "lib" / "user-file").write_text("not the bundle's")
+    await exe.delete()
+    assert sorted(p.relative_to(kept).as_posix() for p in kept.rglob("*")) == [
+        bundle.id, f"{bundle.id}/lib", f"{bundle.id}/lib/user-file", "notes.txt"]
+
+
+async def test_existing_on_host_checks_the_path_and_the_files(
+    bundle: Bundle, bare_python: str, tmp_path: Path
+) -> None:
+    exe = await copy(bundle, tmp_path, bare_python)
+    other = with_python_version(bundle, [3, 1])
+    with pytest.raises(rp.SpawnError, match="no identical bundle"):
+        await RemoteExecutable._check_existing(_ssh.DirectTarget(), exe.path, bare_python, other)
+    found = await RemoteExecutable._check_existing(
+        _ssh.DirectTarget(), exe.path, bare_python, bundle)
+    assert found.path == exe.path
+    missing = str(tmp_path / "elsewhere" / bundle.id)
+    with pytest.raises(rp.SpawnError, match="no bundle .* at .*elsewhere"):
+        await RemoteExecutable._check_existing(_ssh.DirectTarget(), missing, bare_python, bundle)
+    await exe.delete()
+
+
+def test_the_application_bundle_ships_what_it_imports_and_no_dev_tools(tmp_path: Path) -> None:
+    """Packed from a plain script (not this pytest process) with the default selection."""
+    script = tmp_path / "plain_app.py"
+    script.write_text(textwrap.dedent("""
+        import json, sys, time
+        import rpc_parallel
+        from rpc_parallel.launch import _pack
+        start = time.perf_counter()
+        bundle = _pack.application_bundle()
+        took = time.perf_counter() - start
+        assert _pack.application_bundle() is bundle
+        manifest = json.loads(bundle.manifest)
+        print(json.dumps({"distributions": manifest["distributions"], "files": manifest["files"],
+                          "took": took, "compiled": manifest["compiled"]}))
+    """))
+    src = str(Path(rp.__file__).parent.parent)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": src}, check=True)
+    result = json.loads(done.stdout)
+    names = set(result["distributions"])
+    assert {"msgspec", "rpc-parallel"} <= names
+    assert not names & {"pip", "setuptools", "wheel", "pytest", "mypy", "hypothesis"}
+    paths = [path for path, _, _ in result["files"]]
+    assert "main/plain_app.py" in paths
+    assert "lib/rpc_parallel/worker_main.py" in paths
+    for path in paths:  # The only bytecode is what the packer compiled, one per source.
+        if "__pycache__" in path:
+            directory, _, name = path.partition("/__pycache__/")
+            assert f"{directory}/{name.split('.')[0]}.py" in paths, path
+    if "uvloop" in sys.modules or _installed("uvloop"):
+        assert "uvloop" in names and result["compiled"]
+
+
+def _installed(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
+# --- through a real sshd on a loopback port --------------------------------------------------
+
+SSHD = "/usr/sbin/sshd"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
+    """A private sshd on 127.0.0.1 for this user; yields the ssh options that reach it."""
+    if not os.path.exists(SSHD) or shutil.which("ssh") is None:
+        pytest.skip("OpenSSH server or client not installed")
+    home = tmp_path_factory.mktemp("sshd")
+    for key in ("host_key", "id_ed25519"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(home / key)],
+                       check=True, timeout=60)
+    shutil.copy(home / "id_ed25519.pub", home / "authorized_keys")
+    port = _free_port()
+    host_key = (home / "host_key.pub").read_text().split()[:2]
+    (home / "known_hosts").write_text(f"[127.0.0.1]:{port} {' '.join(host_key)}\n")
+    (home / "sshd_config").write_text(textwrap.dedent(f"""
+        ListenAddress 127.0.0.1
+        Port {port}
+        HostKey {home}/host_key
+        PidFile none
+        AuthorizedKeysFile {home}/authorized_keys
+        PermitRootLogin prohibit-password
+        PasswordAuthentication no
+        KbdInteractiveAuthentication no
+        UsePAM no
+        StrictModes no
+    """))
+    os.makedirs("/run/sshd", exist_ok=True)
+    log = (home / "sshd.log").open("wb")
+    daemon = subprocess.Popen([SSHD, "-D", "-e", "-f", str(home / "sshd_config")],
+                              stdout=log, stderr=log)
+    options = ["-F", "/dev/null", "-i", str(home / "id_ed25519"), "-o", "IdentitiesOnly=yes",
+               "-o", f"UserKnownHostsFile={home}/known_hosts", "-o", "StrictHostKeyChecking=yes",
+               "-o", "ConnectTimeout=10", "-p", str(port)]
+    try:
+        deadline = time.monotonic() + 20
+        while subprocess.run(["ssh", *options, "127.0.0.1", "true"], capture_output=True,
+                             timeout=30).returncode != 0:
+            assert daemon.poll() is None, (home / "sshd.log").read_text()
+            assert time.monotonic() < deadline, (home / "sshd.log").read_text()
+            time.sleep(0.1)
+        yield options
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=30)
+        log.close()
+
+
+async def test_copy_verify_probe_and_delete_over_ssh(
+    bare_python: str, sshd: list[str], tmp_path: Path, bundle: Bundle
+) -> None:
+    target = _ssh.SshTarget("127.0.0.1", ssh_options=tuple(sshd))
+    directory = tmp_path / "remote"
+    start = time.perf_counter()
+    exe = await RemoteExecutable._copy_bundle(target, str(directory), bare_python, bundle)
+    took = time.perf_counter() - start
+    assert exe.host == "127.0.0.1" and exe.path == str(directory / bundle.id)
+    files = await exe.probe(["msgspec", "rpc_parallel", APP_MODULE])
+    assert all(str(f).startswith(exe.path + "/lib/") for f in files.values()), files
+    file_of(exe, f"lib/{APP_MODULE}.py").write_text("VALUE = 43\n")
+    with pytest.raises(rp.SpawnError, match=f"host 127.0.0.1.*changed file lib/{APP_MODULE}.py"):
+        await exe.verify()
+    # One ssh connection: verify, then run from the bundle (refused here, naming the file).
+    run = await asyncio.to_thread(
+        subprocess.run, target.argv(exe.python_argv()), input=exe.boot_input(["worker"]),
+        capture_output=True, timeout=60)
+    assert f"changed file lib/{APP_MODULE}.py" in str(exe.spawn_failure(run.returncode, run.stderr))
+    await exe.delete()
+    assert not directory.exists()
+    print(f"copy over ssh: {took:.2f} s")
+
+
+async def test_ssh_failures_name_the_host_and_ssh_stderr(tmp_path: Path) -> None:
+    if shutil.which("ssh") is None:
+        pytest.skip("OpenSSH client not installed")
+    target = _ssh.SshTarget("127.0.0.1", port=_free_port(), ssh_options=("-F", "/dev/null"))
+    with pytest.raises(rp.SpawnError, match=r"host 127\.0\.0\.1: ssh failed: .*refused") as caught:
+        await RemoteExecutable._copy(target, str(tmp_path), "python3")
+    assert "Connection refused" in caught.value.stderr_tail
