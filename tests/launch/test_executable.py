@@ -63,6 +63,14 @@ async def copy(bundle: Bundle, directory: Path, python: str) -> RemoteExecutable
     return await RemoteExecutable._copy_bundle(_ssh.DirectTarget(), str(directory), python, bundle)
 
 
+async def boot(exe: RemoteExecutable, argv: list[str]) -> subprocess.CompletedProcess[bytes]:
+    """Run the bootstrap's ``run`` action as a launcher would, here without ssh."""
+    return await asyncio.to_thread(
+        subprocess.run, exe.python_argv(), input=exe.boot_input(argv), capture_output=True,
+        timeout=60, env={**os.environ, "PYTHONPATH": "/nonexistent"},
+    )
+
+
 def file_of(exe: RemoteExecutable, relpath: str) -> Path:
     return Path(exe.path) / relpath
 
@@ -117,8 +125,7 @@ async def test_a_changed_missing_or_added_file_is_refused_naming_it(
         await exe.verify()
     with pytest.raises(rp.SpawnError, match=f"{damage} file {relpath}"):
         await exe.probe(["msgspec"])
-    run = subprocess.run(exe.python_argv(), input=exe.boot_input(["worker"]),
-                         capture_output=True, timeout=60)
+    run = await boot(exe, ["worker"])
     assert run.returncode == _boot.EXIT_REFUSED
     error = exe.spawn_failure(run.returncode, run.stderr)
     assert f"{damage} file {relpath}" in str(error) and "localhost" in str(error)
@@ -149,8 +156,7 @@ async def test_a_host_python_that_cannot_load_the_bundle_is_refused_naming_both_
     installed = RemoteExecutable(_ssh.DirectTarget(), str(root), future, bare_python)
     with pytest.raises(rp.SpawnError, match=rf"needs cpython 3\.99 .*cpython {here} "):
         await installed.verify()
-    run = subprocess.run(installed.python_argv(), input=installed.boot_input(["worker"]),
-                         capture_output=True, timeout=60)
+    run = await boot(installed, ["worker"])
     assert "cpython 3.99" in str(installed.spawn_failure(run.returncode, run.stderr))
 
 
@@ -159,8 +165,7 @@ async def test_run_starts_rpc_parallel_from_the_bundle(
 ) -> None:
     exe = await copy(bundle, tmp_path, bare_python)
     # Without "worker" the module prints its usage: proof that it ran, from the bundle.
-    run = subprocess.run(exe.python_argv(), input=exe.boot_input(["help"]), capture_output=True,
-                         timeout=60, env={**os.environ, "PYTHONPATH": "/nonexistent"})
+    run = await boot(exe, ["help"])
     assert run.returncode == 2, run.stderr
     assert b"usage: python -m rpc_parallel worker" in run.stderr
 
@@ -192,7 +197,7 @@ async def test_existing_on_host_checks_the_path_and_the_files(
         _ssh.DirectTarget(), exe.path, bare_python, bundle)
     assert found.path == exe.path
     missing = str(tmp_path / "elsewhere" / bundle.id)
-    with pytest.raises(rp.SpawnError, match="no bundle .* at .*elsewhere"):
+    with pytest.raises(rp.SpawnError, match=r"no bundle .* at .*elsewhere"):
         await RemoteExecutable._check_existing(_ssh.DirectTarget(), missing, bare_python, bundle)
     await exe.delete()
 
@@ -305,10 +310,15 @@ async def test_copy_verify_probe_and_delete_over_ssh(
     assert exe.host == "127.0.0.1" and exe.path == str(directory / bundle.id)
     files = await exe.probe(["msgspec", "rpc_parallel", APP_MODULE])
     assert all(str(f).startswith(exe.path + "/lib/") for f in files.values()), files
+    # One ssh connection: verify, then run rpc_parallel's entry point from the bundle.
+    run = await asyncio.to_thread(
+        subprocess.run, target.argv(exe.python_argv()), input=exe.boot_input(["help"]),
+        capture_output=True, timeout=60)
+    assert run.returncode == 2 and b"usage: python -m rpc_parallel worker" in run.stderr
     file_of(exe, f"lib/{APP_MODULE}.py").write_text("VALUE = 43\n")
     with pytest.raises(rp.SpawnError, match=f"host 127.0.0.1.*changed file lib/{APP_MODULE}.py"):
         await exe.verify()
-    # One ssh connection: verify, then run from the bundle (refused here, naming the file).
+    # The same, refused: the error names the file.
     run = await asyncio.to_thread(
         subprocess.run, target.argv(exe.python_argv()), input=exe.boot_input(["worker"]),
         capture_output=True, timeout=60)

@@ -15,6 +15,7 @@ leaves stdin to the worker, which reads its configuration next.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -93,8 +94,8 @@ def load_manifest(text: str, expected_id: str) -> dict[str, Any]:
     """Parse a manifest after checking that its sha256 is the id the master holds."""
     actual = hashlib.sha256(text.encode()).hexdigest()
     if actual != expected_id:
-        raise Refused("bundle manifest changed: {} has sha256 {}, the master expects {}".format(
-            MANIFEST, actual[:12], expected_id[:12]))
+        raise Refused(f"bundle manifest changed: {MANIFEST} has sha256 {actual[:12]}, "
+                      f"the master expects {expected_id[:12]}")
     manifest: dict[str, Any] = json.loads(text)
     manifest["_id"] = expected_id
     return manifest
@@ -135,7 +136,7 @@ def verify_tree(root: str, manifest: dict[str, Any]) -> None:
             problems.append("changed file " + relpath)
     problems += ["added file " + relpath for relpath in sorted(listing)]
     if problems:
-        more = " (and {} more)".format(len(problems) - 5) if len(problems) > 5 else ""
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
         raise Refused("bundle at {} on host {} does not match its manifest: {}{}".format(
             root, socket.gethostname(), "; ".join(problems[:5]), more))
 
@@ -145,8 +146,8 @@ def _read_manifest(root: str, expected_id: str) -> dict[str, Any]:
         with open(os.path.join(root, MANIFEST), encoding="utf-8") as file:
             text = file.read()
     except OSError as error:
-        raise Refused("no bundle {} at {} on host {}: {}".format(
-            expected_id[:12], root, socket.gethostname(), error.strerror)) from None
+        raise Refused(f"no bundle {expected_id[:12]} at {root} on host "
+                      f"{socket.gethostname()}: {error.strerror}") from None
     return load_manifest(text, expected_id)
 
 
@@ -239,17 +240,15 @@ def delete(request: dict[str, Any]) -> None:
     directories = {root}
     for relpath in [entry[0] for entry in manifest["files"]] + [MANIFEST]:
         path = os.path.join(root, relpath)
-        if os.path.lexists(path) and not os.path.isdir(path) or os.path.islink(path):
+        if (os.path.lexists(path) and not os.path.isdir(path)) or os.path.islink(path):
             os.unlink(path)
         parent = os.path.dirname(path)
         while parent.startswith(root + os.sep):
             directories.add(parent)
             parent = os.path.dirname(parent)
     for directory in sorted(directories, key=len, reverse=True) + list(request["created"]):
-        try:
+        with contextlib.suppress(OSError):  # Not empty (not only the bundle's), or gone.
             os.rmdir(directory)
-        except OSError:
-            pass  # Not empty (something the bundle did not put there) or already gone.
     _answer(status="deleted", root=root, left=os.path.exists(root))
 
 
@@ -273,7 +272,7 @@ def run(request: dict[str, Any]) -> None:
     use_bundle(root)
     import runpy
 
-    sys.argv = ["rpc_parallel"] + list(request["argv"])
+    sys.argv = ["rpc_parallel", *request["argv"]]
     runpy.run_module("rpc_parallel", run_name="__main__", alter_sys=True)
 
 
@@ -295,8 +294,9 @@ def main(read: Callable[[int], bytes]) -> None:
         else:
             raise Refused("unknown bootstrap action " + repr(action))
     except (Refused, OSError) as error:
-        message = str(error) if isinstance(error, Refused) else "{} on host {}: {}".format(
-            action, socket.gethostname(), error)
+        message = str(error)
+        if not isinstance(error, Refused):
+            message = f"{action} on host {socket.gethostname()}: {error}"
         if action == "run":
             sys.stderr.write("rpc_parallel bundle: " + message + "\n")
             sys.stderr.flush()

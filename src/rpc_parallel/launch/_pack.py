@@ -137,7 +137,7 @@ class _Owners:
     def _files(self, name: str) -> set[str]:
         if name not in self.files:
             dist = self.installed[name]
-            self.files[name] = {os.path.realpath(dist.locate_file(f)) for f in dist.files or ()}
+            self.files[name] = {os.path.realpath(str(dist.locate_file(f))) for f in dist.files or ()}
         return self.files[name]
 
     def owner(self, module: str, file: str) -> str | None:
@@ -195,7 +195,7 @@ def _distribution_files(dist: metadata.Distribution) -> Iterator[tuple[str, Path
         parts = file.parts
         if ".." in parts or "__pycache__" in parts or file.suffix in (".pyc", ".pth"):
             continue  # Scripts and data outside the import root; start-up hooks; caches.
-        path = Path(dist.locate_file(file))
+        path = Path(str(dist.locate_file(file)))
         if path.is_file():
             yield "/".join(parts), path
 
