@@ -203,8 +203,8 @@ def _missing_ancestors(path: str) -> list[str]:
     return missing
 
 
-def install(request: dict[str, Any], read: Callable[[int], bytes]) -> None:
-    """Extract the tar stream that follows into a temporary directory, verify, rename."""
+def install(request: dict[str, Any]) -> None:
+    """Extract the tar stream that follows into a staging directory, verify, rename."""
     root = os.path.abspath(os.path.expanduser(request["root"]))
     manifest = load_manifest(request["manifest"], request["id"])
     check_python(manifest)
@@ -222,15 +222,30 @@ def install(request: dict[str, Any], read: Callable[[int], bytes]) -> None:
         _extract(os.fdopen(0, "rb", buffering=0, closefd=False), staging)
         with open(os.path.join(staging, MANIFEST), "w", encoding="utf-8") as file:
             file.write(request["manifest"])
-        verify_tree(staging, manifest)
-        if os.path.isdir(root):
-            old = staging + ".old"
-            os.rename(root, old)
-            shutil.rmtree(old, ignore_errors=True)
-        os.rename(staging, root)
+        try:
+            verify_tree(staging, manifest)
+        except Refused as error:
+            raise Refused(f"{error} (did a file change on the master since it was packed?)") from None
+        _place(staging, root, request["id"])
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     _answer(status="installed", root=root, created=created)
+
+
+def _place(staging: str, root: str, expected_id: str) -> None:
+    """Rename the verified staging directory to ``root``, replacing a damaged copy; a copy
+    another master finished meanwhile is kept (staging is then removed by the caller)."""
+    if _intact(root, expected_id):
+        return
+    if os.path.isdir(root):
+        old = staging + ".old"
+        os.rename(root, old)
+        shutil.rmtree(old, ignore_errors=True)
+    try:
+        os.rename(staging, root)
+    except OSError:
+        if not _intact(root, expected_id):
+            raise
 
 
 def delete(request: dict[str, Any]) -> None:
@@ -281,12 +296,13 @@ def main(read: Callable[[int], bytes]) -> None:
     action = request["action"]
     try:
         if action == "install":
-            install(request, read)
+            install(request)
         elif action == "delete":
             delete(request)
         elif action == "verify":
-            verified(os.path.abspath(os.path.expanduser(request["root"])), request["id"])
-            _answer(status="ok")
+            root = os.path.abspath(os.path.expanduser(request["root"]))
+            verified(root, request["id"])
+            _answer(status="ok", root=root)
         elif action == "probe":
             probe(request)
         elif action == "run":

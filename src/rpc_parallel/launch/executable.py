@@ -76,20 +76,46 @@ def _status(line: bytes) -> str | None:
     return status
 
 
-def _tar(bundle: Bundle) -> bytes:
-    """The bundle's files as an uncompressed tar stream (fixed owner, mode and time)."""
+class _Chunks(io.RawIOBase):
+    """Where ``tarfile`` writes: chunks taken away after each file and sent to the host."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.chunks: list[bytes] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self.chunks.append(bytes(data))
+        return len(data)
+
+    def take(self) -> bytes:
+        data, self.chunks = b"".join(self.chunks), []
+        return data
+
+
+def _read(content: Path | bytes) -> tuple[bytes, int]:
+    if isinstance(content, bytes):
+        return content, 0o644
+    return content.read_bytes(), 0o755 if os.access(content, os.X_OK) else 0o644
+
+
+async def _send_tar(bundle: Bundle, stdin: asyncio.StreamWriter) -> None:
+    """Stream the bundle's files as an uncompressed tar (fixed owner and time), file by file."""
     import tarfile
 
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w|", format=tarfile.PAX_FORMAT) as archive:
+    sink = _Chunks()
+    with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as archive:
         for relpath in sorted(bundle.sources):
-            content = bundle.sources[relpath]
-            data = content if isinstance(content, bytes) else content.read_bytes()
+            data, mode = await asyncio.to_thread(_read, bundle.sources[relpath])
             info = tarfile.TarInfo(relpath)
-            info.size = len(data)
-            info.mode = 0o755 if not isinstance(content, bytes) and os.access(content, os.X_OK) else 0o644
+            info.size, info.mode = len(data), mode
             archive.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
+            stdin.write(sink.take())
+            await stdin.drain()
+    stdin.write(sink.take())
+    await stdin.drain()
 
 
 class RemoteExecutable:
@@ -159,7 +185,7 @@ class RemoteExecutable:
                 f"no identical bundle at {path} on host {target.host}: this application's "
                 f"bundle is {bundle.id} (the last part of the path must be that id)"
             )
-        await exe.verify()
+        exe.path = (await exe._call("verify"))["root"]
         return exe
 
     @classmethod
@@ -198,8 +224,7 @@ class RemoteExecutable:
                 if line.startswith(_boot.ANSWER_PREFIX.encode()):
                     break
             if lines and _status(lines[-1]) == "send":
-                process.stdin.write(await asyncio.to_thread(_tar, bundle))
-                await process.stdin.drain()
+                await _send_tar(bundle, process.stdin)
         except (ConnectionError, OSError):
             pass  # The far side ended; its answer and stderr say why.
         process.stdin.close()
