@@ -325,7 +325,14 @@ async def test_copy_verify_probe_and_delete_over_ssh(
     assert f"changed file lib/{APP_MODULE}.py" in str(exe.spawn_failure(run.returncode, run.stderr))
     await exe.delete()
     assert not directory.exists()
+    with pytest.raises(rp.SpawnError, match=r"host 127\.0\.0\.1: exited with code 127: .*not found"):
+        await RemoteExecutable._copy_bundle(target, str(directory), "rp-no-such-python", bundle)
     print(f"copy over ssh: {took:.2f} s")
+
+
+async def test_a_missing_python_is_a_spawn_error(bundle: Bundle, tmp_path: Path) -> None:
+    with pytest.raises(rp.SpawnError, match=r"cannot run /nonexistent/python3 for host localhost"):
+        await copy(bundle, tmp_path, "/nonexistent/python3")
 
 
 async def test_ssh_failures_name_the_host_and_ssh_stderr(tmp_path: Path) -> None:

@@ -69,12 +69,13 @@ class Completed:
 def failure(target: Target, what: str, returncode: int | None, stderr: bytes) -> SpawnError:
     """A ``SpawnError`` naming the host and the cause, with ssh's own words when it failed."""
     text = stderr.decode(errors="replace").strip()
+    last = text.splitlines()[-1] if text else "no message"
     if isinstance(target, SshTarget) and returncode == SSH_FAILED:
-        cause = f"ssh failed: {text.splitlines()[-1] if text else 'no message'}"
+        cause = f"ssh failed: {last}"
     elif returncode is None:
         cause = "timed out"
     else:
-        cause = f"exited with code {returncode}"
+        cause = f"exited with code {returncode}: {last}"
     return SpawnError(f"{what} on host {target.host}: {cause}", stderr_tail=text[-4000:])
 
 
