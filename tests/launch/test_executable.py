@@ -342,3 +342,43 @@ async def test_ssh_failures_name_the_host_and_ssh_stderr(tmp_path: Path) -> None
     with pytest.raises(rp.SpawnError, match=r"host 127\.0\.0\.1: ssh failed: .*refused") as caught:
         await RemoteExecutable._copy(target, str(tmp_path), "python3")
     assert "Connection refused" in caught.value.stderr_tail
+
+
+async def test_the_public_api_from_an_application_over_ssh(
+    bare_python: str, sshd: list[str], tmp_path: Path
+) -> None:
+    """An application script (not this pytest process) ships itself with the public API."""
+    script = tmp_path / "ssh_app.py"
+    (tmp_path / "ssh_app_helpers.py").write_text("ANSWER = 42\n")
+    script.write_text(textwrap.dedent(f"""
+        import asyncio, json, sys, time
+        import rpc_parallel as rp
+        import ssh_app_helpers
+
+        async def main():
+            options = {sshd!r}
+            start = time.perf_counter()
+            exe = await rp.RemoteExecutable.copy_to_host(
+                "127.0.0.1", {str(tmp_path / "host")!r}, ssh_options=options,
+                python={bare_python!r})
+            took = time.perf_counter() - start
+            again = await rp.RemoteExecutable.existing_on_host(
+                "127.0.0.1", exe.path, ssh_options=options, python={bare_python!r})
+            files = await again.probe(["ssh_app_helpers", "rpc_parallel", "msgspec"])
+            main_file = exe.remote_file(__file__)
+            await exe.delete()
+            print(json.dumps({{"path": exe.path, "files": files, "took": took,
+                              "main": main_file}}))
+
+        asyncio.run(main())
+    """))
+    src = str(Path(rp.__file__).parent.parent)
+    done = await asyncio.to_thread(
+        subprocess.run, [sys.executable, str(script)], capture_output=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": src})
+    assert done.returncode == 0, done.stderr.decode()
+    result = json.loads(done.stdout)
+    assert all(f.startswith(result["path"] + "/lib/") for f in result["files"].values()), result
+    assert result["main"] == result["path"] + "/main/ssh_app.py"
+    assert not (tmp_path / "host").exists()
+    print(f"copy of the whole application over ssh: {result['took']:.2f} s")
