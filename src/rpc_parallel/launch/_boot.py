@@ -32,19 +32,14 @@ MANIFEST = "manifest.json"
 LIB = "lib"
 
 STUB = (
-    "import os\n"
-    "def r(n):\n"
-    "    b = b''\n"
-    "    while len(b) < n:\n"
-    "        c = os.read(0, n - len(b))\n"
-    "        if not c:\n"
-    "            raise SystemExit('rpc_parallel bundle: stdin closed before the request')\n"
-    "        b += c\n"
-    "    return b\n"
-    "exec(compile(r(int.from_bytes(r(4), 'little')), '<rpc_parallel bootstrap>', 'exec'),"
-    " {'__name__': '__rp_boot__', '_read': r})\n"
+    "import os,sys;"
+    "r=lambda n,b=b'':b if len(b)>=n else r(n,b+(os.read(0,n-len(b))"
+    " or sys.exit('rpc_parallel bundle: stdin closed before the request')));"
+    "exec(compile(r(int.from_bytes(r(4),'little')),'<rpc_parallel bootstrap>','exec'),"
+    "{'__name__':'__rp_boot__','_read':r})"
 )
-"""What the remote python runs from its command line (``-c``): read the bootstrap, run it."""
+"""What the remote python runs from its command line (``-c``): read the bootstrap, run it.
+One line without ``!`` or newlines, so that any login shell passes it through quoted."""
 
 
 class Refused(Exception):

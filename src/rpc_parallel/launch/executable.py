@@ -58,9 +58,8 @@ def _request(action: str, root: str, bundle: Bundle, **fields: Any) -> bytes:
 def _answer(completed: _ssh.Completed, target: _ssh.Target, what: str) -> dict[str, Any]:
     """The bootstrap's last answer line; anything else (shell noise) is ignored."""
     answer: dict[str, Any] | None = None
-    for line in completed.stdout.decode(errors="replace").splitlines():
-        if line.startswith(_boot.ANSWER_PREFIX):
-            answer = json.loads(line.removeprefix(_boot.ANSWER_PREFIX))
+    for line in completed.stdout.splitlines():
+        answer = _parse(line) or answer
     if answer is None:
         raise _ssh.failure(target, what, completed.returncode, completed.stderr)
     if answer.get("status") == "error":
@@ -69,11 +68,20 @@ def _answer(completed: _ssh.Completed, target: _ssh.Target, what: str) -> dict[s
     return answer
 
 
-def _status(line: bytes) -> str | None:
+def _parse(line: bytes) -> dict[str, Any] | None:
+    """A bootstrap answer line (``RPBOOT1 <json>``), or None for any other output."""
     if not line.startswith(_boot.ANSWER_PREFIX.encode()):
         return None
-    status: str | None = json.loads(line[len(_boot.ANSWER_PREFIX):]).get("status")
-    return status
+    try:
+        answer = json.loads(line[len(_boot.ANSWER_PREFIX):])
+    except ValueError:
+        return None
+    return answer if isinstance(answer, dict) and "status" in answer else None
+
+
+def _status(line: bytes) -> str | None:
+    answer = _parse(line)
+    return None if answer is None else str(answer["status"])
 
 
 class _Chunks(io.RawIOBase):
