@@ -27,6 +27,26 @@ from rpc_parallel.launch._pack import Bundle
 from rpc_parallel.launch.executable import RemoteExecutable
 
 APP_MODULE = "rp_exe_sample_app"
+WORKER_MODULE = textwrap.dedent("""
+    import sys
+
+    import rpc_parallel as rp
+
+    VALUE = 42
+
+
+    class Where(rp.Worker[int]):
+        async def init_worker_state(self, value: int) -> None:
+            self.value = value
+
+        @rp.rpc
+        async def where(self) -> list[str]:
+            import msgspec
+            import rpc_parallel.worker_main
+
+            return [sys.executable, msgspec.__file__, rp.__file__,
+                    rpc_parallel.worker_main.__file__, __file__, str(self.value), *sys.path]
+""")
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +65,7 @@ def bare_python(tmp_path_factory: pytest.TempPathFactory) -> str:
 def bundle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bundle]:
     """The bundle of a small application: a main script and one module of its own."""
     source = tmp_path_factory.mktemp("appsrc")
-    (source / f"{APP_MODULE}.py").write_text("VALUE = 42\n")
+    (source / f"{APP_MODULE}.py").write_text(WORKER_MODULE)
     main = source / "rp_exe_main.py"
     main.write_text(f"import {APP_MODULE}\n")
     sys.path.insert(0, str(source))
@@ -116,7 +136,7 @@ async def test_a_changed_missing_or_added_file_is_refused_naming_it(
                "added": "lib/msgspec/extra.py"}[damage]
     target = file_of(exe, relpath)
     if damage == "changed":
-        target.write_text("VALUE = 43\n")  # Same size: only the hash tells.
+        target.write_text(target.read_text().replace("42", "43"))  # Same size: only the hash.
     elif damage == "missing":
         target.unlink()
     else:
@@ -168,6 +188,65 @@ async def test_run_starts_rpc_parallel_from_the_bundle(
     run = await boot(exe, ["help"])
     assert run.returncode == 2, run.stderr
     assert b"usage: python -m rpc_parallel worker" in run.stderr
+
+
+async def test_a_worker_from_the_bundle_registers_and_serves_on_a_bare_python(
+    bundle: Bundle, bare_python: str, tmp_path: Path
+) -> None:
+    """What a launcher does, here without ssh: boot input, then the worker's configuration
+    (its sys.path: the bundle and the host's standard library, as the host reported), on one
+    stdin."""
+    from rpc_parallel.builtins import REGISTER, Redirect, Registration, WorkerConfig
+    from rpc_parallel.rpc import Implementation, RpcSettings, connect_unix, serve_unix
+    from rpc_parallel.rpc.functions import ENCODER
+
+    exe = await copy(bundle, tmp_path / "bundles", bare_python)
+    secret = os.urandom(32)
+    registered: asyncio.Future[Registration] = asyncio.get_running_loop().create_future()
+
+    async def register(registration: Registration) -> None:
+        registered.set_result(registration)
+
+    server = await serve_unix(str(tmp_path / "master.sock"), secret=secret,
+                              implementations=[Implementation(REGISTER, register)])
+    config = WorkerConfig(
+        worker_id="w1", name="where", module=APP_MODULE, qualname="Where", main_path=None,
+        sys_path=exe.sys_path, secret=secret,
+        master_address=f"unix:{server.address}", settings=RpcSettings(),
+        init_arg=ENCODER.encode(7), shutdown_on="connection_closed",
+        redirect_stderr=Redirect("forward"), umask=None, parent=f"{os.getpid()}@test")
+    payload = msgspec_encode(config)
+    worker = await asyncio.create_subprocess_exec(
+        *exe.python_argv(), stdin=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(Path(rp.__file__).parent.parent)})
+    assert worker.stdin is not None and worker.stderr is not None
+    worker.stdin.write(exe.boot_input(["worker", "where", "child-of", f"{os.getpid()}@test"])
+                       + len(payload).to_bytes(4, "little") + payload)
+    try:
+        registration = await asyncio.wait_for(registered, 60)
+        assert registration.error is None
+        link = await connect_unix(registration.address.removeprefix("unix:"), secret=secret)
+        from rp_exe_sample_app import Where  # type: ignore[import-not-found]
+
+        spec = Where._rpc_parallel_functions["where"].spec
+        executable, *files, value = (await link.call(spec))[:6]
+        assert executable == bare_python and value == "7"
+        for file in files:
+            assert file.startswith(exe.path + "/lib/"), files
+        link.close("done")
+    finally:
+        worker.stdin.close()  # The worker exits when its master's end of stdin closes.
+        returncode = await asyncio.wait_for(worker.wait(), 30)
+        server.close("done")
+        await server.wait_closed()
+    assert returncode == 0, (await worker.stderr.read()).decode()
+
+
+def msgspec_encode(config: object) -> bytes:
+    from rpc_parallel.builtins import CONFIG_ENCODER
+
+    encoded: bytes = CONFIG_ENCODER.encode(config)
+    return encoded
 
 
 async def test_delete_removes_every_copied_file_and_nothing_else(
@@ -315,7 +394,8 @@ async def test_copy_verify_probe_and_delete_over_ssh(
         subprocess.run, target.argv(exe.python_argv()), input=exe.boot_input(["help"]),
         capture_output=True, timeout=60)
     assert run.returncode == 2 and b"usage: python -m rpc_parallel worker" in run.stderr
-    file_of(exe, f"lib/{APP_MODULE}.py").write_text("VALUE = 43\n")
+    tampered = file_of(exe, f"lib/{APP_MODULE}.py")
+    tampered.write_text(tampered.read_text().replace("42", "43"))
     with pytest.raises(rp.SpawnError, match=f"host 127.0.0.1.*changed file lib/{APP_MODULE}.py"):
         await exe.verify()
     # The same, refused: the error names the file.

@@ -153,6 +153,11 @@ def verified(root: str, expected_id: str) -> dict[str, Any]:
     return manifest
 
 
+def _stdlib() -> list[str]:
+    """This python's own import path (run with ``-I -S``: its standard library only)."""
+    return [p for p in sys.path if p]
+
+
 def use_bundle(root: str) -> None:
     """Import from the bundle and the interpreter's standard library, nothing else."""
     sys.path[:] = [os.path.join(root, LIB)] + [p for p in sys.path if p]
@@ -206,7 +211,7 @@ def install(request: dict[str, Any]) -> None:
     parent = os.path.dirname(root)
     created = _missing_ancestors(parent)
     if _intact(root, request["id"]):
-        _answer(status="present", root=root, created=[])
+        _answer(status="present", root=root, created=[], stdlib=_stdlib())
         return
     _answer(status="send", root=root)
     os.makedirs(parent, mode=0o700, exist_ok=True)
@@ -224,7 +229,7 @@ def install(request: dict[str, Any]) -> None:
         _place(staging, root, request["id"])
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    _answer(status="installed", root=root, created=created)
+    _answer(status="installed", root=root, created=created, stdlib=_stdlib())
 
 
 def _place(staging: str, root: str, expected_id: str) -> None:
@@ -297,7 +302,7 @@ def main(read: Callable[[int], bytes]) -> None:
         elif action == "verify":
             root = os.path.abspath(os.path.expanduser(request["root"]))
             verified(root, request["id"])
-            _answer(status="ok", root=root)
+            _answer(status="ok", root=root, stdlib=_stdlib())
         elif action == "probe":
             probe(request)
         elif action == "run":

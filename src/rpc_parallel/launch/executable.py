@@ -130,13 +130,15 @@ class RemoteExecutable:
     """The application's bundle on one host (``copy_to_host`` / ``existing_on_host``)."""
 
     def __init__(self, target: _ssh.Target, path: str, bundle: Bundle, python: str,
-                 created: Sequence[str] = ()) -> None:
+                 created: Sequence[str] = (), stdlib: Sequence[str] = ()) -> None:
         self.target = target
         self.path = path
         """The bundle's directory on the host (absolute): ``<directory>/<id>``."""
         self.bundle = bundle
         self.python = python
         """The host's python used to copy, and by default to run workers."""
+        self.stdlib = list(stdlib)
+        """The standard library path of ``python`` on the host (reported by the host)."""
         self._created = list(created)
         """The directories ``copy_to_host`` made for the bundle (``delete`` removes them)."""
 
@@ -193,7 +195,8 @@ class RemoteExecutable:
                 f"no identical bundle at {path} on host {target.host}: this application's "
                 f"bundle is {bundle.id} (the last part of the path must be that id)"
             )
-        exe.path = (await exe._call("verify"))["root"]
+        answer = await exe._call("verify")
+        exe.path, exe.stdlib = answer["root"], answer["stdlib"]
         return exe
 
     @classmethod
@@ -213,7 +216,7 @@ class RemoteExecutable:
         finally:
             await _ssh.reap(process)
         answer = _answer(completed, target, what)
-        return cls(target, answer["root"], bundle, python, answer["created"])
+        return cls(target, answer["root"], bundle, python, answer["created"], answer["stdlib"])
 
     @staticmethod
     async def _install(
@@ -261,8 +264,9 @@ class RemoteExecutable:
 
     @property
     def sys_path(self) -> list[str]:
-        """The bundle's import root on the host (the bootstrap puts it before the stdlib)."""
-        return [f"{self.path}/{_boot.LIB}"]
+        """The worker's whole import path on the host, for its configuration: the bundle's
+        import root, then the standard library of ``self.python`` there."""
+        return [f"{self.path}/{_boot.LIB}", *self.stdlib]
 
     def spawn_failure(self, returncode: int | None, stderr: bytes) -> SpawnError:
         """The ``rp.SpawnError`` for a boot process that ended before the worker started."""
