@@ -216,9 +216,12 @@ async def test_a_worker_from_the_bundle_registers_and_serves_on_a_bare_python(
         init_arg=ENCODER.encode(7), shutdown_on="connection_closed",
         redirect_stderr=Redirect("forward"), umask=None, parent=f"{os.getpid()}@test")
     payload = msgspec_encode(config)
+    scratch = tmp_path / "worker-tmp"
+    scratch.mkdir()
     worker = await asyncio.create_subprocess_exec(
         *exe.python_argv(), stdin=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "PYTHONPATH": str(Path(rp.__file__).parent.parent)})
+        env={**os.environ, "PYTHONPATH": str(Path(rp.__file__).parent.parent),
+             "TMPDIR": str(scratch)})
     assert worker.stdin is not None and worker.stderr is not None
     worker.stdin.write(exe.boot_input(["worker", "where", "child-of", f"{os.getpid()}@test"])
                        + len(payload).to_bytes(4, "little") + payload)
@@ -234,12 +237,19 @@ async def test_a_worker_from_the_bundle_registers_and_serves_on_a_bare_python(
         for file in files:
             assert file.startswith(exe.path + "/lib/"), files
         link.close("done")
+        await link.wait_closed()
     finally:
-        worker.stdin.close()  # The worker exits when its master's end of stdin closes.
-        returncode = await asyncio.wait_for(worker.wait(), 30)
-        server.close("done")
+        server.close("done")  # Closes the worker's link to its master: it exits, cleaning up.
         await server.wait_closed()
+        try:
+            returncode = await asyncio.wait_for(worker.wait(), 30)
+        finally:
+            worker.stdin.close()
+            if worker.returncode is None:
+                worker.kill()
+                await worker.wait()
     assert returncode == 0, (await worker.stderr.read()).decode()
+    assert os.listdir(scratch) == [], "the worker removed its socket directory"
 
 
 def msgspec_encode(config: object) -> bytes:
