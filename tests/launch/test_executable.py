@@ -14,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from collections.abc import Iterator
@@ -190,8 +191,16 @@ async def test_run_starts_rpc_parallel_from_the_bundle(
     assert b"usage: python -m rpc_parallel worker" in run.stderr
 
 
+@pytest.fixture
+def scratch() -> Iterator[Path]:
+    """A temporary directory with a short path (a Unix socket path must fit in 108 bytes)."""
+    path = Path(tempfile.mkdtemp(prefix="rp-exe-"))
+    yield path
+    shutil.rmtree(path)
+
+
 async def test_a_worker_from_the_bundle_registers_and_serves_on_a_bare_python(
-    bundle: Bundle, bare_python: str, tmp_path: Path
+    bundle: Bundle, bare_python: str, tmp_path: Path, scratch: Path
 ) -> None:
     """What a launcher does, here without ssh: boot input, then the worker's configuration
     (its sys.path: the bundle and the host's standard library, as the host reported), on one
@@ -216,8 +225,6 @@ async def test_a_worker_from_the_bundle_registers_and_serves_on_a_bare_python(
         init_arg=ENCODER.encode(7), shutdown_on="connection_closed",
         redirect_stderr=Redirect("forward"), umask=None, parent=f"{os.getpid()}@test")
     payload = msgspec_encode(config)
-    scratch = tmp_path / "worker-tmp"
-    scratch.mkdir()
     worker = await asyncio.create_subprocess_exec(
         *exe.python_argv(), stdin=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "PYTHONPATH": str(Path(rp.__file__).parent.parent),
