@@ -427,6 +427,34 @@ async def test_copy_verify_probe_and_delete_over_ssh(
     print(f"copy over ssh: {took:.2f} s")
 
 
+async def test_shell_noise_on_the_hosts_stdout_is_ignored(
+    bundle: Bundle, bare_python: str, tmp_path: Path
+) -> None:
+    """A login shell's rc file may print; only the bootstrap's answer lines count."""
+    noisy = tmp_path / "noisy-python"
+    noisy.write_text(f"#!/bin/sh\necho 'Welcome!'\necho 'RPBOOT1 not json'\nexec {bare_python} \"$@\"\n")
+    noisy.chmod(0o755)
+    exe = await copy(bundle, tmp_path / "bundles", str(noisy))
+    await exe.verify()
+    await exe.delete()
+
+
+def test_a_module_from_a_zip_archive_is_refused_by_name(tmp_path: Path) -> None:
+    archive = tmp_path / "modules.zip"
+    import zipfile
+
+    with zipfile.ZipFile(archive, "w") as zipped:
+        zipped.writestr("rp_exe_zipped.py", "X = 1\n")
+    sys.path.insert(0, str(archive))
+    try:
+        module = __import__("rp_exe_zipped")
+        with pytest.raises(rp.SpawnError, match=r"cannot ship module rp_exe_zipped: .*zip"):
+            _pack.pack([module], None)
+    finally:
+        sys.path.remove(str(archive))
+        sys.modules.pop("rp_exe_zipped", None)
+
+
 async def test_a_missing_python_is_a_spawn_error(bundle: Bundle, tmp_path: Path) -> None:
     with pytest.raises(rp.SpawnError, match=r"cannot run /nonexistent/python3 for host localhost"):
         await copy(bundle, tmp_path, "/nonexistent/python3")

@@ -171,8 +171,11 @@ def _select(modules: Iterable[ModuleType], installed: Mapping[str, metadata.Dist
         entry = _path_entry(file)
         if entry is None:
             raise SpawnError(f"cannot ship module {name}: {file} is on no sys.path entry")
-        first = os.path.relpath(file, entry).split(os.sep)[0]
-        selection.trees[top] = os.path.join(entry, first)
+        tree = os.path.join(entry, os.path.relpath(file, entry).split(os.sep)[0])
+        if not os.path.isfile(file) or not os.path.exists(tree):
+            raise SpawnError(f"cannot ship module {name}: {file} is not a file on disk "
+                             "(modules from zip archives or other loaders cannot be shipped)")
+        selection.trees[top] = tree
     return selection
 
 

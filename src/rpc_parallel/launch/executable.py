@@ -232,7 +232,7 @@ class RemoteExecutable:
             await process.stdin.drain()
             while line := await process.stdout.readline():
                 lines.append(line)
-                if line.startswith(_boot.ANSWER_PREFIX.encode()):
+                if _parse(line) is not None:
                     break
             if lines and _status(lines[-1]) == "send":
                 await _send_tar(bundle, process.stdin)
