@@ -11,7 +11,11 @@ A launcher spawns a worker in ONE ssh connection::
 
     argv = exe.target.argv(exe.python_argv())      # ssh ... host '<python> -I -S -B -c <stub>'
     stdin = exe.boot_input(["worker", name, "child-of", f"{pid}@{host}"])
-    # write stdin, then the worker's configuration messages, and keep stdin open.
+    # write stdin, then the worker's configuration (sys_path=exe.sys_path,
+    # main_path=exe.remote_file(main_path)), and keep stdin open for the worker's life.
+
+``exe.sys_path`` holds the standard library of ``exe.python`` as the host reported it; a
+launcher that runs another python there must ask that python for its own (``-I -S``).
 
 A refused bundle ends that process with ``EXIT_REFUSED`` and one ``rpc_parallel bundle:`` line on
 stderr; ``exe.spawn_failure(returncode, stderr)`` turns it into the ``rp.SpawnError``.
