@@ -406,6 +406,12 @@ async def test_copy_verify_probe_and_delete_over_ssh(
     assert exe.host == "127.0.0.1" and exe.path == str(directory / bundle.id)
     files = await exe.probe(["msgspec", "rpc_parallel", APP_MODULE])
     assert all(str(f).startswith(exe.path + "/lib/") for f in files.values()), files
+    start = time.perf_counter()
+    await asyncio.to_thread(subprocess.run, target.argv(["true"]), check=True, timeout=60)
+    ssh_true = time.perf_counter() - start
+    start = time.perf_counter()
+    await exe.verify()
+    print(f"over ssh: ssh true {ssh_true:.3f} s, verify {time.perf_counter() - start:.3f} s")
     # One ssh connection: verify, then run rpc_parallel's entry point from the bundle.
     run = await asyncio.to_thread(
         subprocess.run, target.argv(exe.python_argv()), input=exe.boot_input(["help"]),
