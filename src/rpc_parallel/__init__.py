@@ -48,6 +48,7 @@ from .errors import (
 )
 from .launch import DevNull, FileAppend, FileTruncate, Forward, Local, Remote, Wrap
 from .launch._process import WorkerProcess
+from .launch.executable import RemoteExecutable
 from .rpc import PipeReader, RpcSettings
 
 # isort: split
@@ -77,6 +78,7 @@ __all__ = [
     "ProtocolError",
     "Remote",
     "RemoteError",
+    "RemoteExecutable",
     "ReversePipe",
     "Rpc",
     "RpcSettings",
