@@ -33,12 +33,20 @@ from .spawn.process import WorkerProcess
 from .state import State
 from .worker import Connection, Worker, WorkerHandle
 
+
 # isort: split
 # ``rpc`` and ``state`` are also submodules of this package, and ``from .rpc import ...`` /
 # ``from .state import ...`` above bind the submodules under those names for type checkers
 # (pyright then sees ``rp.rpc`` as a module). Binding the decorators last makes ``rp.rpc`` and
 # ``rp.state`` the decorators for checkers, as they are at run time.
 from .functions import rpc, state
+
+# isort: split
+# The higher-level modules (DESIGN §6) are built on the public names above.
+from . import map_reduce
+from .managed import Managed
+from .map_reduce import MapFunction, MapReduceFunction
+from .pool._pool import WorkerPool
 
 
 # ``rp.rpc`` is the decorator (the contract's name) and shadows the ``rpc_parallel.rpc``
@@ -67,6 +75,9 @@ __all__ = [
     "HandshakeError",
     "Local",
     "LogRecord",
+    "Managed",
+    "MapFunction",
+    "MapReduceFunction",
     "MessageTooLarge",
     "OneWay",
     "Pipe",
@@ -84,9 +95,11 @@ __all__ = [
     "WorkerDied",
     "WorkerFailure",
     "WorkerHandle",
+    "WorkerPool",
     "WorkerProcess",
     "Wrap",
     "expert",
+    "map_reduce",
     "one_way",
     "pipe",
     "reverse_pipe",

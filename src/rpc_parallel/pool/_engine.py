@@ -1,0 +1,254 @@
+"""The map engine: reads inputs lazily, batches them, keeps every worker busy, retries the
+items of a worker that died, and yields each batch's encoded outputs as it completes.
+
+Memory is bounded: an input is read only when a worker has room for another batch (each worker
+has at most ``DEPTH`` batches in flight) and, for ordered results, only within a window ahead of
+the consumer. Batch sizes follow the measured cost of an item so one batch takes about
+``TARGET_SECONDS`` of worker time; an item whose encoding is ``LARGE_ITEM`` bytes or more
+travels alone. See docs/decisions/0012-map-reduce-batching.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import struct
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+from typing import Any
+
+import msgspec
+
+import rpc_parallel as rp
+
+from ._map_worker import BatchResult, MapWorker
+from ._pool import WorkerPool
+
+DEPTH = 2
+"""Batches in flight per worker: one running, one waiting in the worker, so a worker never
+idles for a round trip."""
+TARGET_SECONDS = 0.02
+MAX_BATCH = 8192
+MAX_BATCH_BYTES = 1 << 20
+LARGE_ITEM = 64 << 10
+
+_ENCODER = msgspec.msgpack.Encoder()
+
+
+def array_header(n: int) -> bytes:
+    """The msgpack header of an array of ``n`` elements (batches are joined by hand)."""
+    if n < 16:
+        return bytes((0x90 | n,))
+    if n < 1 << 16:
+        return b"\xdc" + struct.pack(">H", n)
+    return b"\xdd" + struct.pack(">I", n)
+
+
+class Batch:
+    """Consecutive inputs ``start .. start + len(items) - 1``, each already encoded."""
+
+    __slots__ = ("attempts", "items", "start")
+
+    def __init__(self, start: int, items: list[bytes]) -> None:
+        self.start = start
+        self.items = items
+        self.attempts = 0
+
+    def payload(self) -> bytes:
+        return array_header(len(self.items)) + b"".join(self.items)
+
+    def describe(self) -> str:
+        if len(self.items) == 1:
+            return f"input {self.start}"
+        return f"one of inputs {self.start}..{self.start + len(self.items) - 1}"
+
+
+class Inputs:
+    """An iterable or async iterable, read lazily and encoded item by item."""
+
+    def __init__(self, inputs: Iterable[Any] | AsyncIterable[Any], function: str) -> None:
+        self._sync = iter(inputs) if not isinstance(inputs, AsyncIterable) else None
+        self._async = aiter(inputs) if isinstance(inputs, AsyncIterable) else None
+        self._held: bytes | None = None
+        self._function = function
+        self.read = 0
+        self.exhausted = False
+
+    async def _next(self) -> bytes | None:
+        if self._held is not None:
+            item, self._held = self._held, None
+            return item
+        try:
+            x = next(self._sync) if self._sync is not None else await anext(self._async)  # type: ignore[arg-type]
+        except (StopIteration, StopAsyncIteration):
+            self.exhausted = True
+            return None
+        try:
+            encoded = _ENCODER.encode(x)
+        except TypeError as error:
+            raise rp.ProtocolError(
+                f"{self._function}: input {self.read}: cannot be encoded: {error}"
+            ) from None
+        self.read += 1
+        return encoded
+
+    async def take(self, count: int, limit: int) -> Batch | None:
+        """Up to ``count`` inputs (no index at or beyond ``limit``), a large one alone."""
+        start = self.read - (1 if self._held is not None else 0)
+        items: list[bytes] = []
+        size = 0
+        while len(items) < count and start + len(items) < limit and not self.exhausted:
+            item = await self._next()
+            if item is None:
+                break
+            if items and (len(item) >= LARGE_ITEM or size + len(item) > MAX_BATCH_BYTES):
+                self._held = item
+                break
+            items.append(item)
+            size += len(item)
+            if len(item) >= LARGE_ITEM:
+                break
+        return Batch(start, items) if items else None
+
+    async def aclose(self) -> None:
+        closer = getattr(self._async if self._async is not None else self._sync, "aclose", None)
+        if closer is not None:
+            with contextlib.suppress(Exception):
+                await closer()
+
+
+class Engine:
+    """Runs batches of one map over a pool of ``MapWorker``; see the module docstring."""
+
+    def __init__(self, pool: WorkerPool[MapWorker], inputs: Inputs, *, function: str,
+                 retries: int, reduce: bool,
+                 window: Callable[[], int | None] | None = None) -> None:
+        self.pool = pool
+        self.inputs = inputs
+        self.function = function
+        self.retries = retries
+        self.reduce = reduce
+        self.window = window
+        self.cost: float | None = None  # seconds per item, measured by the workers
+        self.retry: collections.deque[Batch] = collections.deque()
+        self.flight: dict[asyncio.Future[BatchResult], tuple[Batch, rp.WorkerHandle[MapWorker]]] = {}
+        self.queues: dict[int, collections.deque[Batch]] = {}
+
+    def batch_size(self) -> int:
+        if self.cost is None:
+            return 1
+        return max(1, min(MAX_BATCH, int(TARGET_SECONDS / max(self.cost, 1e-7))))
+
+    def window_size(self) -> int:
+        """How far ahead of the consumer ordered results may be computed."""
+        return max(64, 4 * DEPTH * max(1, len(self.pool)) * self.batch_size())
+
+    async def run(self) -> AsyncIterator[tuple[Batch, BatchResult]]:
+        """Yields ``(batch, result)`` of each batch as it completes (completion order)."""
+        while True:
+            await self._dispatch()
+            if not self.flight:
+                return
+            done, _ = await asyncio.wait(self.flight, return_when=asyncio.FIRST_COMPLETED)
+            for future in sorted(done, key=lambda f: self.flight[f][0].start):
+                if future not in self.flight:
+                    continue  # resent already: its worker died while handling another
+                batch, handle = self.flight.pop(future)
+                queue = self._queue(handle)
+                running = list(queue)
+                queue.remove(batch)
+                error = future.exception()
+                if error is None:
+                    result = future.result()
+                    self._measure(batch, result)
+                    if result.failed is not None:
+                        await self._raise_failure(batch, result, handle)
+                    yield batch, result
+                elif isinstance(error, rp.WorkerDied):
+                    await self._worker_died(handle, running, error)
+                else:
+                    raise error
+
+    def _queue(self, handle: rp.WorkerHandle[MapWorker]) -> collections.deque[Batch]:
+        return self.queues.setdefault(id(handle), collections.deque())
+
+    async def _dispatch(self) -> None:
+        """Send batches while some worker has room (retries first, then new inputs)."""
+        while True:
+            handle = min(self.pool.workers, key=lambda h: len(self._queue(h)))
+            if len(self._queue(handle)) >= DEPTH:
+                return
+            batch = self.retry.popleft() if self.retry else await self._next_batch()
+            if batch is None:
+                return
+            future = handle.submit(MapWorker.map_batch, batch.payload(), self.reduce)
+            self.flight[future] = (batch, handle)
+            self._queue(handle).append(batch)
+
+    async def _next_batch(self) -> Batch | None:
+        if self.inputs.exhausted:
+            return None
+        limit = self.window() if self.window is not None else None
+        return await self.inputs.take(self.batch_size(), limit if limit is not None else 1 << 62)
+
+    def _measure(self, batch: Batch, result: BatchResult) -> None:
+        done = len(batch.items) if result.failed is None else result.failed + 1
+        per_item = result.seconds / max(1, done)
+        self.cost = per_item if self.cost is None else 0.7 * self.cost + 0.3 * per_item
+
+    async def _raise_failure(self, batch: Batch, result: BatchResult,
+                             handle: rp.WorkerHandle[MapWorker]) -> None:
+        """Raise what made input ``batch.start + result.failed`` fail, with its ``index``."""
+        assert result.failed is not None
+        index = batch.start + result.failed
+        if result.bad_input is not None:
+            refused = rp.ProtocolError(
+                f"{self.function}: input {index} is not of the function's input type: "
+                f"{result.bad_input}"
+            )
+            refused.index = index  # type: ignore[attr-defined]
+            raise refused
+        try:
+            await handle.run(MapWorker.raise_failure, result.token)
+        except rp.RemoteError as error:
+            error.index = index  # type: ignore[attr-defined]
+            error.add_note(f"rpc_parallel.map_reduce: raised for input {index}")
+            raise
+        raise rp.ProtocolError(f"{self.function}: input {index} failed, error lost")
+
+    async def _worker_died(self, handle: rp.WorkerHandle[MapWorker],
+                           running: list[Batch], error: rp.WorkerDied) -> None:
+        """``running`` are the dead worker's batches in the order they were sent: the first
+        was running (a worker maps one batch at a time), so it is charged an attempt and
+        retried item by item (a second death then names the exact input); the others waited
+        behind it and are resent unchanged. The worker is replaced."""
+        for future, (_, owner) in list(self.flight.items()):
+            if owner is handle:
+                future.cancel()
+                del self.flight[future]
+        self._queue(handle).clear()
+        suspect, waiting = running[0], running[1:]
+        self.retry.extend(waiting)
+        suspect.attempts += 1
+        if suspect.attempts > self.retries:
+            died = rp.WorkerDied(
+                f"{self.function}: {suspect.describe()}: the worker died "
+                f"{suspect.attempts} time(s) (retries={self.retries}): {error.reason}",
+                worker=error.worker, function=self.function, exit_code=error.exit_code,
+                signal=error.signal, stderr_tail=error.stderr_tail,
+            )
+            died.index = suspect.start  # type: ignore[attr-defined]
+            raise died
+        for offset, item in enumerate(suspect.items):
+            single = Batch(suspect.start + offset, [item])
+            single.attempts = suspect.attempts
+            self.retry.append(single)
+        self.retry = collections.deque(sorted(self.retry, key=lambda b: b.start))
+        if handle in self.pool.workers:
+            await self.pool._replace(handle)
+
+    async def close(self) -> None:
+        for future in self.flight:
+            future.cancel()
+        self.flight.clear()
+        await self.inputs.aclose()
