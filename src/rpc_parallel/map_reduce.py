@@ -416,6 +416,9 @@ async def map_reduce(
 async def _reduce(config: Config, inputs: Iterable[Any] | AsyncIterable[Any],
                   function: type[MapReduceFunction[Any, Any, Any]], param: Any, retries: int,
                   progress: bool, *, ordered: bool) -> Any:
+    if not (isinstance(function, type) and issubclass(function, MapReduceFunction)):
+        raise TypeError(f"map_reduce needs a subclass of rp.MapReduceFunction (with combine), "
+                        f"got {function!r}")
     async with _Run(config, function, param, inputs, retries=retries, progress=progress,
                     reduce=True) as run:
         reducer = _Reducer(run, ordered)
@@ -463,6 +466,9 @@ class _Reducer:
             try:
                 acc = future.result()
             except RemoteError as error:
+                error.function = f"{self.run.name}.combine"
+                error.args = (f"{error.function} raised {error.remote_type}: "
+                              f"{error.remote_message}",)
                 error.index = b  # type: ignore[attr-defined]
                 error.add_note(f"rpc_parallel.map_reduce: raised combining the accumulators "
                                f"of inputs {a}..{b - 1} and {b}..{end - 1}")

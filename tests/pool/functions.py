@@ -139,3 +139,27 @@ class Adder(rp.Worker[int]):
     async def count(self, n: int):  # type: ignore[no-untyped-def]
         for i in range(n):
             yield i + self.offset
+
+
+class FirstSlow(rp.MapFunction[None, int, int]):
+    """Input 0 takes half a second, the others are instant."""
+
+    async def map(self, x: int) -> int:
+        if x == 0:
+            await asyncio.sleep(0.5)
+        return x * 10
+
+
+class Busy(rp.MapFunction[None, int, int]):
+    """About 5 ms of CPU per input."""
+
+    def map(self, x: int) -> int:
+        end = time.perf_counter() + 0.005
+        while time.perf_counter() < end:
+            pass
+        return x
+
+
+class Blob(rp.MapFunction[None, bytes, int]):
+    async def map(self, x: bytes) -> int:
+        return len(x)

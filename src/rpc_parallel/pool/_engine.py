@@ -117,6 +117,17 @@ class Inputs:
                 await closer()
 
 
+def forget(future: asyncio.Future[Any]) -> None:
+    """Drop a call's future: cancel it, and never warn about its exception (the call's
+    outcome no longer matters: it is being resent, or the map is over)."""
+    if future.done():
+        if not future.cancelled():
+            future.exception()
+    else:
+        future.cancel()
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+
 class Engine:
     """Runs batches of one map over a pool of ``MapWorker``; see the module docstring."""
 
@@ -211,6 +222,10 @@ class Engine:
         try:
             await handle.run(MapWorker.raise_failure, result.token)
         except rp.RemoteError as error:
+            # Name the user's function, not the worker's ``raise_failure``.
+            error.function = f"{self.function}.{result.stage}"
+            error.args = (f"{error.function} raised {error.remote_type}: "
+                          f"{error.remote_message}",)
             error.index = index  # type: ignore[attr-defined]
             error.add_note(f"rpc_parallel.map_reduce: raised for input {index}")
             raise
@@ -224,7 +239,7 @@ class Engine:
         behind it and are resent unchanged. The worker is replaced."""
         for future, (_, owner) in list(self.flight.items()):
             if owner is handle:
-                future.cancel()
+                forget(future)
                 del self.flight[future]
         self._queue(handle).clear()
         suspect, waiting = running[0], running[1:]
@@ -238,6 +253,7 @@ class Engine:
                 signal=error.signal, stderr_tail=error.stderr_tail,
             )
             died.index = suspect.start  # type: ignore[attr-defined]
+            died.indices = range(suspect.start, suspect.start + len(suspect.items))  # type: ignore[attr-defined]
             raise died
         for offset, item in enumerate(suspect.items):
             single = Batch(suspect.start + offset, [item])
@@ -249,6 +265,6 @@ class Engine:
 
     async def close(self) -> None:
         for future in self.flight:
-            future.cancel()
+            forget(future)
         self.flight.clear()
         await self.inputs.aclose()

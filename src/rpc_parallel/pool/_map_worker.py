@@ -37,7 +37,8 @@ class MapSpec(msgspec.Struct, frozen=True):
 class BatchResult(msgspec.Struct, frozen=True):
     """The outcome of one batch: encoded outputs of its first items, and where it failed.
 
-    ``failed`` is the offset in the batch of the item whose map raised (its exception is kept
+    ``failed`` is the offset in the batch of the item whose ``map`` (or, folding a batch for
+    a reduce, whose ``combine`` with what precedes it: ``stage``) raised (its exception is kept
     in the worker under ``token`` and re-raised by ``raise_failure`` so the caller gets the
     original type and traceback), or None. ``bad_input`` is set instead when an item did not
     decode as the function's input type. ``seconds`` is the time spent mapping.
@@ -48,6 +49,7 @@ class BatchResult(msgspec.Struct, frozen=True):
     failed: int | None = None
     token: int = 0
     bad_input: str | None = None
+    stage: str = "map"
 
 
 def load_main(path: str) -> Any:
@@ -132,12 +134,15 @@ class MapWorker(rp.Worker[MapSpec]):
                 return self._bad_input(outputs, acc, reduce, offset, error, start)
             try:
                 y = await self.function.map(x)
-                if reduce:
-                    acc = y if offset == 0 else await self._combine_async(acc, y)
-                else:
-                    outputs.append(y)
             except Exception as error:
-                return self._failed(outputs, acc, reduce, offset, error, start)
+                return self._failed(outputs, acc, reduce, offset, error, start, "map")
+            if not reduce:
+                outputs.append(y)
+                continue
+            try:
+                acc = y if offset == 0 else await self._combine_async(acc, y)
+            except Exception as error:
+                return self._failed(outputs, acc, reduce, offset, error, start, "combine")
         return self._done(outputs, acc, reduce, start)
 
     async def _combine_async(self, a: Any, b: Any) -> Any:
@@ -156,12 +161,15 @@ class MapWorker(rp.Worker[MapSpec]):
                 return self._bad_input(outputs, acc, reduce, offset, error, start)
             try:
                 y = function.map(x)
-                if reduce:
-                    acc = y if offset == 0 else function.combine(acc, y)
-                else:
-                    outputs.append(y)
             except Exception as error:
-                return self._failed(outputs, acc, reduce, offset, error, start)
+                return self._failed(outputs, acc, reduce, offset, error, start, "map")
+            if not reduce:
+                outputs.append(y)
+                continue
+            try:
+                acc = y if offset == 0 else function.combine(acc, y)
+            except Exception as error:
+                return self._failed(outputs, acc, reduce, offset, error, start, "combine")
         return self._done(outputs, acc, reduce, start)
 
     def _done(self, outputs: list[Any], acc: Any, reduce: bool, start: float) -> BatchResult:
@@ -169,16 +177,16 @@ class MapWorker(rp.Worker[MapSpec]):
         return BatchResult(encoded, time.perf_counter() - start)
 
     def _failed(self, outputs: list[Any], acc: Any, reduce: bool, offset: int,
-                error: BaseException, start: float) -> BatchResult:
+                error: BaseException, start: float, stage: str) -> BatchResult:
         self.next_token += 1
         self.failures[self.next_token] = error
-        result = self._done(outputs, acc, reduce, start)
-        return BatchResult(result.outputs, result.seconds, failed=offset, token=self.next_token)
+        return BatchResult(b"", time.perf_counter() - start, failed=offset,
+                           token=self.next_token, stage=stage)
 
     def _bad_input(self, outputs: list[Any], acc: Any, reduce: bool, offset: int,
                    error: msgspec.ValidationError, start: float) -> BatchResult:
-        result = self._done(outputs, acc, reduce, start)
-        return BatchResult(result.outputs, result.seconds, failed=offset, bad_input=str(error))
+        return BatchResult(b"", time.perf_counter() - start, failed=offset,
+                           bad_input=str(error))
 
     @rp.rpc
     async def raise_failure(self, token: int) -> None:
