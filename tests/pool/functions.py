@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import rpc_parallel as rp
@@ -136,7 +137,7 @@ class Adder(rp.Worker[int]):
         os._exit(5)
 
     @rp.pipe
-    async def count(self, n: int):  # type: ignore[no-untyped-def]
+    async def count(self, n: int) -> AsyncIterator[int]:
         for i in range(n):
             yield i + self.offset
 
