@@ -33,7 +33,6 @@ from .spawn.process import WorkerProcess
 from .state import State
 from .worker import Connection, Worker, WorkerHandle
 
-
 # isort: split
 # ``rpc`` and ``state`` are also submodules of this package, and ``from .rpc import ...`` /
 # ``from .state import ...`` above bind the submodules under those names for type checkers

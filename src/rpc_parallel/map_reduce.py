@@ -18,10 +18,19 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import itertools
 import os
 import re
 import sys
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    Awaitable,
+    Callable,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -60,7 +69,7 @@ class MapFunction(Generic[Param, In, Out]):
     be defined at module top level so workers can import it.
     """
 
-    def init(self, param: Param) -> None | Awaitable[None]:
+    def init(self, param: Param) -> Awaitable[None] | None:
         """Runs once per worker with the map's ``param`` (optional)."""
         return None
 
@@ -303,7 +312,7 @@ class _Run:
             if self.progress is not None:
                 self.progress.close()
 
-    async def batches(self) -> AsyncIterator[tuple[Batch, BatchResult]]:
+    async def batches(self) -> AsyncGenerator[tuple[Batch, BatchResult], None]:
         async with contextlib.aclosing(self.engine.run()) as results:
             async for batch, result in results:
                 if self.progress is not None:
@@ -312,7 +321,8 @@ class _Run:
 
     def decode_outputs(self, batch: Batch, result: BatchResult) -> list[Any]:
         try:
-            return self.outputs.decode(result.outputs)
+            outputs: list[Any] = self.outputs.decode(result.outputs)
+            return outputs
         except msgspec.ValidationError as error:
             raise ProtocolError(
                 f"{self.name}: the output of {batch.describe()} is not of the declared "
@@ -331,7 +341,7 @@ async def map_unordered(
     *,
     retries: int = 1,
     progress: bool = False,
-) -> AsyncIterator[tuple[int, Out]]:
+) -> AsyncGenerator[tuple[int, Out], None]:
     """``(index, output)`` for every input, in completion order."""
     async with _Run(config, function, param, inputs, retries=retries, progress=progress,
                     reduce=False) as run, contextlib.aclosing(run.batches()) as batches:
@@ -348,7 +358,7 @@ async def map(
     *,
     retries: int = 1,
     progress: bool = False,
-) -> AsyncIterator[Out]:
+) -> AsyncGenerator[Out, None]:
     """The output of every input, in input order (computed ahead of the consumer only
     within a bounded window)."""
     async with _Run(config, function, param, inputs, retries=retries, progress=progress,
@@ -396,7 +406,9 @@ async def map_reduce_commutative(
     progress: bool = False,
 ) -> Acc | None:
     """``combine`` of every input's ``map``, in any order (None for no inputs)."""
-    return await _reduce(config, inputs, function, param, retries, progress, ordered=False)
+    result: Acc | None = await _reduce(config, inputs, function, param, retries, progress,
+                                       ordered=False)
+    return result
 
 
 async def map_reduce(
@@ -410,7 +422,9 @@ async def map_reduce(
 ) -> Acc | None:
     """``combine`` of every input's ``map``, combining only neighbours so input order is
     kept (``combine`` need not be commutative); None for no inputs."""
-    return await _reduce(config, inputs, function, param, retries, progress, ordered=True)
+    result: Acc | None = await _reduce(config, inputs, function, param, retries, progress,
+                                       ordered=True)
+    return result
 
 
 async def _reduce(config: Config, inputs: Iterable[Any] | AsyncIterable[Any],
@@ -446,7 +460,7 @@ class _Reducer:
     def _pair(self) -> None:
         starts = sorted(self.ready)
         if self.ordered:
-            pairs = [(a, b) for a, b in zip(starts, starts[1:], strict=False)
+            pairs = [(a, b) for a, b in itertools.pairwise(starts)
                      if self.ready[a][0] == b]
         else:
             pairs = list(zip(starts[::2], starts[1::2], strict=False))

@@ -158,16 +158,16 @@ async def test_an_exception_in_combine_is_a_remote_error() -> None:
 
 async def test_wrong_input_param_and_output_types_are_protocol_errors() -> None:
     with pytest.raises(rp.ProtocolError, match=r"AddOne.*input 2") as caught:
-        async for _ in mr.map(TWO, [1, 2, "three", 4], AddOne, None):  # type: ignore[list-item]
+        async for _ in mr.map(TWO, [1, 2, "three", 4], AddOne, None):  # type: ignore[misc]
             pass
     assert caught.value.index == 2  # type: ignore[attr-defined]
     with pytest.raises(rp.ProtocolError, match="Offset: param"):
-        async for _ in mr.map(TWO, [1], Offset, "not an int"):  # type: ignore[arg-type]
+        async for _ in mr.map(TWO, [1], Offset, "not an int"):  # type: ignore[misc]
             pass
-    with pytest.raises(rp.ProtocolError, match="WrongOutput.*output"):
+    with pytest.raises(rp.ProtocolError, match=r"WrongOutput.*output"):
         async for _ in mr.map(TWO, [1], WrongOutput, None):
             pass
-    with pytest.raises(TypeError, match="needs a subclass of rp.MapReduceFunction"):
+    with pytest.raises(TypeError, match=r"needs a subclass of rp\.MapReduceFunction"):
         await mr.map_reduce(TWO, [1], AddOne, None)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="top level"):
         class Local(rp.MapFunction[None, int, int]):
@@ -263,7 +263,7 @@ def test_config_defaults_to_the_usable_cores_and_refuses_bad_values() -> None:
     assert all(o["redirect_stderr"] == rp.DevNull() for o in options)
     for bad in ({"local": -1}, {"local": "2"}, {"local": 0}, {"remote": [(rp.Local(), -1)]}):
         with pytest.raises(ValueError, match="Config"):
-            mr.Config(**bad)  # type: ignore[arg-type]
+            mr.Config(**bad)
 
 
 def test_config_from_slurm_reads_the_allocation() -> None:

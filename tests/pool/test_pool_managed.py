@@ -42,7 +42,7 @@ async def test_pool_refuses_bad_sizes_and_a_failed_spawn_leaves_nothing() -> Non
     with pytest.raises(ValueError, match="positive"):
         rp.WorkerPool(Adder, 1, 0)
     with pytest.raises(rp.ProtocolError):
-        async with rp.WorkerPool(Adder, "not an int", 2):  # type: ignore[arg-type]
+        async with rp.WorkerPool(Adder, "not an int", 2):  # type: ignore[misc]
             pass
     assert not worker_pids()
 

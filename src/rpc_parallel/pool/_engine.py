@@ -14,7 +14,7 @@ import asyncio
 import collections
 import contextlib
 import struct
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterable
 from typing import Any
 
 import msgspec
@@ -154,7 +154,7 @@ class Engine:
         """How far ahead of the consumer ordered results may be computed."""
         return max(64, 4 * DEPTH * max(1, len(self.pool)) * self.batch_size())
 
-    async def run(self) -> AsyncIterator[tuple[Batch, BatchResult]]:
+    async def run(self) -> AsyncGenerator[tuple[Batch, BatchResult], None]:
         """Yields ``(batch, result)`` of each batch as it completes (completion order)."""
         while True:
             await self._dispatch()

@@ -29,7 +29,7 @@ class Progress:
         self.bar: Any = None
         if sys.stderr is not None and sys.stderr.isatty():
             try:
-                import tqdm  # type: ignore[import-not-found, unused-ignore]
+                import tqdm  # type: ignore[import-not-found, import-untyped, unused-ignore]
             except ImportError:
                 pass
             else:
