@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import itertools
 import struct
 from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterable
 from typing import Any
@@ -64,47 +65,68 @@ class Batch:
 
 
 class Inputs:
-    """An iterable or async iterable, read lazily and encoded item by item."""
+    """An iterable or async iterable, read lazily (only as far as asked) and encoded."""
 
     def __init__(self, inputs: Iterable[Any] | AsyncIterable[Any], function: str) -> None:
         self._sync = iter(inputs) if not isinstance(inputs, AsyncIterable) else None
         self._async = aiter(inputs) if isinstance(inputs, AsyncIterable) else None
-        self._held: bytes | None = None
+        self._pending: collections.deque[bytes] = collections.deque()  # read, not yet taken
         self._function = function
-        self.read = 0
+        self.read = 0  # how many inputs have been read from the source
         self.exhausted = False
 
-    async def _next(self) -> bytes | None:
-        if self._held is not None:
-            item, self._held = self._held, None
-            return item
-        try:
-            x = next(self._sync) if self._sync is not None else await anext(self._async)  # type: ignore[arg-type]
-        except (StopIteration, StopAsyncIteration):
+    @property
+    def position(self) -> int:
+        """The index of the next input a batch will start with."""
+        return self.read - len(self._pending)
+
+    async def _pull(self, count: int) -> None:
+        """Read up to ``count`` more inputs from the source, encoding each one."""
+        if self._sync is not None:
+            values = list(itertools.islice(self._sync, count))
+        else:
+            assert self._async is not None
+            values = []
+            for _ in range(count):
+                try:
+                    values.append(await anext(self._async))
+                except StopAsyncIteration:
+                    break
+        if len(values) < count:
             self.exhausted = True
-            return None
+        encode = _ENCODER.encode
         try:
-            encoded = _ENCODER.encode(x)
-        except TypeError as error:
-            raise rp.ProtocolError(
-                f"{self._function}: input {self.read}: cannot be encoded: {error}"
-            ) from None
-        self.read += 1
-        return encoded
+            encoded = [encode(x) for x in values]
+        except TypeError:
+            for offset, x in enumerate(values):
+                try:
+                    encode(x)
+                except TypeError as error:
+                    raise rp.ProtocolError(
+                        f"{self._function}: input {self.read + offset} cannot be encoded: "
+                        f"{error}"
+                    ) from None
+            raise
+        self._pending.extend(encoded)
+        self.read += len(encoded)
 
     async def take(self, count: int, limit: int) -> Batch | None:
-        """Up to ``count`` inputs (no index at or beyond ``limit``), a large one alone."""
-        start = self.read - (1 if self._held is not None else 0)
+        """The next batch: up to ``count`` inputs, none at or beyond index ``limit``, at most
+        ``MAX_BATCH_BYTES``; an input of ``LARGE_ITEM`` bytes or more travels alone."""
+        start = self.position
+        count = min(count, limit - start)
+        if count <= 0:
+            return None
+        if len(self._pending) < count and not self.exhausted:
+            await self._pull(count - len(self._pending))
+        pending = self._pending
         items: list[bytes] = []
         size = 0
-        while len(items) < count and start + len(items) < limit and not self.exhausted:
-            item = await self._next()
-            if item is None:
-                break
+        while pending and len(items) < count:
+            item = pending[0]
             if items and (len(item) >= LARGE_ITEM or size + len(item) > MAX_BATCH_BYTES):
-                self._held = item
                 break
-            items.append(item)
+            items.append(pending.popleft())
             size += len(item)
             if len(item) >= LARGE_ITEM:
                 break
@@ -197,8 +219,6 @@ class Engine:
             self._queue(handle).append(batch)
 
     async def _next_batch(self) -> Batch | None:
-        if self.inputs.exhausted:
-            return None
         limit = self.window() if self.window is not None else None
         return await self.inputs.take(self.batch_size(), limit if limit is not None else 1 << 62)
 
