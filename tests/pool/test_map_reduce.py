@@ -13,7 +13,7 @@ import pytest
 import rpc_parallel as rp
 from rpc_parallel import map_reduce as mr
 
-from ..workers.support import bounded, children, cmdline_bytes, wait_until
+from ..workers.support import bounded, children, cmdline_bytes, wait_until, zombie_children
 from .functions import (
     AddOne,
     Blob,
@@ -48,7 +48,9 @@ def worker_pids() -> list[int]:
 
 
 async def no_workers(within: float = 10.0) -> float:
-    return await wait_until(lambda: not worker_pids(), within, "every map worker to exit")
+    """Wait until every worker has exited and been reaped (no zombie either)."""
+    return await wait_until(lambda: not worker_pids() and not zombie_children(), within,
+                            "every map worker to exit and be reaped")
 
 
 class Counting:

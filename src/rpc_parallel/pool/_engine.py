@@ -70,7 +70,7 @@ class Inputs:
     def __init__(self, inputs: Iterable[Any] | AsyncIterable[Any], function: str) -> None:
         self._sync = iter(inputs) if not isinstance(inputs, AsyncIterable) else None
         self._async = aiter(inputs) if isinstance(inputs, AsyncIterable) else None
-        self._pending: collections.deque[bytes] = collections.deque()  # read, not yet taken
+        self._pending: list[bytes] = []  # read and encoded, not yet in a batch
         self._function = function
         self.read = 0  # how many inputs have been read from the source
         self.exhausted = False
@@ -120,16 +120,18 @@ class Inputs:
         if len(self._pending) < count and not self.exhausted:
             await self._pull(count - len(self._pending))
         pending = self._pending
-        items: list[bytes] = []
-        size = 0
-        while pending and len(items) < count:
-            item = pending[0]
-            if items and (len(item) >= LARGE_ITEM or size + len(item) > MAX_BATCH_BYTES):
-                break
-            items.append(pending.popleft())
-            size += len(item)
-            if len(item) >= LARGE_ITEM:
-                break
+        items = pending[:count]
+        sizes = [len(item) for item in items]
+        if items and (max(sizes) >= LARGE_ITEM or sum(sizes) > MAX_BATCH_BYTES):
+            taken, total = 0, 0  # cut before a large item, or after it when it is first
+            while taken < len(items) and total + sizes[taken] <= MAX_BATCH_BYTES:
+                if sizes[taken] >= LARGE_ITEM:
+                    taken += taken == 0
+                    break
+                total += sizes[taken]
+                taken += 1
+            items = items[: max(1, taken)]
+        del pending[: len(items)]
         return Batch(start, items) if items else None
 
     async def aclose(self) -> None:

@@ -100,6 +100,7 @@ class MapWorker(rp.Worker[MapSpec]):
         self.in_decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(in_type)
         self.acc_decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(out_type)
         self.raw_list = msgspec.msgpack.Decoder(list[msgspec.Raw])
+        self.in_list: msgspec.msgpack.Decoder[list[Any]] = msgspec.msgpack.Decoder(list[in_type])  # type: ignore[valid-type]
         self.failures: dict[int, BaseException] = {}
         self.lock = asyncio.Lock()
         self.next_token = 0
@@ -117,21 +118,29 @@ class MapWorker(rp.Worker[MapSpec]):
     async def map_batch(self, payload: bytes, reduce: bool) -> BatchResult:
         """Map every item of the batch (in order); with ``reduce``, fold the outputs with
         ``combine`` (neighbours only) and return the one accumulator."""
-        items = self.raw_list.decode(payload)
+        try:
+            items = self.in_list.decode(payload)
+        except msgspec.ValidationError:
+            return self._find_bad_input(payload)
         async with self.lock:  # one batch at a time: they share the function object
             if self.map_is_async:
                 return await self._map_async(items, reduce)
             return await asyncio.to_thread(self._map_sync, items, reduce)
 
-    async def _map_async(self, items: list[msgspec.Raw], reduce: bool) -> BatchResult:
+    def _find_bad_input(self, payload: bytes) -> BatchResult:
+        """The batch did not decode as ``list[In]``: name the first input that does not."""
+        for offset, raw in enumerate(self.raw_list.decode(payload)):
+            try:
+                self.in_decoder.decode(raw)
+            except msgspec.ValidationError as error:
+                return BatchResult(b"", 0.0, failed=offset, bad_input=str(error))
+        raise ValueError("a batch of inputs did not decode, but each of its inputs does")
+
+    async def _map_async(self, items: list[Any], reduce: bool) -> BatchResult:
         start = time.perf_counter()
         outputs: list[Any] = []
         acc: Any = None
-        for offset, raw in enumerate(items):
-            try:
-                x = self.in_decoder.decode(raw)
-            except msgspec.ValidationError as error:
-                return self._bad_input(outputs, acc, reduce, offset, error, start)
+        for offset, x in enumerate(items):
             try:
                 y = await self.function.map(x)
             except Exception as error:
@@ -149,16 +158,12 @@ class MapWorker(rp.Worker[MapSpec]):
         result = self.function.combine(a, b)
         return await result if inspect.isawaitable(result) else result
 
-    def _map_sync(self, items: list[msgspec.Raw], reduce: bool) -> BatchResult:
+    def _map_sync(self, items: list[Any], reduce: bool) -> BatchResult:
         start = time.perf_counter()
         outputs: list[Any] = []
         acc: Any = None
         function = self.function
-        for offset, raw in enumerate(items):
-            try:
-                x = self.in_decoder.decode(raw)
-            except msgspec.ValidationError as error:
-                return self._bad_input(outputs, acc, reduce, offset, error, start)
+        for offset, x in enumerate(items):
             try:
                 y = function.map(x)
             except Exception as error:
@@ -182,11 +187,6 @@ class MapWorker(rp.Worker[MapSpec]):
         self.failures[self.next_token] = error
         return BatchResult(b"", time.perf_counter() - start, failed=offset,
                            token=self.next_token, stage=stage)
-
-    def _bad_input(self, outputs: list[Any], acc: Any, reduce: bool, offset: int,
-                   error: msgspec.ValidationError, start: float) -> BatchResult:
-        return BatchResult(b"", time.perf_counter() - start, failed=offset,
-                           bad_input=str(error))
 
     @rp.rpc
     async def raise_failure(self, token: int) -> None:
