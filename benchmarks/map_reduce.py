@@ -7,7 +7,7 @@ rp figures including the spawn of its workers, the others' pools started beforeh
 
 - tiny: 100k items ``x + 1`` — rp.map_reduce.map vs ``multiprocessing.Pool.map`` (its default
   chunking), ``Pool.imap`` (default chunksize 1) and ``ProcessPoolExecutor.map`` with a tuned
-  chunksize (items / (4 × workers));
+  chunksize (items / (4 * workers));
 - cpu: 2,000 items of ~5 ms CPU each — wall vs the ideal: the same items' serial time in this
   process ÷ workers;
 - find: find_map whose hit is the 10th of 1 million items — seconds to return;
@@ -79,7 +79,10 @@ def tiny(config: rp.map_reduce.Config, workers: int, n: int) -> dict[str, float]
     items = list(range(n))
     expected = [x + 1 for x in items]
     rp_s = asyncio.run(rp_map_seconds(config, items))
+    start = time.perf_counter()
     with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        assert pool.map(inc, items) == expected
+        pool_cold = time.perf_counter() - start  # start included, like rp's figure
         pool.map(inc, range(workers * 4))  # started and warm
         pool_map = timed(lambda: pool.map(inc, items) == expected or _fail("Pool.map"))
         pool_imap = timed(lambda: list(pool.imap(inc, items)) == expected or _fail("imap"))
@@ -89,7 +92,8 @@ def tiny(config: rp.map_reduce.Config, workers: int, n: int) -> dict[str, float]
         list(executor.map(inc, range(workers * 4)))
         executor_s = timed(lambda: list(executor.map(inc, items, chunksize=chunk)) == expected
                            or _fail("executor"))
-    return {"rp_map_s": rp_s, "pool_map_s": pool_map, "pool_imap_s": pool_imap,
+    return {"rp_map_s": rp_s, "pool_start_and_map_s": pool_cold,
+            "vs_pool_start_and_map": pool_cold / rp_s, "pool_map_s": pool_map, "pool_imap_s": pool_imap,
             "executor_map_s": executor_s, "vs_pool_map": pool_map / rp_s,
             "vs_pool_imap": pool_imap / rp_s, "vs_executor": executor_s / rp_s}
 
