@@ -32,16 +32,19 @@ from collections.abc import (
     Sequence,
 )
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import msgspec
 
-from .errors import ProtocolError, RemoteError
+from .errors import ProtocolError, RemoteError, WorkerDied
 from .pool._engine import Batch, Engine, Inputs
 from .pool._map_worker import BatchResult, MapSpec, MapWorker, type_arguments
 from .pool._pool import WorkerPool
 from .pool._progress import Progress, length_of
 from .spawn import Forward, Redirection
+
+if TYPE_CHECKING:
+    from rpc_parallel import WorkerHandle
 
 Param = TypeVar("Param")
 In = TypeVar("In")
@@ -435,23 +438,26 @@ async def _reduce(config: Config, inputs: Iterable[Any] | AsyncIterable[Any],
                         f"got {function!r}")
     async with _Run(config, function, param, inputs, retries=retries, progress=progress,
                     reduce=True) as run:
-        reducer = _Reducer(run, ordered)
+        reducer = _Reducer(run, ordered, retries)
         async with contextlib.aclosing(run.batches()) as batches:
             async for batch, result in batches:
                 reducer.add(batch.start, batch.start + len(batch.items), result.outputs)
-                reducer.collect()
+                await reducer.collect()
         return await reducer.finish()
 
 
 class _Reducer:
     """Accumulators of input ranges ``[start, end)``, combined on the workers: with
-    ``ordered``, only adjacent ranges (left first); otherwise any two."""
+    ``ordered``, only adjacent ranges (left first); otherwise any two. A combine whose
+    worker died is sent again (its worker replaced), at most ``retries + 1`` times."""
 
-    def __init__(self, run: _Run, ordered: bool) -> None:
+    def __init__(self, run: _Run, ordered: bool, retries: int) -> None:
         self.run = run
         self.ordered = ordered
+        self.retries = retries
         self.ready: dict[int, tuple[int, bytes]] = {}  # start -> (end, encoded accumulator)
-        self.combining: dict[asyncio.Future[bytes], tuple[int, int, int]] = {}
+        self.combining: dict[asyncio.Future[bytes], _Combine] = {}
+        self.deaths: dict[tuple[int, int], int] = {}
 
     def add(self, start: int, end: int, acc: bytes) -> None:
         self.ready[start] = (end, acc)
@@ -460,8 +466,7 @@ class _Reducer:
     def _pair(self) -> None:
         starts = sorted(self.ready)
         if self.ordered:
-            pairs = [(a, b) for a, b in itertools.pairwise(starts)
-                     if self.ready[a][0] == b]
+            pairs = [(a, b) for a, b in itertools.pairwise(starts) if self.ready[a][0] == b]
         else:
             pairs = list(zip(starts[::2], starts[1::2], strict=False))
         used: set[int] = set()
@@ -470,31 +475,57 @@ class _Reducer:
                 continue
             used |= {a, b}
             (_, left), (end, right) = self.ready.pop(a), self.ready.pop(b)
-            future = self.run.pool.submit(MapWorker.combine, left, right)
-            self.combining[future] = (a, b, end)
+            handle = self.run.pool._least_loaded()
+            future = handle.submit(MapWorker.combine, left, right)
+            self.combining[future] = _Combine(a, b, end, left, right, handle)
 
-    def collect(self) -> None:
+    async def collect(self) -> None:
         """Take in the combines that have finished (raising the first failure)."""
         for future in [f for f in self.combining if f.done()]:
-            a, b, end = self.combining.pop(future)
+            combine = self.combining.pop(future)
             try:
-                acc = future.result()
+                self.ready[combine.a] = (combine.end, future.result())
             except RemoteError as error:
-                error.function = f"{self.run.name}.combine"
-                error.args = (f"{error.function} raised {error.remote_type}: "
-                              f"{error.remote_message}",)
-                error.index = b  # type: ignore[attr-defined]
-                error.add_note(f"rpc_parallel.map_reduce: raised combining the accumulators "
-                               f"of inputs {a}..{b - 1} and {b}..{end - 1}")
+                self._name(error, combine)
                 raise
-            self.ready[a] = (end, acc)
+            except WorkerDied as error:
+                await self._died(combine, error)
         self._pair()
+
+    def _name(self, error: RemoteError, combine: _Combine) -> None:
+        error.function = f"{self.run.name}.combine"
+        error.args = (f"{error.function} raised {error.remote_type}: {error.remote_message}",)
+        error.index = combine.b  # type: ignore[attr-defined]
+        error.add_note(f"rpc_parallel.map_reduce: raised combining the accumulators of inputs "
+                       f"{combine.a}..{combine.b - 1} and {combine.b}..{combine.end - 1}")
+
+    async def _died(self, combine: _Combine, error: WorkerDied) -> None:
+        key = (combine.a, combine.b)
+        self.deaths[key] = self.deaths.get(key, 0) + 1
+        if self.deaths[key] > self.retries + 1:
+            error.index = combine.b  # type: ignore[attr-defined]
+            raise error
+        if combine.handle in self.run.pool.workers:
+            await self.run.pool._replace(combine.handle)
+        self.ready[combine.a] = (combine.b, combine.left)
+        self.ready[combine.b] = (combine.end, combine.right)
 
     async def finish(self) -> Any:
         while self.combining:
             await asyncio.wait(self.combining, return_when=asyncio.FIRST_COMPLETED)
-            self.collect()
+            await self.collect()
         if not self.ready:
             return None
         ((_, acc),) = self.ready.values()
         return self.run.acc.decode(acc)
+
+
+class _Combine:
+    """One combine in flight: ``[a, b)`` with ``[b, end)`` on ``handle``."""
+
+    __slots__ = ("a", "b", "end", "handle", "left", "right")
+
+    def __init__(self, a: int, b: int, end: int, left: bytes, right: bytes,
+                 handle: WorkerHandle[MapWorker]) -> None:
+        self.a, self.b, self.end = a, b, end
+        self.left, self.right, self.handle = left, right, handle

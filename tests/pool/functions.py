@@ -164,3 +164,19 @@ class Busy(rp.MapFunction[None, int, int]):
 class Blob(rp.MapFunction[None, bytes, int]):
     async def map(self, x: bytes) -> int:
         return len(x)
+
+
+class DieOnceSum(rp.MapReduceFunction[str, int, int]):
+    """Like DieOnce, in a reduce: input 7 kills its worker the first time."""
+
+    def init(self, param: str) -> None:
+        self.marker = Path(param)
+
+    def map(self, x: int) -> int:
+        if x == 7 and not self.marker.exists():
+            self.marker.write_text("died")
+            os._exit(3)
+        return x
+
+    def combine(self, a: int, b: int) -> int:
+        return a + b

@@ -12,6 +12,7 @@ import pytest
 
 import rpc_parallel as rp
 from rpc_parallel import map_reduce as mr
+from rpc_parallel.pool._engine import DEPTH, MAX_BATCH
 
 from ..workers.support import bounded, children, cmdline_bytes, wait_until, zombie_children
 from .functions import (
@@ -21,6 +22,7 @@ from .functions import (
     CombineFails,
     DieAlways,
     DieOnce,
+    DieOnceSum,
     FailAt,
     FindTen,
     FirstSlow,
@@ -117,6 +119,18 @@ async def test_find_map_on_an_endless_input_reads_boundedly_and_stops_every_work
     assert await mr.find_map(TWO, range(50), FindTen, 999) is None
 
 
+async def test_a_slow_head_does_not_make_map_read_ahead_without_bound() -> None:
+    source = Counting()
+    outputs = mr.map(TWO, source, FirstSlow, None)
+    assert await bounded(anext(outputs), 20.0, "the first output") == 0
+    await outputs.aclose()
+    # While input 0 took 0.5 s, the other worker could have mapped millions of instant
+    # inputs: the window ahead of the consumer (twice the batches two workers hold in
+    # flight) stopped the reading.
+    assert source.read <= 2 * DEPTH * 2 * MAX_BATCH + MAX_BATCH, source.read
+    await no_workers()
+
+
 async def test_small_items_are_batched_by_cost_and_large_items_travel_alone() -> None:
     async def sizes(inputs: object, function: type[mr.MapFunction[None, object, int]]) -> list[int]:
         run = mr._Run(TWO, function, None, inputs, retries=1, progress=False,  # type: ignore[arg-type]
@@ -187,6 +201,12 @@ async def test_a_worker_that_dies_has_its_items_retried_on_a_new_worker(tmp_path
     assert marker.read_text() == "died"  # input 7 did kill a worker once
 
 
+async def test_a_worker_death_in_a_reduce_is_retried(tmp_path: Path) -> None:
+    marker = tmp_path / "died"
+    total = await mr.map_reduce(TWO, range(300), DieOnceSum, str(marker))
+    assert total == sum(range(300)) and marker.exists()
+
+
 async def test_a_worker_death_beyond_retries_is_worker_died_with_the_index(tmp_path: Path) -> None:
     with pytest.raises(rp.WorkerDied) as caught:
         async for _ in mr.map(TWO, range(40), DieOnce, str(tmp_path / "m"), retries=0):
@@ -251,6 +271,56 @@ async def test_progress_is_logged_when_not_a_terminal(caplog: pytest.LogCaptureF
     lines = [r.getMessage() for r in caplog.records if r.name == "rpc_parallel.map_reduce"]
     assert any("/300 items" in line and "ETA" in line for line in lines), lines
     assert "Sum: 300/300 items" in lines[-1] and "finished" in lines[-1]
+
+
+def test_progress_draws_a_bar_on_a_terminal(tmp_path: Path) -> None:
+    """With tqdm installed (the ``progress`` extra) and stderr a terminal: a bar."""
+    pytest.importorskip("tqdm")
+    import fcntl
+    import pty
+    import struct
+    import subprocess
+    import sys
+    import termios
+
+    script = tmp_path / "bar.py"
+    script.write_text(
+        "import rpc_parallel as rp\n"
+        "from tests.pool.functions import Sum\n"
+        "async def main() -> None:\n"
+        "    config = rp.map_reduce.Config(local=2)\n"
+        "    total = await rp.map_reduce.map_reduce_commutative(\n"
+        "        config, range(2000), Sum, None, progress=True)\n"
+        "    assert total == sum(range(2000))\n"
+        "rp.start_app(main)\n"
+    )
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    root = Path(__file__).resolve().parents[2]
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(root / "src"), str(root), os.environ.get("PYTHONPATH", "")])}
+    try:
+        result = subprocess.run([sys.executable, str(script)], stderr=follower,
+                                stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                env=environment, timeout=60, cwd=root)
+        os.close(follower)
+        follower = -1
+        drawn = b""
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            drawn += chunk
+    finally:
+        os.close(leader)
+        if follower >= 0:
+            os.close(follower)
+    assert result.returncode == 0, drawn.decode(errors="replace")
+    text = drawn.decode(errors="replace")
+    assert "Sum" in text and "2000/2000" in text and "item/s" in text, text
 
 
 # ---------------------------------------------------------------------- config

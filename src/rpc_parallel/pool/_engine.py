@@ -175,8 +175,10 @@ class Engine:
         return max(1, min(MAX_BATCH, int(TARGET_SECONDS / max(self.cost, 1e-7))))
 
     def window_size(self) -> int:
-        """How far ahead of the consumer ordered results may be computed."""
-        return max(64, 4 * DEPTH * max(1, len(self.pool)) * self.batch_size())
+        """How far ahead of the consumer ordered results may be computed: twice what the
+        workers can hold in flight, so a slow input at the head keeps them busy a while
+        without letting the reading run away."""
+        return max(64, 2 * DEPTH * max(1, len(self.pool)) * self.batch_size())
 
     async def run(self) -> AsyncGenerator[tuple[Batch, BatchResult], None]:
         """Yields ``(batch, result)`` of each batch as it completes (completion order)."""
