@@ -180,3 +180,16 @@ class DieOnceSum(rp.MapReduceFunction[str, int, int]):
 
     def combine(self, a: int, b: int) -> int:
         return a + b
+
+
+class HitThenStall(rp.MapFunction[None, int, int | None]):
+    """Input 0 is the hit after 0.3 s; every other input spins the CPU for a minute."""
+
+    def map(self, x: int) -> int | None:
+        if x == 0:
+            time.sleep(0.3)
+            return 42
+        end = time.perf_counter() + 60.0
+        while time.perf_counter() < end:
+            pass
+        return None

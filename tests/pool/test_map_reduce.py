@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from .functions import (
     FailAt,
     FindTen,
     FirstSlow,
+    HitThenStall,
     Jittery,
     Offset,
     Slow,
@@ -129,6 +131,16 @@ async def test_a_slow_head_does_not_make_map_read_ahead_without_bound() -> None:
     # flight) stopped the reading.
     assert source.read <= 2 * DEPTH * 2 * MAX_BATCH + MAX_BATCH, source.read
     await no_workers()
+
+
+async def test_find_map_stops_workers_busy_in_long_cpu_bound_maps_at_once() -> None:
+    started = time.monotonic()
+    hit = await bounded(mr.find_map(TWO, range(10), HitThenStall, None), 20.0, "find_map")
+    assert hit == 42
+    # The other worker was a minute away from finishing its input: it was stopped at once,
+    # not waited for (nor left to the 5 s grace before a kill).
+    assert time.monotonic() - started < 4.0
+    assert not worker_pids()
 
 
 async def test_small_items_are_batched_by_cost_and_large_items_travel_alone() -> None:

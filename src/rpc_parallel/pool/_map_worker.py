@@ -10,19 +10,24 @@ the class's ``MapFunction[Param, In, Out]`` arguments, so a wrong input type is 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import importlib.util
 import inspect
+import queue
 import sys
+import threading
 import time
 import typing
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import msgspec
 
 import rpc_parallel as rp
 
 _ENCODER = msgspec.msgpack.Encoder()
+T = TypeVar("T")
 
 
 class MapSpec(msgspec.Struct, frozen=True):
@@ -87,6 +92,45 @@ def type_arguments(cls: type[Any], base: type[Any]) -> tuple[Any, ...]:
     return (Any, Any, Any)
 
 
+class _Thread:
+    """One daemon thread that runs a map worker's plain ``def`` work, one job at a time.
+
+    Not the loop's default executor: when the master closes the worker, the process must
+    exit at once, and the interpreter's shutdown waits for the default executor's threads
+    (a minute-long ``map`` would hold the exit that long); a daemon thread does not.
+    """
+
+    def __init__(self) -> None:
+        self.jobs: queue.SimpleQueue[tuple[Callable[[], Any], asyncio.Future[Any]]] = (
+            queue.SimpleQueue()
+        )
+        threading.Thread(target=self._serve, name="rpc_parallel-map", daemon=True).start()
+
+    async def run(self, job: Callable[[], T]) -> T:
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self.jobs.put((job, future))
+        return await future
+
+    def _serve(self) -> None:
+        while True:
+            job, future = self.jobs.get()
+            try:
+                outcome, failed = job(), False
+            except BaseException as error:
+                outcome, failed = error, True
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                future.get_loop().call_soon_threadsafe(_settle, future, outcome, failed)
+
+
+def _settle(future: asyncio.Future[Any], outcome: Any, failed: bool) -> None:
+    if future.done():
+        return
+    if failed:
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
+
+
 class MapWorker(rp.Worker[MapSpec]):
     """Serves batched ``map`` and ``combine`` calls of one user function object."""
 
@@ -103,6 +147,7 @@ class MapWorker(rp.Worker[MapSpec]):
         self.in_list: msgspec.msgpack.Decoder[list[Any]] = msgspec.msgpack.Decoder(list[in_type])  # type: ignore[valid-type]
         self.failures: dict[int, BaseException] = {}
         self.lock = asyncio.Lock()
+        self.thread = _Thread()
         self.next_token = 0
         self.map_is_async = inspect.iscoroutinefunction(self.function.map)
         combine = getattr(self.function, "combine", None)
@@ -125,7 +170,7 @@ class MapWorker(rp.Worker[MapSpec]):
         async with self.lock:  # one batch at a time: they share the function object
             if self.map_is_async:
                 return await self._map_async(items, reduce)
-            return await asyncio.to_thread(self._map_sync, items, reduce)
+            return await self.thread.run(lambda: self._map_sync(items, reduce))
 
     def _find_bad_input(self, payload: bytes) -> BatchResult:
         """The batch did not decode as ``list[In]``: name the first input that does not."""
@@ -202,5 +247,5 @@ class MapWorker(rp.Worker[MapSpec]):
         if self.combine_is_async:
             result = await self.function.combine(left, right)
         else:
-            result = await asyncio.to_thread(self.function.combine, left, right)
+            result = await self.thread.run(lambda: self.function.combine(left, right))
         return _ENCODER.encode(result)
