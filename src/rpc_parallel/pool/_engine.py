@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import itertools
 import struct
 from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterable
@@ -48,12 +47,13 @@ def array_header(n: int) -> bytes:
 class Batch:
     """Consecutive inputs ``start .. start + len(items) - 1``, each already encoded."""
 
-    __slots__ = ("attempts", "items", "start")
+    __slots__ = ("attempts", "items", "sent", "start")
 
     def __init__(self, start: int, items: list[bytes]) -> None:
         self.start = start
         self.items = items
         self.attempts = 0
+        self.sent = 0  # when it was last sent (a counter): a worker maps in that order
 
     def payload(self) -> bytes:
         return array_header(len(self.items)) + b"".join(self.items)
@@ -134,12 +134,6 @@ class Inputs:
         del pending[: len(items)]
         return Batch(start, items) if items else None
 
-    async def aclose(self) -> None:
-        closer = getattr(self._async if self._async is not None else self._sync, "aclose", None)
-        if closer is not None:
-            with contextlib.suppress(Exception):
-                await closer()
-
 
 def forget(future: asyncio.Future[Any]) -> None:
     """Drop a call's future: cancel it, and never warn about its exception (the call's
@@ -168,6 +162,7 @@ class Engine:
         self.retry: collections.deque[Batch] = collections.deque()
         self.flight: dict[asyncio.Future[BatchResult], tuple[Batch, rp.WorkerHandle[MapWorker]]] = {}
         self.queues: dict[int, collections.deque[Batch]] = {}
+        self.sent = 0
 
     def batch_size(self) -> int:
         if self.cost is None:
@@ -187,7 +182,7 @@ class Engine:
             if not self.flight:
                 return
             done, _ = await asyncio.wait(self.flight, return_when=asyncio.FIRST_COMPLETED)
-            for future in sorted(done, key=lambda f: self.flight[f][0].start):
+            for future in sorted(done, key=lambda f: self.flight[f][0].sent):
                 if future not in self.flight:
                     continue  # resent already: its worker died while handling another
                 batch, handle = self.flight.pop(future)
@@ -218,6 +213,8 @@ class Engine:
             batch = self.retry.popleft() if self.retry else await self._next_batch()
             if batch is None:
                 return
+            self.sent += 1
+            batch.sent = self.sent
             future = handle.submit(MapWorker.map_batch, batch.payload(), self.reduce)
             self.flight[future] = (batch, handle)
             self._queue(handle).append(batch)
@@ -257,16 +254,24 @@ class Engine:
 
     async def _worker_died(self, handle: rp.WorkerHandle[MapWorker],
                            running: list[Batch], error: rp.WorkerDied) -> None:
-        """``running`` are the dead worker's batches in the order they were sent: the first
-        was running (a worker maps one batch at a time), so it is charged an attempt and
-        retried item by item (a second death then names the exact input); the others waited
-        behind it and are resent unchanged. The worker is replaced."""
-        for future, (_, owner) in list(self.flight.items()):
-            if owner is handle:
+        """``running`` are the dead worker's batches in the order they were sent. Those that
+        finished before it died are taken as usual. Of the others, the first was being mapped
+        (a worker maps one batch at a time): it is charged an attempt and retried item by item
+        (a second death then names the exact input); the rest only waited behind it and are
+        resent unchanged. The worker is replaced."""
+        futures = {id(b): f for f, (b, owner) in self.flight.items() if owner is handle}
+        lost = []
+        for batch in running:
+            future = futures.get(id(batch))
+            if future is not None and future.done() and not future.cancelled() \
+                    and future.exception() is None:
+                continue
+            if future is not None:
                 forget(future)
                 del self.flight[future]
-        self._queue(handle).clear()
-        suspect, waiting = running[0], running[1:]
+                self._queue(handle).remove(batch)
+            lost.append(batch)
+        suspect, waiting = lost[0], lost[1:]
         self.retry.extend(waiting)
         suspect.attempts += 1
         if suspect.attempts > self.retries:
@@ -291,4 +296,4 @@ class Engine:
         for future in self.flight:
             forget(future)
         self.flight.clear()
-        await self.inputs.aclose()
+        # The input is the caller's: left as it is (not closed), read up to where it was.
