@@ -193,3 +193,11 @@ class HitThenStall(rp.MapFunction[None, int, int | None]):
         while time.perf_counter() < end:
             pass
         return None
+
+
+class Tick(rp.MapFunction[None, int, int]):
+    """10 ms per input."""
+
+    def map(self, x: int) -> int:
+        time.sleep(0.01)
+        return x + 1

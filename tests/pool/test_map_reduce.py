@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -28,6 +29,7 @@ from .functions import (
     FindTen,
     FirstSlow,
     HitThenStall,
+    Tick,
     Jittery,
     Offset,
     Slow,
@@ -211,6 +213,30 @@ async def test_a_worker_that_dies_has_its_items_retried_on_a_new_worker(tmp_path
     out = [y async for y in mr.map(TWO, range(40), DieOnce, str(marker))]
     assert out == [x * 2 for x in range(40)]
     assert marker.read_text() == "died"  # input 7 did kill a worker once
+
+
+async def test_a_worker_killed_by_sigkill_mid_map_is_replaced_and_nothing_is_lost() -> None:
+    outputs: list[int] = []
+    killed: list[int] = []
+    async for y in mr.map(TWO, range(300), Tick, None):
+        outputs.append(y)
+        if len(outputs) == 20:
+            victim = worker_pids()[0]
+            os.kill(victim, signal.SIGKILL)
+            killed.append(victim)
+    assert outputs == [x + 1 for x in range(300)]
+    assert killed and killed[0] not in worker_pids()
+    await no_workers()
+
+
+async def test_find_map_on_an_endless_async_input() -> None:
+    async def endless() -> AsyncIterator[int]:
+        i = 0
+        while True:
+            yield i
+            i += 1
+
+    assert await bounded(mr.find_map(TWO, endless(), FindTen, 500), 30.0, "find_map") == 50_000
 
 
 async def test_a_worker_death_in_a_reduce_is_retried(tmp_path: Path) -> None:
