@@ -201,3 +201,11 @@ class Tick(rp.MapFunction[None, int, int]):
     def map(self, x: int) -> int:
         time.sleep(0.01)
         return x + 1
+
+
+class InitFails(rp.MapFunction[None, int, int]):
+    def init(self, param: None) -> None:
+        raise RuntimeError("no model file")
+
+    def map(self, x: int) -> int:
+        return x

@@ -29,12 +29,13 @@ from .functions import (
     FindTen,
     FirstSlow,
     HitThenStall,
-    Tick,
+    InitFails,
     Jittery,
     Offset,
     Slow,
     Spell,
     Sum,
+    Tick,
     WrongOutput,
 )
 
@@ -206,6 +207,13 @@ async def test_wrong_input_param_and_output_types_are_protocol_errors() -> None:
 
         async for _ in mr.map(TWO, [1], Local, None):
             pass
+
+
+async def test_an_init_that_raises_is_a_spawn_error_and_nothing_is_left() -> None:
+    with pytest.raises(rp.SpawnError, match="no model file"):
+        async for _ in mr.map(TWO, range(10), InitFails, None):
+            pass
+    await no_workers()
 
 
 async def test_a_worker_that_dies_has_its_items_retried_on_a_new_worker(tmp_path: Path) -> None:
