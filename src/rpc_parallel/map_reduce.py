@@ -36,15 +36,16 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import msgspec
 
-from .errors import ProtocolError, RemoteError, WorkerDied
+import rpc_parallel as rp
+
 from .pool._engine import Batch, Engine, Inputs
 from .pool._map_worker import BatchResult, MapSpec, MapWorker, type_arguments
 from .pool._pool import WorkerPool
 from .pool._progress import Progress, length_of
-from .spawn import Forward, Redirection
 
 if TYPE_CHECKING:
-    from rpc_parallel import WorkerHandle
+    # The one name not public: the union of redirections spawn accepts (for annotations).
+    from .spawn.options import Redirection
 
 Param = TypeVar("Param")
 In = TypeVar("In")
@@ -115,8 +116,8 @@ class Config:
 
     local: int | None = None
     remote: Sequence[tuple[Any, int]] = ()
-    redirect_stdout: Redirection = field(default_factory=Forward)
-    redirect_stderr: Redirection = field(default_factory=Forward)
+    redirect_stdout: Redirection = field(default_factory=rp.Forward)
+    redirect_stderr: Redirection = field(default_factory=rp.Forward)
     env: Mapping[str, str] | None = None
     cwd: str | os.PathLike[str] | None = None
     connection_timeout: float = 10.0
@@ -143,7 +144,7 @@ class Config:
         """One ``spawn`` keyword set per worker."""
         common: dict[str, Any] = {"redirect_stderr": self.redirect_stderr,
                                   "connection_timeout": self.connection_timeout}
-        if not isinstance(self.redirect_stdout, Forward):
+        if not isinstance(self.redirect_stdout, rp.Forward):
             common["redirect_stdout"] = self.redirect_stdout
         if self.env is not None:
             common["env"] = self.env
@@ -276,7 +277,7 @@ def _spec_of(function: type[MapFunction[Any, Any, Any]], param: Any) -> MapSpec:
         encoded = msgspec.msgpack.encode(param)
         msgspec.msgpack.decode(encoded, type=param_type)
     except (TypeError, msgspec.ValidationError) as error:
-        raise ProtocolError(f"{qualname}: param: {error}") from None
+        raise rp.ProtocolError(f"{qualname}: param: {error}") from None
     return MapSpec(module=module, qualname=qualname, main_path=main_path, param=encoded)
 
 
@@ -327,7 +328,7 @@ class _Run:
             outputs: list[Any] = self.outputs.decode(result.outputs)
             return outputs
         except msgspec.ValidationError as error:
-            raise ProtocolError(
+            raise rp.ProtocolError(
                 f"{self.name}: the output of {batch.describe()} is not of the declared "
                 f"output type: {error}"
             ) from None
@@ -485,21 +486,21 @@ class _Reducer:
             combine = self.combining.pop(future)
             try:
                 self.ready[combine.a] = (combine.end, future.result())
-            except RemoteError as error:
+            except rp.RemoteError as error:
                 self._name(error, combine)
                 raise
-            except WorkerDied as error:
+            except rp.WorkerDied as error:
                 await self._died(combine, error)
         self._pair()
 
-    def _name(self, error: RemoteError, combine: _Combine) -> None:
+    def _name(self, error: rp.RemoteError, combine: _Combine) -> None:
         error.function = f"{self.run.name}.combine"
         error.args = (f"{error.function} raised {error.remote_type}: {error.remote_message}",)
         error.index = combine.b  # type: ignore[attr-defined]
         error.add_note(f"rpc_parallel.map_reduce: raised combining the accumulators of inputs "
                        f"{combine.a}..{combine.b - 1} and {combine.b}..{combine.end - 1}")
 
-    async def _died(self, combine: _Combine, error: WorkerDied) -> None:
+    async def _died(self, combine: _Combine, error: rp.WorkerDied) -> None:
         key = (combine.a, combine.b)
         self.deaths[key] = self.deaths.get(key, 0) + 1
         if self.deaths[key] > self.retries + 1:
@@ -526,6 +527,6 @@ class _Combine:
     __slots__ = ("a", "b", "end", "handle", "left", "right")
 
     def __init__(self, a: int, b: int, end: int, left: bytes, right: bytes,
-                 handle: WorkerHandle[MapWorker]) -> None:
+                 handle: rp.WorkerHandle[MapWorker]) -> None:
         self.a, self.b, self.end = a, b, end
         self.left, self.right, self.handle = left, right, handle
