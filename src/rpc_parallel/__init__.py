@@ -59,6 +59,13 @@ from .rpc import PipeReader, RpcSettings
 # rpc_parallel.rpc import X`` reaches it. Nothing in the package imports it as a bare ``rpc``.
 from ._functions import rpc, state
 
+# isort: split
+# The higher-level modules (DESIGN §6) are built on the layers above.
+from . import map_reduce
+from .managed import Managed
+from .map_reduce import MapFunction, MapReduceFunction
+from .pool._pool import WorkerPool
+
 __all__ = [
     "Connection",
     "ConnectionClosed",
@@ -71,6 +78,9 @@ __all__ = [
     "HandshakeError",
     "Local",
     "LogRecord",
+    "Managed",
+    "MapFunction",
+    "MapReduceFunction",
     "MessageTooLarge",
     "OneWay",
     "Pipe",
@@ -89,9 +99,11 @@ __all__ = [
     "WorkerDied",
     "WorkerFailure",
     "WorkerHandle",
+    "WorkerPool",
     "WorkerProcess",
     "Wrap",
     "expert",
+    "map_reduce",
     "one_way",
     "pipe",
     "reverse_pipe",
