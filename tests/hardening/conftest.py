@@ -46,9 +46,11 @@ def small_messages() -> object:
 
 
 @pytest.fixture
-def private_tmp(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+def private_tmp(tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """A short private temp dir for this process and its workers (Unix socket paths are
-    limited to 107 bytes), so the ``rpc_parallel-*`` count is not disturbed by others."""
+    limited to 107 bytes), so the ``rpc_parallel-*`` count is not disturbed by others.
+
+    Depends on ``tmp_path`` so that pytest's own base temp dir is made before the patch."""
     directory = tempfile.mkdtemp(prefix="rph-")
     monkeypatch.setenv("TMPDIR", directory)
     monkeypatch.setattr(tempfile, "tempdir", directory)

@@ -416,7 +416,7 @@ async def main():
         pass
     hold.pop().close()
     try:
-        w = await asyncio.wait_for(Echo.spawn(0), 30)
+        w = await asyncio.wait_for(Echo.spawn(0, name="emfile"), 30)  # name=: no pre-started process
         await w.close()
         print(json.dumps({"type": "none", "text": ""}))
     except Exception as error:

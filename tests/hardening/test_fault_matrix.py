@@ -30,9 +30,17 @@ import pytest
 
 import rpc_parallel as rp
 
-from ..workers.support import SHORT, alive, bounded, process_state, wait_until
+from ..workers.support import (
+    SHORT,
+    alive,
+    bounded,
+    group_members,
+    process_state,
+    wait_until,
+)
 from ..workers.workers import Echo, Failures
 from .support import Snapshot, descendants, settle, temp_entries
+from .slow_import import SlowImport
 from .workers import SlowInit
 
 REPO = Path(__file__).resolve().parents[2]
@@ -40,6 +48,7 @@ KILLED_BOUND = 10.0
 STOPPED_BOUND = SHORT.heartbeat_timeout + 5.0
 MASTER_BOUND = SHORT.heartbeat_timeout + 8.5
 CONNECTION_TIMEOUT = 3.0
+CLOSE_BOUND = 15.0
 QUIET: dict[str, Any] = {"redirect_stdout": rp.DevNull(), "redirect_stderr": rp.DevNull()}
 
 
@@ -87,9 +96,9 @@ async def test_worker_fault_before_registration(private_tmp: str, tmp_path: Path
     before = await warm_up()
     pid_file = tmp_path / "pid"
     if phase == "spawn":
-        wrap = rp.Wrap(["sh", "-c", 'echo $$ > "$0"; sleep 30; exec "$@"', str(pid_file)])
         spawning = asyncio.ensure_future(
-            Echo.spawn(0, how=wrap, connection_timeout=CONNECTION_TIMEOUT, **QUIET))
+            SlowImport.spawn(None, env={"RPH_SLOW_IMPORT": str(pid_file)},
+                             connection_timeout=CONNECTION_TIMEOUT, **QUIET))
     else:
         spawning = asyncio.ensure_future(
             SlowInit.spawn(str(pid_file), connection_timeout=CONNECTION_TIMEOUT, **QUIET))
@@ -101,6 +110,30 @@ async def test_worker_fault_before_registration(private_tmp: str, tmp_path: Path
     assert time.monotonic() - started < CONNECTION_TIMEOUT + bound_for(how)
     await wait_until(lambda: process_state(pid) is None, 10.0, "the worker to be reaped")
     await settle(before, 10.0, f"{how.name} at {phase}")
+
+
+@pytest.mark.xfail(strict=True, reason="found (not in #8): a worker killed before it registered "
+                   "leaves its Wrap prefix's children running, and the master keeps their pipes")
+@pytest.mark.timeout(60)
+async def test_worker_killed_before_registration_takes_its_process_group(
+        private_tmp: str, tmp_path: Path) -> None:
+    """docs/architecture.md 1.3: killing a worker kills its whole process group, so nothing a
+    ``Wrap`` prefix started is left behind — also when the worker was killed from outside."""
+    before = await warm_up()
+    pid_file = tmp_path / "pid"
+    wrap = rp.Wrap(["sh", "-c", 'echo $$ > "$0"; sleep 30; exec "$@"', str(pid_file)])
+    spawning = asyncio.ensure_future(
+        Echo.spawn(0, how=wrap, connection_timeout=CONNECTION_TIMEOUT, **QUIET))
+    pid = await pid_from(pid_file)
+    os.kill(pid, signal.SIGKILL)
+    with pytest.raises(rp.SpawnError):
+        await bounded(spawning, KILLED_BOUND, "the failing spawn")
+    try:
+        await wait_until(lambda: not group_members(pid), 10.0, "the prefix's children to go")
+        await settle(before, 10.0, "SIGKILL of a wrapped worker before registration")
+    finally:
+        for member in group_members(pid):
+            os.kill(member, signal.SIGKILL)
 
 
 async def call_in_flight(w: rp.WorkerHandle[Echo], phase: str) -> asyncio.Future[Any]:
@@ -156,18 +189,16 @@ async def test_worker_fault_during_close(private_tmp: str, how: signal.Signals) 
     closing = asyncio.ensure_future(w.close())
     signal_process(w.pid, how)
     try:
-        await bounded(closing, bound_for(how), "close of a worker hit by a signal")
+        # A stopped worker: the close waits for its peer, then a grace period, then kills.
+        await bounded(closing, CLOSE_BOUND, "close of a worker hit by a signal")
     except rp.Error:
         pass  # the close may report the death; it must not hang or raise anything else
     await wait_until(lambda: process_state(w.pid) is None, 10.0, "the worker to be reaped")
     await settle(before, 10.0, f"{how.name} during close")
 
 
-@pytest.mark.timeout(90)
-@pytest.mark.parametrize("how", SIGNALS)
-async def test_middle_of_a_chain_is_killed(private_tmp: str, how: signal.Signals) -> None:
+async def kill_the_middle(how: signal.Signals) -> None:
     """The test spawns W1, W1 spawns W2; W1 is hit: calls on W1 fail, W2 goes away."""
-    before = await warm_up()
     failures = Failures()
     w = await Echo.spawn(0, on_failure=failures, **QUIET)
     try:
@@ -185,9 +216,23 @@ async def test_middle_of_a_chain_is_killed(private_tmp: str, how: signal.Signals
         assert time.monotonic() - started < bound_for(how) + MASTER_BOUND
     finally:
         await bounded(w.close(), 10.0, "close")
-    await settle(before, 10.0, f"{how.name} of the middle worker")
-    await wait_until(lambda: not temp_entries(private_tmp) - before.temp_files, 10.0,
-                     "the chain's temp files to be removed")
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("how", SIGNALS)
+async def test_middle_of_a_chain_is_killed(private_tmp: str, how: signal.Signals) -> None:
+    before = await warm_up()
+    await kill_the_middle(how)
+    await settle(before, 10.0, f"{how.name} of the middle worker", files=False)
+
+
+@pytest.mark.xfail(strict=True, reason="#8.6: the killed middle worker's master and worker "
+                   "socket directories are left behind")
+@pytest.mark.timeout(90)
+async def test_middle_of_a_chain_killed_leaves_no_files(private_tmp: str) -> None:
+    before = await warm_up()
+    await kill_the_middle(signal.SIGKILL)
+    await settle(before, 10.0, "SIGKILL of the middle worker")
 
 
 # ----------------------------------------------------------------------------- master faults
@@ -204,7 +249,10 @@ async def start_master(phase: str, directory: str, pid_file: Path) -> asyncio.su
 
 async def master_at(phase: str, directory: str, tmp_path: Path
                     ) -> tuple[asyncio.subprocess.Process, set[int]]:
-    """A master process brought to ``phase``, and every process below it."""
+    """A master process brought to ``phase``, and every process below it.
+
+    ``directory`` is the master's temp dir (not this process's: its leftovers are #8.6's)."""
+    os.makedirs(directory, exist_ok=True)
     master = await start_master(phase, directory, tmp_path / "pid")
     assert master.stdout is not None
     line = await bounded(master.stdout.readline(), 60.0, f"the master to reach {phase}")
@@ -217,7 +265,7 @@ async def master_at(phase: str, directory: str, tmp_path: Path
 async def end(master: asyncio.subprocess.Process) -> None:
     if master.returncode is None:
         master.kill()
-    await master.wait()
+    await bounded(master.communicate(), 15.0, "the master's output to end")
 
 
 @pytest.mark.timeout(90)
@@ -225,8 +273,10 @@ async def end(master: asyncio.subprocess.Process) -> None:
                          ["spawn", "init", "rpc", "pipe", "reverse_pipe", "close", "nested"])
 async def test_master_sigkill_ends_every_worker(private_tmp: str, tmp_path: Path,
                                                 phase: str) -> None:
+    # The loop keeps an fd of its own (/dev/null) once it has started a subprocess with a pipe.
+    await (await asyncio.create_subprocess_exec("true", stdout=asyncio.subprocess.PIPE)).communicate()
     before = Snapshot.take()
-    master, below = await master_at(phase, private_tmp, tmp_path)
+    master, below = await master_at(phase, os.path.join(private_tmp, "m"), tmp_path)
     try:
         master.kill()
         assert await master.wait() == -signal.SIGKILL

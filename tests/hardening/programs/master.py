@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import rpc_parallel as rp
+from tests.hardening.slow_import import SlowImport
 from tests.hardening.workers import SlowInit
 from tests.workers.workers import Echo
 
@@ -53,8 +54,8 @@ async def in_flight(phase: str) -> list[asyncio.Future[object]]:
 async def main() -> None:
     phase, pid_file = sys.argv[1], sys.argv[2]
     if phase == "spawn":
-        wrap = rp.Wrap(["sh", "-c", 'echo $$ > "$0"; sleep 30; exec "$@"', pid_file])
-        task = asyncio.ensure_future(Echo.spawn(0, how=wrap, connection_timeout=60, **QUIET))
+        task = asyncio.ensure_future(SlowImport.spawn(
+            None, env={"RPH_SLOW_IMPORT": pid_file}, connection_timeout=60, **QUIET))
         while not Path(pid_file).exists():
             await asyncio.sleep(0.01)
         report(phase)
