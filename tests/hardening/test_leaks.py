@@ -70,7 +70,6 @@ async def test_dropped_pipe_readers_do_not_grow_the_master() -> None:
         await poll(lambda: rss_bytes() - before < 10 * 2**20, 10.0,
                    f"the master's RSS to stay within 10 MiB of {before >> 20} MiB "
                    f"(now {rss_bytes() >> 20} MiB after 40 dropped readers)")
-        await poll(lambda: True, 0.0, "")
         assert await w.run(Odd.closed_count) == 45
 
 
@@ -135,7 +134,7 @@ async def test_stalled_worker_loop_names_the_side_and_the_function() -> None:
 async def test_spawn_call_close_cycles_leave_everything_as_it_was(private_tmp: str) -> None:
     async def one_cycle() -> None:
         async with await Echo.spawn(0, **QUIET) as w:
-            assert await w.run(Echo.add, 1, 1) == 12
+            assert await w.run(Echo.add, 1, 1) == 2
             assert await w.run(Echo.add_in_thread, 1) == (1, False)
             assert [x async for x in await w.run(Echo.count, 3)] == [0, 1, 2]
             state, updates = await w.run(Echo.counter, 0)

@@ -46,6 +46,8 @@ async def test_odd_argument_is_a_protocol_error_naming_function_and_parameter(ca
         assert await w.run(Odd.ping) == w.pid  # nothing broke
 
 
+@pytest.mark.xfail(strict=True, reason="#8.7: a raw OverflowError escapes through an Any parameter")
+@pytest.mark.timeout(30)
 async def test_odd_value_through_any_is_a_protocol_error() -> None:
     """An ``Any`` parameter: the encoder, not the validator, meets the odd value."""
     async with await Odd.spawn(None) as w:
@@ -71,6 +73,7 @@ async def test_odd_value_as_stream_item_is_a_protocol_error() -> None:
         assert "Odd.consume" in str(caught.value)
 
 
+@pytest.mark.xfail(strict=True, reason="#8.7: the caller's generator is not closed on death")
 @pytest.mark.timeout(30)
 async def test_reverse_pipe_callers_generator_is_closed_when_the_worker_dies() -> None:
     closed = asyncio.Event()
