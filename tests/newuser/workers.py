@@ -135,3 +135,15 @@ class InitMethodRaises(rp.Worker[None]):
     @rp.rpc
     async def ping(self) -> str:
         return "pong"
+
+
+class Printer(rp.Worker[None]):
+    """Writes raw bytes to its stdout or stderr (no encoding, no buffering in between)."""
+
+    @rp.rpc
+    async def emit(self, data: bytes, fd: int) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
