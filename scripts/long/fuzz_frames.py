@@ -33,6 +33,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO / "src"), str(REPO)]
+# Workers (and the fuzzed server) import this same tree, not whatever is installed.
+os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), str(REPO),
+                                            os.environ.get("PYTHONPATH", "")])
 
 from rpc_parallel.rpc import FunctionSpec, connect_unix  # noqa: E402
 from tests.hardening.support import (  # noqa: E402

@@ -32,9 +32,13 @@ SMALL_MESSAGES = SHORT.__class__(
 def small_messages() -> object:
     """The application's settings for this test: SMALL_MESSAGES (restored afterwards).
 
-    Set the same way as ``short_heartbeats`` in tests/workers/conftest.py does.
+    Set the same way as ``short_heartbeats`` in tests/workers/conftest.py does (the only
+    internal name these tests touch; both the old and the restructured module are tried).
     """
-    from rpc_parallel.state import process
+    try:
+        from rpc_parallel._state import process  # type: ignore[import-not-found]
+    except ImportError:
+        from rpc_parallel.state import process
 
     state = process()
     saved = state.settings
