@@ -39,8 +39,21 @@ os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), str(REPO),
 
 from rpc_parallel.rpc import FunctionSpec, connect_unix  # noqa: E402
 from tests.hardening.support import (  # noqa: E402
-    ABORT, AUTH, CLOSE, CREDIT, END, HEADER, HEARTBEAT, HELLO, ITEM, QUERY, fd_count, frame,
-    hello, raw_handshake, rss_bytes, unix_socket,
+    ABORT,
+    AUTH,
+    CLOSE,
+    CREDIT,
+    END,
+    HEADER,
+    HEARTBEAT,
+    ITEM,
+    QUERY,
+    fd_count,
+    frame,
+    hello,
+    raw_handshake,
+    rss_bytes,
+    unix_socket,
 )
 
 MiB = 2**20

@@ -12,13 +12,13 @@ from ..workers.conftest import nothing_left_behind, short_heartbeats
 __all__ = ["nothing_left_behind", "short_heartbeats"]
 
 
-import shutil  # noqa: E402
-import tempfile  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
+import shutil
+import tempfile
+from collections.abc import Iterator
 
-import pytest  # noqa: E402
+import pytest
 
-from ..workers.support import SHORT  # noqa: E402
+from ..workers.support import SHORT
 
 SMALL_MESSAGES = SHORT.__class__(
     heartbeat_interval=SHORT.heartbeat_interval,

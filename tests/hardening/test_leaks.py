@@ -104,7 +104,7 @@ async def test_stalled_master_loop_is_blamed_on_the_master() -> None:
     w = await Echo.spawn(0, **QUIET)
     try:
         assert await w.run(Echo.add, 0, 0) == 0
-        time.sleep(SHORT.heartbeat_timeout * 2.5)  # blocks this event loop on purpose
+        time.sleep(SHORT.heartbeat_timeout * 2.5)  # noqa: ASYNC251 - blocks this loop on purpose
         try:
             await bounded(w.run(Echo.add, 0, 0), 10.0, "a call after the stall")
         except rp.Error as error:
@@ -137,7 +137,7 @@ async def test_spawn_call_close_cycles_leave_everything_as_it_was(private_tmp: s
             assert await w.run(Echo.add, 1, 1) == 2
             assert await w.run(Echo.add_in_thread, 1) == (1, False)
             assert [x async for x in await w.run(Echo.count, 3)] == [0, 1, 2]
-            state, updates = await w.run(Echo.counter, 0)
+            _, updates = await w.run(Echo.counter, 0)
             assert [u async for u in updates] == ["update 1", "update 2", "update 3"]
             await w.run(Echo.remember, "x")
             assert await w.run(Echo.total, 2, [1, 2]) == 6

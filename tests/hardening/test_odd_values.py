@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -56,7 +57,7 @@ async def test_odd_value_through_any_is_a_protocol_error() -> None:
                 await bounded(w.run(Odd.echo_any, value), 10.0, "an odd Any argument")
             except rp.Error as error:
                 assert "Odd.echo_any" in str(error)
-            except Exception as error:  # noqa: BLE001 - the point: anything else is the bug
+            except Exception as error:
                 pytest.fail(f"a raw {type(error).__name__} escaped: {error}")
 
 
@@ -82,20 +83,32 @@ async def test_reverse_pipe_callers_generator_is_closed_when_the_worker_dies() -
     async def items() -> AsyncIterator[int]:
         nonlocal sent
         try:
-            while True:
+            while True:  # as fast as credit allows: the caller ends up waiting for credit
                 sent += 1
                 yield sent
-                await asyncio.sleep(0.01)
         finally:
             closed.set()
 
+    async def window_full() -> None:
+        """Until the count stops moving: the window is full, the sender waits for credit."""
+        last, deadline = -1, time.monotonic() + 10.0
+        while last != sent:
+            assert time.monotonic() < deadline, "the stream never waited for credit"
+            last = sent
+            await asyncio.sleep(0.1)
+
     w = await Odd.spawn(None, redirect_stderr=rp.DevNull())
     try:
-        call = asyncio.ensure_future(w.run(Odd.consume, items()))
-        await poll(lambda: sent > 5, 10.0, "the stream to flow")
+        # The caller holds its generator (as a program that made it does), so only an
+        # explicit aclose() by the library closes it, not the garbage collector by chance.
+        stream = items()
+        call = asyncio.ensure_future(w.run(Odd.stall, stream))
+        await poll(lambda: sent > 1000, 10.0, "the stream to flow")
+        await window_full()
         os.kill(w.pid, signal.SIGKILL)
         with pytest.raises(rp.WorkerDied):
             await bounded(call, 10.0, "the reverse pipe on a killed worker")
         await bounded(closed.wait(), 5.0, "the caller's generator to be closed")
+        del stream
     finally:
         await w.close()

@@ -124,6 +124,13 @@ class Odd(rp.Worker[None]):
             n += 1
         return n
 
+    @rp.reverse_pipe
+    async def stall(self, values: AsyncIterator[int]) -> int:
+        """Reads one item, then nothing more: the caller's stream waits for credit."""
+        async for _ in values:
+            await asyncio.sleep(3600)
+        return 0
+
     # ----- streams that leak when dropped
 
     @rp.pipe
@@ -157,7 +164,7 @@ class Odd(rp.Worker[None]):
 
     @rp.rpc
     async def block_loop(self, seconds: float) -> str:
-        time.sleep(seconds)  # an async def that never awaits: heartbeats cannot go out
+        time.sleep(seconds)  # noqa: ASYNC251 - an async def that never awaits, on purpose
         return "done"
 
 
@@ -166,7 +173,7 @@ class SlowInit(rp.Worker[str]):
     then takes a long time (the phase the fault matrix calls "init")."""
 
     async def init_worker_state(self, pid_file: str) -> None:
-        Path(pid_file).write_text(str(os.getpid()))
+        Path(pid_file).write_text(str(os.getpid()))  # noqa: ASYNC240
         await asyncio.sleep(60)
 
     @rp.rpc

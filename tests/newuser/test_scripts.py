@@ -74,7 +74,7 @@ if __name__ == "__main__":
 async def test_worker_sys_argv_is_the_masters(tmp_path: Path) -> None:
     ran = await run_program(write_program(tmp_path, "cli.py", ARGPARSE), "--count", "3")
     assert ran.returncode == 0, ran.err[-3000:]
-    worker_argv, master_argv = eval(ran.out.strip().splitlines()[-1])  # noqa: S307 - our repr
+    worker_argv, master_argv = eval(ran.out.strip().splitlines()[-1])
     assert worker_argv == master_argv
     assert worker_argv[1:] == ["--count", "3"]
 

@@ -68,9 +68,9 @@ async def test_unsendable_parameter_type_is_refused_at_definition_or_spawn() -> 
         # Not at definition: then at spawn, before any process starts.
         try:
             await bounded(Carrier.spawn(None), 15.0, "spawn")
-        except Exception as raised:  # noqa: BLE001
+        except Exception as raised:
             error = raised
-    except Exception as raised:  # noqa: BLE001
+    except Exception as raised:
         error = raised
     assert error is not None
     text = str(error)
@@ -99,7 +99,7 @@ async def test_timezone_aware_datetime_keeps_its_instant_and_a_timezone() -> Non
 async def test_ray_style_init_gets_a_hint_to_use_init_worker_state() -> None:
     try:
         w = await bounded(RayStyle.spawn(3), 15.0, "spawn")
-    except Exception as error:  # noqa: BLE001
+    except Exception as error:
         assert "init_worker_state" in str(error), error
     else:
         await w.close()

@@ -12,7 +12,6 @@ import json
 import os
 import sys
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import rpc_parallel as rp
 from tests.hardening.slow_import import SlowImport
@@ -51,19 +50,23 @@ async def in_flight(phase: str) -> list[asyncio.Future[object]]:
     return keep
 
 
+async def written(path: str) -> None:
+    """Until the worker has written its pid to ``path`` (polled: it is another process)."""
+    while not os.path.exists(path) or os.path.getsize(path) == 0:  # noqa: ASYNC110, ASYNC240
+        await asyncio.sleep(0.01)
+
+
 async def main() -> None:
     phase, pid_file = sys.argv[1], sys.argv[2]
     if phase == "spawn":
         task = asyncio.ensure_future(SlowImport.spawn(
             None, env={"RPH_SLOW_IMPORT": pid_file}, connection_timeout=60, **QUIET))
-        while not Path(pid_file).exists():
-            await asyncio.sleep(0.01)
+        await written(pid_file)
         report(phase)
         await task
     elif phase == "init":
         task = asyncio.ensure_future(SlowInit.spawn(pid_file, connection_timeout=60, **QUIET))
-        while not Path(pid_file).exists() or not Path(pid_file).read_text():
-            await asyncio.sleep(0.01)
+        await written(pid_file)
         report(phase)
         await task
     elif phase == "close":
