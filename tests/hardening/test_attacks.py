@@ -373,6 +373,16 @@ async def test_attacks_on_a_real_worker_socket() -> None:
                 while (got := read_frame(sock)) is not None:
                     kinds.append(got[0])
                 assert MENU not in kinds
+            with unix_socket(path) as sock:  # reflection: its own nonce, then its own proof
+                got = read_frame(sock)
+                assert got is not None and got[0] == HELLO
+                sock.sendall(frame(HELLO, raw=got[3]))
+                kinds = []
+                while (got := read_frame(sock)) is not None:
+                    kinds.append(got[0])
+                    if got[0] == AUTH:
+                        sock.sendall(frame(AUTH, raw=got[3]) + attack_query())
+                assert MENU not in kinds
             return took
 
         took = await in_thread(attack)

@@ -45,7 +45,7 @@ from .workers import SlowInit
 REPO = Path(__file__).resolve().parents[2]
 KILLED_BOUND = 10.0
 STOPPED_BOUND = SHORT.heartbeat_timeout + 5.0
-MASTER_BOUND = SHORT.heartbeat_timeout + 8.5
+MASTER_BOUND = SHORT.heartbeat_timeout + 5.0
 CONNECTION_TIMEOUT = 3.0
 CLOSE_BOUND = 15.0
 QUIET: dict[str, Any] = {"redirect_stdout": rp.DevNull(), "redirect_stderr": rp.DevNull()}
