@@ -26,11 +26,12 @@ import sys
 from asyncio import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import KW_ONLY, dataclass
-from typing import Protocol, runtime_checkable
 
 from ..errors import SpawnError
 from . import _process
 from ._launcher import ConnectBack, LaunchedProcess, LaunchRequest
+from ._ssh import SshTarget
+from .executable import RemoteExecutable
 from .redirection import DevNull, FileAppend, FileTruncate, Forward, Redirection, to_wire
 
 SSH_CONNECT_BACK = ConnectBack(
@@ -38,23 +39,6 @@ SSH_CONNECT_BACK = ConnectBack(
 )
 """A worker started by ssh: the master is where the session came from (``SSH_CONNECTION``
 field 0), the worker is where the session arrived (field 2)."""
-
-
-@runtime_checkable
-class Shipped(Protocol):
-    """What ``Remote`` needs of ``executable=`` (an ``rp.RemoteExecutable``)."""
-
-    @property
-    def host(self) -> str: ...
-
-    @property
-    def sys_path(self) -> list[str]: ...
-
-    def python_argv(self, python: str | None = None) -> list[str]: ...
-
-    def boot_input(self, argv: Sequence[str]) -> bytes: ...
-
-    def remote_file(self, local_path: str) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -79,24 +63,25 @@ class Remote:
     port: int | None = None
     python: str | None = None
     ssh_options: Sequence[str] = ()
-    executable: Shipped | None = None
+    executable: RemoteExecutable | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.host, str) or not self.host or self.host.startswith("-") or any(
-            c.isspace() for c in self.host
-        ):
-            raise ValueError(f"rp.Remote: not a host name: {self.host!r}")
-        if self.user is not None and (not self.user or self.user.startswith("-")):
-            raise ValueError(f"rp.Remote: not a user name: {self.user!r}")
-        if self.port is not None and not (isinstance(self.port, int) and 0 < self.port < 65536):
-            raise ValueError(f"rp.Remote: not a port: {self.port!r}")
         if isinstance(self.ssh_options, str) or not all(
             isinstance(o, str) for o in self.ssh_options
         ):
             raise TypeError("rp.Remote(ssh_options=...) takes a sequence of strings, e.g. "
                             "['-F', 'cluster.cfg']")
+        if not isinstance(self.host, str) or (
+            self.port is not None and not isinstance(self.port, int)
+        ):
+            raise TypeError(f"rp.Remote: host must be a string and port an int, got "
+                            f"{self.host!r}, {self.port!r}")
+        try:
+            self.target  # noqa: B018 - checks the host, user and port
+        except ValueError as error:
+            raise ValueError(f"rp.Remote: {error}") from None
         if self.executable is not None:
-            if not isinstance(self.executable, Shipped):
+            if not isinstance(self.executable, RemoteExecutable):
                 raise TypeError(f"rp.Remote(executable=...) takes an rp.RemoteExecutable, got "
                                 f"{self.executable!r}")
             if self.executable.host != self.host:
@@ -115,14 +100,10 @@ class Remote:
     def connect_back(self) -> ConnectBack:
         return SSH_CONNECT_BACK
 
-    def ssh_argv(self, remote_command: str) -> list[str]:
-        """The local argv that runs ``remote_command`` (one shell command line) on the host."""
-        argv = ["ssh", *self.ssh_options, "-T", "-o", "BatchMode=yes"]
-        if self.user is not None:
-            argv += ["-l", self.user]
-        if self.port is not None:
-            argv += ["-p", str(self.port)]
-        return [*argv, "--", self.host, remote_command]
+    @property
+    def target(self) -> SshTarget:
+        """How ``ssh`` reaches the host (shared with ``RemoteExecutable``)."""
+        return SshTarget(self.host, self.user, self.port, tuple(self.ssh_options))
 
     def worker_paths(
         self, sys_path: list[str], main_path: str | None
@@ -161,7 +142,7 @@ class Remote:
             subprocess.DEVNULL
         )
         worker = await _process.start_process(
-            self.ssh_argv(remote), request, env=None, cwd=None, stdout=stdout,
+            self.target.shell_argv(remote), request, env=None, cwd=None, stdout=stdout,
             what=f" on host {self.host} (over ssh)",
         )
         if self.executable is not None and worker.stdin is not None:
