@@ -121,3 +121,37 @@ async def test_bundle_copy_spawn_reuse_tamper_delete(
     await exe.delete()
     assert os.listdir(directory) == []
     await rp.expert.shutdown_master()
+
+
+async def test_a_host_python_that_cannot_load_the_bundle(
+    namespace_host: NamespaceHost, bare_python: BarePython, directory: str,
+    app: tuple[ModuleType, Bundle],
+) -> None:
+    """A bundle that needs another Python than the host's: the spawn fails naming both."""
+    import hashlib
+    import json
+
+    from rpc_parallel.launch import _boot
+
+    module, bundle = app
+    ssh_host = namespace_host.ssh_host
+    target = _ssh.SshTarget(ssh_host.alias, ssh_options=tuple(ssh_host.ssh_options))
+    python = str(bare_python.python)
+    exe = await RemoteExecutable._copy_bundle(target, directory, python, bundle)
+    manifest = json.loads(bundle.manifest)
+    manifest["python"]["version"] = [3, 99]
+    text = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
+    future = Bundle(bundle.sources, text, hashlib.sha256(text).hexdigest(), bundle.local_paths)
+    root = Path(directory) / future.id
+    shutil.copytree(exe.path, root)
+    (root / _boot.MANIFEST).write_bytes(text)
+    installed = RemoteExecutable(target, str(root), future, python, stdlib=exe.stdlib)
+    how = rp.Remote(ssh_host.alias, ssh_options=ssh_host.ssh_options, executable=installed)
+    here = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    with pytest.raises(rp.SpawnError) as caught:
+        await bounded(module.Shipped.spawn(1, how=how), 60, "spawn on the wrong python")
+    text_error = str(caught.value)
+    assert "3.99" in text_error and here in text_error and ssh_host.alias in text_error, (
+        text_error)
+    await exe.delete()
+    await rp.expert.shutdown_master()
