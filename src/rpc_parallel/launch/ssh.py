@@ -123,7 +123,7 @@ class Remote:
         return exe.sys_path, shipped
 
     def worker_command(self, name: str) -> list[str]:
-        argv = ["worker", name, "child-of", f"{os.getpid()}@{socket.gethostname()}"]
+        argv = _worker_argv(name)
         if self.executable is not None:
             # The stub ignores its arguments (the bundle's bootstrap, on stdin, gets the
             # worker's argv); they are there for ``ps``, as for any worker.
@@ -148,8 +148,7 @@ class Remote:
         if self.executable is not None and worker.stdin is not None:
             # First the bootstrap (verify the bundle, then run the worker from it); the
             # worker's configuration follows on the same stdin.
-            argv = ["worker", request.name, "child-of", f"{os.getpid()}@{socket.gethostname()}"]
-            worker.stdin.write(self.executable.boot_input(argv))
+            worker.stdin.write(self.executable.boot_input(_worker_argv(request.name)))
         return worker
 
 
@@ -176,6 +175,11 @@ def remote_command(
     if cwd is not None:
         line = f"cd {shlex.quote(cwd)} && {line}"
     return line
+
+
+def _worker_argv(name: str) -> list[str]:
+    """``rpc_parallel``'s arguments for a worker (what ``ps`` shows after the interpreter)."""
+    return ["worker", name, "child-of", f"{os.getpid()}@{socket.gethostname()}"]
 
 
 def _package_root() -> str:
