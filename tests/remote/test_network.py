@@ -238,3 +238,16 @@ async def test_the_masters_tls_server_refuses_strangers_before_dispatch() -> Non
     finally:
         await w.close()
     await rp.expert.shutdown_master()
+
+
+def test_the_master_host_can_be_set_from_the_environment() -> None:
+    import subprocess
+    import sys
+
+    program = ("import rpc_parallel as rp\n"
+               "from rpc_parallel._state import process\n"
+               "print(process().master_host_setting)\n")
+    env = {**os.environ, "RPC_PARALLEL_MASTER_HOST": "10.1.0.5"}
+    done = subprocess.run([sys.executable, "-c", program], env=env, capture_output=True,
+                          text=True, timeout=60, check=True)
+    assert done.stdout.strip() == "10.1.0.5"
