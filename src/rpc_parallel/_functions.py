@@ -101,7 +101,9 @@ class Function(Generic[W_contra]):
 
         async def in_thread(*args: Any, **kwargs: Any) -> Any:
             loop = asyncio.get_running_loop()
-            call = functools.partial(contextvars.copy_context().run, method, *args, **kwargs)
+            call: Callable[[], Any] = functools.partial(
+                contextvars.copy_context().run, method, *args, **kwargs
+            )
             if kind != "state":
                 return await loop.run_in_executor(threads, call)
             initial, updates = await loop.run_in_executor(threads, call)

@@ -21,8 +21,8 @@ from ._serving import builtin_implementations, kept_servers, report_fatal
 from ._sockets import serve_in_temporary_directory
 from ._spawn import SpawnOptions, spawn
 from ._state import process
-from ._threads import WorkerThreads
 from ._supervisor import OnFailure
+from ._threads import WorkerThreads
 from .errors import SpawnError
 from .launch import Forward, Launcher, Local, Redirection
 from .launch._process import WorkerProcess

@@ -137,7 +137,7 @@ async def test_max_thread_concurrency_lets_plain_defs_overlap() -> None:
 
 
 def test_max_thread_concurrency_must_be_a_positive_int() -> None:
-    with pytest.raises(TypeError, match="Bad.max_thread_concurrency must be a positive int"):
+    with pytest.raises(TypeError, match=r"Bad\.max_thread_concurrency must be a positive int"):
         class Bad(rp.Worker[None]):
             max_thread_concurrency = 0
 
