@@ -104,9 +104,10 @@ class Function(Generic[W_contra]):
             call: Callable[[], Any] = functools.partial(
                 contextvars.copy_context().run, method, *args, **kwargs
             )
+            result: Any = await loop.run_in_executor(threads, call)
             if kind != "state":
-                return await loop.run_in_executor(threads, call)
-            initial, updates = await loop.run_in_executor(threads, call)
+                return result
+            initial, updates = result
             return initial, as_async_iterator(updates, loop, threads)
 
         async def stream(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
