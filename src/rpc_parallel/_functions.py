@@ -17,6 +17,7 @@ from typing import Any, Concatenate, Generic, ParamSpec, Protocol, Self, TypeVar
 
 from .rpc._serving import as_async_iterator
 from .rpc.functions import FunctionSpec, Kind, alias_module, describe_callable
+from .rpc.streams import PipeReader
 
 THREADS_ATTRIBUTE = "_rpc_parallel_threads"
 """Where a worker instance keeps its ``WorkerThreads`` (set when it starts serving)."""
@@ -34,6 +35,7 @@ W_contra = TypeVar("W_contra", contravariant=True)
 R_co = TypeVar("R_co", covariant=True)
 S_co = TypeVar("S_co", covariant=True)
 U_co = TypeVar("U_co", covariant=True)
+T_co = TypeVar("T_co", covariant=True)
 
 
 class Function(Generic[W_contra]):
@@ -121,7 +123,13 @@ class Function(Generic[W_contra]):
         return f"<rpc_parallel {self.kind} {self.name} v{self.version}>"
 
 
-class Rpc(Function[W_contra], Generic[W_contra, P, R_co]):
+class Runnable(Function[W_contra], Generic[W_contra, P, T_co]):
+    """What ``run`` takes: a worker function that runs on a ``W`` worker with arguments ``P``
+    and gives ``T`` -- the base of the five kinds, so ``run`` has one signature (and a type
+    checker's message about a call names the argument or the result that is wrong)."""
+
+
+class Rpc(Runnable[W_contra, P, R_co], Generic[W_contra, P, R_co]):
     """A one-shot call: ``await w.run(f, ...)`` gives its result."""
 
     kind: Kind = "rpc"
@@ -137,7 +145,7 @@ class Rpc(Function[W_contra], Generic[W_contra, P, R_co]):
         return self if instance is None else self._bound(instance)
 
 
-class Pipe(Function[W_contra], Generic[W_contra, P, R_co]):
+class Pipe(Runnable[W_contra, P, PipeReader[R_co]], Generic[W_contra, P, R_co]):
     """A stream from the worker: ``await w.run(f, ...)`` gives a ``PipeReader``."""
 
     kind: Kind = "pipe"
@@ -153,7 +161,9 @@ class Pipe(Function[W_contra], Generic[W_contra, P, R_co]):
         return self if instance is None else self._bound(instance)
 
 
-class StateFunction(Function[W_contra], Generic[W_contra, P, S_co, U_co]):
+class StateFunction(
+    Runnable[W_contra, P, tuple[S_co, PipeReader[U_co]]], Generic[W_contra, P, S_co, U_co]
+):
     """State plus updates: ``await w.run(f, ...)`` gives ``(state, PipeReader[update])``."""
 
     kind: Kind = "state"
@@ -169,7 +179,7 @@ class StateFunction(Function[W_contra], Generic[W_contra, P, S_co, U_co]):
         return self if instance is None else self._bound(instance)
 
 
-class OneWay(Function[W_contra], Generic[W_contra, P]):
+class OneWay(Runnable[W_contra, P, None], Generic[W_contra, P]):
     """A message with no answer; its errors go to ``on_failure``."""
 
     kind: Kind = "one_way"
@@ -185,7 +195,7 @@ class OneWay(Function[W_contra], Generic[W_contra, P]):
         return self if instance is None else self._bound(instance)
 
 
-class ReversePipe(Function[W_contra], Generic[W_contra, P, R_co]):
+class ReversePipe(Runnable[W_contra, P, R_co], Generic[W_contra, P, R_co]):
     """A stream into the worker: the last argument is streamed with backpressure."""
 
     kind: Kind = "reverse_pipe"

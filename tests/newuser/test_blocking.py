@@ -83,7 +83,6 @@ async def test_handle_used_from_another_event_loop_is_a_clear_error(tmp_path: Pa
     assert "Event loop is closed" not in ran.out and "loop" in ran.out
 
 
-@pytest.mark.xfail(strict=True, reason="#11.12: the warning names the internal class _Runner")
 @pytest.mark.timeout(30)
 async def test_a_forgotten_await_names_only_public_things() -> None:
     async with await Bank.spawn(1) as w:
