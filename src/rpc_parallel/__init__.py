@@ -62,7 +62,7 @@ from ._functions import rpc, state
 
 # isort: split
 # The higher-level modules (DESIGN §6) are built on the layers above.
-from . import map_reduce
+from . import blocking, map_reduce
 from .managed import Managed
 from .map_reduce import MapFunction, MapReduceFunction
 from .pool._pool import WorkerPool
@@ -104,6 +104,7 @@ __all__ = [
     "WorkerPool",
     "WorkerProcess",
     "Wrap",
+    "blocking",
     "expert",
     "map_reduce",
     "one_way",

@@ -25,7 +25,7 @@ from ._builtins import (
 from ._functions import Function, Rpc, Runnable
 from ._state import process
 from ._supervisor import Supervisor
-from .errors import ConnectionClosed, WorkerDied
+from .errors import ConnectionClosed, Error, WorkerDied
 from .rpc import Connection as RpcConnection
 from .rpc import HandshakeError, PipeReader
 from .rpc.connection import TranslateClosed
@@ -39,6 +39,12 @@ W_co = TypeVar("W_co", covariant=True)
 P = ParamSpec("P")
 R = TypeVar("R")
 T = TypeVar("T")
+
+def describe_loop(loop: asyncio.AbstractEventLoop) -> str:
+    """An event loop, for an error message: its class, its id and whether it still runs."""
+    state = "closed" if loop.is_closed() else "running" if loop.is_running() else "stopped"
+    return f"{type(loop).__name__} at {id(loop):#x}, {state}"
+
 
 def _public_method(function: Callable[..., Any], owner: str, name: str) -> Callable[..., Any]:
     """``function`` under the public name ``owner.name``: what Python shows of it (a
@@ -85,6 +91,8 @@ class _Runner(Generic[W_co]):
                 f"got {type(function).__qualname__}"
             ) from None
         connection = self._ready_connection() or await self._rpc_connection()
+        if connection.loop is not asyncio.get_running_loop():
+            raise self._other_loop(connection.loop)
         try:
             kind = spec.kind
             if kind == "rpc":
@@ -116,6 +124,8 @@ class _Runner(Generic[W_co]):
         as ``run``'s. Cancelling the future does not cancel the call on the worker.
         """
         connection = self._ready_connection()
+        if connection is not None and connection.loop is not asyncio.get_running_loop():
+            raise self._other_loop(connection.loop)
         if connection is None or function.kind != "rpc":
             return asyncio.ensure_future(self._run(function, *args, **kwargs))
         spec = function._spec or function.spec
@@ -123,6 +133,16 @@ class _Runner(Generic[W_co]):
             return connection.start_call(spec, spec.bind(args, kwargs))[0]
         except ConnectionClosed as error:
             return asyncio.ensure_future(self._raise_translated(error, spec.name))
+
+    def _other_loop(self, loop: asyncio.AbstractEventLoop) -> Error:
+        """The error for a handle used from an event loop other than its connection's."""
+        return Error(
+            f"worker {self.name}: this handle belongs to the event loop it was made in "
+            f"({describe_loop(loop)}) and was used from another one "
+            f"({describe_loop(asyncio.get_running_loop())}). A handle works only in its own "
+            f"loop: spawn and use workers in one asyncio.run (or rp.start_app), or use "
+            f"rp.blocking from code that is not async."
+        )
 
     async def _raise_translated(self, error: ConnectionClosed, function: str) -> Any:
         raise await self._translate(error, function)

@@ -1,0 +1,149 @@
+"""#11.11, more cases: ``rp.blocking`` streams, errors by type, connections from a script,
+closing at exit, and the handle check across event loops."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+import rpc_parallel as rp
+
+from .support import run_program, write_program
+from .workers import Bank, InsufficientFunds
+
+
+class Streams(rp.Worker[None]):
+    @rp.pipe
+    async def count(self, n: int) -> AsyncIterator[int]:
+        for i in range(n):
+            yield i
+
+    @rp.pipe
+    def forever(self) -> Iterator[int]:
+        i = 0
+        while True:
+            yield i
+            i += 1
+
+    @rp.state
+    async def watch(self) -> tuple[str, AsyncIterator[int]]:
+        async def updates() -> AsyncIterator[int]:
+            yield 1
+            yield 2
+
+        return "state", updates()
+
+    @rp.reverse_pipe
+    async def total(self, numbers: AsyncIterator[int]) -> int:
+        return sum([n async for n in numbers])
+
+
+@pytest.mark.timeout(60)
+def test_streams_are_plain_iterators() -> None:
+    with rp.blocking.spawn(Streams, None) as w:
+        assert list(w.run(Streams.count, 4)) == [0, 1, 2, 3]
+        initial, updates = w.run(Streams.watch)
+        assert initial == "state" and list(updates) == [1, 2]
+        with w.run(Streams.forever) as endless:  # closing stops the worker's generator
+            assert [next(endless) for _ in range(3)] == [0, 1, 2]
+        assert w.run(Streams.total, iter([1, 2, 3])) == 6  # type: ignore[arg-type]
+        assert list(w.run(Streams.count, 2)) == [0, 1]  # the worker goes on
+
+
+@pytest.mark.timeout(60)
+def test_errors_by_type_and_close() -> None:
+    w = rp.blocking.spawn(Bank, 10, name="blocking-bank")
+    try:
+        assert w.name == "blocking-bank" and isinstance(w.handle, rp.WorkerHandle)
+        with pytest.raises(InsufficientFunds) as caught:
+            w.run(Bank.withdraw, 50)
+        assert caught.value.args == (50, 10) and isinstance(caught.value, rp.RemoteError)
+        with pytest.raises(KeyError):
+            w.run(Bank.lookup, "nope")
+    finally:
+        w.close()
+    deadline = time.monotonic() + 10.0
+    while _alive(w.pid):
+        assert time.monotonic() < deadline, "the worker did not exit after close()"
+        time.sleep(0.05)
+    with pytest.raises(rp.ConnectionClosed):
+        w.run(Bank.withdraw, 1)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+SCRIPT = """
+import rpc_parallel as rp
+from tests.newuser.workers import Bank
+
+if __name__ == "__main__":
+    with rp.blocking.spawn(Bank, 10) as w:
+        print("left", w.run(Bank.withdraw, 3), flush=True)
+    kept = rp.blocking.spawn(Bank, 5)  # never closed: closed at exit
+    print("pid", kept.pid, flush=True)
+"""
+
+
+@pytest.mark.timeout(60)
+async def test_a_script_using_rp_blocking_leaves_nothing_running(tmp_path: Path) -> None:
+    ran = await run_program(write_program(tmp_path, "script.py", SCRIPT), timeout=30.0)
+    assert not ran.timed_out and ran.returncode == 0, ran.err
+    assert "left 7" in ran.out
+    kept = int(ran.out.split("pid ")[1].split()[0])
+    assert len(ran.workers_seen) == 2
+    deadline = time.monotonic() + 10.0
+    while _alive(kept):
+        assert time.monotonic() < deadline, "the worker left open outlived the script"
+        time.sleep(0.05)
+    assert not ran.err.strip(), ran.err
+
+
+JUPYTER_LIKE = """
+import asyncio
+import rpc_parallel as rp
+from tests.newuser.workers import Bank
+
+async def cell() -> None:  # a notebook cell: a loop is running; rp.blocking still works
+    with rp.blocking.spawn(Bank, 10) as w:
+        print("left", w.run(Bank.withdraw, 4))
+
+asyncio.run(cell())
+"""
+
+
+@pytest.mark.timeout(60)
+async def test_rp_blocking_works_inside_a_running_loop(tmp_path: Path) -> None:
+    ran = await run_program(write_program(tmp_path, "cell.py", JUPYTER_LIKE), timeout=30.0)
+    assert not ran.timed_out and ran.returncode == 0, ran.err
+    assert "left 6" in ran.out
+
+
+@pytest.mark.timeout(30)
+async def test_the_other_loop_error_names_both_loops() -> None:
+    """The check itself, in this process: a handle of this loop used from another thread's
+    loop."""
+    async with await Bank.spawn(1) as w:
+        def elsewhere() -> str:
+            async def use() -> None:
+                await w.run(Bank.withdraw, 1)
+
+            try:
+                asyncio.run(use())
+            except rp.Error as error:
+                return str(error)
+            return "no error"
+
+        text = await asyncio.to_thread(elsewhere)
+        assert text.count(" at 0x") == 2, text
+        assert "running" in text and "rp.blocking" in text, text
+        assert await w.run(Bank.withdraw, 1) == 0  # fine in its own loop
