@@ -104,7 +104,7 @@ async def test_a_script_using_rp_blocking_leaves_nothing_running(tmp_path: Path)
     deadline = time.monotonic() + 10.0
     while _alive(kept):
         assert time.monotonic() < deadline, "the worker left open outlived the script"
-        time.sleep(0.05)
+        await asyncio.sleep(0.05)
     assert not ran.err.strip(), ran.err
 
 
