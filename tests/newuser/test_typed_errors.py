@@ -6,6 +6,7 @@ only the first four fields."""
 
 from __future__ import annotations
 
+import pickle
 import sys
 
 import msgspec
@@ -125,3 +126,13 @@ def test_an_error_record_with_only_the_first_four_fields_decodes() -> None:
     error = rebuild("f", info.qualified_type or info.type_name, info.message, info.traceback,
                     info.args, info.attributes)
     assert isinstance(error, KeyError) and error.args == ("'k'",)
+
+
+def test_a_rebuilt_error_pickles_as_itself() -> None:
+    error = rebuild("Raiser.keyword_only", f"{__name__}.Rejected", "rejected: late", "tb",
+                    msgspec.msgpack.encode(["rejected: late"]), msgspec.msgpack.encode({"reason": "late"}))
+    assert isinstance(error, Rejected)
+    copy = pickle.loads(pickle.dumps(error))
+    assert isinstance(copy, Rejected) and isinstance(copy, rp.RemoteError)
+    assert copy.args == error.args and copy.reason == "late"  # type: ignore[attr-defined]
+    assert str(copy) == str(error)

@@ -18,7 +18,6 @@ rp.WorkerDied`` must mean *this* worker died, not that the remote code saw one.
 from __future__ import annotations
 
 import sys
-import weakref
 from typing import Any
 
 import msgspec
@@ -86,7 +85,9 @@ def find_class(qualified: str) -> type[Exception] | None:
     return None
 
 
-_subclasses: weakref.WeakKeyDictionary[type, type[RemoteError]] = weakref.WeakKeyDictionary()
+_subclasses: dict[type, type[RemoteError]] = {}
+"""One subclass per class (a plain dict: the subclass refers to its base, so weak keys would
+never be freed anyway; classes found in ``sys.modules`` live as long as their module)."""
 
 
 def _subclass(cls: type[Exception]) -> type[RemoteError] | None:
@@ -99,6 +100,7 @@ def _subclass(cls: type[Exception]) -> type[RemoteError] | None:
                 "__module__": cls.__module__, "__qualname__": cls.__qualname__,
                 "__doc__": f"A remote {cls.__qualname__}: also an rpc_parallel RemoteError.",
                 "__str__": RemoteError.__str__,
+                "__reduce__": _reduce,
             })
         except TypeError:
             return None
@@ -106,17 +108,34 @@ def _subclass(cls: type[Exception]) -> type[RemoteError] | None:
     return made
 
 
+def _reduce(error: RemoteError) -> tuple[Any, tuple[Any, ...]]:
+    """Pickle a rebuilt error as what rebuilds it (its class is made here, not importable)."""
+    attributes = {name: value for name, value in vars(error).items()
+                  if not name.startswith("_") and name not in _REMOTE_FIELDS}
+    return _restore, (error.function, error.remote_type, error.remote_message,
+                      error.remote_traceback, error.args, attributes)
+
+
 def rebuild(
     function: str, qualified: str, message: str, traceback: str, args: bytes, attributes: bytes
 ) -> RemoteError:
     """The exception a call of ``function`` fails with when its implementation raised: typed
     as the original class when that is importable here (see the module's docstring)."""
+    arguments = _decoded(args, list)
+    return _restore(function, qualified, message, traceback,
+                    tuple(arguments) if arguments is not None else (message,),
+                    _decoded(attributes, dict) or {})
+
+
+def _restore(
+    function: str, qualified: str, message: str, traceback: str,
+    arguments: tuple[Any, ...], attributes: dict[str, Any],
+) -> RemoteError:
+    """``rebuild`` from decoded ``args`` and attributes (also how a rebuilt error unpickles)."""
     cls = find_class(qualified) if qualified else None
     subclass = _subclass(cls) if cls is not None else None
     if subclass is None:
         return RemoteError(function, qualified, message, traceback)
-    arguments = _decoded(args, list)
-    arguments = tuple(arguments) if arguments is not None else (message,)
     try:
         # Not ``__init__``: a class's own ``__init__`` may take other arguments than its
         # ``args`` (keyword-only ones, say); ``args`` and the attributes are set as they were.
@@ -124,7 +143,7 @@ def rebuild(
         error.args = arguments
     except Exception:
         return RemoteError(function, qualified, message, traceback)
-    for name, value in (_decoded(attributes, dict) or {}).items():
+    for name, value in attributes.items():
         try:
             setattr(error, name, value)
         except Exception:  # A read-only property, say: keep what __new__ made.
