@@ -4,6 +4,9 @@ closing at exit, and the handle check across event loops."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -12,7 +15,7 @@ import pytest
 
 import rpc_parallel as rp
 
-from .support import run_program, write_program
+from .support import REPO, run_program, write_program
 from .workers import Bank, InsufficientFunds
 
 
@@ -147,3 +150,59 @@ async def test_the_other_loop_error_names_both_loops() -> None:
         assert text.count(" at 0x") == 2, text
         assert "running" in text and "rp.blocking" in text, text
         assert await w.run(Bank.withdraw, 1) == 0  # fine in its own loop
+
+
+CTRL_C = """
+import pathlib
+import sys
+import time
+
+import rpc_parallel as rp
+
+
+class Slow(rp.Worker[str]):
+    async def init_worker_state(self, marker: str) -> None:
+        self.marker = marker
+
+    @rp.rpc
+    def sleep(self, seconds: float) -> None:
+        pathlib.Path(self.marker).write_text("sleeping")
+        time.sleep(seconds)
+
+
+if __name__ == "__main__":
+    with rp.blocking.spawn(Slow, sys.argv[1]) as w:
+        print("pid", w.pid, flush=True)
+        w.run(Slow.sleep, 120.0)
+"""
+
+
+@pytest.mark.timeout(60)
+async def test_ctrl_c_while_waiting_cancels_and_closes(tmp_path: Path) -> None:
+    script = write_program(tmp_path, "ctrl_c.py", CTRL_C)
+    marker = tmp_path / "marker"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "src"), str(REPO)]))
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, str(script), str(marker), stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, env=env, cwd=str(tmp_path))
+    try:
+        assert process.stdout is not None
+        line = await asyncio.wait_for(process.stdout.readline(), 20.0)
+        worker = int(line.split()[1])
+        deadline = time.monotonic() + 20.0
+        while not marker.exists():
+            assert time.monotonic() < deadline, "the call never started"
+            await asyncio.sleep(0.05)
+        started = time.monotonic()
+        process.send_signal(signal.SIGINT)
+        _, err = await asyncio.wait_for(process.communicate(), 20.0)
+        assert time.monotonic() - started < 10.0
+        assert b"KeyboardInterrupt" in err
+        deadline = time.monotonic() + 10.0
+        while _alive(worker):
+            assert time.monotonic() < deadline, "the worker outlived the interrupted script"
+            await asyncio.sleep(0.05)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
