@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import concurrent.futures
 import contextlib
 import threading
 from collections.abc import Coroutine
 from types import TracebackType
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
-from ._functions import Function, Pipe, Runnable, StateFunction
+from ._builtins import LogRecord
+from ._functions import Function, Pipe, Rpc, Runnable, StateFunction
+from ._handle import Connection as AsyncConnection
 from ._handle import WorkerHandle as AsyncWorkerHandle
 from ._master import existing_master
 from ._worker_type import Worker
@@ -30,7 +33,7 @@ from .pool._pool import Spawnable
 from .rpc import PipeReader
 from .rpc.loop import new_event_loop
 
-__all__ = ["PipeIterator", "WorkerHandle", "spawn"]
+__all__ = ["Connection", "PipeIterator", "WorkerHandle", "spawn"]
 
 W = TypeVar("W", bound="Worker[Any]")
 W_co = TypeVar("W_co", covariant=True)
@@ -130,6 +133,23 @@ async def _next(reader: PipeReader[T]) -> T:
     return await reader.__anext__()
 
 
+def _run(target: Any, function: Function[Any], args: tuple[Any, ...],
+         kwargs: dict[str, Any]) -> Any:
+    """``await target.run(function, ...)`` on the library's loop; streams as iterators."""
+    result = _library_loop.wait(target.run(function, *args, **kwargs))
+    if isinstance(function, Pipe):
+        return PipeIterator(result)
+    if isinstance(function, StateFunction):
+        initial, updates = result
+        return initial, PipeIterator(updates)
+    return result
+
+
+async def _submitted(target: Any, function: Function[Any], args: tuple[Any, ...],
+                     kwargs: dict[str, Any]) -> Any:
+    return await target.submit(function, *args, **kwargs)
+
+
 class WorkerHandle(Generic[W_co]):
     """A running worker, used without ``await``; ``handle`` is its async ``rp.WorkerHandle``
     (to pass to another worker, say)."""
@@ -159,14 +179,29 @@ class WorkerHandle(Generic[W_co]):
     def run(self, function: Function[Any], /, *args: Any, **kwargs: Any) -> Any:
         """Run ``function`` on the worker and wait for its result (typed like
         ``await handle.run``, with streams as ``PipeIterator``)."""
-        runner: Any = self.handle
-        result = _library_loop.wait(runner.run(function, *args, **kwargs))
-        if isinstance(function, Pipe):
-            return PipeIterator(result)
-        if isinstance(function, StateFunction):
-            initial, updates = result
-            return initial, PipeIterator(updates)
-        return result
+        return _run(self.handle, function, args, kwargs)
+
+    def submit(
+        self, function: Rpc[W_co, P, R], /, *args: P.args, **kwargs: P.kwargs
+    ) -> concurrent.futures.Future[R]:
+        """Start an ``rpc`` call now; a ``concurrent.futures.Future`` of its result (many
+        calls in flight from code that is not async: ``[f.result() for f in futures]``)."""
+        return asyncio.run_coroutine_threadsafe(
+            _submitted(self.handle, function, args, kwargs), _library_loop.loop()
+        )
+
+    def connect(self, arg: object = None) -> Connection[W_co]:
+        """A new connection to the worker, with connection state from
+        ``init_connection_state(arg)``."""
+        return Connection(_library_loop.wait(self.handle.connect(arg)))
+
+    def subscribe_logs(self) -> PipeIterator[LogRecord]:
+        """The worker's ``logging`` records from now on, as an iterator."""
+        return PipeIterator(_library_loop.wait(self.handle.subscribe_logs()))
+
+    def close_server(self) -> None:
+        """Stop the worker accepting new connections; existing ones go on."""
+        _library_loop.wait(self.handle.close_server())
 
     def close(self) -> None:
         """Close the handle (the worker exits unless spawned to outlive it)."""
@@ -177,6 +212,57 @@ class WorkerHandle(Generic[W_co]):
         _library_loop.wait(self.handle.shutdown())
 
     def __enter__(self) -> WorkerHandle[W_co]:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class Connection(Generic[W_co]):
+    """An extra connection to a worker (``WorkerHandle.connect``), used without ``await``;
+    ``connection`` is its async ``rp.Connection``."""
+
+    def __init__(self, connection: AsyncConnection[W_co]) -> None:
+        self.connection = connection
+        self.name = connection.name
+
+    def __repr__(self) -> str:
+        return f"<rp.blocking.Connection to {self.name}>"
+
+    @overload
+    def run(
+        self, function: Pipe[W_co, P, R], /, *args: P.args, **kwargs: P.kwargs
+    ) -> PipeIterator[R]: ...
+    @overload
+    def run(
+        self, function: StateFunction[W_co, P, S, U], /, *args: P.args, **kwargs: P.kwargs
+    ) -> tuple[S, PipeIterator[U]]: ...
+    @overload
+    def run(
+        self, function: Runnable[W_co, P, T], /, *args: P.args, **kwargs: P.kwargs
+    ) -> T: ...
+    def run(self, function: Function[Any], /, *args: Any, **kwargs: Any) -> Any:
+        """Run ``function`` on the worker and wait for its result (typed like
+        ``await handle.run``, with streams as ``PipeIterator``)."""
+        return _run(self.connection, function, args, kwargs)
+
+    def submit(
+        self, function: Rpc[W_co, P, R], /, *args: P.args, **kwargs: P.kwargs
+    ) -> concurrent.futures.Future[R]:
+        """Start an ``rpc`` call now; a ``concurrent.futures.Future`` of its result (many
+        calls in flight from code that is not async: ``[f.result() for f in futures]``)."""
+        return asyncio.run_coroutine_threadsafe(
+            _submitted(self.connection, function, args, kwargs), _library_loop.loop()
+        )
+
+    def close(self) -> None:
+        """Close this connection (the worker goes on)."""
+        _library_loop.wait(self.connection.close())
+
+    def __enter__(self) -> Connection[W_co]:
         return self
 
     def __exit__(

@@ -45,6 +45,31 @@ class Streams(rp.Worker[None]):
         return sum([n async for n in numbers])
 
 
+class Greeter(rp.Worker[None]):
+    async def init_connection_state(self, arg: object) -> object:
+        return arg
+
+    @rp.rpc
+    async def greet(self, name: str) -> str:
+        return f"{self.connection_state}, {name}"
+
+    @rp.rpc
+    def double(self, x: int) -> int:
+        return 2 * x
+
+
+@pytest.mark.timeout(60)
+def test_submit_and_connections() -> None:
+    with rp.blocking.spawn(Greeter, None) as w:
+        futures = [w.submit(Greeter.double, i) for i in range(20)]
+        assert [f.result(timeout=10.0) for f in futures] == [2 * i for i in range(20)]
+        with w.connect("hello") as hello, w.connect("hi") as hi:
+            assert hello.run(Greeter.greet, "ann") == "hello, ann"
+            assert hi.run(Greeter.greet, "bob") == "hi, bob"
+            assert hi.submit(Greeter.double, 4).result(timeout=10.0) == 8
+        assert w.run(Greeter.double, 5) == 10  # the handle goes on after its connections
+
+
 @pytest.mark.timeout(60)
 def test_streams_are_plain_iterators() -> None:
     with rp.blocking.spawn(Streams, None) as w:

@@ -50,3 +50,10 @@ def main() -> None:
         assert_type(w.run(Adder.fire, "x"), None)
         assert_type(w.run(Adder.total, numbers()), int)
         assert_type(w.handle, rp.WorkerHandle[Adder])
+        assert_type(w.submit(Adder.add, 1).result(), int)
+        with w.connect("state") as c:
+            assert_type(c, rp.blocking.Connection[Adder])
+            assert_type(c.run(Adder.add, 2), int)
+            assert_type(c.run(Adder.count, 2), rp.blocking.PipeIterator[int])
+        for record in w.subscribe_logs():
+            assert_type(record, rp.LogRecord)

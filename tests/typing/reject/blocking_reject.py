@@ -31,3 +31,6 @@ def main() -> None:
         w.run(Other.ping)  # expect-error
         b: list[str] = list(w.run(Adder.count, 1))  # expect-error
         c: int = w.run(Adder.count, 1)  # expect-error
+        w.submit(Adder.count, 1)  # expect-error
+        d: str = w.submit(Adder.add, 1).result()  # expect-error
+        w.connect().run(Other.ping)  # expect-error
