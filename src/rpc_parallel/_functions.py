@@ -52,6 +52,10 @@ class Function(Generic[W_contra]):
         self._spec: FunctionSpec | None = None
         self.__doc__ = getattr(implementation, "__doc__", None)
         self.__wrapped__ = implementation
+        unwrapped = inspect.unwrap(implementation)
+        self._is_async = inspect.iscoroutinefunction(unwrapped) or inspect.isasyncgenfunction(
+            unwrapped
+        )
 
     def __set_name__(self, owner: type, attribute: str) -> None:
         self.attribute = attribute
@@ -95,8 +99,7 @@ class Function(Generic[W_contra]):
         plain ``def`` runs in the worker's threads (as when it is called remotely) behind an
         async wrapper, so ``await self.f(...)`` works for both, as the types say."""
         method = self.implementation.__get__(instance, type(instance))
-        unwrapped = inspect.unwrap(self.implementation)
-        if inspect.iscoroutinefunction(unwrapped) or inspect.isasyncgenfunction(unwrapped):
+        if self._is_async:
             return method
         threads: Executor | None = getattr(instance, THREADS_ATTRIBUTE, None)
         kind = self.kind
