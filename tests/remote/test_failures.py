@@ -116,7 +116,7 @@ async def test_partition_fails_calls_and_both_sides_clean_up(
         started = time.monotonic()
         errors = await check_all_died(calls, started)
         elapsed = time.monotonic() - started
-        assert elapsed < SHORT.heartbeat_timeout + 3.0, elapsed
+        assert elapsed < SHORT.heartbeat_timeout + 6.0, elapsed  # (generous: a shared machine)
         assert any("heartbeat" in str(e) or "stopped answering" in str(e) for e in errors), errors
         # This side: the ssh client was killed and reaped.
         await bounded(ssh_client.wait(), 10.0, "the ssh client to be reaped")
