@@ -30,7 +30,12 @@ from ._builtins import (
 )
 from ._network import advertised_host, alternatives, join
 from ._serving import report_fatal, set_exit_future, set_fatal_reporter
-from ._sockets import WORKER_PREFIX, remove_socket_directory, serve_in_temporary_directory
+from ._sockets import (
+    WORKER_PREFIX,
+    remove_own_directories,
+    remove_socket_directory,
+    serve_in_temporary_directory,
+)
 from ._state import State, process
 from ._worker_type import Worker
 from .rpc import Connection as RpcConnection
@@ -91,6 +96,7 @@ def _watch_stdin(shutdown_on: str) -> None:
                 os.dup2(devnull, 2)
         os.close(devnull)
         return
+    remove_own_directories()  # (os._exit skips atexit; no master is left to do it)
     sys.stderr.flush()
     os._exit(0)
 

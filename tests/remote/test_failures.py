@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import socket
 import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -137,6 +139,7 @@ async def _gone_from(host: NamespaceHost, pid: int, timeout: float) -> float:
     return time.monotonic() - started
 
 
+MODES = ("connection_closed", "heartbeat_timeout", "called_shutdown")
 MASTER_SCRIPT = """\
 import asyncio, json, sys
 sys.path.insert(0, {repo!r})
@@ -151,6 +154,7 @@ async def main() -> None:
         handle = await Echo.spawn(0, how=how, shutdown_on=mode, redirect_stdout=rp.DevNull())
         assert await handle.run(Echo.add, 1, 1) == 2
         pids[mode] = handle.pid
+        pids[mode + " directory"] = handle.address.split()[0].removeprefix("unix:")
     print(json.dumps(pids), flush=True)
     await asyncio.Event().wait()
 
@@ -170,17 +174,21 @@ async def test_master_sigkill_ends_remote_workers_but_called_shutdown(
     master = await asyncio.create_subprocess_exec(
         sys.executable, str(script), stdout=asyncio.subprocess.PIPE, env=env)
     survivor: int | None = None
+    sockets: dict[str, Path] = {}
     try:
         assert master.stdout is not None
         line = await bounded(master.stdout.readline(), 60.0, "the master's worker pids")
-        pids: dict[str, int] = json.loads(line)
-        survivor = pids["called_shutdown"]
+        found: dict[str, Any] = json.loads(line)
+        survivor = found["called_shutdown"]
+        sockets = {mode: Path(found.pop(f"{mode} directory")).parent for mode in MODES}
+        pids: dict[str, int] = found
         assert set(pids.values()) <= set(namespace_host.pids())
         master.kill()
         started = time.monotonic()
         assert await master.wait() == -signal.SIGKILL
         for mode in ("connection_closed", "heartbeat_timeout"):
             await _gone_from(namespace_host, pids[mode], 10.0)
+            assert not sockets[mode].exists(), "the worker left its socket directory"
         elapsed = time.monotonic() - started
         assert alive(survivor) and survivor in namespace_host.pids()
         print(f"master SIGKILLed -> remote workers gone in {elapsed:.2f} s")
@@ -191,6 +199,8 @@ async def test_master_sigkill_ends_remote_workers_but_called_shutdown(
         if survivor is not None and alive(survivor):
             os.kill(survivor, signal.SIGKILL)
             await gone(survivor, 10.0)
+        for directory in sockets.values():  # (the survivor's, SIGKILLed above)
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 async def test_a_worker_that_cannot_connect_back(namespace_host: NamespaceHost) -> None:
