@@ -32,7 +32,6 @@ asyncio.run(main())   # no `if __name__ == "__main__":` guard
 """
 
 
-@pytest.mark.xfail(strict=True, reason="#11.2: workers re-import the script and spawn without end")
 @pytest.mark.timeout(60)
 async def test_no_main_guard_is_refused_with_the_multiprocessing_hint(tmp_path: Path) -> None:
     ran = await run_program(write_program(tmp_path, "unguarded.py", NO_GUARD), timeout=20.0)
@@ -69,7 +68,6 @@ if __name__ == "__main__":
 """
 
 
-@pytest.mark.xfail(strict=True, reason="#11.3: the worker's sys.argv is not the master's")
 @pytest.mark.timeout(60)
 async def test_worker_sys_argv_is_the_masters(tmp_path: Path) -> None:
     ran = await run_program(write_program(tmp_path, "cli.py", ARGPARSE), "--count", "3")
@@ -99,7 +97,6 @@ if __name__ == "__main__":
 """
 
 
-@pytest.mark.xfail(strict=True, reason="#11.3: `python - < script.py` gives a bogus <stdin> path")
 @pytest.mark.timeout(60)
 async def test_script_from_stdin_gets_a_clear_error(tmp_path: Path) -> None:
     script = write_program(tmp_path, "unused.py", "")
