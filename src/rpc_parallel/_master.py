@@ -39,8 +39,9 @@ class Supervised(Protocol):
 class Master:
     def __init__(self) -> None:
         self.pending: dict[str, asyncio.Future[tuple[RpcConnection, Registration]]] = {}
-        self.initializing: dict[str, asyncio.Future[None]] = {}
-        """By worker id: set when the worker has connected and starts ``init_worker_state``."""
+        self.initializing: dict[str, asyncio.Future[RpcConnection]] = {}
+        """By worker id: set when the worker has connected and starts ``init_worker_state``,
+        to the connection it holds open meanwhile (its loss: the worker stopped or died)."""
         self.handles: dict[RpcConnection, Supervised] = {}
         self.supervisors: set[asyncio.Task[None]] = set()
         self.server: Server | None = None
@@ -90,7 +91,7 @@ class Master:
         if started is None:
             raise ProtocolError(f"no spawn is waiting for worker id {worker_id}")
         if not started.done():
-            started.set_result(None)
+            started.set_result(current_connection.get())
 
     async def _register(self, registration: Registration) -> None:
         pending = self.pending.get(registration.worker_id)

@@ -89,7 +89,7 @@ async def spawn(
     worker, name = await _start_process(prepared, master)
     loop = asyncio.get_running_loop()
     registered: asyncio.Future[tuple[RpcConnection, Registration]] = loop.create_future()
-    initializing: asyncio.Future[None] = loop.create_future()
+    initializing: asyncio.Future[RpcConnection] = loop.create_future()
     master.pending[prepared.worker_id] = registered
     master.initializing[prepared.worker_id] = initializing
     try:
@@ -198,7 +198,7 @@ async def _start_process(prepared: _Prepared, master: Master) -> tuple[LaunchedP
 async def _await_registration(
     worker: LaunchedProcess,
     registered: asyncio.Future[tuple[RpcConnection, Registration]],
-    initializing: asyncio.Future[None],
+    initializing: asyncio.Future[RpcConnection],
     name: str,
     options: SpawnOptions,
 ) -> tuple[RpcConnection, Registration]:
@@ -208,15 +208,11 @@ async def _await_registration(
     await _wait_or_exit(worker, [registered, initializing], options.connection_timeout)
     if not (registered.done() or initializing.done()):
         await _not_registered(
-            worker, name, started, "before it connected back",
+            worker, name, started, "before it registered (while starting)",
             f"did not start and connect back within connection_timeout "
             f"({options.connection_timeout:g} s)")
-    started = time.monotonic()
-    await _wait_or_exit(worker, [registered], options.init_timeout)
     if not registered.done():
-        await _not_registered(
-            worker, name, started, "during init_worker_state",
-            f"init_worker_state did not finish within init_timeout ({options.init_timeout:g} s)")
+        await _await_init(worker, registered, initializing.result(), name, options)
     link, registration = registered.result()
     failure = registration.error
     if failure is not None:
@@ -228,6 +224,36 @@ async def _await_registration(
             stderr_tail=worker.stderr_tail(),
         )
     return link, registration
+
+
+async def _await_init(
+    worker: LaunchedProcess,
+    registered: asyncio.Future[tuple[RpcConnection, Registration]],
+    initializing: RpcConnection,
+    name: str,
+    options: SpawnOptions,
+) -> None:
+    """The ``init_worker_state`` phase: until the registration, within ``init_timeout``.
+    The connection the worker holds open meanwhile has heartbeats: if it is lost first, the
+    worker stopped answering (or died) during initialisation."""
+    started = time.monotonic()
+    lost = asyncio.ensure_future(initializing.wait_closed())
+    try:
+        await _wait_or_exit(worker, [registered, lost], options.init_timeout)
+        if lost.done() and not registered.done():
+            await _wait_or_exit(worker, [registered], 1.0)  # dying, or registered meanwhile
+    finally:
+        lost.cancel()
+    if registered.done():
+        return
+    during = "during init_worker_state"
+    if lost.done() and worker.returncode is None:
+        await _not_registered(worker, name, started, during,
+                              f"stopped answering during init_worker_state "
+                              f"({initializing.close_reason or 'connection lost'})")
+    await _not_registered(
+        worker, name, started, during,
+        f"init_worker_state did not finish within init_timeout ({options.init_timeout} s)")
 
 
 async def _wait_or_exit(

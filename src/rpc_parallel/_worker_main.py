@@ -210,20 +210,68 @@ async def _init_worker_state(
     return None
 
 
-async def _announce(config: WorkerConfig) -> None:
-    """Tell the master this process has started and connected, and that init_worker_state
-    starts now (ending the spawn's ``connection_timeout``). On a connection of its own,
-    closed at once: a long, blocking init_worker_state starves no link's heartbeats."""
-    connection = await connect(
-        parse_address(config.master_address), secret=config.secret, implementations=[],
-        settings=config.settings,
-    )
-    try:
-        await connection.call(INITIALIZING, config.worker_id)
-    finally:
-        connection.close("initializing")
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(connection.wait_closed(), timeout=2.0)
+class _Initializing:
+    """A connection to the master held open while ``init_worker_state`` runs, on a thread and
+    event loop of its own: it tells the master that this process has started and connected
+    (ending the spawn's ``connection_timeout``), and its heartbeats say the process is alive
+    even while a blocking ``init_worker_state`` holds the main loop. The master takes its
+    loss before the registration as the worker stopped or died during initialisation."""
+
+    def __init__(self, config: WorkerConfig) -> None:
+        self.config = config
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._finish: asyncio.Future[None] | None = None
+        self._thread = threading.Thread(
+            target=self._run, name="rpc_parallel-initializing", daemon=True)
+
+    async def start(self) -> None:
+        """Connect and announce; returns once the master knows (raises if it cannot)."""
+        loop = asyncio.get_running_loop()
+        self._announced: asyncio.Future[None] = loop.create_future()
+        self._main_loop = loop
+        self._thread.start()
+        await self._announced
+
+    def _run(self) -> None:
+        rpc_run(self._hold())
+
+    async def _hold(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._finish = self._loop.create_future()
+        config = self.config
+        try:
+            connection = await connect(
+                parse_address(config.master_address), secret=config.secret,
+                implementations=[], settings=config.settings)
+            await connection.call(INITIALIZING, config.worker_id)
+        except BaseException as error:
+            self._main_loop.call_soon_threadsafe(_set_exception, self._announced, error)
+            return
+        self._main_loop.call_soon_threadsafe(_set_result, self._announced)
+        try:
+            await self._finish
+        finally:
+            connection.close("initialized")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(connection.wait_closed(), timeout=2.0)
+
+    def finish(self) -> None:
+        """Close the connection (after the registration); its thread then ends. Does not
+        wait: nothing may run between the registration and the stderr redirection."""
+        loop, finish = self._loop, self._finish
+        if loop is not None and finish is not None:
+            with contextlib.suppress(RuntimeError):  # its loop has ended already
+                loop.call_soon_threadsafe(_set_result, finish)
+
+
+def _set_result(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _set_exception(future: asyncio.Future[None], error: BaseException) -> None:
+    if not future.done():
+        future.set_exception(error)
 
 
 async def _construction_failed(config: WorkerConfig, failure: ErrorInfo) -> int:
@@ -255,7 +303,8 @@ async def serve(config: WorkerConfig, cls: type[Worker[Any]]) -> int:
         return await _construction_failed(config, remote_error_info(error))
     reports = _Reports(config.name, exit_future)
     one_way_failed = _report_failures(instance, reports)
-    await _announce(config)
+    initializing = _Initializing(config)
+    await initializing.start()
     failure = await _init_worker_state(config, cls, instance)
     implementations = cls.implementations(instance)
     serving: dict[str, Any] = {
@@ -266,10 +315,13 @@ async def serve(config: WorkerConfig, cls: type[Worker[Any]]) -> int:
     try:
         instance._rpc_parallel_server = server
         link = reports.link = await connect(parse_address(config.master_address), **serving)
-        await link.call(REGISTER, Registration(
-            worker_id=config.worker_id, pid=os.getpid(), host=socket.gethostname(),
-            address=address_of(server).wire, error=failure,
-        ))
+        try:
+            await link.call(REGISTER, Registration(
+                worker_id=config.worker_id, pid=os.getpid(), host=socket.gethostname(),
+                address=address_of(server).wire, error=failure,
+            ))
+        finally:
+            initializing.finish()
         if failure is not None:
             return 1
         _redirect_stderr(config)
