@@ -1,0 +1,106 @@
+"""#11.7, #11.10, #11.13 beyond the reported cases: the two start-up phases and what their
+errors say, a plain-def (blocking) ``init_worker_state``, and which declared types are
+refused when the class is defined."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+import rpc_parallel as rp
+
+from ..workers.support import SHORT, bounded
+from .starting import BlockingInit, Echoes, ExitsInInit, HoldsOpaque, Opaque, Registered, Sendable
+from .workers import SlowInit
+
+
+@pytest.mark.timeout(30)
+async def test_plain_def_init_blocking_longer_than_the_heartbeat_timeout_works() -> None:
+    """A blocking init holds the worker's loop; the spawn still waits for it (init_timeout
+    is none by default) instead of taking the silence for a dead worker."""
+    seconds = SHORT.heartbeat_timeout * 2
+    async with await bounded(BlockingInit.spawn(seconds), 20.0, "spawn") as w:
+        assert await w.run(BlockingInit.loaded_for) == seconds
+
+
+@pytest.mark.timeout(30)
+async def test_connection_timeout_error_names_the_start_phase() -> None:
+    hang = rp.Wrap(["sh", "-c", "sleep 30"])
+    started = time.monotonic()
+    with pytest.raises(rp.SpawnError) as caught:
+        await bounded(SlowInit.spawn(0.0, how=hang, connection_timeout=1.0), 15.0, "spawn")
+    text = str(caught.value)
+    assert "did not start and connect back within connection_timeout (1 s)" in text, text
+    assert "init_worker_state" not in text and "killed" in text
+    assert time.monotonic() - started < 10.0
+
+
+@pytest.mark.timeout(30)
+async def test_exit_during_init_names_the_init_phase() -> None:
+    with pytest.raises(rp.SpawnError) as caught:
+        await bounded(ExitsInInit.spawn(5), 15.0, "spawn")
+    text = str(caught.value)
+    assert "exited with code 5 during init_worker_state" in text, text
+
+
+@pytest.mark.timeout(30)
+async def test_init_timeout_says_how_long_init_ran() -> None:
+    with pytest.raises(rp.SpawnError) as caught:
+        await bounded(SlowInit.spawn(60.0, init_timeout=0.5), 15.0, "spawn")
+    text = str(caught.value)
+    assert "init_worker_state did not finish within init_timeout (0.5 s)" in text, text
+    assert "it ran " in text and "killed" in text
+
+
+@pytest.mark.parametrize("bad", [0, -1.0])
+async def test_timeouts_must_be_positive(bad: float) -> None:
+    spawn: Any = SlowInit.spawn
+    with pytest.raises(ValueError, match="init_timeout must be positive"):
+        await spawn(0.0, init_timeout=bad)
+    with pytest.raises(ValueError, match="connection_timeout must be positive"):
+        await spawn(0.0, connection_timeout=bad)
+
+
+def test_unsendable_class_is_refused_when_the_class_is_defined() -> None:
+    with pytest.raises(TypeError) as caught:
+        class Carrier(rp.Worker[None]):
+            @rp.rpc
+            async def take(self, thing: Opaque) -> int:
+                return 0
+    text = str(caught.value)
+    assert "Carrier.take" in text and "'thing'" in text and "starting.Opaque" in text, text
+
+
+def test_unsendable_result_and_field_are_refused_when_the_class_is_defined() -> None:
+    with pytest.raises(TypeError, match=r"Arrays\.make: the result is declared numpy\.ndarray"):
+        class Arrays(rp.Worker[None]):
+            @rp.rpc
+            async def make(self) -> np.ndarray:
+                return np.zeros(3)
+
+    with pytest.raises(TypeError, match=r"parameter 'held' is declared .*Opaque \(in .*HoldsOpaque\]\)"):
+        class Holder(rp.Worker[None]):
+            @rp.pipe
+            async def take(self, held: list[HoldsOpaque]) -> AsyncIterator[int]:
+                yield 1
+
+
+def test_sendable_and_registered_types_are_accepted() -> None:
+    class Fine(rp.Worker[None]):
+        @rp.rpc
+        async def take(self, a: Sendable, b: Registered, c: dict[str, tuple[int, ...]] | None,
+                       d: rp.WorkerHandle[BlockingInit], e: Any) -> list[Sendable]:
+            return [a]
+
+    assert Fine.functions()[0].spec.name == "Fine.take"
+
+
+@pytest.mark.timeout(30)
+async def test_registered_type_travels() -> None:
+    """The check accepts what ``register_type`` taught: the value really travels."""
+    async with await Echoes.spawn(None) as w:
+        assert await bounded(w.run(Echoes.registered, Registered(7)), 10.0, "call") == 7
