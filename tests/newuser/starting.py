@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import os
 import time
+from typing import Any
 
 import rpc_parallel as rp
 from rpc_parallel.rpc import register_type
@@ -62,3 +64,11 @@ class Echoes(rp.Worker[None]):
     @rp.rpc
     async def registered(self, value: Registered) -> int:
         return value.value
+
+    @rp.rpc
+    async def anything(self, value: Any) -> Any:
+        return value
+
+    @rp.rpc
+    async def when(self, value: datetime.datetime) -> datetime.datetime:
+        return value

@@ -4,6 +4,7 @@ refused when the class is defined."""
 
 from __future__ import annotations
 
+import datetime
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -104,3 +105,22 @@ async def test_registered_type_travels() -> None:
     """The check accepts what ``register_type`` taught: the value really travels."""
     async with await Echoes.spawn(None) as w:
         assert await bounded(w.run(Echoes.registered, Registered(7)), 10.0, "call") == 7
+
+
+@pytest.mark.timeout(30)
+async def test_what_any_and_datetimes_arrive_as() -> None:
+    """What the guide says (section 5): through ``Any`` a dataclass arrives as a dict, tuples
+    and sets as lists, an aware datetime in UTC and a naive one as its ISO string; a declared
+    aware datetime arrives in UTC, a declared naive one naive."""
+    aware = datetime.datetime(2026, 11, 30, 12, 0,
+                              tzinfo=datetime.timezone(datetime.timedelta(hours=2)))
+    naive = datetime.datetime(2026, 11, 30, 12, 0)
+    sent = [Sendable("a", {"x"}), (1, 2), {3}, frozenset({4}), aware, naive]
+    async with await Echoes.spawn(None) as w:
+        back = await bounded(w.run(Echoes.anything, sent), 10.0, "anything")
+        assert back == [{"name": "a", "tags": ["x"]}, [1, 2], [3], [4],
+                        aware.astimezone(datetime.UTC), "2026-11-30T12:00:00"]
+        assert back[4].tzinfo == datetime.UTC
+        declared = await w.run(Echoes.when, aware)
+        assert declared == aware and declared.utcoffset() == datetime.timedelta(0)
+        assert await w.run(Echoes.when, naive) == naive
