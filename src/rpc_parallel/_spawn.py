@@ -276,8 +276,8 @@ async def _not_registered(
     took = time.monotonic() - since
     if worker.returncode is not None:
         await worker.drain_output(timeout=1.0)
-        raise SpawnError(f"worker {name} {describe_exit(worker.returncode)} {during} "
-                         f"(after {took:.1f} s)", stderr_tail=worker.stderr_tail())
+        raise SpawnError(f"worker {name} {describe_exit(worker.returncode)} {during}, "
+                         f"after {took:.1f} s", stderr_tail=worker.stderr_tail())
     await worker.kill_and_reap()
     raise SpawnError(f"worker {name} {timed_out}: it ran {took:.1f} s; killed",
                      stderr_tail=worker.stderr_tail())
