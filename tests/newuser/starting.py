@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import os
+import sys
 import time
 from typing import Any
 
@@ -72,3 +73,10 @@ class Echoes(rp.Worker[None]):
     @rp.rpc
     async def when(self, value: datetime.datetime) -> datetime.datetime:
         return value
+
+
+class Leaves(rp.Worker[None]):
+    @rp.rpc
+    def leave(self, status: int | str | None) -> None:
+        """A plain def (it runs in a thread) that ends the worker."""
+        sys.exit(status)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,7 +16,16 @@ import pytest
 import rpc_parallel as rp
 
 from ..workers.support import SHORT, bounded
-from .starting import BlockingInit, Echoes, ExitsInInit, HoldsOpaque, Opaque, Registered, Sendable
+from .starting import (
+    BlockingInit,
+    Echoes,
+    ExitsInInit,
+    HoldsOpaque,
+    Leaves,
+    Opaque,
+    Registered,
+    Sendable,
+)
 from .workers import SlowInit
 
 
@@ -124,3 +134,20 @@ async def test_what_any_and_datetimes_arrive_as() -> None:
         declared = await w.run(Echoes.when, aware)
         assert declared == aware and declared.utcoffset() == datetime.timedelta(0)
         assert await w.run(Echoes.when, naive) == naive
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(("status", "code"), [(4, 4), (None, 0), ("bye", 1)])
+async def test_sys_exit_in_a_plain_def_is_the_exit_status(
+        tmp_path: Path, status: int | str | None, code: int) -> None:
+    w = await Leaves.spawn(None, redirect_stderr=rp.FileTruncate(tmp_path / "stderr"))
+    try:
+        with pytest.raises(rp.WorkerDied) as caught:
+            await bounded(w.run(Leaves.leave, status), 10.0, "the call that exits")
+        assert caught.value.exit_code == code, str(caught.value)
+        tail = caught.value.stderr_tail
+        assert "sys.exit(" in tail and "in leave (" in tail and "Traceback" not in tail, tail
+        if isinstance(status, str):
+            assert status in tail
+    finally:
+        await w.close()
