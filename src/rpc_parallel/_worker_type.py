@@ -26,7 +26,7 @@ from .errors import SpawnError
 from .launch import Forward, Launcher, Local, Redirection
 from .launch._process import WorkerProcess
 from .rpc import Implementation, Server, current_connection
-from .rpc.functions import UnsendableType
+from .rpc.functions import check_declared_types
 from .rpc.transport import address_of
 
 I = TypeVar("I")  # noqa: E741
@@ -51,13 +51,11 @@ class Worker(Generic[I]):
                 if isinstance(value, Function):
                     functions[attribute] = value
         cls._rpc_parallel_functions = functions
-        for function in functions.values():
-            try:
-                function.spec  # noqa: B018 - an unsendable type fails the class statement
-            except UnsendableType:
-                raise
-            except TypeError:
-                pass  # e.g. a type defined later in the module: checked again at spawn
+        for value in vars(cls).values():  # inherited functions: checked with their class
+            if isinstance(value, Function):
+                # A type that cannot travel fails the class statement; other annotation
+                # mistakes (a name defined later, say) are found at spawn.
+                check_declared_types(value.implementation, skip_first=True)
 
     def init_worker_state(self, init_arg: I, /) -> Awaitable[None] | None:
         """Runs once in the worker process with the spawn's init argument, before the

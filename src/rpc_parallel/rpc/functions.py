@@ -395,6 +395,23 @@ def _check_sendable(annotation: Any, where: str, what: str) -> None:
         )
 
 
+def check_declared_types(function: Callable[..., Any], *, skip_first: bool = False) -> None:
+    """``UnsendableType`` if a parameter or the result of ``function`` is declared with a
+    type no value can travel as. Cheap (no codec is built), for use when a class is
+    defined; annotations that do not resolve yet are left to ``describe_callable``."""
+    try:
+        hints = typing.get_type_hints(function)
+    except Exception:
+        return
+    where = getattr(function, "__qualname__", repr(function))
+    names = list(inspect.signature(function).parameters)[1 if skip_first else 0:]
+    for name in names:
+        if name in hints:
+            _check_sendable(hints[name], where, f"parameter {name!r}")
+    if "return" in hints:
+        _check_sendable(hints["return"], where, "the result")
+
+
 def describe_callable(
     function: Callable[..., Any], *, kind: Kind, skip_first: bool = False
 ) -> dict[str, Any]:
