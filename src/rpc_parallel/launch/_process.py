@@ -45,6 +45,42 @@ def _write(target: IO[str], data: bytes, echo: bool) -> None:
         pass
 
 
+async def forward(
+    stream: asyncio.StreamReader,
+    target: IO[str],
+    prefix: bytes,
+    tail: bytearray | None = None,
+    echo: bool = True,
+) -> None:
+    """Copy ``stream`` to ``target`` byte for byte, with ``prefix`` at each line start;
+    keep its last bytes in ``tail``; write nothing unless ``echo``.
+
+    Reads in chunks, never by line: a line of any length arrives whole. Complete lines are
+    written together (so that workers' lines do not interleave mid-line); a line longer than
+    a chunk is written in pieces. A last line without a newline gets one.
+    """
+    pending = b""
+    at_line_start = True
+    while True:
+        chunk = await stream.read(_CHUNK)
+        if tail is not None and chunk:
+            tail += chunk
+            del tail[:-_TAIL_BYTES]
+        if not chunk:
+            if pending or not at_line_start:
+                _write(target, _prefixed(pending + b"\n", prefix, at_line_start), echo)
+            return
+        data = pending + chunk
+        cut = data.rfind(b"\n") + 1
+        if cut == 0 and len(data) < _CHUNK:
+            pending = data
+            continue
+        cut = cut or len(data)
+        block, pending = data[:cut], data[cut:]
+        _write(target, _prefixed(block, prefix, at_line_start), echo)
+        at_line_start = block.endswith(b"\n")
+
+
 def _file_tail(path: str, limit: int = 4096) -> str:
     try:
         with open(path, "rb") as file:
@@ -105,33 +141,7 @@ class WorkerProcess:
         tail: bytearray | None,
         echo: bool,
     ) -> None:
-        """Copy ``stream`` to ``target`` byte for byte, with ``[name] `` at each line start.
-
-        Reads in chunks, never by line: a line of any length arrives whole. Complete lines
-        are written together (so that workers' lines do not interleave mid-line); a line
-        longer than a chunk is written in pieces. A last line without a newline gets one.
-        """
-        prefix = f"[{self.name}] ".encode()
-        pending = b""
-        at_line_start = True
-        while True:
-            chunk = await stream.read(_CHUNK)
-            if tail is not None and chunk:
-                tail += chunk
-                del tail[:-_TAIL_BYTES]
-            if not chunk:
-                if pending or not at_line_start:
-                    _write(target, _prefixed(pending + b"\n", prefix, at_line_start), echo)
-                return
-            data = pending + chunk
-            cut = data.rfind(b"\n") + 1
-            if cut == 0 and len(data) < _CHUNK:
-                pending = data
-                continue
-            cut = cut or len(data)
-            block, pending = data[:cut], data[cut:]
-            _write(target, _prefixed(block, prefix, at_line_start), echo)
-            at_line_start = block.endswith(b"\n")
+        await forward(stream, target, f"[{self.name}] ".encode(), tail, echo)
 
     def stderr_tail(self) -> str:
         text = self._stderr_tail.decode(errors="replace")
