@@ -5,6 +5,7 @@ refused when the class is defined."""
 from __future__ import annotations
 
 import datetime
+import fractions
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -151,3 +152,13 @@ async def test_sys_exit_in_a_plain_def_is_the_exit_status(
             assert status in tail
     finally:
         await w.close()
+
+
+@pytest.mark.timeout(30)
+async def test_numpy_scalars_of_every_kind_travel_as_python_values() -> None:
+    async with await Echoes.spawn(None) as w:
+        sent = [np.float32(0.5), np.int8(-3), np.uint64(2**63), np.bool_(True), np.float64(2.5)]
+        assert await bounded(w.run(Echoes.anything, sent), 10.0, "call") == [
+            0.5, -3, 2**63, True, 2.5]
+        with pytest.raises(rp.ProtocolError, match="Fraction cannot be sent"):
+            await w.run(Echoes.anything, fractions.Fraction(1, 3))

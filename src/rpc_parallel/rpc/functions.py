@@ -43,8 +43,8 @@ def _encode_hook(value: Any) -> Any:
     # they stand for, so that they pass where ``int`` or ``float`` is declared.
     if isinstance(value, numbers.Integral):
         return int(value)
-    if isinstance(value, numbers.Real):
-        return float(value)
+    if isinstance(value, float):
+        return float(value)  # a float subclass; no lossy conversion of other reals
     if type(value).__module__ == "numpy" and getattr(value, "shape", None) == ():
         return value.item()  # a numpy scalar (bool_, str_ ...): its Python value
     # TypeError, not NotImplementedError: msgspec passes a hook's exception through, and the
