@@ -22,7 +22,7 @@ from ._builtins import (
 )
 from ._state import process
 from .rpc import Implementation, Server, current_connection
-from .rpc.frames import ErrorInfo, remote_error_info
+from .rpc.frames import ErrorInfo, remote_error_info, safe_text, text_limit
 
 logger = logging.getLogger("rpc_parallel")
 
@@ -164,8 +164,9 @@ def builtin_implementations(instance: WorkerInstance) -> list[Implementation]:
 
 def report_fatal(instance: WorkerInstance | None, error: BaseException, context: str) -> None:
     """A failure outside any call: tell the master (in a worker process) and exit."""
-    info = remote_error_info(error)
-    report = ErrorInfo("remote", info.type_name, f"{context}: {info.type_name}: {info.message}",
+    info = remote_error_info(error, text_limit(process().settings.max_message_size))
+    report = ErrorInfo("remote", info.type_name,
+                       f"{safe_text(context, 1000)}: {info.type_name}: {info.message}",
                        info.traceback)
     on_fatal = _fatal_reporters.get(instance) if instance is not None else None
     if on_fatal is not None:

@@ -21,25 +21,8 @@ BOUND = 4.0
 """A correct answer takes milliseconds; a hang is cut off here (the suite's time budget)."""
 TYPE_NAMES = {"surrogate": "ValueError", "str_raises": "BadStr", "huge": "ValueError"}
 
-# Which (path, kind) fail today, with what happens; each is a strict xfail.
-HANG = "the caller waits forever (heartbeats keep the link alive)"
-EXIT_1 = "the worker exits with code 1"
-LOST = "on_failure is never called and the worker never exits"
-BROKEN: dict[tuple[str, str], str] = {
-    **{("rpc_after_await", kind): HANG for kind in ODD_KINDS},
-    **{("rpc_before_await", kind): EXIT_1 for kind in ODD_KINDS},
-    ("plain_rpc", "surrogate"): HANG,
-    ("plain_rpc", "str_raises"): EXIT_1,
-    ("plain_rpc", "huge"): EXIT_1,
-    **{("pipe", kind): HANG for kind in ODD_KINDS},
-    **{("reverse_pipe", kind): HANG for kind in ODD_KINDS},
-    ("one_way", "surrogate"): LOST,
-    ("one_way", "str_raises"): "on_failure gets the RuntimeError of __str__, not BadStr",
-    ("one_way", "huge"): "the report is lost: on_failure says only 'exited with code 1'",
-    ("background", "surrogate"): LOST,
-    ("background", "str_raises"): "on_failure gets the RuntimeError of __str__, not BadStr",
-    ("background", "huge"): "the report is lost: on_failure says only 'exited with code 1'",
-}
+# Which (path, kind) fail today, with what happens; each is a strict xfail (none since #8.1).
+BROKEN: dict[tuple[str, str], str] = {}
 
 
 def cases(paths: tuple[str, ...]) -> list[object]:

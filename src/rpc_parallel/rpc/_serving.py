@@ -17,7 +17,14 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable, Generator
 from typing import Any
 
 from .errors import ProtocolError
-from .frames import ErrorInfo, MenuEntry, remote_error_info
+from .frames import (
+    ERROR_TEXT_LIMIT,
+    ErrorInfo,
+    MenuEntry,
+    describe,
+    remote_error_info,
+    safe_text,
+)
 from .functions import FunctionSpec
 from .streams import Credit, PipeReader
 
@@ -69,10 +76,23 @@ class ServedStream:
             self.reader._fail(asyncio.CancelledError())
 
 
-def error_info(error: BaseException) -> ErrorInfo:
+def error_info(error: BaseException, limit: int = ERROR_TEXT_LIMIT) -> ErrorInfo:
+    """``error`` as an ERROR frame carries it: every text safe to encode, each at most about
+    ``limit`` characters (see ``frames.safe_text``)."""
     if isinstance(error, ProtocolError):
-        return ErrorInfo("protocol", type(error).__qualname__, str(error), "")
-    return remote_error_info(error)
+        return ErrorInfo("protocol", type(error).__qualname__, safe_text(describe(error), limit), "")
+    return remote_error_info(error, limit)
+
+
+def unsendable_error_info(error: BaseException, failure: BaseException) -> ErrorInfo:
+    """The last resort when even ``error_info(error)`` cannot be sent: its type name and why."""
+    return ErrorInfo(
+        "remote",
+        safe_text(type(error).__qualname__, 200),
+        f"(the error could not be sent: {type(failure).__name__}: "
+        f"{safe_text(describe(failure), 500)})",
+        "",
+    )
 
 
 def cancel_all(tasks: list[asyncio.Task[Any]]) -> None:

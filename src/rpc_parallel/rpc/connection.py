@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from . import frames
-from ._calling import ReversePipeCall, RpcCall, cannot_send, error_from_info
+from ._calling import UNENCODABLE, ReversePipeCall, RpcCall, cannot_send, error_from_info
 from ._compat import enter_task as _enter_task  # What Python 3.12's eager tasks use.
 from ._compat import leave_task as _leave_task
 from ._handshake import prove, verify
@@ -37,6 +37,7 @@ from ._serving import (
     error_info,
     first_step,
     resume,
+    unsendable_error_info,
 )
 from .errors import (
     CloseKind,
@@ -88,6 +89,21 @@ _SPARE_LIMIT = 64 * 1024 * 1024  # The largest receive buffer kept for the next 
 _FLUSH_AT = 256 * 1024
 _ZERO_HEADER = bytes(HEADER_SIZE)
 _NO_PAYLOAD: Any = object()
+
+
+async def _close_stream(stream: Any) -> None:
+    """Close a reverse pipe's stream the call took (its ``finally`` runs now, not whenever the
+    garbage collector gets to it): the call is over, however it ended."""
+    try:
+        aclose = getattr(stream, "aclose", None)
+        if aclose is not None:
+            await aclose()
+        else:
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()
+    except Exception:  # Already running elsewhere, or its finally failed: not this call's.
+        pass
 
 
 class Connection(asyncio.BufferedProtocol):
@@ -157,6 +173,7 @@ class Connection(asyncio.BufferedProtocol):
         self._large_filled = 0
         self._limit = PREAUTH_MAX_MESSAGE_SIZE
         self._send_limit = self.settings.max_message_size + ENVELOPE
+        self._error_text_limit = frames.text_limit(self.settings.max_message_size)
 
     def _init_lifecycle(self) -> None:
         """Handshake, liveness and closing state."""
@@ -381,8 +398,8 @@ class Connection(asyncio.BufferedProtocol):
         self._next_id = call_id + 2 if call_id < 0xFFFF_FFFD else (1 if self.is_client else 2)
         try:  # (_send_query, inline)
             self._write(QUERY, call_id, index, args)
-        except (TypeError, MessageTooLarge) as error:
-            raise cannot_send(spec, "arguments", error) from None
+        except UNENCODABLE as error:
+            raise cannot_send(spec, "arguments", error, arguments=args) from None
         future: asyncio.Future[Any] = self.loop.create_future()
         self._outgoing[call_id] = RpcCall(spec, future)
         return future, call_id
@@ -405,8 +422,8 @@ class Connection(asyncio.BufferedProtocol):
             raise self._closed_error()
         try:
             self._write(QUERY, call_id, index, args)
-        except (TypeError, MessageTooLarge) as error:
-            raise cannot_send(spec, "arguments", error) from None
+        except UNENCODABLE as error:
+            raise cannot_send(spec, "arguments", error, arguments=args) from None
 
     async def _pump(
         self,
@@ -438,6 +455,8 @@ class Connection(asyncio.BufferedProtocol):
                     future.set_exception(error)
             if not isinstance(error, Exception):
                 raise
+        finally:
+            await _close_stream(stream)
 
     async def _send_item(
         self, spec: FunctionSpec, call_id: int, item: Any, credit: Credit, serving: bool = False
@@ -449,7 +468,7 @@ class Connection(asyncio.BufferedProtocol):
             return False
         try:
             size = self._write(ITEM, call_id, 0, item)
-        except (TypeError, MessageTooLarge) as error:
+        except UNENCODABLE as error:
             raise cannot_send(spec, "item", error, serving) from None
         credit.available -= size + ITEM_OVERHEAD
         if self.writing_paused:
@@ -729,7 +748,7 @@ class Connection(asyncio.BufferedProtocol):
             if kind == "one_way":
                 self._one_way_failed(spec, error)
             elif call_id:
-                self._write(ERROR, call_id, 0, error_info(error))
+                self._respond_error(call_id, error)
             return
         if kind == "rpc" and not implementation.in_thread:
             # No task per call: see _serve_inline and _run_queued.
@@ -917,8 +936,14 @@ class Connection(asyncio.BufferedProtocol):
             self._respond_error(call_id, cannot_send(spec, "result", error, serving=True))
 
     def _respond_error(self, call_id: int, error: BaseException) -> None:
+        """Answer a call with ``error``; never fails: texts are made safe and cut to fit the
+        message limit, and if the record still cannot be sent (a ``register_type`` hook, say)
+        a bare substitute naming the type is sent instead."""
         if self._close_reason is None:
-            self._write(ERROR, call_id, 0, error_info(error))
+            try:
+                self._write(ERROR, call_id, 0, error_info(error, self._error_text_limit))
+            except Exception as failure:
+                self._write(ERROR, call_id, 0, unsendable_error_info(error, failure))
 
     async def _serve_one_way(self, implementation: Implementation, args: tuple[Any, ...]) -> None:
         try:
