@@ -27,7 +27,6 @@ from .workers import Odd
 QUIET = {"redirect_stdout": rp.DevNull(), "redirect_stderr": rp.DevNull()}
 
 
-@pytest.mark.xfail(strict=True, reason="#8.2: a dropped reader never aborts its stream")
 @pytest.mark.timeout(30)
 async def test_dropped_pipe_reader_aborts_the_stream() -> None:
     async with await Odd.spawn(None, **QUIET) as w:
@@ -49,7 +48,6 @@ async def test_dropped_pipe_reader_aborts_the_stream() -> None:
         assert await w.run(Odd.task_count) == tasks_before
 
 
-@pytest.mark.xfail(strict=True, reason="#8.2: each dropped reader keeps ~1.5 MiB in the master")
 @pytest.mark.timeout(60)
 async def test_dropped_pipe_readers_do_not_grow_the_master() -> None:
     async with await Odd.spawn(None, **QUIET) as w:

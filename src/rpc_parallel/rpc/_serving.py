@@ -26,7 +26,7 @@ from .frames import (
     safe_text,
 )
 from .functions import FunctionSpec
-from .streams import Credit, PipeReader
+from .streams import Credit, ReaderState
 
 
 class Implementation:
@@ -64,9 +64,9 @@ class ServedStream:
 
     __slots__ = ("credit", "reader", "task")
 
-    def __init__(self, credit: Credit | None, reader: PipeReader[Any] | None) -> None:
+    def __init__(self, credit: Credit | None, reader: ReaderState | None) -> None:
         self.credit = credit
-        self.reader = reader
+        self.reader = reader  # A reverse pipe's items, as the connection feeds them.
         self.task: asyncio.Task[None] | None = None
 
     def cancel(self) -> None:

@@ -8,6 +8,7 @@ them; ``wait_closed()`` returns once they have ended.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import os
@@ -67,7 +68,7 @@ from .frames import (
 )
 from .functions import ENCODER, FunctionSpec
 from .settings import ENVELOPE, PREAUTH_MAX_MESSAGE_SIZE, RpcSettings
-from .streams import ITEM_OVERHEAD, Credit, PipeReader
+from .streams import ITEM_OVERHEAD, Credit, PipeReader, ReaderState
 
 T = TypeVar("T")
 
@@ -144,6 +145,8 @@ class Connection(asyncio.BufferedProtocol):
         self._outgoing: dict[int, Any] = {}
         self._incoming: dict[int, Any] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._dropped: list[ReaderState] = []
+        """Streams whose reader was garbage collected: aborted before the next call is sent."""
         self._one_way_tasks: set[asyncio.Task[Any]] = set()
         """One-way calls received. Closing from this side cancels them; one that arrived
         before the peer closed or vanished is still served, for up to heartbeat_timeout."""
@@ -394,6 +397,8 @@ class Connection(asyncio.BufferedProtocol):
                 index = self._index_of(spec)
             if self._close_reason is not None:
                 raise self._closed_error()
+        if self._dropped:
+            self._abort_dropped()
         call_id = self._next_id  # (_take_id, inline)
         self._next_id = call_id + 2 if call_id < 0xFFFF_FFFD else (1 if self.is_client else 2)
         try:  # (_send_query, inline)
@@ -408,10 +413,11 @@ class Connection(asyncio.BufferedProtocol):
         index = self._index_of(spec)
         call_id = self._take_id()
         self._send_query(spec, call_id, index, args)
-        reader: PipeReader[Any] = PipeReader(self, call_id, spec)
+        state = ReaderState(self, call_id, spec)
         if spec.kind == "state":
-            reader.initial = self.loop.create_future()
-        self._outgoing[call_id] = reader
+            state.initial = self.loop.create_future()
+        reader: PipeReader[Any] = PipeReader(state)
+        self._outgoing[call_id] = state
         self._write(CREDIT, call_id, self.settings.stream_window)
         if self.writing_paused:
             await self.wait_writable()
@@ -420,6 +426,8 @@ class Connection(asyncio.BufferedProtocol):
     def _send_query(self, spec: FunctionSpec, call_id: int, index: int, args: tuple[Any, ...]) -> None:
         if self._close_reason is not None:
             raise self._closed_error()
+        if self._dropped:
+            self._abort_dropped()
         try:
             self._write(QUERY, call_id, index, args)
         except UNENCODABLE as error:
@@ -492,6 +500,19 @@ class Connection(asyncio.BufferedProtocol):
             entry.credit.stop()
         if self._close_reason is None:
             self._write(ABORT, call_id, 0)
+
+    def _reader_dropped(self, state: ReaderState) -> None:
+        """Called by the garbage collector (any thread, possibly in the middle of a write):
+        only note it, and have the loop abort the stream; a call sent before then aborts it
+        first (so the peer sees the ABORT before anything sent after the drop)."""
+        self._dropped.append(state)
+        with contextlib.suppress(RuntimeError):  # A closed loop: nothing is left to free.
+            self.loop.call_soon_threadsafe(self._abort_dropped)
+
+    def _abort_dropped(self) -> None:
+        dropped = self._dropped
+        while dropped:
+            dropped.pop()._abort()
 
     def _write(self, message_type: int, call_id: int, argument: int, value: Any = _NO_PAYLOAD) -> int:
         """Append one frame to the outgoing buffer; return the payload size."""
@@ -651,7 +672,7 @@ class Connection(asyncio.BufferedProtocol):
         if message_type == RESPONSE:
             entry = self._outgoing.get(call_id)
             if entry is not None:
-                if type(entry) is not PipeReader:
+                if type(entry) is not ReaderState:
                     del self._outgoing[call_id]
                 entry._on_response(payload)
         elif message_type == QUERY:
@@ -662,7 +683,7 @@ class Connection(asyncio.BufferedProtocol):
         elif message_type == ITEM:
             if call_id & 1 == self._id_parity:
                 reader = self._outgoing.get(call_id)
-                if type(reader) is PipeReader:
+                if type(reader) is ReaderState:
                     reader._on_item(payload)
             else:
                 served = self._incoming.get(call_id)
@@ -682,7 +703,7 @@ class Connection(asyncio.BufferedProtocol):
         elif message_type == END:
             if call_id & 1 == self._id_parity:
                 reader = self._outgoing.pop(call_id, None)
-                if type(reader) is PipeReader:
+                if type(reader) is ReaderState:
                     reader._end()
             else:
                 served = self._incoming.get(call_id)
@@ -778,7 +799,7 @@ class Connection(asyncio.BufferedProtocol):
         else:
             served = ServedStream(
                 Credit(self.loop) if kind != "reverse_pipe" else None,
-                PipeReader(self, call_id, spec) if kind == "reverse_pipe" else None,
+                ReaderState(self, call_id, spec) if kind == "reverse_pipe" else None,
             )
             self._incoming[call_id] = served
             if kind == "reverse_pipe":
@@ -998,7 +1019,7 @@ class Connection(asyncio.BufferedProtocol):
         reader = served.reader
         assert reader is not None
         try:
-            result = await implementation.handler(*args, reader)
+            result = await implementation.handler(*args, PipeReader(reader))
         except asyncio.CancelledError:
             pass
         except Exception as error:
@@ -1142,7 +1163,7 @@ class Connection(asyncio.BufferedProtocol):
         for entry in outgoing.values():
             if type(entry) is ReversePipeCall:
                 entry.credit.stop()
-            if self._translate_lost is not None and type(entry) is not PipeReader:
+            if self._translate_lost is not None and type(entry) is not ReaderState:
                 translated.append(entry)
             else:
                 entry._fail(ConnectionClosed(reason, kind))
