@@ -71,7 +71,6 @@ async def test_dropped_pipe_readers_do_not_grow_the_master() -> None:
         assert await w.run(Odd.closed_count) == 45
 
 
-@pytest.mark.xfail(strict=True, reason="#8.4: one-way calls have no backpressure")
 @pytest.mark.timeout(60)
 async def test_one_way_calls_have_backpressure() -> None:
     """50,000 one-way calls to a slow function: the sender waits, the worker stays bounded."""

@@ -90,6 +90,11 @@ _SPARE_LIMIT = 64 * 1024 * 1024  # The largest receive buffer kept for the next 
 _FLUSH_AT = 256 * 1024
 _ZERO_HEADER = bytes(HEADER_SIZE)
 _NO_PAYLOAD: Any = object()
+ONE_WAY_WINDOW = 1024
+"""One-way calls a caller may have sent and not yet seen finished, per connection: the
+serving side acknowledges each one-way call when it has finished (CREDIT on call id 0, the
+argument counting them), and ``one_way`` waits while this many are unacknowledged. So a
+slow one-way function holds at most this many calls in progress on the serving side."""
 
 
 async def _close_stream(stream: Any) -> None:
@@ -150,6 +155,9 @@ class Connection(asyncio.BufferedProtocol):
         self._one_way_tasks: set[asyncio.Task[Any]] = set()
         """One-way calls received. Closing from this side cancels them; one that arrived
         before the peer closed or vanished is still served, for up to heartbeat_timeout."""
+        self._one_way_unacknowledged = 0  # Sent, not yet acknowledged (calling side).
+        self._one_way_room: asyncio.Future[None] | None = None  # Set when some are.
+        self._one_way_finished = 0  # Served, not yet acknowledged (serving side).
         # rpc calls to coroutine implementations wait here for the runner task (_run_queued).
         self._queued: deque[tuple[int, Implementation, tuple[Any, ...]]] = deque()
         self._runner: asyncio.Task[None] | None = None
@@ -317,7 +325,13 @@ class Connection(asyncio.BufferedProtocol):
         """Send a ``one_way`` call; returns once it is queued for sending."""
         self._expect_kind(spec, "one_way")
         index = self._index_of(spec)
-        self._send_query(spec, 0, index, spec.bind(args, kwargs))
+        bound = spec.bind(args, kwargs)
+        while self._one_way_unacknowledged >= ONE_WAY_WINDOW and self._close_reason is None:
+            if self._one_way_room is None:
+                self._one_way_room = self.loop.create_future()
+            await asyncio.shield(self._one_way_room)
+        self._send_query(spec, 0, index, bound)
+        self._one_way_unacknowledged += 1
         if self.writing_paused:
             await self.wait_writable()
 
@@ -690,7 +704,9 @@ class Connection(asyncio.BufferedProtocol):
                 if type(served) is ServedStream and served.reader is not None:
                     served.reader._on_item(payload)
         elif message_type == CREDIT:
-            if call_id & 1 == self._id_parity:
+            if call_id == 0:
+                self._one_way_acknowledged(argument)
+            elif call_id & 1 == self._id_parity:
                 call = self._outgoing.get(call_id)
                 if type(call) is ReversePipeCall:
                     call.credit.grant(argument)
@@ -738,6 +754,27 @@ class Connection(asyncio.BufferedProtocol):
         else:
             self._protocol_violation(f"unknown message type {message_type}")
 
+    def _one_way_acknowledged(self, count: int) -> None:
+        self._one_way_unacknowledged = max(0, self._one_way_unacknowledged - count)
+        room = self._one_way_room
+        if room is not None:
+            self._one_way_room = None
+            if not room.done():
+                room.set_result(None)
+
+    def _one_way_done(self, task: asyncio.Task[Any] | None = None) -> None:
+        """A one-way call has been served (or refused): acknowledge it soon, with others."""
+        if task is not None:
+            self._one_way_tasks.discard(task)
+        if self._one_way_finished == 0:
+            self.loop.call_soon(self._acknowledge_one_way)
+        self._one_way_finished += 1
+
+    def _acknowledge_one_way(self) -> None:
+        count, self._one_way_finished = self._one_way_finished, 0
+        if count and self._close_reason is None:
+            self._write(CREDIT, 0, count)
+
     def _on_error(self, call_id: int, payload: memoryview) -> None:
         entry = self._outgoing.pop(call_id, None)
         if entry is None:
@@ -760,6 +797,8 @@ class Connection(asyncio.BufferedProtocol):
             if call_id:
                 self._write(ERROR, call_id, 0,
                             ErrorInfo("protocol", "ProtocolError", f"no function at index {index}", ""))
+            else:
+                self._one_way_done()
             return
         spec = implementation.spec
         kind = spec.kind
@@ -767,6 +806,7 @@ class Connection(asyncio.BufferedProtocol):
             args = spec.decode_arguments(payload)
         except ProtocolError as error:
             if kind == "one_way":
+                self._one_way_done()
                 self._one_way_failed(spec, error)
             elif call_id:
                 self._respond_error(call_id, error)
@@ -795,7 +835,7 @@ class Connection(asyncio.BufferedProtocol):
         elif kind == "one_way":
             task = self.loop.create_task(self._serve_one_way(implementation, args), context=context)
             self._one_way_tasks.add(task)
-            task.add_done_callback(self._one_way_tasks.discard)
+            task.add_done_callback(self._one_way_done)
         else:
             served = ServedStream(
                 Credit(self.loop) if kind != "reverse_pipe" else None,
@@ -1152,6 +1192,7 @@ class Connection(asyncio.BufferedProtocol):
         if not self._ready.done():
             self._ready.set_exception(HandshakeError(reason))
             self._ready.exception()  # Retrieved here; wait_ready() re-raises it.
+        self._one_way_acknowledged(0)  # A waiting one_way() sees the connection closed.
         self._fail_outgoing(reason, kind)
         self._end_incoming()
 
