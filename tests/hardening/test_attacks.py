@@ -298,7 +298,6 @@ def open_half_open(connect: object, n: int) -> list[socket.socket]:
     return socks
 
 
-@pytest.mark.xfail(strict=True, reason="#8.3: each pending connection costs 256-520 KiB")
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_flood_of_half_open_connections_costs_little(transport: str) -> None:
@@ -391,7 +390,6 @@ async def test_attacks_on_a_real_worker_socket() -> None:
         assert await w.run(Echo.add, 1, 1) == 2
 
 
-@pytest.mark.xfail(strict=True, reason="#8.3: 1,000 half-open connections cost a worker ~260 MiB")
 @pytest.mark.timeout(90)
 async def test_flood_against_a_real_worker_costs_little() -> None:
     async with await Echo.spawn(0, redirect_stdout=rp.DevNull()) as w:

@@ -85,8 +85,12 @@ current_connection: contextvars.ContextVar[Connection] = contextvars.ContextVar(
 """The connection whose call the running implementation is serving."""
 
 _RECEIVE_BUFFER_SIZE = 256 * 1024
+_PREAUTH_BUFFER_SIZE = 2 * PREAUTH_MAX_MESSAGE_SIZE
+"""Until the peer has authenticated, the receive buffer is this small (no frame may be
+larger than ``PREAUTH_MAX_MESSAGE_SIZE`` then): a pending connection costs a few KiB."""
 _LARGE_FRAME = _RECEIVE_BUFFER_SIZE // 2
 _SPARE_LIMIT = 64 * 1024 * 1024  # The largest receive buffer kept for the next large frame.
+_LARGE_FIRST_CHUNK = 1024 * 1024  # A large frame's buffer starts at this, and doubles.
 _FLUSH_AT = 256 * 1024
 _ZERO_HEADER = bytes(HEADER_SIZE)
 _NO_PAYLOAD: Any = object()
@@ -134,6 +138,9 @@ class Connection(asyncio.BufferedProtocol):
         self.user_data: Any = None
         """Free for the layer above (the worker layer keeps connection state here)."""
         self.peer_menu: dict[str, MenuEntry] = {}
+        self.on_made: Callable[[Connection], None] | None = None
+        """Called when the transport is made (after a TLS handshake): a ``Server``
+        registers the connection then, so a refused TLS client leaves nothing behind."""
         self._translate_lost = translate_closed
         self._translating: asyncio.Task[None] | None = None
         self._secret = secret
@@ -174,7 +181,8 @@ class Connection(asyncio.BufferedProtocol):
 
     def _init_receiving(self) -> None:
         """The receive buffer and the state of a large frame being read."""
-        self._buffer = bytearray(_RECEIVE_BUFFER_SIZE)
+        self._buffer = bytearray(_PREAUTH_BUFFER_SIZE)  # Grown once authenticated (_compact).
+        self._capacity = _PREAUTH_BUFFER_SIZE
         self._view = memoryview(self._buffer)
         self._start = 0
         self._end = 0
@@ -182,6 +190,7 @@ class Connection(asyncio.BufferedProtocol):
         self._spare: bytearray | None = None  # Reused for large frames: no page faults.
         self._large_header: tuple[int, int, int] = (0, 0, 0)
         self._large_filled = 0
+        self._large_size = 0  # The whole frame's payload; _large holds what has arrived.
         self._limit = PREAUTH_MAX_MESSAGE_SIZE
         self._send_limit = self.settings.max_message_size + ENVELOPE
         self._error_text_limit = frames.text_limit(self.settings.max_message_size)
@@ -240,6 +249,14 @@ class Connection(asyncio.BufferedProtocol):
     def close(self, reason: str = "closed by this side") -> None:
         """Close: fail every call in flight with ``ConnectionClosed(reason)``, stop serving."""
         self._close(reason, "closed_here")
+
+    def drop(self, reason: str) -> None:
+        """Close at once, without waiting for the peer to read the reason (a pending
+        handshake a server sheds)."""
+        transport = self._transport
+        self._close(reason, "protocol_error")
+        if transport is not None:
+            transport.abort()
 
     def _close(self, reason: str, kind: CloseKind) -> None:
         if self._close_reason is not None:
@@ -591,6 +608,8 @@ class Connection(asyncio.BufferedProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
+        if self.on_made is not None:
+            self.on_made(self)
         self._write(HELLO, 0, 0, frames.Hello(frames.MAGIC, frames.PROTOCOL_VERSION, self._nonce))
         self._handshake_timer = self.loop.call_later(
             self.settings.handshake_timeout, self._handshake_timed_out
@@ -600,13 +619,20 @@ class Connection(asyncio.BufferedProtocol):
         large = self._large
         if large is not None:
             return large[self._large_filled :]
-        if self._end == _RECEIVE_BUFFER_SIZE:
+        if self._end == self._capacity:
             self._compact()
         return self._view[self._end :]
 
     def _compact(self) -> None:
+        """Move the unread bytes to the front; once authenticated, grow a small buffer."""
         start, end = self._start, self._end
-        if start:
+        if self._authenticated and self._capacity < _RECEIVE_BUFFER_SIZE:
+            self._buffer = bytearray(_RECEIVE_BUFFER_SIZE)
+            self._buffer[: end - start] = self._view[start:end]
+            self._view = memoryview(self._buffer)
+            self._capacity = _RECEIVE_BUFFER_SIZE
+            self._start, self._end = 0, end - start
+        elif start:
             self._buffer[: end - start] = bytes(self._view[start:end])
             self._start, self._end = 0, end - start
 
@@ -619,6 +645,9 @@ class Connection(asyncio.BufferedProtocol):
         if self._large is not None:
             self._large_filled += nbytes
             if self._large_filled == len(self._large):
+                if self._large_filled < self._large_size:
+                    self._grow_large()
+                    return
                 message_type, call_id, argument = self._large_header
                 payload = self._large
                 self._large = None
@@ -651,11 +680,13 @@ class Connection(asyncio.BufferedProtocol):
                 size = length - LENGTH_OVERHEAD
                 spare = self._spare
                 if spare is None or len(spare) < size:
-                    spare = bytearray(size)
-                    if size <= _SPARE_LIMIT:
+                    # Memory follows the bytes that arrive, not the length announced.
+                    spare = bytearray(min(size, max(_LARGE_FIRST_CHUNK, 2 * have)))
+                    if len(spare) == size <= _SPARE_LIMIT:
                         self._spare = spare
-                large = memoryview(spare)[:size]
+                large = memoryview(spare)[: min(size, len(spare))]
                 large[:have] = view[start + HEADER_SIZE : end]
+                self._large_size = size
                 self._large = large
                 self._large_filled = have
                 self._large_header = (message_type, call_id, argument)
@@ -665,6 +696,17 @@ class Connection(asyncio.BufferedProtocol):
             self._start = self._end = 0
         else:
             self._start = start
+
+    def _grow_large(self) -> None:
+        """A large frame has filled its buffer: double it (up to the frame's size)."""
+        old = self._large
+        assert old is not None
+        size = self._large_size
+        grown = bytearray(min(size, 2 * len(old)))
+        grown[: len(old)] = old
+        if len(grown) == size and size <= _SPARE_LIMIT:
+            self._spare = grown
+        self._large = memoryview(grown)
 
     def _frame_too_large(self, length: int) -> None:
         if length < LENGTH_OVERHEAD:

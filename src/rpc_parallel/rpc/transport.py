@@ -164,6 +164,11 @@ def address_of(server: Server) -> Address:
     return Tcp(*server.address)
 
 
+MAX_PENDING_HANDSHAKES = 256
+"""Connections a server lets wait for their handshake at once; beyond it, the oldest is
+dropped (a flood of half-open connections costs at most this many small buffers)."""
+
+
 class Server:
     """Accepts connections and serves ``implementations`` on each.
 
@@ -182,6 +187,7 @@ class Server:
         translate_closed: TranslateClosed | None = None,
     ) -> None:
         self.connections: set[Connection] = set()
+        self._pending: dict[Connection, None] = {}  # Not yet authenticated, oldest first.
         self._on_connection = on_connection
         self._server: asyncio.AbstractServer | None = None
         self._unix_path: str | None = None
@@ -194,11 +200,29 @@ class Server:
 
     def _make(self) -> Connection:
         connection = self._factory()
-        self.connections.add(connection)
-        connection.add_close_callback(self.connections.discard)
+        connection.on_made = self._register
         return connection
 
+    def _register(self, connection: Connection) -> None:
+        """A connection's transport is made: count it; shed the oldest pending handshake
+        when more than ``MAX_PENDING_HANDSHAKES`` are waiting."""
+        self.connections.add(connection)
+        self._pending[connection] = None
+        connection.add_close_callback(self._forget)
+        if len(self._pending) > MAX_PENDING_HANDSHAKES:
+            oldest = next(iter(self._pending))
+            del self._pending[oldest]
+            oldest.drop(
+                f"handshake not finished: more than {MAX_PENDING_HANDSHAKES} connections "
+                "were waiting to authenticate (the oldest is dropped)"
+            )
+
+    def _forget(self, connection: Connection) -> None:
+        self.connections.discard(connection)
+        self._pending.pop(connection, None)
+
     def _ready(self, connection: Connection) -> None:
+        self._pending.pop(connection, None)
         if self._on_connection is not None:
             self._on_connection(connection)
 
