@@ -434,7 +434,6 @@ rp.start_app(main)
 """
 
 
-@pytest.mark.xfail(strict=True, reason="#8.3: out of fds is not reported as EMFILE")
 @pytest.mark.timeout(60)
 async def test_out_of_file_descriptors_is_reported_as_emfile(tmp_path: Path) -> None:
     script = tmp_path / "emfile.py"

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
+import resource
 import signal
 import sys
 from collections import deque
@@ -182,7 +184,9 @@ async def start(request: LaunchRequest) -> WorkerProcess:
             start_new_session=request.new_session,
         )
     except OSError as error:
-        raise SpawnError(f"cannot start worker {name} ({request.command[0]}): {error}") from None
+        raise SpawnError(
+            f"cannot start worker {name} ({request.command[0]}): {_explain(error)}"
+        ) from None
     finally:
         if stdout_file is not None:
             stdout_file.close()
@@ -202,3 +206,31 @@ def _open_stdout(redirect: Redirection, name: str) -> tuple[int | IO[bytes], IO[
     except OSError as error:
         raise SpawnError(f"cannot open the stdout file of worker {name}: {error}") from None
     return file, file
+
+
+FDS_TO_START = 8
+"""About how many file descriptors starting a worker takes (pipes, the exec error pipe)."""
+
+
+def _explain(error: OSError) -> str:
+    """``error``, said plainly when the process is out of file descriptors: the event loop's
+    process spawning may report that as ``[Errno -1] Unknown error -1``."""
+    if error.errno in (errno.EMFILE, errno.ENFILE) or _out_of_file_descriptors():
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        return (f"out of file descriptors (EMFILE: Too many open files; this process may "
+                f"have {soft} open, RLIMIT_NOFILE): {error}")
+    return str(error)
+
+
+def _out_of_file_descriptors() -> bool:
+    """True if this process cannot open the few descriptors a worker's start takes."""
+    opened: list[int] = []
+    try:
+        for _ in range(FDS_TO_START):
+            opened.append(os.open(os.devnull, os.O_RDONLY))
+    except OSError as error:
+        return error.errno in (errno.EMFILE, errno.ENFILE)
+    finally:
+        for fd in opened:
+            os.close(fd)
+    return False
