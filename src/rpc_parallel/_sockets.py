@@ -1,14 +1,19 @@
-"""Unix sockets in private temporary directories: where masters and workers listen.
+"""Private Unix sockets: where masters and workers listen.
 
-Each server gets a directory of its own (owner-only), removed when it closes, at exit, or
-by the master once the worker that owned it is dead.
+On Linux a server listens on an abstract socket (a name, no file: nothing can be left
+behind, whatever kills the process; see docs/decisions/0017-abstract-unix-sockets.md); its
+name is random, and only a peer holding the application's secret gets past the handshake.
+Elsewhere each server gets a temporary directory of its own (owner-only), removed when it
+closes, at exit, or by the master once the worker that owned it is dead.
 """
 
 from __future__ import annotations
 
 import atexit
 import os
+import secrets
 import shutil
+import sys
 import tempfile
 from typing import Any
 
@@ -16,11 +21,16 @@ from .rpc import Server, serve_unix
 from .rpc.transport import Unix, parse_address
 
 WORKER_PREFIX = "rpc_parallel-worker-"
+ABSTRACT_SOCKETS = sys.platform == "linux"
+"""Linux has abstract Unix sockets: a name in the kernel, never a file."""
 
 
 async def serve_in_temporary_directory(prefix: str, name: str, **serve: Any) -> Server:
-    """``serve_unix`` on ``<new temporary directory>/<name>``; the directory is removed at
-    exit at the latest (``remove_socket_directory`` removes it sooner)."""
+    """``serve_unix`` on a private address: an abstract socket with a random name (Linux),
+    else ``<new temporary directory>/<name>``, a directory removed at exit at the latest
+    (``remove_socket_directory`` removes it sooner)."""
+    if ABSTRACT_SOCKETS:
+        return await serve_unix(f"\0{prefix}{secrets.token_hex(16)}/{name}", **serve)
     directory = tempfile.mkdtemp(prefix=prefix)
     atexit.register(shutil.rmtree, directory, True)
     try:

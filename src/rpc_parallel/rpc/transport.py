@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 import ssl as ssl_module
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -90,7 +91,19 @@ async def connect_unix(
     factory = _factory(secret=secret, implementations=implementations, settings=settings,
                        is_client=True, on_one_way_error=on_one_way_error,
                        translate_closed=translate_closed)
-    _, connection = await loop.create_unix_connection(factory, path)
+    if path.startswith("\0"):
+        # An abstract socket (Linux): connected here, since not every loop's own connect
+        # takes a name that starts with NUL (uvloop's does not).
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            await loop.sock_connect(sock, path)
+        except BaseException:
+            sock.close()
+            raise
+        _, connection = await loop.create_unix_connection(factory, sock=sock)
+    else:
+        _, connection = await loop.create_unix_connection(factory, path)
     return await _connected(connection)
 
 
@@ -291,7 +304,9 @@ async def serve_unix(
     on_one_way_error: Callable[[FunctionSpec, BaseException], None] | None = None,
     translate_closed: TranslateClosed | None = None,
 ) -> Server:
-    """Serve on a Unix domain socket at ``path`` (created owner-only)."""
+    """Serve on a Unix domain socket at ``path`` (created owner-only). A ``path`` that
+    starts with NUL is a Linux abstract socket: no file (nothing to remove), and no file
+    permissions either: the handshake's secret alone keeps other local users out."""
     server = Server(secret=secret, implementations=implementations, settings=settings,
                     on_connection=on_connection, on_one_way_error=on_one_way_error,
                     translate_closed=translate_closed)
@@ -301,6 +316,6 @@ async def serve_unix(
         server._server = await loop.create_unix_server(server._make, path)
     finally:
         os.umask(old_umask)
-    server._unix_path = path
+    server._unix_path = None if path.startswith("\0") else path  # An abstract name: no file.
     server.address = path
     return server
