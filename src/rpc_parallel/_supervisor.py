@@ -125,6 +125,16 @@ class Supervisor:
             return await self.process.stop(grace=0)
         return await self.process.stop(grace=5.0 if self.expected_exit else 1.0)
 
+    def _master_stall(self) -> str:
+        """If this master's event loop was blocked lately, the blame is the master's."""
+        seconds = self.link.recent_stall()
+        if seconds is None or seconds < self.link.settings.heartbeat_timeout:
+            return ""
+        return (f"; but the master's event loop was blocked (stalled) for {seconds:.1f} s "
+                f"(longer than heartbeat_timeout, the worker heard nothing from the master "
+                f"and ended the link): keep the master's loop free (await, or run blocking "
+                f"work in a thread)")
+
     def describe_end(self, returncode: int, kind: CloseKind | None, reason: str | None) -> str:
         """How the worker ended: its exit status, or that it stopped answering (killed)."""
         if kind == "heartbeat_timeout":
@@ -159,17 +169,22 @@ class Supervisor:
         if handle_closed and self.expected_exit and self.returncode is None:
             closed = ConnectionClosed(f"worker {self.name}: this handle is closed")
             return lambda function: closed
-        if self._task is not None:
+        if self._task is not None and error.kind != "heartbeat_timeout":
+            # Its exit status says more; a worker that stopped answering is not waited for
+            # (calls fail at the heartbeat timeout itself; it is killed meanwhile).
             await asyncio.wait({self._task}, timeout=10.0)
         returncode = self.returncode
         if returncode is None:
             returncode = self.process.returncode
-        if returncode is None:
+        if returncode is None and error.kind == "heartbeat_timeout":
+            text = self.describe_end(0, error.kind, error.reason)
+        elif returncode is None:
             text = f"worker {self.name} (pid {self.pid}) lost: {error.reason}"
         else:
             text = self.describe_end(returncode, error.kind, error.reason)
         if self.failure is not None:
             text += f", after reporting: {self.failure.message}"
+        text += self._master_stall()
         tail = self.process.stderr_tail()
         exit_code, signal_number = exit_status(returncode)
         return lambda function: WorkerDied(

@@ -111,8 +111,6 @@ async def test_worker_fault_before_registration(private_tmp: str, tmp_path: Path
     await settle(before, 10.0, f"{how.name} at {phase}")
 
 
-@pytest.mark.xfail(strict=True, reason="found (not in #8): a worker killed before it registered "
-                   "leaves its Wrap prefix's children running, and the master keeps their pipes")
 @pytest.mark.timeout(60)
 async def test_worker_killed_before_registration_takes_its_process_group(
         private_tmp: str, tmp_path: Path) -> None:

@@ -95,7 +95,6 @@ async def test_one_way_calls_have_backpressure() -> None:
                 await bounded(sender, 10.0, "the waiting sender to be released by close")
 
 
-@pytest.mark.xfail(strict=True, reason="#8.5: a stalled master blames the worker")
 @pytest.mark.timeout(60)
 async def test_stalled_master_loop_is_blamed_on_the_master() -> None:
     w = await Echo.spawn(0, **QUIET)
@@ -112,7 +111,6 @@ async def test_stalled_master_loop_is_blamed_on_the_master() -> None:
         await bounded(w.close(), 10.0, "close")
 
 
-@pytest.mark.xfail(strict=True, reason="#8.5: a worker whose loop is blocked: no blame, no name")
 @pytest.mark.timeout(60)
 async def test_stalled_worker_loop_names_the_side_and_the_function() -> None:
     w = await Odd.spawn(None, **QUIET)

@@ -111,6 +111,7 @@ class WorkerProcess:
                 returncode = await asyncio.wait_for(asyncio.shield(self.process.wait()), timeout)
         except TimeoutError:
             return None
+        self.kill_group()
         await self.drain_output(timeout=1.0)
         return returncode
 
@@ -130,9 +131,18 @@ class WorkerProcess:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(self.pid, signal.SIGKILL)
 
+    def kill_group(self) -> None:
+        """SIGKILL what is left of the worker's own process group once the worker has
+        exited (whatever killed it): what a ``Wrap`` prefix started must not outlive it,
+        nor keep its pipes open."""
+        if self.own_group:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, signal.SIGKILL)
+
     async def kill_and_reap(self) -> int:
         self.kill()
         returncode = await self.process.wait()
+        self.kill_group()
         await self.drain_output(timeout=1.0)
         self.close_pipes()
         return returncode

@@ -205,6 +205,8 @@ class Connection(asyncio.BufferedProtocol):
         self._heartbeat_timer: asyncio.TimerHandle | None = None
         self._received = False
         self._last_heard = 0.0
+        self._heartbeat_due = 0.0  # When the heartbeat timer should fire.
+        self._stall: tuple[float, float] | None = None  # (when, seconds): this loop's last.
         # Closing.
         self._close_reason: str | None = None
         self._close_kind: CloseKind | None = None
@@ -1176,7 +1178,7 @@ class Connection(asyncio.BufferedProtocol):
             self._handshake_timer.cancel()
         self._ready.set_result(None)
         self._last_heard = self.loop.time()
-        self._heartbeat_timer = self.loop.call_later(self.settings.heartbeat_interval, self._heartbeat)
+        self._arm_heartbeat(self.settings.heartbeat_interval)
         if self._on_ready is not None:
             self._on_ready(self)
 
@@ -1185,23 +1187,75 @@ class Connection(asyncio.BufferedProtocol):
             f"handshake timeout: no complete handshake within {self.settings.handshake_timeout:g} s"
         )
 
+    def _arm_heartbeat(self, delay: float) -> None:
+        self._heartbeat_due = self.loop.time() + delay
+        self._heartbeat_timer = self.loop.call_later(delay, self._heartbeat)
+
     def _heartbeat(self) -> None:
+        """Every heartbeat_interval: send a heartbeat; judge the peer by what was heard.
+
+        A timer that fires late means this side's event loop was blocked (stalled): then
+        the silence is this side's doing, so the peer is not judged now; the stall is noted
+        (and named in the reason if the connection then ends) and the peer gets a full
+        heartbeat_timeout from now."""
         now = self.loop.time()
-        if self._received:
+        late = now - self._heartbeat_due
+        if late >= max(self.settings.heartbeat_interval, 0.5):
+            self._stall = (now, late)
+            self._received = False
+            self._last_heard = now
+        elif self._received:
             self._received = False
             self._last_heard = now
         elif now - self._last_heard >= self.settings.heartbeat_timeout:
-            self._close(
-                f"heartbeat timeout: nothing heard from the peer for "
-                f"{now - self._last_heard:.1f} s (heartbeat_timeout "
-                f"{self.settings.heartbeat_timeout:g} s)",
-                "heartbeat_timeout",
-            )
+            self._close(self._silence_reason(now - self._last_heard), "heartbeat_timeout")
             if self._transport is not None:
                 self._transport.abort()
             return
         self._write(HEARTBEAT, 0, 0)
-        self._heartbeat_timer = self.loop.call_later(self.settings.heartbeat_interval, self._heartbeat)
+        self._arm_heartbeat(self.settings.heartbeat_interval)
+
+    def _silence_reason(self, silent: float) -> str:
+        """Why the peer is declared dead: how long it was silent, what that can mean, and
+        which of its functions were running for this side."""
+        running = sorted({entry.spec.name for entry in self._outgoing.values()})
+        text = (
+            f"heartbeat timeout: nothing heard from the peer for {silent:.1f} s "
+            f"(heartbeat_timeout {self.settings.heartbeat_timeout:g} s): its process is "
+            "stopped or hung, or its event loop is blocked (stalled: an async def that does "
+            "not await, or a plain def holding the GIL in one long C call)"
+        )
+        if running:
+            text += f"; it was running {', '.join(running[:5])}"
+            if len(running) > 5:
+                text += f" and {len(running) - 5} more"
+        return text
+
+    def recent_stall(self) -> float | None:
+        """For how many seconds this side's event loop was blocked, if it was lately
+        (a heartbeat timer that fired, or is due, that late): the peer may have given up
+        on this side for its silence. None if it was not."""
+        now = self.loop.time()
+        if self._heartbeat_timer is not None and self._close_reason is None:
+            late = now - self._heartbeat_due
+            if late >= max(self.settings.heartbeat_interval, 0.5):
+                self._stall = (now, late)  # Due, not yet run: the loop is just back.
+        if self._stall is None:
+            return None
+        when, seconds = self._stall
+        if now - when > self.settings.heartbeat_timeout + seconds:
+            return None
+        return seconds
+
+    def _stall_note(self) -> str:
+        seconds = self.recent_stall()
+        if seconds is None:
+            return ""
+        return (
+            f" (this side's event loop was blocked (stalled) for {seconds:.1f} s, so this "
+            f"side sent no heartbeats for that long; heartbeat_timeout is "
+            f"{self.settings.heartbeat_timeout:g} s)"
+        )
 
     # ------------------------------------------------------------------ closing
 
@@ -1225,6 +1279,7 @@ class Connection(asyncio.BufferedProtocol):
     def _shutdown(self, reason: str, kind: CloseKind) -> None:
         if self._close_reason is not None:
             return
+        reason += self._stall_note()
         self._close_reason = reason
         self._close_kind = kind
         for timer in (self._handshake_timer, self._heartbeat_timer, self._flush_handle):
