@@ -319,6 +319,33 @@ async def test_flood_of_half_open_connections_costs_little(transport: str) -> No
 
 
 @pytest.mark.timeout(90)
+async def test_announced_large_frames_cost_only_what_arrives() -> None:
+    """#8.3: an authenticated peer announcing frames of up to max_message_size (and sending
+    a few bytes of them) does not make the server allocate what it announced."""
+    async with server("unix", handshake_timeout=30.0) as target:
+        assert await target.hits() == 0
+        rss = rss_bytes(target.pid)
+
+        def announce() -> list[socket.socket]:
+            socks = []
+            for _ in range(20):
+                session = raw_handshake(target.raw(), target.secret)
+                session.sock.sendall(HEADER.pack(200 * MiB, QUERY, 1, 0) + b"x" * 1000)
+                socks.append(session.sock)
+            return socks
+
+        socks = await in_thread(announce)
+        try:
+            await asyncio.sleep(0.5)  # the server reads what was sent (measured below anyway)
+            grown = rss_bytes(target.pid) - rss
+            assert grown < 60 * MiB, f"20 announced 200 MiB frames took {grown / MiB:.0f} MiB"
+            assert await bounded(target.hits(), 10.0, "a good client meanwhile") == 0
+        finally:
+            for sock in socks:  # type: ignore[union-attr]
+                sock.close()
+
+
+@pytest.mark.timeout(90)
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_flood_leaves_the_server_working_and_fds_flat(transport: str) -> None:
     async with server(transport, handshake_timeout=HANDSHAKE_TIMEOUT) as target:

@@ -192,6 +192,23 @@ async def test_server_refuses_a_client_without_certificate() -> None:
         await refused(served, presenting(None))
 
 
+async def test_refused_tls_clients_leave_no_connection_on_the_server() -> None:
+    """#8.3: a client refused in the TLS handshake never becomes one of the server's
+    connections (they are registered once the transport is made, after TLS)."""
+    async with tls_server() as served:
+        for context in (None, presenting(OTHER), presenting(None)) * 3:
+            await refused(served, context)
+        await wait_for_condition(lambda: not served.server.connections)
+        served.assert_nothing_ran()
+
+
+async def wait_for_condition(condition: object, timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():  # type: ignore[operator]
+        assert asyncio.get_running_loop().time() < deadline, "the condition never held"
+        await asyncio.sleep(0.05)
+
+
 async def test_right_certificate_wrong_secret_is_refused_by_the_hmac() -> None:
     async with tls_server() as served:
         with pytest.raises(rpc.HandshakeError, match="secret"):

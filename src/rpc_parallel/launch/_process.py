@@ -148,12 +148,24 @@ class WorkerProcess:
         return returncode
 
     async def stop(self, grace: float) -> int:
-        """Wait up to ``grace`` seconds for a requested exit, then kill; always reaps."""
+        """Wait up to ``grace`` seconds for a requested exit, then kill; always reaps. A
+        stopped process (SIGSTOP) cannot exit by itself: it is killed without the grace."""
+        if grace > 0 and self._is_stopped():
+            grace = 0
         returncode = await self.wait(grace)
         if returncode is None:
             returncode = await self.kill_and_reap()
         self.close_pipes()
         return returncode
+
+    def _is_stopped(self) -> bool:
+        """True if the process is stopped (Linux: state T in /proc; elsewhere unknown)."""
+        try:
+            with open(f"/proc/{self.pid}/stat", "rb") as file:
+                state = file.read().rsplit(b")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return False
+        return state in (b"T", b"t")
 
     async def send(self, message: bytes) -> None:
         """Write one length-prefixed message to the worker's stdin."""
