@@ -164,7 +164,7 @@ def builtin_implementations(instance: WorkerInstance) -> list[Implementation]:
 
 def report_fatal(instance: WorkerInstance | None, error: BaseException, context: str) -> None:
     """A failure outside any call: tell the master (in a worker process) and exit."""
-    info = remote_error_info(error, text_limit(process().settings.max_message_size))
+    info = remote_error_info(error, text_limit(process().rpc_settings().max_message_size))
     report = ErrorInfo("remote", info.type_name,
                        f"{safe_text(context, 1000)}: {info.type_name}: {info.message}",
                        info.traceback)
