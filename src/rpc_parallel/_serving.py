@@ -90,7 +90,10 @@ class _LogBroadcast(logging.Handler):
             if record.exc_info:
                 message += "\n" + logging.Formatter().formatException(record.exc_info)
         except Exception:
-            message = str(record.msg)
+            message = describe_message(record.msg)
+        # Built from user data: made safe to encode (a lone surrogate, a huge message) so one
+        # odd record cannot end a subscriber's stream.
+        message = safe_text(message, text_limit(process().rpc_settings().max_message_size))
         item = LogRecord(worker=self.worker_name, logger=record.name, level=record.levelno,
                          level_name=record.levelname, message=message, created=record.created)
         for loop, queue in list(self.subscribers):
@@ -134,6 +137,13 @@ def _log_handler(name: str) -> _LogBroadcast:
         _log_broadcast = _LogBroadcast(name)
         logging.getLogger().addHandler(_log_broadcast)
     return _log_broadcast
+
+
+def describe_message(message: object) -> str:
+    try:
+        return str(message)
+    except Exception as error:  # A message object whose __str__ raises.
+        return f"<unprintable log message: {type(error).__name__}>"
 
 
 def builtin_implementations(instance: WorkerInstance) -> list[Implementation]:

@@ -134,3 +134,19 @@ async def test_unencodable_result_or_item_is_an_error_not_a_hang(small_messages:
         assert "Odd." in str(caught.value)
         assert alive(w.pid)
         assert await bounded(w.run(Odd.ping), BOUND, "a call after") == w.pid
+
+
+@pytest.mark.timeout(30)
+async def test_odd_log_records_reach_the_subscriber(small_messages: object) -> None:
+    """A log record built from odd user data arrives as a safe substitute, and the
+    subscription goes on (one record that cannot be encoded must not end the stream)."""
+    async with await Odd.spawn(None, redirect_stderr=rp.DevNull()) as w:
+        logs = await w.subscribe_logs()
+        for kind in ("surrogate", "huge", "fine"):
+            await w.run(Odd.warn_odd, kind)
+        surrogate, huge, fine = [await asyncio.wait_for(anext(logs), BOUND) for _ in range(3)]
+        assert "caf" in surrogate.message and ".csv" in surrogate.message
+        surrogate.message.encode("utf-8")
+        assert huge.message.startswith("x" * 100) and len(huge.message) < HUGE
+        assert fine.message == "fine"
+        await logs.aclose()
