@@ -128,7 +128,8 @@ class Supervisor:
     def _master_stall(self) -> str:
         """If this master's event loop was blocked lately, the blame is the master's."""
         seconds = self.link.recent_stall()
-        if seconds is None or seconds < self.link.settings.heartbeat_timeout:
+        settings = self.link.settings
+        if seconds is None or seconds + settings.heartbeat_interval < settings.heartbeat_timeout:
             return ""
         return (f"; but the master's event loop was blocked (stalled) for {seconds:.1f} s "
                 f"(longer than heartbeat_timeout, the worker heard nothing from the master "

@@ -1247,9 +1247,15 @@ class Connection(asyncio.BufferedProtocol):
             return None
         return seconds
 
-    def _stall_note(self) -> str:
+    def _stall_note(self, kind: CloseKind) -> str:
+        """For a connection lost or closed by the peer: this side's recent stall, if it was
+        long enough for the peer to give up on this side."""
         seconds = self.recent_stall()
-        if seconds is None:
+        settings = self.settings
+        if (
+            kind == "closed_here" or seconds is None
+            or seconds + settings.heartbeat_interval < settings.heartbeat_timeout
+        ):
             return ""
         return (
             f" (this side's event loop was blocked (stalled) for {seconds:.1f} s, so this "
@@ -1279,7 +1285,7 @@ class Connection(asyncio.BufferedProtocol):
     def _shutdown(self, reason: str, kind: CloseKind) -> None:
         if self._close_reason is not None:
             return
-        reason += self._stall_note()
+        reason += self._stall_note(kind)
         self._close_reason = reason
         self._close_kind = kind
         for timer in (self._handshake_timer, self._heartbeat_timer, self._flush_handle):
