@@ -7,8 +7,9 @@ its whole life; when the master dies the link drops and the worker exits.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import weakref
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Protocol
 
 from ._builtins import REGISTER, WORKER_FAILED, Registration
@@ -46,6 +47,8 @@ class Master:
         self.prestarted = Prestarted()
         """Processes started ahead of the next spawn of a worker class."""
         self._closing = False
+        self.guard: AsyncGenerator[None, None] | None = None
+        """Closes this master when its event loop ends (``_until_the_loop_ends``)."""
 
     async def address(self, remote: bool = False) -> str:
         """The master server's address, starting it on first use.
@@ -121,7 +124,22 @@ def current_master() -> Master:
     master = _masters.get(loop)
     if master is None:
         master = _masters[loop] = Master()
+        master.guard = _until_the_loop_ends(master)
+        with contextlib.suppress(StopIteration):  # Run it to its yield: the loop knows it.
+            master.guard.asend(None).send(None)
     return master
+
+
+async def _until_the_loop_ends(master: Master) -> AsyncIterator[None]:
+    """An async generator the event loop closes when it ends (``asyncio.run`` and its
+    runners call ``shutdown_asyncgens``): a loop that ends without ``close()`` of its
+    handles (nor ``start_app``'s end) still closes the worker links, so those workers exit
+    instead of running on for as long as this process lives."""
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            await asyncio.wait_for(master.close(), timeout=10.0)
 
 
 def existing_master() -> Master | None:

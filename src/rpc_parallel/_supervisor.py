@@ -10,6 +10,7 @@ nothing of handles.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import signal
@@ -58,8 +59,11 @@ class Supervisor:
         link: RpcConnection,
         worker_process: LaunchedProcess,
         on_failure: OnFailure | None,
+        outlives_master: bool = False,
     ) -> None:
         self.name = name
+        self.outlives_master = outlives_master
+        """``called_shutdown``: the end of the master's event loop does not end it."""
         self.pid = pid
         self.address = address
         self.link = link
@@ -96,7 +100,11 @@ class Supervisor:
         closed = asyncio.ensure_future(link.wait_closed())
         exited = asyncio.ensure_future(self.process.wait())
         try:
-            await asyncio.wait({closed, exited}, return_when=asyncio.FIRST_COMPLETED)
+            try:
+                await asyncio.wait({closed, exited}, return_when=asyncio.FIRST_COMPLETED)
+            except asyncio.CancelledError:
+                await self._loop_ending()
+                raise
             returncode = await self._reap(closed, exited)
             self.returncode = returncode
             remove_socket_directory(self.address, WORKER_PREFIX)
@@ -111,6 +119,17 @@ class Supervisor:
             closed.cancel()
             exited.cancel()
             current_master().handles.pop(link, None)
+
+    async def _loop_ending(self) -> None:
+        """Cancelled without ``detach()``: the master's event loop is ending with this worker
+        open (no ``close()``). End it as the master's exit would, and reap it, rather than
+        leave it running (or a zombie) for as long as this process lives."""
+        if self.detached or self.outlives_master:
+            return
+        self.expected_exit = True
+        self.link.close("the master's event loop ended")
+        with contextlib.suppress(Exception):
+            self.returncode = await self.process.stop(grace=2.0)
 
     async def _reap(self, closed: asyncio.Future[str], exited: asyncio.Future[int | None]) -> int:
         """The link or the process has ended: end the other, give the grace, reap."""

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import os
 import signal
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -170,3 +173,53 @@ async def test_killed_workers_leave_everything_as_it_was(private_tmp: str) -> No
     for _ in range(10):
         await one_cycle()
     await settle(before, 10.0, "after 10 killed workers")
+
+
+LOOP_ENDS_SCRIPT = """
+import asyncio, json, sys, time
+import rpc_parallel as rp
+from rpc_parallel.rpc import run
+from tests.workers.workers import Echo
+
+rp.expert.init_master()
+pids = []
+
+async def main():
+    w = await Echo.spawn(0)  # never closed: the loop just ends
+    await w.run(Echo.add, 1, 1)
+    pids.append(w.pid)
+
+if sys.argv[1] == "uvloop":
+    run(main())
+else:
+    asyncio.run(main())
+
+def state(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return None
+
+deadline = time.monotonic() + 10
+while state(pids[0]) is not None and time.monotonic() < deadline:
+    time.sleep(0.05)
+print(json.dumps({"state": state(pids[0])}))
+"""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+async def test_a_loop_that_ends_without_close_ends_and_reaps_its_workers(tmp_path: Path,
+                                                                         loop: str) -> None:
+    """A handle whose event loop ended without ``close()``: its worker exits and is reaped
+    (not left running, nor a zombie, for as long as the master process lives)."""
+    repo = Path(__file__).resolve().parents[2]
+    script = tmp_path / "loop_ends.py"
+    script.write_text(LOOP_ENDS_SCRIPT)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(repo / "src"), str(repo)]))
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, str(script), loop, stdout=asyncio.subprocess.PIPE, env=env,
+        cwd=str(repo))
+    out, _ = await bounded(process.communicate(), 45.0, "the program whose loop ends")
+    assert json.loads(out.decode().strip().splitlines()[-1]) == {"state": None}
