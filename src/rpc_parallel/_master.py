@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import weakref
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Protocol
 
 from ._builtins import REGISTER, WORKER_FAILED, Registration
@@ -124,13 +124,13 @@ def current_master() -> Master:
     master = _masters.get(loop)
     if master is None:
         master = _masters[loop] = Master()
-        master.guard = _until_the_loop_ends(master)
+        guard = master.guard = _until_the_loop_ends(master)
         with contextlib.suppress(StopIteration):  # Run it to its yield: the loop knows it.
-            master.guard.asend(None).send(None)
+            guard.asend(None).send(None)
     return master
 
 
-async def _until_the_loop_ends(master: Master) -> AsyncIterator[None]:
+async def _until_the_loop_ends(master: Master) -> AsyncGenerator[None, None]:
     """An async generator the event loop closes when it ends (``asyncio.run`` and its
     runners call ``shutdown_asyncgens``): a loop that ends without ``close()`` of its
     handles (nor ``start_app``'s end) still closes the worker links, so those workers exit

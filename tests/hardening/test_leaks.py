@@ -175,6 +175,7 @@ async def test_killed_workers_leave_everything_as_it_was(private_tmp: str) -> No
     await settle(before, 10.0, "after 10 killed workers")
 
 
+REPO = Path(__file__).resolve().parents[2]
 LOOP_ENDS_SCRIPT = """
 import asyncio, json, sys, time
 import rpc_parallel as rp
@@ -214,12 +215,11 @@ async def test_a_loop_that_ends_without_close_ends_and_reaps_its_workers(tmp_pat
                                                                          loop: str) -> None:
     """A handle whose event loop ended without ``close()``: its worker exits and is reaped
     (not left running, nor a zombie, for as long as the master process lives)."""
-    repo = Path(__file__).resolve().parents[2]
     script = tmp_path / "loop_ends.py"
     script.write_text(LOOP_ENDS_SCRIPT)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(repo / "src"), str(repo)]))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "src"), str(REPO)]))
     process = await asyncio.create_subprocess_exec(
         sys.executable, str(script), loop, stdout=asyncio.subprocess.PIPE, env=env,
-        cwd=str(repo))
+        cwd=str(REPO))
     out, _ = await bounded(process.communicate(), 45.0, "the program whose loop ends")
     assert json.loads(out.decode().strip().splitlines()[-1]) == {"state": None}
