@@ -133,13 +133,19 @@ def current_master() -> Master:
 async def _until_the_loop_ends(master: Master) -> AsyncGenerator[None, None]:
     """An async generator the event loop closes when it ends (``asyncio.run`` and its
     runners call ``shutdown_asyncgens``): a loop that ends without ``close()`` of its
-    handles (nor ``start_app``'s end) still closes the worker links, so those workers exit
-    instead of running on for as long as this process lives."""
+    handles (nor ``start_app``'s end) still closes the master's server and its pre-started
+    processes (the supervisors, cancelled first, end and reap the workers)."""
     try:
         yield
     finally:
+        # The loop's tasks are cancelled by now (each supervisor has ended its worker): stop
+        # the pre-started processes, close the server, and wait for nothing else.
         with contextlib.suppress(Exception, asyncio.CancelledError):
-            await asyncio.wait_for(master.close(), timeout=10.0)
+            await asyncio.wait_for(master.prestarted.close(), timeout=5.0)
+        if master.server is not None:
+            master.server.close("the master's event loop ended")
+            remove_socket_directory(address_of(master.server).wire, "rpc_parallel-master-")
+            master.server = None
 
 
 def existing_master() -> Master | None:

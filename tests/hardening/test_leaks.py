@@ -177,7 +177,7 @@ async def test_killed_workers_leave_everything_as_it_was(private_tmp: str) -> No
 
 REPO = Path(__file__).resolve().parents[2]
 LOOP_ENDS_SCRIPT = """
-import asyncio, json, sys, time
+import asyncio, json, os, signal, sys, time
 import rpc_parallel as rp
 from rpc_parallel.rpc import run
 from tests.workers.workers import Echo
@@ -189,6 +189,12 @@ async def main():
     w = await Echo.spawn(0)  # never closed: the loop just ends
     await w.run(Echo.add, 1, 1)
     pids.append(w.pid)
+    if sys.argv[2] == "stopped_and_close_cancelled":
+        os.kill(w.pid, signal.SIGSTOP)
+        try:
+            await asyncio.wait_for(w.close(), 0.5)  # cancelled long before it can finish
+        except TimeoutError:
+            pass
 
 if sys.argv[1] == "uvloop":
     run(main())
@@ -210,16 +216,18 @@ print(json.dumps({"state": state(pids[0])}))
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("how", ["open", "stopped_and_close_cancelled"])
 @pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
-async def test_a_loop_that_ends_without_close_ends_and_reaps_its_workers(tmp_path: Path,
-                                                                         loop: str) -> None:
-    """A handle whose event loop ended without ``close()``: its worker exits and is reaped
-    (not left running, nor a zombie, for as long as the master process lives)."""
+async def test_a_loop_that_ends_without_close_ends_and_reaps_its_workers(
+        tmp_path: Path, loop: str, how: str) -> None:
+    """A handle whose event loop ended without ``close()`` (or whose close of a stopped
+    worker was cancelled): its worker is ended and reaped — not left running, stopped, or a
+    zombie for as long as the master process lives."""
     script = tmp_path / "loop_ends.py"
     script.write_text(LOOP_ENDS_SCRIPT)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "src"), str(REPO)]))
     process = await asyncio.create_subprocess_exec(
-        sys.executable, str(script), loop, stdout=asyncio.subprocess.PIPE, env=env,
+        sys.executable, str(script), loop, how, stdout=asyncio.subprocess.PIPE, env=env,
         cwd=str(REPO))
     out, _ = await bounded(process.communicate(), 45.0, "the program whose loop ends")
     assert json.loads(out.decode().strip().splitlines()[-1]) == {"state": None}
