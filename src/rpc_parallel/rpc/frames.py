@@ -16,6 +16,8 @@ from typing import Literal
 
 import msgspec
 
+from ._exceptions import describe
+
 HEADER = struct.Struct("<IBII")
 HEADER_SIZE = HEADER.size  # 13
 LENGTH_OVERHEAD = HEADER_SIZE - 4  # counted in the length field
@@ -57,12 +59,20 @@ class MenuEntry(msgspec.Struct, array_like=True, frozen=True):
 
 class ErrorInfo(msgspec.Struct, array_like=True, frozen=True):
     """An exception as it crosses the wire: the answer to a call that raised, and (in the
-    worker layer) a failure a worker reports. ``kind`` is "remote" or "protocol"."""
+    worker layer) a failure a worker reports. ``kind`` is "remote" or "protocol".
+
+    The last three fields came later (a peer without them sends none: the defaults):
+    ``qualified_type`` is ``module.Qualname`` (builtins by bare name), ``args`` the
+    exception's ``args`` and ``attributes`` its public attributes, msgpack-encoded (``b""``
+    when they cannot be sent). ``rpc/_exceptions.py`` makes and reads them."""
 
     kind: Literal["remote", "protocol"]
     type_name: str
     message: str
     traceback: str
+    qualified_type: str = ""
+    args: bytes = b""
+    attributes: bytes = b""
 
 
 ERROR_TEXT_LIMIT = 1024 * 1024
@@ -72,9 +82,9 @@ the connection lowers it to fit its ``max_message_size``."""
 
 def text_limit(max_message_size: int) -> int:
     """The characters each text of an error record may have so that the record fits a
-    message of ``max_message_size`` bytes (two texts, up to 4 bytes a character, room for
-    the rest)."""
-    return max(64, min(ERROR_TEXT_LIMIT, (max_message_size - 1024) // 8))
+    message of ``max_message_size`` bytes (two texts of up to 4 bytes a character, the
+    encoded args and attributes up to as many bytes as characters, room for the rest)."""
+    return max(64, min(ERROR_TEXT_LIMIT, (max_message_size - 2048) // 10))
 
 
 def safe_text(text: str, limit: int = ERROR_TEXT_LIMIT, *, keep_end: bool = False) -> str:
@@ -92,7 +102,7 @@ def safe_text(text: str, limit: int = ERROR_TEXT_LIMIT, *, keep_end: bool = Fals
     return cut + text[-limit:] if keep_end else text[:limit] + cut
 
 
-def describe(error: BaseException) -> str:
+def text_of(error: BaseException) -> str:
     """``str(error)``, or what can be said of it when its ``__str__`` raises."""
     try:
         return str(error)
@@ -113,12 +123,22 @@ def _traceback_text(error: BaseException) -> str:
 
 def remote_error_info(error: BaseException, limit: int = ERROR_TEXT_LIMIT) -> ErrorInfo:
     """``error`` as an implementation's failure, with its traceback text; always encodable:
-    each text is made safe (``safe_text``) and at most about ``limit`` characters."""
+    each text is made safe (``safe_text``) and at most about ``limit`` characters, and its
+    encoded ``args`` and attributes are left out when they exceed ``limit`` bytes."""
+    try:
+        qualified, args, attributes = describe(error)
+    except Exception:  # Whatever a user's exception does, its text still goes.
+        qualified, args, attributes = "", b"", b""
+    if len(args) + len(attributes) > limit:
+        args = attributes = b""
     return ErrorInfo(
         "remote",
         safe_text(type(error).__qualname__, 200),
-        safe_text(describe(error), limit),
+        safe_text(text_of(error), limit),
         safe_text(_traceback_text(error), limit, keep_end=True),
+        safe_text(qualified, 1000),
+        args,
+        attributes,
     )
 
 

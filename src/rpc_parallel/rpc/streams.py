@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from .functions import FunctionSpec
     from .settings import RpcSettings
 
-T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)  # A reader only gives items: PipeReader[bool] is a PipeReader[int].
 
 ITEM_OVERHEAD = 64
 """What each stream item counts against the credit window beyond its payload size, so a
@@ -152,7 +152,7 @@ class ReaderState:
             waiter.set_result(None)
 
 
-class PipeReader(Generic[T]):
+class PipeReader(Generic[T_co]):
     """An async iterator over a stream's items.
 
     Each item taken returns its size to the sender as credit, so a slow reader bounds
@@ -181,17 +181,17 @@ class PipeReader(Generic[T]):
         return (f"<PipeReader {state.spec.name} #{state._call_id} {done}, "
                 f"{len(state._items)} queued>")
 
-    def __aiter__(self) -> PipeReader[T]:
+    def __aiter__(self) -> PipeReader[T_co]:
         return self
 
-    def __anext__(self) -> Awaitable[T]:
+    def __anext__(self) -> Awaitable[T_co]:
         return self._state.next()
 
     async def aclose(self) -> None:
         """Stop the stream; items not yet read are dropped."""
         self._state._abort()
 
-    async def __aenter__(self) -> PipeReader[T]:
+    async def __aenter__(self) -> PipeReader[T_co]:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
