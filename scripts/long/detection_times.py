@@ -27,6 +27,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), str(REPO),
                                             os.environ.get("PYTHONPATH", "")])
 
 import rpc_parallel as rp  # noqa: E402
+from rpc_parallel.rpc import run as rpc_run  # noqa: E402
 from tests.hardening.support import descendants  # noqa: E402
 from tests.workers.support import alive  # noqa: E402
 from tests.workers.workers import Echo  # noqa: E402
@@ -114,7 +115,7 @@ def main() -> int:
     settings = rp.RpcSettings(heartbeat_interval=args.heartbeat_interval,
                               heartbeat_timeout=args.heartbeat_timeout)
     rp.expert.init_master(settings)
-    rp.rpc.run(measure(args, settings))  # type: ignore[attr-defined]
+    rpc_run(measure(args, settings))
     return 0
 
 

@@ -7,8 +7,9 @@ its whole life; when the master dies the link drops and the worker exits.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import weakref
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Any, Protocol
 
 from ._builtins import INITIALIZING, REGISTER, WORKER_FAILED, Network, Registration
@@ -53,6 +54,8 @@ class Master:
         self.prestarted = Prestarted()
         """Processes started ahead of the next spawn of a worker class."""
         self._closing = False
+        self.guard: AsyncGenerator[None, None] | None = None
+        """Closes this master when its event loop ends (``_until_the_loop_ends``)."""
 
     async def address(self, remote: bool = False) -> str:
         """The master server's address for a new worker, starting the server on first use.
@@ -159,7 +162,31 @@ def current_master() -> Master:
     master = _masters.get(loop)
     if master is None:
         master = _masters[loop] = Master()
+        guard = master.guard = _until_the_loop_ends(master)
+        with contextlib.suppress(StopIteration):  # Run it to its yield: the loop knows it.
+            guard.asend(None).send(None)
     return master
+
+
+async def _until_the_loop_ends(master: Master) -> AsyncGenerator[None, None]:
+    """An async generator the event loop closes when it ends (``asyncio.run`` and its
+    runners call ``shutdown_asyncgens``): a loop that ends without ``close()`` of its
+    handles (nor ``start_app``'s end) still closes the master's servers and its pre-started
+    processes (the supervisors, cancelled first, end and reap the workers)."""
+    try:
+        yield
+    finally:
+        # The loop's tasks are cancelled by now (each supervisor has ended its worker): stop
+        # the pre-started processes, close the servers, and wait for nothing else.
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            await asyncio.wait_for(master.prestarted.close(), timeout=5.0)
+        if master.network_server is not None:
+            master.network_server.close("the master's event loop ended")
+            master.network_server = None
+        if master.server is not None:
+            master.server.close("the master's event loop ended")
+            remove_socket_directory(address_of(master.server).wire, "rpc_parallel-master-")
+            master.server = None
 
 
 def existing_master() -> Master | None:

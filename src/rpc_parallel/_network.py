@@ -7,7 +7,8 @@ configuration (the TLS identity and where to find the master) and serves its fun
 TCP + TLS too, so that a handle passed to a worker on another host can be connected to.
 
 Addresses are texts (the wire form of ``rpc.transport.Address``) and may list alternatives separated by spaces
-(``unix:/tmp/.../worker.sock tls:10.0.0.7:40123``): a peer uses the first that works from
+(``unix:/tmp/.../worker.sock tls:10.0.0.7:40123``; on Linux the Unix one is an abstract
+name, ``unix:\\0rpc_parallel-worker-.../worker.sock``): a peer uses the first that works from
 where it runs. The host ``@master`` stands for "the master's host, as this process reaches
 it" (``127.0.0.1`` on the master's machine, the connect-back host on another): a worker on
 the master's machine cannot know the master's address as a remote host sees it, but every
@@ -80,12 +81,13 @@ def advertised_host(network: Network) -> str:
 
 def alternatives(address: str) -> list[Address]:
     """The addresses ``address`` lists that this process can try, in order: Unix sockets
-    that exist here, TCP addresses with ``@master`` replaced."""
+    that exist here (an abstract name cannot be looked up: it is tried, and on another host
+    or network namespace refused at once), TCP addresses with ``@master`` replaced."""
     found: list[Address] = []
     for text in address.split():
         parsed = parse_address(text)
         if isinstance(parsed, Unix):
-            if os.path.exists(parsed.path):
+            if parsed.path.startswith("\0") or os.path.exists(parsed.path):
                 found.append(parsed)
         elif parsed.host == MASTER_HOST:
             found.append(Tcp(master_host(), parsed.port, parsed.tls))

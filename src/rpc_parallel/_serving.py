@@ -22,7 +22,7 @@ from ._builtins import (
 )
 from ._state import process
 from .rpc import Implementation, Server, current_connection
-from .rpc.frames import ErrorInfo, remote_error_info
+from .rpc.frames import ErrorInfo, remote_error_info, safe_text, text_limit
 
 logger = logging.getLogger("rpc_parallel")
 
@@ -90,7 +90,10 @@ class _LogBroadcast(logging.Handler):
             if record.exc_info:
                 message += "\n" + logging.Formatter().formatException(record.exc_info)
         except Exception:
-            message = str(record.msg)
+            message = describe_message(record.msg)
+        # Built from user data: made safe to encode (a lone surrogate, a huge message) so one
+        # odd record cannot end a subscriber's stream.
+        message = safe_text(message, text_limit(process().rpc_settings().max_message_size))
         item = LogRecord(worker=self.worker_name, logger=record.name, level=record.levelno,
                          level_name=record.levelname, message=message, created=record.created)
         for loop, queue in list(self.subscribers):
@@ -136,6 +139,13 @@ def _log_handler(name: str) -> _LogBroadcast:
     return _log_broadcast
 
 
+def describe_message(message: object) -> str:
+    try:
+        return str(message)
+    except Exception as error:  # A message object whose __str__ raises.
+        return f"<unprintable log message: {type(error).__name__}>"
+
+
 def builtin_implementations(instance: WorkerInstance) -> list[Implementation]:
     async def init_connection(arg: Any) -> None:
         connection = current_connection.get()
@@ -164,8 +174,9 @@ def builtin_implementations(instance: WorkerInstance) -> list[Implementation]:
 
 def report_fatal(instance: WorkerInstance | None, error: BaseException, context: str) -> None:
     """A failure outside any call: tell the master (in a worker process) and exit."""
-    info = remote_error_info(error)
-    report = ErrorInfo("remote", info.type_name, f"{context}: {info.type_name}: {info.message}",
+    info = remote_error_info(error, text_limit(process().rpc_settings().max_message_size))
+    report = ErrorInfo("remote", info.type_name,
+                       f"{safe_text(context, 1000)}: {info.type_name}: {info.message}",
                        info.traceback)
     on_fatal = _fatal_reporters.get(instance) if instance is not None else None
     if on_fatal is not None:

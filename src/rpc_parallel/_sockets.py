@@ -1,14 +1,19 @@
-"""Unix sockets in private temporary directories: where masters and workers listen.
+"""Private Unix sockets: where masters and workers listen.
 
-Each server gets a directory of its own (owner-only), removed when it closes, at exit, or
-by the master once the worker that owned it is dead.
+On Linux a server listens on an abstract socket (a name, no file: nothing can be left
+behind, whatever kills the process; see docs/decisions/0017-abstract-unix-sockets.md); its
+name is random, and only a peer holding the application's secret gets past the handshake.
+Elsewhere each server gets a temporary directory of its own (owner-only), removed when it
+closes, at exit, or by the master once the worker that owned it is dead.
 """
 
 from __future__ import annotations
 
 import atexit
 import os
+import secrets
 import shutil
+import sys
 import tempfile
 from typing import Any
 
@@ -16,13 +21,18 @@ from .rpc import Server, serve_unix
 from .rpc.transport import Unix, parse_address
 
 WORKER_PREFIX = "rpc_parallel-worker-"
+ABSTRACT_SOCKETS = sys.platform == "linux"
+"""Linux has abstract Unix sockets: a name in the kernel, never a file."""
 _made: set[str] = set()
-"""The directories this process made and has not removed yet."""
+"""The directories this process made and has not removed yet (none with abstract sockets)."""
 
 
 async def serve_in_temporary_directory(prefix: str, name: str, **serve: Any) -> Server:
-    """``serve_unix`` on ``<new temporary directory>/<name>``; the directory is removed at
-    exit at the latest (``remove_socket_directory`` removes it sooner)."""
+    """``serve_unix`` on a private address: an abstract socket with a random name (Linux),
+    else ``<new temporary directory>/<name>``, a directory removed at exit at the latest
+    (``remove_socket_directory`` removes it sooner)."""
+    if ABSTRACT_SOCKETS:
+        return await serve_unix(f"\0{prefix}{secrets.token_hex(16)}/{name}", **serve)
     directory = tempfile.mkdtemp(prefix=prefix)
     atexit.register(shutil.rmtree, directory, True)
     _made.add(directory)
@@ -30,17 +40,19 @@ async def serve_in_temporary_directory(prefix: str, name: str, **serve: Any) -> 
         return await serve_unix(f"{directory}/{name}", **serve)
     except BaseException:
         shutil.rmtree(directory, ignore_errors=True)
+        _made.discard(directory)
         raise
 
 
 def remove_socket_directory(address: str, prefix: str = "rpc_parallel-") -> None:
     """Remove the temporary directory of a server at ``unix:<path>`` (a dead worker cannot
     remove its own; a master removes its own on close). ``address`` may list alternatives
-    (``unix:<path> tls:<host>:<port>``); only the Unix one names a directory."""
+    (``unix:<path> tls:<host>:<port>``); only the Unix one names a directory, and only when
+    it is not abstract."""
     for text in address.split():
         where = parse_address(text)
-        if not isinstance(where, Unix):
-            continue
+        if not isinstance(where, Unix) or where.path.startswith("\0"):
+            continue  # TCP, or an abstract socket: no directory.
         directory = os.path.dirname(where.path)
         if os.path.basename(directory).startswith(prefix):
             shutil.rmtree(directory, ignore_errors=True)
@@ -49,7 +61,8 @@ def remove_socket_directory(address: str, prefix: str = "rpc_parallel-") -> None
 
 def remove_own_directories() -> None:
     """Remove every directory this process made, now: for a worker about to ``os._exit``
-    (which skips ``atexit``) because its master is gone."""
+    (which skips ``atexit``) because its master is gone (with abstract sockets there are
+    none: nothing to do)."""
     for directory in list(_made):
         shutil.rmtree(directory, ignore_errors=True)
         _made.discard(directory)

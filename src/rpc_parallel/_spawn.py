@@ -345,6 +345,7 @@ def _make_handle(
     supervisor = Supervisor(
         name=name, pid=registration.pid, address=registration.address, link=link,
         worker_process=worker, on_failure=prepared.options.on_failure,
+        outlives_master=prepared.options.shutdown_on == "called_shutdown",
     )
     handle: WorkerHandle[Any] = WorkerHandle(
         worker_id=prepared.worker_id, name=name, pid=registration.pid, host=registration.host,

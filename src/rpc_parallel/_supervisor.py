@@ -10,6 +10,7 @@ nothing of handles.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import signal
@@ -58,8 +59,11 @@ class Supervisor:
         link: RpcConnection,
         worker_process: LaunchedProcess,
         on_failure: OnFailure | None,
+        outlives_master: bool = False,
     ) -> None:
         self.name = name
+        self.outlives_master = outlives_master
+        """``called_shutdown``: the end of the master's event loop does not end it."""
         self.pid = pid
         self.address = address
         self.link = link
@@ -96,7 +100,11 @@ class Supervisor:
         closed = asyncio.ensure_future(link.wait_closed())
         exited = asyncio.ensure_future(self.process.wait())
         try:
-            await asyncio.wait({closed, exited}, return_when=asyncio.FIRST_COMPLETED)
+            try:
+                await asyncio.wait({closed, exited}, return_when=asyncio.FIRST_COMPLETED)
+            except asyncio.CancelledError:
+                await self._loop_ending()
+                raise
             returncode = await self._reap(closed, exited)
             self.returncode = returncode
             remove_socket_directory(self.address, WORKER_PREFIX)
@@ -112,6 +120,17 @@ class Supervisor:
             exited.cancel()
             current_master().handles.pop(link, None)
 
+    async def _loop_ending(self) -> None:
+        """Cancelled without ``detach()``: the master's event loop is ending with this worker
+        open (no ``close()``). End it as the master's exit would, and reap it, rather than
+        leave it running (or a zombie) for as long as this process lives."""
+        if self.detached or self.outlives_master:
+            return
+        self.expected_exit = True
+        self.link.close("the master's event loop ended")
+        with contextlib.suppress(Exception):
+            self.returncode = await self.process.stop(grace=2.0)
+
     async def _reap(self, closed: asyncio.Future[str], exited: asyncio.Future[int | None]) -> int:
         """The link or the process has ended: end the other, give the grace, reap."""
         if exited.done():
@@ -126,6 +145,17 @@ class Supervisor:
         if self.link.close_kind == "heartbeat_timeout":
             return await self.process.stop(grace=0)  # It stopped answering: no grace.
         return await self.process.stop(grace=5.0 if self.expected_exit else 1.0)
+
+    def _master_stall(self) -> str:
+        """If this master's event loop was blocked lately, the blame is the master's."""
+        seconds = self.link.recent_stall()
+        settings = self.link.settings
+        if seconds is None or seconds + settings.heartbeat_interval < settings.heartbeat_timeout:
+            return ""
+        return (f"; but the master's event loop was blocked (stalled) for {seconds:.1f} s "
+                f"(longer than heartbeat_timeout, the worker heard nothing from the master "
+                f"and ended the link): keep the master's loop free (await, or run blocking "
+                f"work in a thread)")
 
     def describe_end(self, returncode: int, kind: CloseKind | None, reason: str | None) -> str:
         """How the worker ended: its exit status, or that it stopped answering (killed)."""
@@ -162,26 +192,22 @@ class Supervisor:
         if handle_closed and self.expected_exit and self.returncode is None:
             closed = ConnectionClosed(f"worker {self.name}: this handle is closed")
             return lambda function: closed
-        if error.kind == "heartbeat_timeout":
-            # Declared dead without waiting for the kill and the reaping (over ssh, the
-            # output pipes may stay open a moment longer): calls fail within the timeout.
-            text = self.describe_end(-9, error.kind, error.reason)
-            tail = self.process.stderr_tail()
-            return lambda function: WorkerDied(
-                f"{text} (while running {function})", worker=self.name, function=function,
-                stderr_tail=tail,
-            )
-        if self._task is not None:
+        if self._task is not None and error.kind != "heartbeat_timeout":
+            # Its exit status says more; a worker that stopped answering is not waited for
+            # (calls fail at the heartbeat timeout itself; it is killed meanwhile).
             await asyncio.wait({self._task}, timeout=10.0)
         returncode = self.returncode
         if returncode is None:
             returncode = self.process.returncode
-        if returncode is None:
+        if returncode is None and error.kind == "heartbeat_timeout":
+            text = self.describe_end(0, error.kind, error.reason)
+        elif returncode is None:
             text = f"worker {self.name} (pid {self.pid}) lost: {error.reason}"
         else:
             text = self.describe_end(returncode, error.kind, error.reason)
         if self.failure is not None:
             text += f", after reporting: {self.failure.message}"
+        text += self._master_stall()
         tail = self.process.stderr_tail()
         exit_code, signal_number = exit_status(returncode)
         return lambda function: WorkerDied(

@@ -44,7 +44,7 @@ from .rpc import Connection as RpcConnection
 from .rpc import Error as RpcError
 from .rpc import FunctionSpec, Server, new_event_loop, serve_tcp, server_context
 from .rpc import run as rpc_run
-from .rpc.frames import ErrorInfo, remote_error_info
+from .rpc.frames import ErrorInfo, remote_error_info, text_limit
 from .rpc.functions import make_decoder
 from .rpc.transport import Tcp, address_of, connect
 
@@ -171,11 +171,13 @@ class _Reports:
 
     async def _send(self, report: ErrorInfo) -> None:
         link = self.link
-        if link is not None and not link.is_closed:
-            with contextlib.suppress(RpcError, TimeoutError):
-                await asyncio.wait_for(link.call(WORKER_FAILED, report), timeout=2.0)
-        if not self.exit_future.done():
-            self.exit_future.set_result(1)
+        try:
+            if link is not None and not link.is_closed:
+                with contextlib.suppress(RpcError, TimeoutError):
+                    await asyncio.wait_for(link.call(WORKER_FAILED, report), timeout=2.0)
+        finally:  # Whatever happened to the report, the worker exits.
+            if not self.exit_future.done():
+                self.exit_future.set_result(1)
 
     async def wait(self) -> None:
         if self.tasks:
@@ -213,7 +215,7 @@ async def _init_worker_state(
         if initialized is not None:
             await initialized
     except Exception as error:
-        return remote_error_info(error)
+        return remote_error_info(error, text_limit(config.settings.max_message_size))
     return None
 
 

@@ -21,25 +21,8 @@ BOUND = 4.0
 """A correct answer takes milliseconds; a hang is cut off here (the suite's time budget)."""
 TYPE_NAMES = {"surrogate": "ValueError", "str_raises": "BadStr", "huge": "ValueError"}
 
-# Which (path, kind) fail today, with what happens; each is a strict xfail.
-HANG = "the caller waits forever (heartbeats keep the link alive)"
-EXIT_1 = "the worker exits with code 1"
-LOST = "on_failure is never called and the worker never exits"
-BROKEN: dict[tuple[str, str], str] = {
-    **{("rpc_after_await", kind): HANG for kind in ODD_KINDS},
-    **{("rpc_before_await", kind): EXIT_1 for kind in ODD_KINDS},
-    ("plain_rpc", "surrogate"): HANG,
-    ("plain_rpc", "str_raises"): EXIT_1,
-    ("plain_rpc", "huge"): EXIT_1,
-    **{("pipe", kind): HANG for kind in ODD_KINDS},
-    **{("reverse_pipe", kind): HANG for kind in ODD_KINDS},
-    ("one_way", "surrogate"): LOST,
-    ("one_way", "str_raises"): "on_failure gets the RuntimeError of __str__, not BadStr",
-    ("one_way", "huge"): "the report is lost: on_failure says only 'exited with code 1'",
-    ("background", "surrogate"): LOST,
-    ("background", "str_raises"): "on_failure gets the RuntimeError of __str__, not BadStr",
-    ("background", "huge"): "the report is lost: on_failure says only 'exited with code 1'",
-}
+# Which (path, kind) fail today, with what happens; each is a strict xfail (none since #8.1).
+BROKEN: dict[tuple[str, str], str] = {}
 
 
 def cases(paths: tuple[str, ...]) -> list[object]:
@@ -151,3 +134,19 @@ async def test_unencodable_result_or_item_is_an_error_not_a_hang(small_messages:
         assert "Odd." in str(caught.value)
         assert alive(w.pid)
         assert await bounded(w.run(Odd.ping), BOUND, "a call after") == w.pid
+
+
+@pytest.mark.timeout(30)
+async def test_odd_log_records_reach_the_subscriber(small_messages: object) -> None:
+    """A log record built from odd user data arrives as a safe substitute, and the
+    subscription goes on (one record that cannot be encoded must not end the stream)."""
+    async with await Odd.spawn(None, redirect_stderr=rp.DevNull()) as w:
+        logs = await w.subscribe_logs()
+        for kind in ("surrogate", "huge", "fine"):
+            await w.run(Odd.warn_odd, kind)
+        surrogate, huge, fine = [await asyncio.wait_for(anext(logs), BOUND) for _ in range(3)]
+        assert "caf" in surrogate.message and ".csv" in surrogate.message
+        surrogate.message.encode("utf-8")
+        assert huge.message.startswith("x" * 100) and len(huge.message) < HUGE
+        assert fine.message == "fine"
+        await logs.aclose()

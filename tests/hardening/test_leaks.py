@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import os
 import signal
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -27,7 +30,6 @@ from .workers import Odd
 QUIET = {"redirect_stdout": rp.DevNull(), "redirect_stderr": rp.DevNull()}
 
 
-@pytest.mark.xfail(strict=True, reason="#8.2: a dropped reader never aborts its stream")
 @pytest.mark.timeout(30)
 async def test_dropped_pipe_reader_aborts_the_stream() -> None:
     async with await Odd.spawn(None, **QUIET) as w:
@@ -49,7 +51,6 @@ async def test_dropped_pipe_reader_aborts_the_stream() -> None:
         assert await w.run(Odd.task_count) == tasks_before
 
 
-@pytest.mark.xfail(strict=True, reason="#8.2: each dropped reader keeps ~1.5 MiB in the master")
 @pytest.mark.timeout(60)
 async def test_dropped_pipe_readers_do_not_grow_the_master() -> None:
     async with await Odd.spawn(None, **QUIET) as w:
@@ -73,7 +74,6 @@ async def test_dropped_pipe_readers_do_not_grow_the_master() -> None:
         assert await w.run(Odd.closed_count) == 45
 
 
-@pytest.mark.xfail(strict=True, reason="#8.4: one-way calls have no backpressure")
 @pytest.mark.timeout(60)
 async def test_one_way_calls_have_backpressure() -> None:
     """50,000 one-way calls to a slow function: the sender waits, the worker stays bounded."""
@@ -98,7 +98,6 @@ async def test_one_way_calls_have_backpressure() -> None:
                 await bounded(sender, 10.0, "the waiting sender to be released by close")
 
 
-@pytest.mark.xfail(strict=True, reason="#8.5: a stalled master blames the worker")
 @pytest.mark.timeout(60)
 async def test_stalled_master_loop_is_blamed_on_the_master() -> None:
     w = await Echo.spawn(0, **QUIET)
@@ -115,7 +114,6 @@ async def test_stalled_master_loop_is_blamed_on_the_master() -> None:
         await bounded(w.close(), 10.0, "close")
 
 
-@pytest.mark.xfail(strict=True, reason="#8.5: a worker whose loop is blocked: no blame, no name")
 @pytest.mark.timeout(60)
 async def test_stalled_worker_loop_names_the_side_and_the_function() -> None:
     w = await Odd.spawn(None, **QUIET)
@@ -175,3 +173,61 @@ async def test_killed_workers_leave_everything_as_it_was(private_tmp: str) -> No
     for _ in range(10):
         await one_cycle()
     await settle(before, 10.0, "after 10 killed workers")
+
+
+REPO = Path(__file__).resolve().parents[2]
+LOOP_ENDS_SCRIPT = """
+import asyncio, json, os, signal, sys, time
+import rpc_parallel as rp
+from rpc_parallel.rpc import run
+from tests.workers.workers import Echo
+
+rp.expert.init_master()
+pids = []
+
+async def main():
+    w = await Echo.spawn(0)  # never closed: the loop just ends
+    await w.run(Echo.add, 1, 1)
+    pids.append(w.pid)
+    if sys.argv[2] == "stopped_and_close_cancelled":
+        os.kill(w.pid, signal.SIGSTOP)
+        try:
+            await asyncio.wait_for(w.close(), 0.5)  # cancelled long before it can finish
+        except TimeoutError:
+            pass
+
+if sys.argv[1] == "uvloop":
+    run(main())
+else:
+    asyncio.run(main())
+
+def state(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return None
+
+deadline = time.monotonic() + 10
+while state(pids[0]) is not None and time.monotonic() < deadline:
+    time.sleep(0.05)
+print(json.dumps({"state": state(pids[0])}))
+"""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("how", ["open", "stopped_and_close_cancelled"])
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+async def test_a_loop_that_ends_without_close_ends_and_reaps_its_workers(
+        tmp_path: Path, loop: str, how: str) -> None:
+    """A handle whose event loop ended without ``close()`` (or whose close of a stopped
+    worker was cancelled): its worker is ended and reaped — not left running, stopped, or a
+    zombie for as long as the master process lives."""
+    script = tmp_path / "loop_ends.py"
+    script.write_text(LOOP_ENDS_SCRIPT)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "src"), str(REPO)]))
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, str(script), loop, how, stdout=asyncio.subprocess.PIPE, env=env,
+        cwd=str(REPO))
+    out, _ = await bounded(process.communicate(), 45.0, "the program whose loop ends")
+    assert json.loads(out.decode().strip().splitlines()[-1]) == {"state": None}

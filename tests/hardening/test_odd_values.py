@@ -34,7 +34,6 @@ ODD_ARGUMENTS = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason="#8.7: raw OverflowError/UnicodeEncodeError/RecursionError")
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("case", sorted(ODD_ARGUMENTS))
 async def test_odd_argument_is_a_protocol_error_naming_function_and_parameter(case: str) -> None:
@@ -47,7 +46,6 @@ async def test_odd_argument_is_a_protocol_error_naming_function_and_parameter(ca
         assert await w.run(Odd.ping) == w.pid  # nothing broke
 
 
-@pytest.mark.xfail(strict=True, reason="#8.7: a raw OverflowError escapes through an Any parameter")
 @pytest.mark.timeout(30)
 async def test_odd_value_through_any_is_a_protocol_error() -> None:
     """An ``Any`` parameter: the encoder, not the validator, meets the odd value."""
@@ -61,7 +59,6 @@ async def test_odd_value_through_any_is_a_protocol_error() -> None:
                 pytest.fail(f"a raw {type(error).__name__} escaped: {error}")
 
 
-@pytest.mark.xfail(strict=True, reason="#8.7: raw errors escape for odd values in Any / streams")
 @pytest.mark.timeout(30)
 async def test_odd_value_as_stream_item_is_a_protocol_error() -> None:
     async def items() -> AsyncIterator[int]:
@@ -74,7 +71,6 @@ async def test_odd_value_as_stream_item_is_a_protocol_error() -> None:
         assert "Odd.consume" in str(caught.value)
 
 
-@pytest.mark.xfail(strict=True, reason="#8.7: the caller's generator is not closed on death")
 @pytest.mark.timeout(30)
 async def test_reverse_pipe_callers_generator_is_closed_when_the_worker_dies() -> None:
     closed = asyncio.Event()

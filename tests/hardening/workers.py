@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from collections.abc import AsyncIterator
@@ -98,6 +99,17 @@ class Odd(rp.Worker[None]):
     @rp.rpc
     async def huge_result(self) -> str:
         return "y" * HUGE
+
+    @rp.rpc
+    async def warn_odd(self, kind: str) -> None:
+        """Log a record built from odd user data (for a log subscriber)."""
+        log = logging.getLogger("odd")
+        if kind == "surrogate":
+            log.warning("cannot read %s", SURROGATE_TEXT)
+        elif kind == "huge":
+            log.warning("x" * HUGE)
+        else:
+            log.warning("fine")
 
     # ----- odd values as arguments
 

@@ -260,7 +260,7 @@ async def test_a_worker_from_the_bundle_registers_and_serves_on_a_bare_python(
                 worker.kill()
                 await worker.wait()
     assert returncode == 0, (await worker.stderr.read()).decode()
-    assert os.listdir(scratch) == [], "the worker removed its socket directory"
+    assert os.listdir(scratch) == [], "the worker left nothing in its TMPDIR (no socket directory)"
 
 
 def msgspec_encode(config: object) -> bytes:

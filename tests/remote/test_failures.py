@@ -163,6 +163,15 @@ rp.start_app(main, rpc_settings=rp.RpcSettings(heartbeat_interval=0.2, heartbeat
 """
 
 
+def _socket_exists(namespace_host: NamespaceHost, path: str) -> bool:
+    """Whether a worker's Unix socket is still there: an abstract name (Linux) is looked up
+    in the namespace's own /proc/net/unix, else its directory on disk."""
+    if path.startswith("\0"):
+        table = namespace_host.run(["cat", "/proc/net/unix"], timeout=10).stdout
+        return "@" + path[1:] in table.split()
+    return Path(path).parent.exists()
+
+
 async def test_master_sigkill_ends_remote_workers_but_called_shutdown(
     namespace_host: NamespaceHost, tmp_path: Path,
 ) -> None:
@@ -174,21 +183,23 @@ async def test_master_sigkill_ends_remote_workers_but_called_shutdown(
     master = await asyncio.create_subprocess_exec(
         sys.executable, str(script), stdout=asyncio.subprocess.PIPE, env=env)
     survivor: int | None = None
-    sockets: dict[str, Path] = {}
+    paths: dict[str, str] = {}
     try:
         assert master.stdout is not None
         line = await bounded(master.stdout.readline(), 60.0, "the master's worker pids")
         found: dict[str, Any] = json.loads(line)
         survivor = found["called_shutdown"]
-        sockets = {mode: Path(found.pop(f"{mode} directory")).parent for mode in MODES}
+        paths = {mode: found.pop(f"{mode} directory") for mode in MODES}
         pids: dict[str, int] = found
         assert set(pids.values()) <= set(namespace_host.pids())
+        for mode in MODES:
+            assert _socket_exists(namespace_host, paths[mode]), paths[mode]
         master.kill()
         started = time.monotonic()
         assert await master.wait() == -signal.SIGKILL
         for mode in ("connection_closed", "heartbeat_timeout"):
             await _gone_from(namespace_host, pids[mode], 10.0)
-            assert not sockets[mode].exists(), "the worker left its socket directory"
+            assert not _socket_exists(namespace_host, paths[mode]), "the worker left its socket"
         elapsed = time.monotonic() - started
         assert alive(survivor) and survivor in namespace_host.pids()
         print(f"master SIGKILLed -> remote workers gone in {elapsed:.2f} s")
@@ -199,8 +210,9 @@ async def test_master_sigkill_ends_remote_workers_but_called_shutdown(
         if survivor is not None and alive(survivor):
             os.kill(survivor, signal.SIGKILL)
             await gone(survivor, 10.0)
-        for directory in sockets.values():  # (the survivor's, SIGKILLed above)
-            shutil.rmtree(directory, ignore_errors=True)
+        for path in paths.values():  # (the survivor's, SIGKILLed above; not abstract)
+            if not path.startswith("\0"):
+                shutil.rmtree(Path(path).parent, ignore_errors=True)
 
 
 async def test_a_worker_that_cannot_connect_back(namespace_host: NamespaceHost) -> None:

@@ -8,6 +8,8 @@ from collections.abc import AsyncGenerator, AsyncIterator
 
 import pytest
 
+from rpc_parallel.rpc.connection import ONE_WAY_WINDOW
+
 from . import layer as rpc
 from .support import SECRET, S, Service, serving, tcp_address, wait_for
 
@@ -163,6 +165,27 @@ async def test_one_way_calls_sent_just_before_close_are_still_served(transport: 
         pair.client.close("done sending")  # CLOSE follows the calls in the same write
         await wait_for(pair.service.events["note:2"].wait())
         assert pair.service.log == [0, 1, 2]
+
+
+async def test_one_way_calls_wait_at_the_window_until_acknowledged(transport: str) -> None:
+    """#8.4: the caller sends at most ONE_WAY_WINDOW one-way calls that have not finished on
+    the serving side; then ``one_way`` waits (and the connection's end releases it)."""
+    window = ONE_WAY_WINDOW
+    async with serving(transport) as pair:
+        for x in range(3 * window):  # fast ones: acknowledged as they finish, never stuck
+            await wait_for(pair.client.one_way(S.note, x))
+        await wait_for(pair.service.events[f"note:{3 * window - 1}"].wait())
+        for x in range(window):
+            await wait_for(pair.client.one_way(S.note_hang, f"h{x}"))
+        await wait_for(pair.service.events[f"h{window - 1}:started"].wait())
+        blocked = asyncio.ensure_future(pair.client.one_way(S.note_hang, "over"))
+        done, _ = await asyncio.wait([blocked], timeout=0.5)
+        assert not done, "a one-way call beyond the window was sent"
+        assert not pair.service.events["over:started"].is_set()
+        pair.served[0].close("enough")  # (from the serving side: the hung calls end now)
+        with pytest.raises(rpc.ConnectionClosed):
+            await wait_for(blocked)
+        await wait_for(pair.service.events[f"h{window - 1}:finally"].wait())
 
 
 async def test_one_way_and_its_errors(transport: str) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from rpc_parallel.rpc import tls
+from rpc_parallel.rpc import tls, transport
 
 from ..harness.netns import NamespaceHost
 from . import layer as rpc
@@ -190,6 +190,42 @@ async def test_server_refuses_a_certificate_it_did_not_issue() -> None:
 async def test_server_refuses_a_client_without_certificate() -> None:
     async with tls_server() as served:
         await refused(served, presenting(None))
+
+
+async def test_pending_handshakes_are_capped_on_a_tls_server(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """#8.3 over TLS: clients that finish the TLS handshake but never authenticate count as
+    pending handshakes; beyond the cap the oldest are dropped, and a good client gets in."""
+    monkeypatch.setattr(transport, "MAX_PENDING_HANDSHAKES", 4)
+    async with tls_server() as served:
+        idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        try:
+            for _ in range(10):  # TLS done, then silent: never HELLO nor AUTH
+                idle.append(await wait_for(asyncio.open_connection(
+                    *served.address, ssl=tls.client_context(IDENTITY),
+                    server_hostname="127.0.0.1")))
+            await _until(lambda: len(served.server.connections) == 4, "the cap to hold")
+            for reader, _ in idle[:6]:  # the oldest six were dropped
+                await wait_for(_until_end_of_file(reader))
+            client = await wait_for(rpc.connect_tcp(*served.address, secret=SECRET,
+                                                    ssl=tls.client_context(IDENTITY)))
+            try:
+                assert await wait_for(client.call(ADD, 2, 3)) == 5
+            finally:
+                client.close()
+            assert served.calls == 1 and len(served.authenticated) == 1
+        finally:
+            for _, writer in idle:
+                writer.close()
+        await _until(lambda: not served.server.connections, "every connection to go")
+
+
+async def _until_end_of_file(reader: asyncio.StreamReader) -> None:
+    """Read (the server's HELLO) until the server's side is gone."""
+    with contextlib.suppress(ConnectionError, ssl.SSLError):
+        while await reader.read(65536):
+            pass
 
 
 async def test_right_certificate_wrong_secret_is_refused_by_the_hmac() -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
+import resource
 import signal
 import sys
 from collections.abc import Mapping, Sequence
@@ -162,6 +164,7 @@ class WorkerProcess:
                 returncode = await asyncio.wait_for(asyncio.shield(self.process.wait()), timeout)
         except TimeoutError:
             return None
+        self.kill_group()
         await self.drain_output(timeout=1.0)
         return returncode
 
@@ -181,20 +184,41 @@ class WorkerProcess:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(self.pid, signal.SIGKILL)
 
+    def kill_group(self) -> None:
+        """SIGKILL what is left of the worker's own process group once the worker has
+        exited (whatever killed it): what a ``Wrap`` prefix started must not outlive it,
+        nor keep its pipes open."""
+        if self.own_group:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, signal.SIGKILL)
+
     async def kill_and_reap(self) -> int:
         self.kill()
         returncode = await self.process.wait()
+        self.kill_group()
         await self.drain_output(timeout=1.0)
         self.close_pipes()
         return returncode
 
     async def stop(self, grace: float) -> int:
-        """Wait up to ``grace`` seconds for a requested exit, then kill; always reaps."""
+        """Wait up to ``grace`` seconds for a requested exit, then kill; always reaps. A
+        stopped process (SIGSTOP) cannot exit by itself: it is killed without the grace."""
+        if grace > 0 and self._is_stopped():
+            grace = 0
         returncode = await self.wait(grace)
         if returncode is None:
             returncode = await self.kill_and_reap()
         self.close_pipes()
         return returncode
+
+    def _is_stopped(self) -> bool:
+        """True if the process is stopped (Linux: state T in /proc; elsewhere unknown)."""
+        try:
+            with open(f"/proc/{self.pid}/stat", "rb") as file:
+                state = file.read().rsplit(b")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return False
+        return state in (b"T", b"t")
 
     async def send(self, message: bytes) -> None:
         """Write one length-prefixed message to the worker's stdin."""
@@ -257,7 +281,7 @@ async def start_process(
         )
     except OSError as error:
         raise SpawnError(
-            f"cannot start worker {request.name}{what} ({argv[0]}): {error}"
+            f"cannot start worker {request.name}{what} ({argv[0]}): {_explain(error)}"
         ) from None
     worker = WorkerProcess(process, request.name, request.redirect_stdout,
                            request.redirect_stderr, own_group=request.new_session)
@@ -277,3 +301,31 @@ def _open_stdout(redirect: Redirection, name: str) -> tuple[int | IO[bytes], IO[
     except OSError as error:
         raise SpawnError(f"cannot open the stdout file of worker {name}: {error}") from None
     return file, file
+
+
+FDS_TO_START = 8
+"""About how many file descriptors starting a worker takes (pipes, the exec error pipe)."""
+
+
+def _explain(error: OSError) -> str:
+    """``error``, said plainly when the process is out of file descriptors: the event loop's
+    process spawning may report that as ``[Errno -1] Unknown error -1``."""
+    if error.errno in (errno.EMFILE, errno.ENFILE) or _out_of_file_descriptors():
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        return (f"out of file descriptors (EMFILE: Too many open files; this process may "
+                f"have {soft} open, RLIMIT_NOFILE): {error}")
+    return str(error)
+
+
+def _out_of_file_descriptors() -> bool:
+    """True if this process cannot open the few descriptors a worker's start takes."""
+    opened: list[int] = []
+    try:
+        for _ in range(FDS_TO_START):
+            opened.append(os.open(os.devnull, os.O_RDONLY))
+    except OSError as error:
+        return error.errno in (errno.EMFILE, errno.ENFILE)
+    finally:
+        for fd in opened:
+            os.close(fd)
+    return False

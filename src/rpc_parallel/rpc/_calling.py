@@ -16,7 +16,7 @@ import msgspec
 from ._exceptions import rebuild
 from .errors import MessageTooLarge, ProtocolError
 from .frames import ErrorInfo
-from .functions import FunctionSpec
+from .functions import ENCODER, FunctionSpec
 from .streams import Credit
 
 
@@ -65,14 +65,41 @@ def error_from_info(spec: FunctionSpec, info: ErrorInfo) -> Exception:
 UNSENDABLE = {"arguments": ("the arguments", "arguments"), "item": ("a stream item",) * 2,
                "result": ("the result", "the result")}
 
+UNENCODABLE = (TypeError, MessageTooLarge, OverflowError, UnicodeEncodeError, RecursionError)
+"""What encoding a value may raise: a type the codecs do not know, a message over the limit,
+an int over 64 bits, a lone surrogate in a ``str``, nesting deeper than the encoder allows."""
+
 
 def cannot_send(
-    spec: FunctionSpec, what: str, error: BaseException, serving: bool = False
+    spec: FunctionSpec,
+    what: str,
+    error: BaseException,
+    serving: bool = False,
+    arguments: tuple[Any, ...] | None = None,
 ) -> ProtocolError:
     """The error for a value of a call of ``spec`` that cannot be encoded or is too large
     (``what``: arguments, item, result). The caller's side keeps ``MessageTooLarge``; the
-    serving side reports a ``ProtocolError`` to the peer."""
+    serving side reports a ``ProtocolError`` to the peer. Given the bound ``arguments``, the
+    first parameter whose value cannot be encoded is named."""
     long, short = UNSENDABLE[what]
+    reason = _reason(error)
     if isinstance(error, MessageTooLarge) and not serving:
-        return MessageTooLarge(f"{spec.name}: {short}: {error}")
-    return ProtocolError(f"{spec.name}: {long} cannot be sent: {error}")
+        return MessageTooLarge(f"{spec.name}: {short}: {reason}")
+    if arguments is not None and not isinstance(error, MessageTooLarge):
+        for parameter, value in zip(spec.parameters, arguments, strict=False):
+            try:
+                ENCODER.encode(value)
+            except UNENCODABLE:
+                reason = f"parameter {parameter.name!r}: {reason}"
+                break
+    return ProtocolError(f"{spec.name}: {long} cannot be sent: {reason}")
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, OverflowError):
+        return f"an int out of the 64-bit range ({error})"
+    if isinstance(error, UnicodeEncodeError):
+        return f"a str that is not valid Unicode (a lone surrogate at position {error.start})"
+    if isinstance(error, RecursionError):
+        return "a value nested deeper than the encoder allows"
+    return str(error)

@@ -18,9 +18,16 @@ from concurrent.futures import Executor
 from typing import Any
 
 from .errors import ProtocolError
-from .frames import ErrorInfo, MenuEntry, remote_error_info
+from .frames import (
+    ERROR_TEXT_LIMIT,
+    ErrorInfo,
+    MenuEntry,
+    remote_error_info,
+    safe_text,
+    text_of,
+)
 from .functions import FunctionSpec
-from .streams import Credit, PipeReader
+from .streams import Credit, ReaderState
 
 
 class Implementation:
@@ -62,9 +69,9 @@ class ServedStream:
 
     __slots__ = ("credit", "reader", "task")
 
-    def __init__(self, credit: Credit | None, reader: PipeReader[Any] | None) -> None:
+    def __init__(self, credit: Credit | None, reader: ReaderState | None) -> None:
         self.credit = credit
-        self.reader = reader
+        self.reader = reader  # A reverse pipe's items, as the connection feeds them.
         self.task: asyncio.Task[None] | None = None
 
     def cancel(self) -> None:
@@ -74,10 +81,23 @@ class ServedStream:
             self.reader._fail(asyncio.CancelledError())
 
 
-def error_info(error: BaseException) -> ErrorInfo:
+def error_info(error: BaseException, limit: int = ERROR_TEXT_LIMIT) -> ErrorInfo:
+    """``error`` as an ERROR frame carries it: every text safe to encode, each at most about
+    ``limit`` characters (see ``frames.safe_text``)."""
     if isinstance(error, ProtocolError):
-        return ErrorInfo("protocol", type(error).__qualname__, str(error), "")
-    return remote_error_info(error)
+        return ErrorInfo("protocol", type(error).__qualname__, safe_text(text_of(error), limit), "")
+    return remote_error_info(error, limit)
+
+
+def unsendable_error_info(error: BaseException, failure: BaseException) -> ErrorInfo:
+    """The last resort when even ``error_info(error)`` cannot be sent: its type name and why."""
+    return ErrorInfo(
+        "remote",
+        safe_text(type(error).__qualname__, 200),
+        f"(the error could not be sent: {type(failure).__name__}: "
+        f"{safe_text(text_of(failure), 500)})",
+        "",
+    )
 
 
 def cancel_all(tasks: list[asyncio.Task[Any]]) -> None:

@@ -8,6 +8,7 @@ them; ``wait_closed()`` returns once they have ended.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import os
@@ -24,7 +25,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from . import frames
-from ._calling import ReversePipeCall, RpcCall, cannot_send, error_from_info
+from ._calling import UNENCODABLE, ReversePipeCall, RpcCall, cannot_send, error_from_info
 from ._compat import enter_task as _enter_task  # What Python 3.12's eager tasks use.
 from ._compat import leave_task as _leave_task
 from ._handshake import prove, verify
@@ -37,6 +38,7 @@ from ._serving import (
     error_info,
     first_step,
     resume,
+    unsendable_error_info,
 )
 from .errors import (
     CloseKind,
@@ -66,7 +68,7 @@ from .frames import (
 )
 from .functions import ENCODER, FunctionSpec
 from .settings import ENVELOPE, PREAUTH_MAX_MESSAGE_SIZE, RpcSettings
-from .streams import ITEM_OVERHEAD, Credit, PipeReader
+from .streams import ITEM_OVERHEAD, Credit, PipeReader, ReaderState
 
 T = TypeVar("T")
 
@@ -83,11 +85,35 @@ current_connection: contextvars.ContextVar[Connection] = contextvars.ContextVar(
 """The connection whose call the running implementation is serving."""
 
 _RECEIVE_BUFFER_SIZE = 256 * 1024
+_PREAUTH_BUFFER_SIZE = 2 * PREAUTH_MAX_MESSAGE_SIZE
+"""Until the peer has authenticated, the receive buffer is this small (no frame may be
+larger than ``PREAUTH_MAX_MESSAGE_SIZE`` then): a pending connection costs a few KiB."""
 _LARGE_FRAME = _RECEIVE_BUFFER_SIZE // 2
 _SPARE_LIMIT = 64 * 1024 * 1024  # The largest receive buffer kept for the next large frame.
+_LARGE_FIRST_CHUNK = 1024 * 1024  # A large frame's buffer starts at this, and doubles.
 _FLUSH_AT = 256 * 1024
 _ZERO_HEADER = bytes(HEADER_SIZE)
 _NO_PAYLOAD: Any = object()
+ONE_WAY_WINDOW = 1024
+"""One-way calls a caller may have sent and not yet seen finished, per connection: the
+serving side acknowledges each one-way call when it has finished (CREDIT on call id 0, the
+argument counting them), and ``one_way`` waits while this many are unacknowledged. So a
+slow one-way function holds at most this many calls in progress on the serving side."""
+
+
+async def _close_stream(stream: Any) -> None:
+    """Close a reverse pipe's stream the call took (its ``finally`` runs now, not whenever the
+    garbage collector gets to it): the call is over, however it ended."""
+    try:
+        aclose = getattr(stream, "aclose", None)
+        if aclose is not None:
+            await aclose()
+        else:
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()
+    except Exception:  # Already running elsewhere, or its finally failed: not this call's.
+        pass
 
 
 class Connection(asyncio.BufferedProtocol):
@@ -132,9 +158,14 @@ class Connection(asyncio.BufferedProtocol):
         self._outgoing: dict[int, Any] = {}
         self._incoming: dict[int, Any] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._dropped: list[ReaderState] = []
+        """Streams whose reader was garbage collected: aborted before the next call is sent."""
         self._one_way_tasks: set[asyncio.Task[Any]] = set()
         """One-way calls received. Closing from this side cancels them; one that arrived
         before the peer closed or vanished is still served, for up to heartbeat_timeout."""
+        self._one_way_unacknowledged = 0  # Sent, not yet acknowledged (calling side).
+        self._one_way_room: asyncio.Future[None] | None = None  # Set when some are.
+        self._one_way_finished = 0  # Served, not yet acknowledged (serving side).
         # rpc calls to coroutine implementations wait here for the runner task (_run_queued).
         self._queued: deque[tuple[int, Implementation, tuple[Any, ...]]] = deque()
         self._runner: asyncio.Task[None] | None = None
@@ -151,7 +182,8 @@ class Connection(asyncio.BufferedProtocol):
 
     def _init_receiving(self) -> None:
         """The receive buffer and the state of a large frame being read."""
-        self._buffer = bytearray(_RECEIVE_BUFFER_SIZE)
+        self._buffer = bytearray(_PREAUTH_BUFFER_SIZE)  # Grown once authenticated (_compact).
+        self._capacity = _PREAUTH_BUFFER_SIZE
         self._view = memoryview(self._buffer)
         self._start = 0
         self._end = 0
@@ -159,8 +191,10 @@ class Connection(asyncio.BufferedProtocol):
         self._spare: bytearray | None = None  # Reused for large frames: no page faults.
         self._large_header: tuple[int, int, int] = (0, 0, 0)
         self._large_filled = 0
+        self._large_size = 0  # The whole frame's payload; _large holds what has arrived.
         self._limit = PREAUTH_MAX_MESSAGE_SIZE
         self._send_limit = self.settings.max_message_size + ENVELOPE
+        self._error_text_limit = frames.text_limit(self.settings.max_message_size)
 
     def _init_lifecycle(self) -> None:
         """Handshake, liveness and closing state."""
@@ -172,6 +206,8 @@ class Connection(asyncio.BufferedProtocol):
         self._heartbeat_timer: asyncio.TimerHandle | None = None
         self._received = False
         self._last_heard = 0.0
+        self._heartbeat_due = 0.0  # When the heartbeat timer should fire.
+        self._stall: tuple[float, float] | None = None  # (when, seconds): this loop's last.
         # Closing.
         self._close_reason: str | None = None
         self._close_kind: CloseKind | None = None
@@ -216,6 +252,14 @@ class Connection(asyncio.BufferedProtocol):
     def close(self, reason: str = "closed by this side") -> None:
         """Close: fail every call in flight with ``ConnectionClosed(reason)``, stop serving."""
         self._close(reason, "closed_here")
+
+    def drop(self, reason: str) -> None:
+        """Close at once, without waiting for the peer to read the reason (a pending
+        handshake a server sheds)."""
+        transport = self._transport
+        self._close(reason, "protocol_error")
+        if transport is not None:
+            transport.abort()
 
     def _close(self, reason: str, kind: CloseKind) -> None:
         if self._close_reason is not None:
@@ -301,7 +345,13 @@ class Connection(asyncio.BufferedProtocol):
         """Send a ``one_way`` call; returns once it is queued for sending."""
         self._expect_kind(spec, "one_way")
         index = self._index_of(spec)
-        self._send_query(spec, 0, index, spec.bind(args, kwargs))
+        bound = spec.bind(args, kwargs)
+        while self._one_way_unacknowledged >= ONE_WAY_WINDOW and self._close_reason is None:
+            if self._one_way_room is None:
+                self._one_way_room = self.loop.create_future()
+            await asyncio.shield(self._one_way_room)
+        self._send_query(spec, 0, index, bound)
+        self._one_way_unacknowledged += 1
         if self.writing_paused:
             await self.wait_writable()
 
@@ -381,12 +431,14 @@ class Connection(asyncio.BufferedProtocol):
                 index = self._index_of(spec)
             if self._close_reason is not None:
                 raise self._closed_error()
+        if self._dropped:
+            self._abort_dropped()
         call_id = self._next_id  # (_take_id, inline)
         self._next_id = call_id + 2 if call_id < 0xFFFF_FFFD else (1 if self.is_client else 2)
         try:  # (_send_query, inline)
             self._write(QUERY, call_id, index, args)
-        except (TypeError, MessageTooLarge) as error:
-            raise cannot_send(spec, "arguments", error) from None
+        except UNENCODABLE as error:
+            raise cannot_send(spec, "arguments", error, arguments=args) from None
         future: asyncio.Future[Any] = self.loop.create_future()
         self._outgoing[call_id] = RpcCall(spec, future)
         return future, call_id
@@ -395,10 +447,11 @@ class Connection(asyncio.BufferedProtocol):
         index = self._index_of(spec)
         call_id = self._take_id()
         self._send_query(spec, call_id, index, args)
-        reader: PipeReader[Any] = PipeReader(self, call_id, spec)
+        state = ReaderState(self, call_id, spec)
         if spec.kind == "state":
-            reader.initial = self.loop.create_future()
-        self._outgoing[call_id] = reader
+            state.initial = self.loop.create_future()
+        reader: PipeReader[Any] = PipeReader(state)
+        self._outgoing[call_id] = state
         self._write(CREDIT, call_id, self.settings.stream_window)
         if self.writing_paused:
             await self.wait_writable()
@@ -407,10 +460,12 @@ class Connection(asyncio.BufferedProtocol):
     def _send_query(self, spec: FunctionSpec, call_id: int, index: int, args: tuple[Any, ...]) -> None:
         if self._close_reason is not None:
             raise self._closed_error()
+        if self._dropped:
+            self._abort_dropped()
         try:
             self._write(QUERY, call_id, index, args)
-        except (TypeError, MessageTooLarge) as error:
-            raise cannot_send(spec, "arguments", error) from None
+        except UNENCODABLE as error:
+            raise cannot_send(spec, "arguments", error, arguments=args) from None
 
     async def _pump(
         self,
@@ -442,6 +497,8 @@ class Connection(asyncio.BufferedProtocol):
                     future.set_exception(error)
             if not isinstance(error, Exception):
                 raise
+        finally:
+            await _close_stream(stream)
 
     async def _send_item(
         self, spec: FunctionSpec, call_id: int, item: Any, credit: Credit, serving: bool = False
@@ -453,7 +510,7 @@ class Connection(asyncio.BufferedProtocol):
             return False
         try:
             size = self._write(ITEM, call_id, 0, item)
-        except (TypeError, MessageTooLarge) as error:
+        except UNENCODABLE as error:
             raise cannot_send(spec, "item", error, serving) from None
         credit.available -= size + ITEM_OVERHEAD
         if self.writing_paused:
@@ -477,6 +534,19 @@ class Connection(asyncio.BufferedProtocol):
             entry.credit.stop()
         if self._close_reason is None:
             self._write(ABORT, call_id, 0)
+
+    def _reader_dropped(self, state: ReaderState) -> None:
+        """Called by the garbage collector (any thread, possibly in the middle of a write):
+        only note it, and have the loop abort the stream; a call sent before then aborts it
+        first (so the peer sees the ABORT before anything sent after the drop)."""
+        self._dropped.append(state)
+        with contextlib.suppress(RuntimeError):  # A closed loop: nothing is left to free.
+            self.loop.call_soon_threadsafe(self._abort_dropped)
+
+    def _abort_dropped(self) -> None:
+        dropped = self._dropped
+        while dropped:
+            dropped.pop()._abort()
 
     def _write(self, message_type: int, call_id: int, argument: int, value: Any = _NO_PAYLOAD) -> int:
         """Append one frame to the outgoing buffer; return the payload size."""
@@ -552,13 +622,20 @@ class Connection(asyncio.BufferedProtocol):
         large = self._large
         if large is not None:
             return large[self._large_filled :]
-        if self._end == _RECEIVE_BUFFER_SIZE:
+        if self._end == self._capacity:
             self._compact()
         return self._view[self._end :]
 
     def _compact(self) -> None:
+        """Move the unread bytes to the front; once authenticated, grow a small buffer."""
         start, end = self._start, self._end
-        if start:
+        if self._authenticated and self._capacity < _RECEIVE_BUFFER_SIZE:
+            self._buffer = bytearray(_RECEIVE_BUFFER_SIZE)
+            self._buffer[: end - start] = self._view[start:end]
+            self._view = memoryview(self._buffer)
+            self._capacity = _RECEIVE_BUFFER_SIZE
+            self._start, self._end = 0, end - start
+        elif start:
             self._buffer[: end - start] = bytes(self._view[start:end])
             self._start, self._end = 0, end - start
 
@@ -571,6 +648,9 @@ class Connection(asyncio.BufferedProtocol):
         if self._large is not None:
             self._large_filled += nbytes
             if self._large_filled == len(self._large):
+                if self._large_filled < self._large_size:
+                    self._grow_large()
+                    return
                 message_type, call_id, argument = self._large_header
                 payload = self._large
                 self._large = None
@@ -603,11 +683,13 @@ class Connection(asyncio.BufferedProtocol):
                 size = length - LENGTH_OVERHEAD
                 spare = self._spare
                 if spare is None or len(spare) < size:
-                    spare = bytearray(size)
-                    if size <= _SPARE_LIMIT:
+                    # Memory follows the bytes that arrive, not the length announced.
+                    spare = bytearray(min(size, max(_LARGE_FIRST_CHUNK, 2 * have)))
+                    if len(spare) == size <= _SPARE_LIMIT:
                         self._spare = spare
-                large = memoryview(spare)[:size]
+                large = memoryview(spare)[: min(size, len(spare))]
                 large[:have] = view[start + HEADER_SIZE : end]
+                self._large_size = size
                 self._large = large
                 self._large_filled = have
                 self._large_header = (message_type, call_id, argument)
@@ -617,6 +699,17 @@ class Connection(asyncio.BufferedProtocol):
             self._start = self._end = 0
         else:
             self._start = start
+
+    def _grow_large(self) -> None:
+        """A large frame has filled its buffer: double it (up to the frame's size)."""
+        old = self._large
+        assert old is not None
+        size = self._large_size
+        grown = bytearray(min(size, 2 * len(old)))
+        grown[: len(old)] = old
+        if len(grown) == size and size <= _SPARE_LIMIT:
+            self._spare = grown
+        self._large = memoryview(grown)
 
     def _frame_too_large(self, length: int) -> None:
         if length < LENGTH_OVERHEAD:
@@ -638,7 +731,7 @@ class Connection(asyncio.BufferedProtocol):
         if message_type == RESPONSE:
             entry = self._outgoing.get(call_id)
             if entry is not None:
-                if type(entry) is not PipeReader:
+                if type(entry) is not ReaderState:
                     del self._outgoing[call_id]
                 entry._on_response(payload)
         elif message_type == QUERY:
@@ -649,14 +742,16 @@ class Connection(asyncio.BufferedProtocol):
         elif message_type == ITEM:
             if call_id & 1 == self._id_parity:
                 reader = self._outgoing.get(call_id)
-                if type(reader) is PipeReader:
+                if type(reader) is ReaderState:
                     reader._on_item(payload)
             else:
                 served = self._incoming.get(call_id)
                 if type(served) is ServedStream and served.reader is not None:
                     served.reader._on_item(payload)
         elif message_type == CREDIT:
-            if call_id & 1 == self._id_parity:
+            if call_id == 0:
+                self._one_way_acknowledged(argument)
+            elif call_id & 1 == self._id_parity:
                 call = self._outgoing.get(call_id)
                 if type(call) is ReversePipeCall:
                     call.credit.grant(argument)
@@ -669,7 +764,7 @@ class Connection(asyncio.BufferedProtocol):
         elif message_type == END:
             if call_id & 1 == self._id_parity:
                 reader = self._outgoing.pop(call_id, None)
-                if type(reader) is PipeReader:
+                if type(reader) is ReaderState:
                     reader._end()
             else:
                 served = self._incoming.get(call_id)
@@ -704,6 +799,27 @@ class Connection(asyncio.BufferedProtocol):
         else:
             self._protocol_violation(f"unknown message type {message_type}")
 
+    def _one_way_acknowledged(self, count: int) -> None:
+        self._one_way_unacknowledged = max(0, self._one_way_unacknowledged - count)
+        room = self._one_way_room
+        if room is not None:
+            self._one_way_room = None
+            if not room.done():
+                room.set_result(None)
+
+    def _one_way_done(self, task: asyncio.Task[Any] | None = None) -> None:
+        """A one-way call has been served (or refused): acknowledge it soon, with others."""
+        if task is not None:
+            self._one_way_tasks.discard(task)
+        if self._one_way_finished == 0:
+            self.loop.call_soon(self._acknowledge_one_way)
+        self._one_way_finished += 1
+
+    def _acknowledge_one_way(self) -> None:
+        count, self._one_way_finished = self._one_way_finished, 0
+        if count and self._close_reason is None:
+            self._write(CREDIT, 0, count)
+
     def _on_error(self, call_id: int, payload: memoryview) -> None:
         entry = self._outgoing.pop(call_id, None)
         if entry is None:
@@ -726,6 +842,8 @@ class Connection(asyncio.BufferedProtocol):
             if call_id:
                 self._write(ERROR, call_id, 0,
                             ErrorInfo("protocol", "ProtocolError", f"no function at index {index}", ""))
+            else:
+                self._one_way_done()
             return
         spec = implementation.spec
         kind = spec.kind
@@ -733,9 +851,10 @@ class Connection(asyncio.BufferedProtocol):
             args = spec.decode_arguments(payload)
         except ProtocolError as error:
             if kind == "one_way":
+                self._one_way_done()
                 self._one_way_failed(spec, error)
             elif call_id:
-                self._write(ERROR, call_id, 0, error_info(error))
+                self._respond_error(call_id, error)
             return
         if kind == "rpc" and not implementation.in_thread:
             # No task per call: see _serve_inline and _run_queued.
@@ -761,11 +880,11 @@ class Connection(asyncio.BufferedProtocol):
         elif kind == "one_way":
             task = self.loop.create_task(self._serve_one_way(implementation, args), context=context)
             self._one_way_tasks.add(task)
-            task.add_done_callback(self._one_way_tasks.discard)
+            task.add_done_callback(self._one_way_done)
         else:
             served = ServedStream(
                 Credit(self.loop) if kind != "reverse_pipe" else None,
-                PipeReader(self, call_id, spec) if kind == "reverse_pipe" else None,
+                ReaderState(self, call_id, spec) if kind == "reverse_pipe" else None,
             )
             self._incoming[call_id] = served
             if kind == "reverse_pipe":
@@ -923,8 +1042,14 @@ class Connection(asyncio.BufferedProtocol):
             self._respond_error(call_id, cannot_send(spec, "result", error, serving=True))
 
     def _respond_error(self, call_id: int, error: BaseException) -> None:
+        """Answer a call with ``error``; never fails: texts are made safe and cut to fit the
+        message limit, and if the record still cannot be sent (a ``register_type`` hook, say)
+        a bare substitute naming the type is sent instead."""
         if self._close_reason is None:
-            self._write(ERROR, call_id, 0, error_info(error))
+            try:
+                self._write(ERROR, call_id, 0, error_info(error, self._error_text_limit))
+            except Exception as failure:
+                self._write(ERROR, call_id, 0, unsendable_error_info(error, failure))
 
     async def _serve_one_way(self, implementation: Implementation, args: tuple[Any, ...]) -> None:
         try:
@@ -979,7 +1104,7 @@ class Connection(asyncio.BufferedProtocol):
         reader = served.reader
         assert reader is not None
         try:
-            result = await implementation.handler(*args, reader)
+            result = await implementation.handler(*args, PipeReader(reader))
         except asyncio.CancelledError:
             pass
         except Exception as error:
@@ -1054,7 +1179,7 @@ class Connection(asyncio.BufferedProtocol):
             self._handshake_timer.cancel()
         self._ready.set_result(None)
         self._last_heard = self.loop.time()
-        self._heartbeat_timer = self.loop.call_later(self.settings.heartbeat_interval, self._heartbeat)
+        self._arm_heartbeat(self.settings.heartbeat_interval)
         if self._on_ready is not None:
             self._on_ready(self)
 
@@ -1063,23 +1188,81 @@ class Connection(asyncio.BufferedProtocol):
             f"handshake timeout: no complete handshake within {self.settings.handshake_timeout:g} s"
         )
 
+    def _arm_heartbeat(self, delay: float) -> None:
+        self._heartbeat_due = self.loop.time() + delay
+        self._heartbeat_timer = self.loop.call_later(delay, self._heartbeat)
+
     def _heartbeat(self) -> None:
+        """Every heartbeat_interval: send a heartbeat; judge the peer by what was heard.
+
+        A timer that fires late means this side's event loop was blocked (stalled): then
+        the silence is this side's doing, so the peer is not judged now; the stall is noted
+        (and named in the reason if the connection then ends) and the peer gets a full
+        heartbeat_timeout from now."""
         now = self.loop.time()
-        if self._received:
+        late = now - self._heartbeat_due
+        if late >= max(self.settings.heartbeat_interval, 0.5):
+            self._stall = (now, late)
+            self._received = False
+            self._last_heard = now
+        elif self._received:
             self._received = False
             self._last_heard = now
         elif now - self._last_heard >= self.settings.heartbeat_timeout:
-            self._close(
-                f"heartbeat timeout: nothing heard from the peer for "
-                f"{now - self._last_heard:.1f} s (heartbeat_timeout "
-                f"{self.settings.heartbeat_timeout:g} s)",
-                "heartbeat_timeout",
-            )
+            self._close(self._silence_reason(now - self._last_heard), "heartbeat_timeout")
             if self._transport is not None:
                 self._transport.abort()
             return
         self._write(HEARTBEAT, 0, 0)
-        self._heartbeat_timer = self.loop.call_later(self.settings.heartbeat_interval, self._heartbeat)
+        self._arm_heartbeat(self.settings.heartbeat_interval)
+
+    def _silence_reason(self, silent: float) -> str:
+        """Why the peer is declared dead: how long it was silent, what that can mean, and
+        which of its functions were running for this side."""
+        running = sorted({entry.spec.name for entry in self._outgoing.values()})
+        text = (
+            f"heartbeat timeout: nothing heard from the peer for {silent:.1f} s "
+            f"(heartbeat_timeout {self.settings.heartbeat_timeout:g} s): its process is "
+            "stopped or hung, or its event loop is blocked (stalled: an async def that does "
+            "not await, or a plain def holding the GIL in one long C call)"
+        )
+        if running:
+            text += f"; it was running {', '.join(running[:5])}"
+            if len(running) > 5:
+                text += f" and {len(running) - 5} more"
+        return text
+
+    def recent_stall(self) -> float | None:
+        """For how many seconds this side's event loop was blocked, if it was lately
+        (a heartbeat timer that fired, or is due, that late): the peer may have given up
+        on this side for its silence. None if it was not."""
+        now = self.loop.time()
+        if self._heartbeat_timer is not None and self._close_reason is None:
+            late = now - self._heartbeat_due
+            if late >= max(self.settings.heartbeat_interval, 0.5):
+                self._stall = (now, late)  # Due, not yet run: the loop is just back.
+        if self._stall is None:
+            return None
+        when, seconds = self._stall
+        if now - when > self.settings.heartbeat_timeout + seconds:
+            return None
+        return seconds
+
+    def _stall_note(self, kind: CloseKind) -> str:
+        """For a connection lost or closed by the peer: this side's recent stall, if it was
+        long enough for the peer to give up on this side."""
+        seconds = self.recent_stall()
+        settings = self.settings
+        if (
+            kind == "closed_here" or seconds is None
+            or seconds + settings.heartbeat_interval < settings.heartbeat_timeout
+        ):
+            return ""
+        return (
+            f" (this side's event loop was blocked (stalled) for {seconds:.1f} s, so this "
+            f"side sent no heartbeats for that long; heartbeat_timeout is "
+            f"{self.settings.heartbeat_timeout:g} s)"
+        )
 
     # ------------------------------------------------------------------ closing
 
@@ -1103,6 +1286,7 @@ class Connection(asyncio.BufferedProtocol):
     def _shutdown(self, reason: str, kind: CloseKind) -> None:
         if self._close_reason is not None:
             return
+        reason += self._stall_note(kind)
         self._close_reason = reason
         self._close_kind = kind
         for timer in (self._handshake_timer, self._heartbeat_timer, self._flush_handle):
@@ -1112,6 +1296,7 @@ class Connection(asyncio.BufferedProtocol):
         if not self._ready.done():
             self._ready.set_exception(HandshakeError(reason))
             self._ready.exception()  # Retrieved here; wait_ready() re-raises it.
+        self._one_way_acknowledged(0)  # A waiting one_way() sees the connection closed.
         self._fail_outgoing(reason, kind)
         self._end_incoming()
 
@@ -1123,7 +1308,7 @@ class Connection(asyncio.BufferedProtocol):
         for entry in outgoing.values():
             if type(entry) is ReversePipeCall:
                 entry.credit.stop()
-            if self._translate_lost is not None and type(entry) is not PipeReader:
+            if self._translate_lost is not None and type(entry) is not ReaderState:
                 translated.append(entry)
             else:
                 entry._fail(ConnectionClosed(reason, kind))

@@ -75,14 +75,70 @@ class ErrorInfo(msgspec.Struct, array_like=True, frozen=True):
     attributes: bytes = b""
 
 
-def remote_error_info(error: BaseException) -> ErrorInfo:
-    """``error`` as an implementation's failure, with its traceback text."""
+ERROR_TEXT_LIMIT = 1024 * 1024
+"""The most characters of a message (and of a traceback) an error record carries by default;
+the connection lowers it to fit its ``max_message_size``."""
+
+
+def text_limit(max_message_size: int) -> int:
+    """The characters each text of an error record may have so that the record fits a
+    message of ``max_message_size`` bytes (two texts of up to 4 bytes a character, the
+    encoded args and attributes up to as many bytes as characters, room for the rest)."""
+    return max(64, min(ERROR_TEXT_LIMIT, (max_message_size - 2048) // 10))
+
+
+def safe_text(text: str, limit: int = ERROR_TEXT_LIMIT, *, keep_end: bool = False) -> str:
+    """``text`` as valid UTF-8 of at most about ``limit`` characters: lone surrogates (a
+    file name ``os.listdir`` could not decode) escaped as ``\\udcXX``, and the middle or
+    the end cut, saying how much was cut. ``keep_end`` keeps the end (a traceback's last
+    lines say the most)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    if len(text) <= limit:
+        return text
+    cut = f"... [{len(text) - limit} characters cut] ..."
+    return cut + text[-limit:] if keep_end else text[:limit] + cut
+
+
+def text_of(error: BaseException) -> str:
+    """``str(error)``, or what can be said of it when its ``__str__`` raises."""
+    try:
+        return str(error)
+    except Exception as failure:  # A user's __str__ may raise anything.
+        try:
+            args = repr(error.args)
+        except Exception:
+            args = "(unprintable)"
+        return f"<str() failed: {type(failure).__name__}> args={args}"
+
+
+def _traceback_text(error: BaseException) -> str:
+    try:
+        return "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    except Exception as failure:  # An exception that cannot even be formatted.
+        return f"(the traceback could not be formatted: {type(failure).__name__})"
+
+
+def remote_error_info(error: BaseException, limit: int = ERROR_TEXT_LIMIT) -> ErrorInfo:
+    """``error`` as an implementation's failure, with its traceback text; always encodable:
+    each text is made safe (``safe_text``) and at most about ``limit`` characters, and its
+    encoded ``args`` and attributes are left out when they exceed ``limit`` bytes."""
+    try:
+        qualified, args, attributes = describe(error)
+    except Exception:  # Whatever a user's exception does, its text still goes.
+        qualified, args, attributes = "", b"", b""
+    if len(args) + len(attributes) > limit:
+        args = attributes = b""
     return ErrorInfo(
         "remote",
-        type(error).__qualname__,
-        str(error),
-        "".join(traceback.format_exception(type(error), error, error.__traceback__)),
-        *describe(error),
+        safe_text(type(error).__qualname__, 200),
+        safe_text(text_of(error), limit),
+        safe_text(_traceback_text(error), limit, keep_end=True),
+        safe_text(qualified, 1000),
+        args,
+        attributes,
     )
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections import deque
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from .errors import ConnectionClosed, ProtocolError
@@ -31,22 +33,23 @@ class StreamOwner(Protocol):
     def abandon(self, call_id: int) -> None:
         """Stop the call from this side."""
 
+    def _reader_dropped(self, state: ReaderState) -> None:
+        """``state``'s reader is garbage: abort it soon (from any thread, at any moment)."""
+
     async def translate_closed(self, error: ConnectionClosed, function: str) -> BaseException:
         """The error a lost connection makes for a call of ``function``."""
         ...
 
 
-class PipeReader(Generic[T_co]):
-    """An async iterator over a stream's items.
-
-    Each item taken returns its size to the sender as credit, so a slow reader bounds
-    what the sender buffers. ``await reader.aclose()`` stops the stream early: the
-    producer's generator is closed.
-    """
+class ReaderState:
+    """What the connection holds of a stream it receives: the items queued ahead of the
+    consumer, the credit to return, how the stream ended. The program holds the
+    ``PipeReader`` around it; the connection holds only this, so a reader the program drops
+    is garbage, and its weak reference's callback aborts the stream (``_dropped``)."""
 
     __slots__ = (
         "_call_id", "_connection", "_consumed", "_done", "_error", "_grant_at", "_items",
-        "_translated", "_waiter", "initial", "spec",
+        "_translated", "_waiter", "_watch", "initial", "spec",
     )
 
     def __init__(self, connection: StreamOwner, call_id: int, spec: FunctionSpec) -> None:
@@ -61,15 +64,26 @@ class PipeReader(Generic[T_co]):
         self._grant_at = max(1, connection.settings.stream_window // 2)
         self.initial: asyncio.Future[Any] | None = None
         self._translated = False
+        self._watch: weakref.ref[Any] | None = None
 
-    def __repr__(self) -> str:
-        state = "done" if self._done else "open"
-        return f"<PipeReader {self.spec.name} #{self._call_id} {state}, {len(self._items)} queued>"
+    def watch(self, reader: object) -> None:
+        """Abort the stream once ``reader`` is garbage (dropped without ``aclose()``)."""
+        self._watch = weakref.ref(reader, self._dropped)
 
-    def __aiter__(self) -> PipeReader[T_co]:
-        return self
+    def _dropped(self, _: object) -> None:
+        """The reader is gone. Called by the garbage collector, on whatever thread it runs:
+        only schedules the abort on the connection's loop."""
+        if not self._done:
+            self._connection._reader_dropped(self)
 
-    async def __anext__(self) -> T_co:
+    def _abort(self) -> None:
+        """Stop the stream from this side (on the loop's thread)."""
+        if not self._done:
+            self._done = True
+            self._connection.abandon(self._call_id)
+        self._items.clear()
+
+    async def next(self) -> Any:
         while not self._items:
             if self._error is not None:
                 if not self._translated and isinstance(self._error, ConnectionClosed):
@@ -92,20 +106,7 @@ class PipeReader(Generic[T_co]):
             if self._consumed >= self._grant_at:
                 self._connection._grant(self._call_id, self._consumed)
                 self._consumed = 0
-        return item  # type: ignore[no-any-return]
-
-    async def aclose(self) -> None:
-        """Stop the stream; items not yet read are dropped."""
-        if not self._done:
-            self._done = True
-            self._connection.abandon(self._call_id)
-        self._items.clear()
-
-    async def __aenter__(self) -> PipeReader[T_co]:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
+        return item
 
     # Called by the connection.
 
@@ -149,6 +150,52 @@ class PipeReader(Generic[T_co]):
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+
+class PipeReader(Generic[T_co]):
+    """An async iterator over a stream's items.
+
+    Each item taken returns its size to the sender as credit, so a slow reader bounds
+    what the sender buffers. ``await reader.aclose()`` stops the stream early: the
+    producer's generator is closed. A reader dropped without ``aclose()`` (``async for``
+    left by ``break``, then forgotten) stops its stream the same way once it is garbage.
+    """
+
+    __slots__ = ("__weakref__", "_state")
+
+    def __init__(self, state: ReaderState) -> None:
+        self._state = state
+        state.watch(self)
+
+    @property
+    def spec(self) -> FunctionSpec:
+        return self._state.spec
+
+    @property
+    def initial(self) -> asyncio.Future[Any] | None:
+        return self._state.initial
+
+    def __repr__(self) -> str:
+        state = self._state
+        done = "done" if state._done else "open"
+        return (f"<PipeReader {state.spec.name} #{state._call_id} {done}, "
+                f"{len(state._items)} queued>")
+
+    def __aiter__(self) -> PipeReader[T_co]:
+        return self
+
+    def __anext__(self) -> Awaitable[T_co]:
+        return self._state.next()
+
+    async def aclose(self) -> None:
+        """Stop the stream; items not yet read are dropped."""
+        self._state._abort()
+
+    async def __aenter__(self) -> PipeReader[T_co]:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
 
 
 class Credit:

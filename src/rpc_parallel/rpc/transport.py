@@ -95,7 +95,19 @@ async def connect_unix(
     factory = _factory(secret=secret, implementations=implementations, settings=settings,
                        is_client=True, on_one_way_error=on_one_way_error,
                        translate_closed=translate_closed)
-    _, connection = await loop.create_unix_connection(factory, path)
+    if path.startswith("\0"):
+        # An abstract socket (Linux): connected here, since not every loop's own connect
+        # takes a name that starts with NUL (uvloop's does not).
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            await loop.sock_connect(sock, path)
+        except BaseException:
+            sock.close()
+            raise
+        _, connection = await loop.create_unix_connection(factory, sock=sock)
+    else:
+        _, connection = await loop.create_unix_connection(factory, path)
     return await _connected(connection)
 
 
@@ -185,6 +197,11 @@ def address_of(server: Server, *, tls: bool = False) -> Address:
     return Tcp(*server.address, tls=tls)
 
 
+MAX_PENDING_HANDSHAKES = 256
+"""Connections a server lets wait for their handshake at once; beyond it, the oldest is
+dropped (a flood of half-open connections costs at most this many small buffers)."""
+
+
 class Server:
     """Accepts connections and serves ``implementations`` on each.
 
@@ -203,6 +220,7 @@ class Server:
         translate_closed: TranslateClosed | None = None,
     ) -> None:
         self.connections: set[Connection] = set()
+        self._pending: dict[Connection, None] = {}  # Not yet authenticated, oldest first.
         self._on_connection = on_connection
         self._server: asyncio.AbstractServer | None = None
         self._unix_path: str | None = None
@@ -210,17 +228,32 @@ class Server:
         self._factory = _factory(
             secret=secret, implementations=implementations, settings=settings,
             is_client=False, on_one_way_error=on_one_way_error, on_ready=self._ready,
-            translate_closed=translate_closed, on_made=self._made,
+            translate_closed=translate_closed, on_made=self._register,
         )
         self.handshake_timeout = (settings or RpcSettings()).handshake_timeout
 
-    def _made(self, connection: Connection) -> None:
-        # Registered once the transport is up, not when the protocol is made: a TLS client
-        # refused during the TLS handshake never gets here, so it is never kept.
+    def _register(self, connection: Connection) -> None:
+        """A connection's transport is made: count it; shed the oldest pending handshake
+        when more than ``MAX_PENDING_HANDSHAKES`` are waiting. Registered once the
+        transport is up, not when the protocol is made: a TLS client refused during the
+        TLS handshake never gets here, so it is never kept."""
         self.connections.add(connection)
-        connection.add_close_callback(self.connections.discard)
+        self._pending[connection] = None
+        connection.add_close_callback(self._forget)
+        if len(self._pending) > MAX_PENDING_HANDSHAKES:
+            oldest = next(iter(self._pending))
+            del self._pending[oldest]
+            oldest.drop(
+                f"handshake not finished: more than {MAX_PENDING_HANDSHAKES} connections "
+                "were waiting to authenticate (the oldest is dropped)"
+            )
+
+    def _forget(self, connection: Connection) -> None:
+        self.connections.discard(connection)
+        self._pending.pop(connection, None)
 
     def _ready(self, connection: Connection) -> None:
+        self._pending.pop(connection, None)
         if self._on_connection is not None:
             self._on_connection(connection)
 
@@ -326,7 +359,9 @@ async def serve_unix(
     on_one_way_error: Callable[[FunctionSpec, BaseException], None] | None = None,
     translate_closed: TranslateClosed | None = None,
 ) -> Server:
-    """Serve on a Unix domain socket at ``path`` (created owner-only)."""
+    """Serve on a Unix domain socket at ``path`` (created owner-only). A ``path`` that
+    starts with NUL is a Linux abstract socket: no file (nothing to remove), and no file
+    permissions either: the handshake's secret alone keeps other local users out."""
     server = Server(secret=secret, implementations=implementations, settings=settings,
                     on_connection=on_connection, on_one_way_error=on_one_way_error,
                     translate_closed=translate_closed)
@@ -336,6 +371,6 @@ async def serve_unix(
         server._server = await loop.create_unix_server(server._factory, path)
     finally:
         os.umask(old_umask)
-    server._unix_path = path
+    server._unix_path = None if path.startswith("\0") else path  # An abstract name: no file.
     server.address = path
     return server
