@@ -1,4 +1,6 @@
-"""Runs ``async def`` tests on a fresh event loop (uvloop when installed)."""
+"""Runs ``async def`` tests on a fresh event loop (uvloop when installed), and makes the
+harness fixtures (loopback sshd, namespace host, bare Python, Slurm cluster) available to
+every test under tests/."""
 
 from __future__ import annotations
 
@@ -8,6 +10,14 @@ from typing import Any
 import pytest
 
 from rpc_parallel.rpc import loop as rpc_loop
+
+from .harness.fixtures import (  # noqa: F401 - fixtures, found by name
+    _namespace_host_session,
+    bare_python,
+    loopback_sshd,
+    namespace_host,
+    slurm_cluster,
+)
 
 
 @pytest.hookimpl(tryfirst=True)

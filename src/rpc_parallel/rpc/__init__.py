@@ -14,6 +14,7 @@ from .functions import FunctionSpec, Kind, Parameter, register_type, type_name
 from .loop import new_event_loop, run, uvloop_available
 from .settings import SETTINGS_ENVIRONMENT_VARIABLE, RpcSettings
 from .streams import PipeReader
+from .tls import TlsIdentity, client_context, server_context
 from .transport import Server, connect_tcp, connect_unix, serve_tcp, serve_unix
 
 __all__ = [
@@ -32,6 +33,8 @@ __all__ = [
     "RemoteError",
     "RpcSettings",
     "Server",
+    "TlsIdentity",
+    "client_context",
     "connect_tcp",
     "connect_unix",
     "current_connection",
@@ -40,6 +43,7 @@ __all__ = [
     "run",
     "serve_tcp",
     "serve_unix",
+    "server_context",
     "type_name",
     "uvloop_available",
 ]
