@@ -46,7 +46,7 @@ from .errors import (
     WorkerDied,
     WorkerFailure,
 )
-from .launch import DevNull, FileAppend, FileTruncate, Forward, Local, Remote, Wrap
+from .launch import DevNull, FileAppend, FileTruncate, Forward, Local, Remote, Slurm, Wrap
 from .launch._process import WorkerProcess
 from .rpc import PipeReader, RpcSettings
 
@@ -80,6 +80,7 @@ __all__ = [
     "ReversePipe",
     "Rpc",
     "RpcSettings",
+    "Slurm",
     "SpawnError",
     "State",
     "StateFunction",

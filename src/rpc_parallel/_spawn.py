@@ -38,6 +38,7 @@ from .launch import (
     Redirection,
     check_launcher,
 )
+from .launch._launcher import end_explanation
 from .launch.redirection import to_wire
 from .rpc import Connection as RpcConnection
 from .rpc.functions import ENCODER, make_decoder, type_name
@@ -179,7 +180,8 @@ async def _await_registration(
         if worker.returncode is not None:
             await worker.drain_output(timeout=1.0)
             raise SpawnError(f"worker {name} {describe_exit(worker.returncode)} before it "
-                             "registered", stderr_tail=worker.stderr_tail())
+                             f"registered{end_explanation(worker)}",
+                             stderr_tail=worker.stderr_tail())
         await worker.kill_and_reap()
         raise SpawnError(
             f"worker {name} did not register within connection_timeout "

@@ -20,6 +20,7 @@ from ._master import current_master
 from ._sockets import WORKER_PREFIX, remove_socket_directory
 from .errors import ConnectionClosed, WorkerDied, WorkerFailure
 from .launch import LaunchedProcess
+from .launch._launcher import end_explanation
 from .rpc import Connection as RpcConnection
 
 logger = logging.getLogger("rpc_parallel")
@@ -125,7 +126,8 @@ class Supervisor:
         return await self.process.stop(grace=5.0 if self.expected_exit else 1.0)
 
     def describe_end(self, returncode: int, reason: str | None) -> str:
-        text = f"worker {self.name} (pid {self.pid}) {describe_exit(returncode)}"
+        text = (f"worker {self.name} (pid {self.pid}) {describe_exit(returncode)}"
+                f"{end_explanation(self.process)}")
         if reason and "heartbeat timeout" in reason:
             text = f"worker {self.name} (pid {self.pid}) stopped answering ({reason}); killed"
         return text

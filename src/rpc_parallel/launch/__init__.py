@@ -1,8 +1,10 @@
-"""How workers start: the ``Launcher`` seam, its implementations, output redirections."""
+"""How workers start: the ``Launcher`` seam, its implementations (``Local``, ``Wrap``,
+``Remote``, ``Slurm``), output redirections."""
 
 from ._launcher import LaunchedProcess, Launcher, LaunchRequest
 from .options import Local, Remote, Wrap, check_launcher
 from .redirection import DevNull, FileAppend, FileTruncate, Forward, Redirection
+from .slurm import Slurm, SlurmAllocation, slurm_allocation
 
 __all__ = [
     "DevNull",
@@ -15,6 +17,9 @@ __all__ = [
     "Local",
     "Redirection",
     "Remote",
+    "Slurm",
+    "SlurmAllocation",
     "Wrap",
     "check_launcher",
+    "slurm_allocation",
 ]

@@ -95,6 +95,8 @@ class WorkerProcess:
             if not line:
                 return
             text = line.decode(errors="replace")
+            if not self.accept_line(text, tail is not None):
+                continue
             if tail is not None:
                 tail.append(text)
             if echo:
@@ -103,6 +105,11 @@ class WorkerProcess:
                     target.flush()
                 except (OSError, ValueError):
                     pass
+
+    def accept_line(self, text: str, from_stderr: bool) -> bool:
+        """Whether a line of its output is the worker's (forwarded, kept in the tail); a
+        launcher's own chatter on the same pipe (``srun -v``) is not."""
+        return True
 
     def stderr_tail(self) -> str:
         text = "".join(self._stderr_tail)
@@ -172,9 +179,12 @@ class WorkerProcess:
                 task.cancel()
 
 
-async def start(request: LaunchRequest) -> WorkerProcess:
+async def start(
+    request: LaunchRequest, kind: type[WorkerProcess] = WorkerProcess
+) -> WorkerProcess:
     """Start ``request.command`` as a child process; it waits for its configuration on stdin
-    (``WorkerProcess.send``)."""
+    (``WorkerProcess.send``). ``kind``: a subclass for a launcher that needs more of its
+    process (the Slurm step reads ``srun``'s own lines)."""
     name = request.name
     environment = dict(os.environ)
     if request.env is not None:
@@ -196,8 +206,8 @@ async def start(request: LaunchRequest) -> WorkerProcess:
     finally:
         if stdout_file is not None:
             stdout_file.close()
-    return WorkerProcess(process, name, request.redirect_stdout, request.redirect_stderr,
-                         own_group=request.new_session)
+    return kind(process, name, request.redirect_stdout, request.redirect_stderr,
+                own_group=request.new_session)
 
 
 def _open_stdout(redirect: Redirection, name: str) -> tuple[int | IO[bytes], IO[bytes] | None]:

@@ -1,0 +1,116 @@
+"""A worker as a job step of the current allocation: ``srun --ntasks=1 --exact ... worker``.
+
+``srun`` is the master's child; it forwards its stdin to the task, so the configuration
+(secret, keys) travels exactly as for a local worker, never on a command line. ``srun -v``
+says which step it created (``launching StepId=12.3``): until then the step is waiting for
+free CPUs in the allocation, which ``start_step`` bounds. Killing a step is ``scancel`` of
+that step, then of ``srun``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import signal
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+from ..errors import SpawnError
+from . import _process
+from ._launcher import LaunchRequest
+from ._slurm_commands import cancel
+
+_LAUNCHING = re.compile(r"^srun: launching StepId=(\d+\.\d+)")
+_VERBOSE = re.compile(
+    r"^srun: (defined options|-{4}|end of defined options|jobid \d+: nodes|launch/|"
+    r"launching StepId|route/|[^:]*?\s+: )"
+)
+_ENDED = re.compile(r"\*\*\* (STEP|JOB) (\S+) ON \S+ ([A-Z_]+) AT \S+(?: DUE TO (.+?))? \*\*\*")
+
+
+class StepProcess(_process.WorkerProcess):
+    """The ``srun`` of one worker step: its verbose lines are read, not forwarded."""
+
+    step_id: str | None = None
+    """``<job>.<step>`` once ``srun`` has created the step."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        self.started: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._ended: str | None = None
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+    def accept_line(self, text: str, from_stderr: bool) -> bool:
+        if not from_stderr:
+            return True
+        launching = _LAUNCHING.match(text)
+        if launching is not None and not self.started.done():
+            self.step_id = launching[1]
+            self.started.set_result(launching[1])
+        ended = _ENDED.search(text)
+        if ended is not None:
+            kind, ident, state, why = ended.groups()
+            self._ended = f"Slurm {kind.lower()} {ident} {state}" + (
+                f" due to {why.lower()}" if why else "")
+        return _VERBOSE.match(text) is None
+
+    def explain_end(self) -> str | None:
+        """Slurm's own words when it ended the step (``CANCELLED``, ``DUE TO TIME LIMIT``)."""
+        return self._ended
+
+    async def kill_and_reap(self) -> int:
+        """``scancel`` the step (SIGKILL, so its CPUs are free at once), or interrupt a
+        ``srun`` still waiting for the step; then kill and reap ``srun``."""
+        if self.returncode is None:
+            if self.step_id is not None:
+                await cancel([self.step_id], kill=True)
+            else:
+                with contextlib.suppress(ProcessLookupError):
+                    self.process.send_signal(signal.SIGTERM)  # srun withdraws the request
+            await self.wait(3.0)
+        return await super().kill_and_reap()
+
+    async def wait_started(self, bound: float, job_id: str) -> None:
+        """Until ``srun`` has created the step; ``SpawnError`` if it exits first or the
+        step is still waiting for resources after ``bound`` seconds."""
+        exited = asyncio.ensure_future(self.wait())
+        waiting: set[asyncio.Future[Any]] = {self.started, exited}
+        try:
+            await asyncio.wait(waiting, timeout=bound,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            exited.cancel()
+        if self.started.done():
+            return
+        if self.returncode is not None:
+            await self.drain_output(1.0)
+            raise SpawnError(
+                f"srun could not start worker {self.name} in allocation {job_id} "
+                f"({_process.describe_exit(self.returncode)})", stderr_tail=self.stderr_tail())
+        await self.kill_and_reap()
+        raise SpawnError(
+            f"worker {self.name}: no job step could start in allocation {job_id} within "
+            f"{bound:g} s: Slurm keeps the step pending because the CPUs (or memory, GPUs) it "
+            "asks for are all held by other steps of the allocation; close some workers, "
+            "ask the allocation for more tasks, or raise Slurm(queue_timeout=...)",
+            stderr_tail=self.stderr_tail(),
+        )
+
+
+async def start_step(
+    request: LaunchRequest, srun_argv: Sequence[str], bound: float, job_id: str
+) -> StepProcess:
+    """Start ``request.command`` as a step of allocation ``job_id`` under ``srun_argv``;
+    returns once the step exists (the spawn's ``connection_timeout`` starts then)."""
+    command = [*srun_argv, *request.command]
+    started = await _process.start(replace(request, command=command), StepProcess)
+    assert isinstance(started, StepProcess)
+    try:
+        await started.wait_started(bound, job_id)
+    except BaseException:
+        if started.returncode is None:
+            await asyncio.shield(started.kill_and_reap())
+        started.close_pipes()
+        raise
+    return started
