@@ -11,12 +11,18 @@ from .rpc.settings import RpcSettings
 
 
 def start_app(
-    main: Callable[[], Awaitable[object]], *, rpc_settings: RpcSettings | None = None
+    main: Callable[[], Awaitable[object]],
+    *,
+    rpc_settings: RpcSettings | None = None,
+    master_host: str | None = None,
 ) -> None:
     """Run ``main`` as the master of a parallel application.
 
     ``rpc_settings`` apply to every connection of the application, workers included;
-    ``RPC_PARALLEL_RPC_SETTINGS`` (JSON) overrides them key by key. When ``main`` returns,
+    ``RPC_PARALLEL_RPC_SETTINGS`` (JSON) overrides them key by key. ``master_host``: the
+    address workers on other hosts connect back to, for a master behind NAT or with several
+    addresses (default: found on the worker's side, e.g. from ``SSH_CONNECTION``; the
+    environment variable ``RPC_PARALLEL_MASTER_HOST`` sets it too). When ``main`` returns,
     every worker not spawned with ``shutdown_on="called_shutdown"`` is closed.
 
     When the main script is imported by a worker process (a worker class defined in the
@@ -27,6 +33,8 @@ def start_app(
         return
     state.settings = (rpc_settings or RpcSettings()).with_environment()
     state.state = State.MASTER
+    if master_host is not None:
+        state.master_host_setting = master_host
     rpc_run(_run_master(main))
 
 
@@ -43,13 +51,18 @@ class expert:
     """Direct control for programs that do not use ``start_app``."""
 
     @staticmethod
-    def init_master(rpc_settings: RpcSettings | None = None) -> None:
-        """Make this process a master with these settings (before any spawn)."""
+    def init_master(
+        rpc_settings: RpcSettings | None = None, *, master_host: str | None = None
+    ) -> None:
+        """Make this process a master with these settings (before any spawn);
+        ``master_host`` as for ``start_app``."""
         state = process()
         if state.state is State.WORKER:
             raise RuntimeError("a worker process cannot become a master with init_master")
         state.settings = (rpc_settings or RpcSettings()).with_environment()
         state.state = State.MASTER
+        if master_host is not None:
+            state.master_host_setting = master_host
 
     @staticmethod
     async def start_master_server() -> str:

@@ -8,7 +8,9 @@ import msgspec
 
 from .launch.redirection import Redirect
 from .rpc import FunctionSpec
+from .rpc.frames import ErrorInfo
 from .rpc.settings import RpcSettings
+from .rpc.tls import TlsIdentity
 
 ShutdownOn = Literal["connection_closed", "heartbeat_timeout", "called_shutdown"]
 """When a worker exits (``spawn(shutdown_on=...)``); travels as this literal on the wire."""
@@ -21,6 +23,23 @@ class Preload(msgspec.Struct, frozen=True, kw_only=True, tag="preload"):
     module: str
     main_path: str | None
     sys_path: list[str]
+
+
+class Network(msgspec.Struct, frozen=True, kw_only=True):
+    """A worker's part in the application's network (TCP + TLS between hosts).
+
+    Sent only once the master listens on TCP (a launcher with ``needs_network`` spawned).
+    ``master_host`` and ``worker_host`` are *sources*, tried in order: ``env:NAME`` (the
+    first field of that environment variable), ``env:NAME:N`` (its field N), or a host
+    name or address as is. ``worker_host`` is what the worker advertises for its own
+    server; ``@master`` there means "the master's host, as each peer reaches it" (a worker
+    on the master's machine). See ``_network``.
+    """
+
+    identity: TlsIdentity
+    master_host: list[str]
+    worker_host: list[str]
+    listen_host: str
 
 
 class WorkerConfig(msgspec.Struct, frozen=True, kw_only=True, tag="config"):
@@ -40,12 +59,9 @@ class WorkerConfig(msgspec.Struct, frozen=True, kw_only=True, tag="config"):
     redirect_stderr: Redirect
     umask: int | None
     parent: str
-
-
-class ErrorReport(msgspec.Struct, frozen=True):
-    type_name: str
-    message: str
-    traceback: str
+    network: Network | None = None
+    """Present once the master listens on TCP + TLS; ``master_address`` is then ``tls:``
+    with the host ``@master`` when the worker connects back over the network."""
 
 
 class Registration(msgspec.Struct, frozen=True, kw_only=True):
@@ -53,7 +69,7 @@ class Registration(msgspec.Struct, frozen=True, kw_only=True):
     pid: int
     host: str
     address: str
-    error: ErrorReport | None = None
+    error: ErrorInfo | None = None
 
 
 class LogRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -77,7 +93,7 @@ REGISTER = FunctionSpec(
 # An rpc, not a one-way call: the worker exits right after reporting, and a one-way call
 # followed at once by the end of the connection may never be served.
 WORKER_FAILED = FunctionSpec(
-    "rpc_parallel.worker_failed", kind="rpc", parameters=[("report", ErrorReport)]
+    "rpc_parallel.worker_failed", kind="rpc", parameters=[("report", ErrorInfo)]
 )
 
 # Served by every worker.

@@ -17,18 +17,20 @@ from ._builtins import (
     INIT_CONNECTION,
     SHUTDOWN,
     SUBSCRIBE_LOGS,
-    ErrorReport,
     LogRecord,
     ShutdownOn,
 )
 from ._functions import Function, OneWay, Pipe, ReversePipe, Rpc, StateFunction
+from ._network import alternatives
 from ._state import process
 from ._supervisor import Supervisor
-from .errors import ConnectionClosed, ProtocolError, WorkerDied
+from .errors import ConnectionClosed, WorkerDied
 from .rpc import Connection as RpcConnection
-from .rpc import HandshakeError, PipeReader, connect_tcp, connect_unix
+from .rpc import HandshakeError, PipeReader
 from .rpc.connection import TranslateClosed
+from .rpc.frames import ErrorInfo
 from .rpc.functions import register_type
+from .rpc.transport import connect
 
 # Handles and connections are covariant: a WorkerHandle[Derived] runs every function of Base
 # (the functions are contravariant in their worker type), so it is a WorkerHandle[Base].
@@ -37,9 +39,6 @@ P = ParamSpec("P")
 R = TypeVar("R")
 S = TypeVar("S")
 U = TypeVar("U")
-
-_CLOSED_BY_OWNER = "connection closed by its owner"
-
 
 class _Runner(Generic[W_co]):
     """Running functions of a ``W`` worker: ``await x.run(W.f, *args, **kwargs)``."""
@@ -50,7 +49,14 @@ class _Runner(Generic[W_co]):
         raise NotImplementedError
 
     async def _translate(self, error: ConnectionClosed, function: str) -> BaseException:
-        return error
+        """The error a call of ``function`` fails with when its connection ended with
+        ``error``: already a ``WorkerDied``, or what ``_death`` makes of it."""
+        if isinstance(error, WorkerDied):
+            return error
+        return (await self._death(error))(function)
+
+    async def _death(self, error: ConnectionClosed) -> Callable[[str], BaseException]:
+        return lambda function: error
 
     @overload
     async def run(
@@ -179,12 +185,12 @@ class WorkerHandle(_Runner[W_co]):
             async with self._connecting:
                 connection = self._own_connection
                 if connection is None or connection.is_closed:
-                    connection = self._own_connection = await self._open()
+                    connection = self._own_connection = await self._open(self._translate_own)
         return connection
 
-    async def _open(self) -> RpcConnection:
+    async def _open(self, translate_closed: TranslateClosed) -> RpcConnection:
         try:
-            return await open_connection(self.address, self._translate_own)
+            return await open_connection(self.address, translate_closed)
         except (OSError, HandshakeError) as error:
             raise await self._translate(
                 ConnectionClosed(f"cannot connect to worker {self.name} at {self.address}: {error}"),
@@ -194,8 +200,15 @@ class WorkerHandle(_Runner[W_co]):
     async def _translate_own(
         self, connection: RpcConnection, error: ConnectionClosed
     ) -> Callable[[str], BaseException]:
-        """Errors for calls on a connection this handle opened, once it is lost."""
-        if error.reason == _CLOSED_BY_OWNER:
+        """Errors for calls on the handle's own connection, once it is lost."""
+        return await self._death(error)
+
+    async def _translate_connected(
+        self, connection: RpcConnection, error: ConnectionClosed
+    ) -> Callable[[str], BaseException]:
+        """Errors for calls on a ``connect()`` connection, once it is lost: closed by its
+        owner (``Connection.close``) is not a death."""
+        if error.kind == "closed_here":
             return lambda function: error
         return await self._death(error)
 
@@ -204,7 +217,7 @@ class WorkerHandle(_Runner[W_co]):
         ``init_connection_state(arg)``."""
         if self._closed:
             raise ConnectionClosed(f"worker {self.name}: this handle is closed")
-        connection = await self._open()
+        connection = await self._open(self._translate_connected)
         try:
             await connection.call(INIT_CONNECTION, arg)
         except BaseException:
@@ -291,14 +304,9 @@ class WorkerHandle(_Runner[W_co]):
         elif self.shutdown_on == "called_shutdown" and supervisor is not None:
             supervisor.detach()  # It outlives the master; ``shutdown()`` still ends it.
 
-    def _failure_reported(self, report: ErrorReport) -> None:
+    def _failure_reported(self, report: ErrorInfo) -> None:
         if self._supervisor is not None:
             self._supervisor.failure_reported(report)
-
-    async def _translate(self, error: ConnectionClosed, function: str) -> BaseException:
-        if isinstance(error, WorkerDied):
-            return error
-        return (await self._death(error))(function)
 
     async def _death(self, error: ConnectionClosed) -> Callable[[str], BaseException]:
         """What calls fail with once the connection to the worker is lost."""
@@ -318,7 +326,7 @@ class Connection(_Runner[W_co]):
     def __init__(self, handle: WorkerHandle[W_co], connection: RpcConnection) -> None:
         self.handle = handle
         self.name = handle.name
-        self._connection = connection  # Opened by the handle, with its ``_translate_own``.
+        self._connection = connection  # Opened with the handle's ``_translate_connected``.
 
     def __repr__(self) -> str:
         return f"<rpc_parallel Connection to {self.handle.name}>"
@@ -329,18 +337,13 @@ class Connection(_Runner[W_co]):
     def _ready_connection(self) -> RpcConnection | None:
         return self._connection
 
-    async def _translate(self, error: ConnectionClosed, function: str) -> BaseException:
-        if isinstance(error, WorkerDied):
-            return error
-        return (await self._death(error))(function)
-
     async def _death(self, error: ConnectionClosed) -> Callable[[str], BaseException]:
-        if self._connection.close_reason == _CLOSED_BY_OWNER:
+        if self._connection.close_kind == "closed_here":
             return lambda function: error
         return await self.handle._death(error)
 
     async def close(self) -> None:
-        self._connection.close(_CLOSED_BY_OWNER)
+        self._connection.close("connection closed by its owner")
         await self._connection.wait_closed()
 
     async def __aenter__(self) -> Self:
@@ -353,19 +356,22 @@ class Connection(_Runner[W_co]):
 async def open_connection(
     address: str, translate_closed: TranslateClosed | None = None
 ) -> RpcConnection:
-    """Connect to a worker server at ``unix:/path`` or ``tcp:host:port``."""
-    settings = process().rpc_settings()
-    secret = process().secret
-    if address.startswith("unix:"):
-        return await connect_unix(
-            address[5:], secret=secret, settings=settings, translate_closed=translate_closed
-        )
-    if address.startswith("tcp:"):
-        host, _, port = address[4:].rpartition(":")
-        return await connect_tcp(
-            host, int(port), secret=secret, settings=settings, translate_closed=translate_closed
-        )
-    raise ProtocolError(f"unknown worker address {address!r}")
+    """Connect to a worker server at ``address``: the first of its alternatives
+    (``unix:/path tls:host:port``) that can be reached from here."""
+    candidates = alternatives(address)
+    if not candidates:
+        raise ConnectionRefusedError(f"none of the addresses {address!r} can be used here")
+    state = process()
+    for candidate in candidates[:-1]:
+        with contextlib.suppress(OSError):
+            return await connect(
+                candidate, secret=state.secret, identity=state.identity,
+                settings=state.rpc_settings(), translate_closed=translate_closed,
+            )
+    return await connect(
+        candidates[-1], secret=state.secret, identity=state.identity,
+        settings=state.rpc_settings(), translate_closed=translate_closed,
+    )
 
 
 def _handle_to_wire(handle: WorkerHandle[Any]) -> list[Any]:

@@ -9,21 +9,25 @@ from __future__ import annotations
 import asyncio
 import weakref
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
-from ._builtins import REGISTER, WORKER_FAILED, ErrorReport, Registration
+from ._builtins import REGISTER, WORKER_FAILED, Network, Registration
+from ._network import LISTEN_HOST, MASTER_HOST, network_config
 from ._prestart import Prestarted
 from ._sockets import remove_socket_directory, serve_in_temporary_directory
 from ._state import process
-from .errors import ConnectionClosed, ProtocolError, SpawnError
+from .errors import ConnectionClosed, ProtocolError
+from .launch._launcher import connect_back_of
 from .rpc import Connection as RpcConnection
-from .rpc import Implementation, Server, current_connection
+from .rpc import Implementation, Server, current_connection, serve_tcp, server_context
+from .rpc.frames import ErrorInfo
+from .rpc.transport import Tcp, address_of
 
 
 class Supervised(Protocol):
     """What the master knows of a worker it spawned (a ``WorkerHandle``)."""
 
-    def _failure_reported(self, report: ErrorReport) -> None:
+    def _failure_reported(self, report: ErrorInfo) -> None:
         """The worker reported a failure outside any call."""
 
     async def _master_exiting(self) -> None:
@@ -40,36 +44,57 @@ class Master:
         self.handles: dict[RpcConnection, Supervised] = {}
         self.supervisors: set[asyncio.Task[None]] = set()
         self.server: Server | None = None
+        self.network_server: Server | None = None
+        """TCP + TLS on ``LISTEN_HOST``: started when a remote worker is first spawned."""
         self._starting: asyncio.Lock = asyncio.Lock()
         self.prestarted = Prestarted()
         """Processes started ahead of the next spawn of a worker class."""
         self._closing = False
 
     async def address(self, remote: bool = False) -> str:
-        """The master server's address, starting it on first use.
+        """The master server's address for a new worker, starting the server on first use.
 
-        ``remote``: a worker may connect from another host (``Launcher.needs_network``). The
-        one place that choice is made: such a worker will need the master on TCP with TLS,
-        which this release does not have; local workers use a Unix socket.
+        ``remote``: the worker may run on another host (``Launcher.needs_network``). The one
+        place that choice is made: such a worker connects back over TCP + TLS
+        (``tls:@master:<port>``, the host found on the worker's side, see ``_network``), and
+        that server starts only now; local workers use the Unix socket.
         """
-        if remote:
-            raise SpawnError(
-                "a worker on another host needs the master to listen on TCP with TLS: not "
-                "available in this release"
-            )
         async with self._starting:
+            if remote:
+                if self.network_server is None:
+                    self.network_server = await serve_tcp(
+                        LISTEN_HOST, 0, ssl=server_context(process().tls_identity()),
+                        **self._serving(),
+                    )
+                bound = address_of(self.network_server)
+                assert isinstance(bound, Tcp)
+                return Tcp(MASTER_HOST, bound.port, tls=True).wire
             if self.server is None:
                 self.server = await serve_in_temporary_directory(
-                    "rpc_parallel-master-", "master.sock",
-                    secret=process().secret,
-                    implementations=[
-                        Implementation(REGISTER, self._register),
-                        Implementation(WORKER_FAILED, self._worker_failed),
-                    ],
-                    settings=process().rpc_settings(),
-                    translate_closed=self._translate_link,
+                    "rpc_parallel-master-", "master.sock", **self._serving()
                 )
-            return f"unix:{self.server.address}"
+            return address_of(self.server).wire
+
+    def network(self, how: object, remote: bool) -> Network | None:
+        """The ``Network`` part of a new worker's configuration: None until the master
+        listens on TCP, so purely local applications never make keys or listen beyond
+        loopback."""
+        identity = process().identity
+        if self.network_server is None or identity is None:
+            return None
+        return network_config(identity, connect_back_of(how), remote)
+
+    def _serving(self) -> dict[str, Any]:
+        """What both master servers serve, and how."""
+        return {
+            "secret": process().secret,
+            "implementations": [
+                Implementation(REGISTER, self._register),
+                Implementation(WORKER_FAILED, self._worker_failed),
+            ],
+            "settings": process().rpc_settings(),
+            "translate_closed": self._translate_link,
+        }
 
     async def _translate_link(
         self, link: RpcConnection, error: ConnectionClosed
@@ -86,7 +111,7 @@ class Master:
             raise ProtocolError(f"no spawn is waiting for worker id {registration.worker_id}")
         pending.set_result((current_connection.get(), registration))
 
-    async def _worker_failed(self, report: ErrorReport) -> None:
+    async def _worker_failed(self, report: ErrorInfo) -> None:
         handle = self.handles.get(current_connection.get())
         if handle is not None:
             handle._failure_reported(report)
@@ -102,10 +127,14 @@ class Master:
             await handle._master_exiting()
         if self.supervisors:
             await asyncio.wait(list(self.supervisors), timeout=10.0)
+        if self.network_server is not None:
+            self.network_server.close()
+            await self.network_server.wait_closed()
+            self.network_server = None
         if self.server is not None:
             self.server.close()
             await self.server.wait_closed()
-            remove_socket_directory(f"unix:{self.server.address}", "rpc_parallel-master-")
+            remove_socket_directory(address_of(self.server).wire, "rpc_parallel-master-")
             self.server = None
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import traceback
 import weakref
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
@@ -19,11 +18,11 @@ from ._builtins import (
     INIT_CONNECTION,
     SHUTDOWN,
     SUBSCRIBE_LOGS,
-    ErrorReport,
     LogRecord,
 )
 from ._state import process
 from .rpc import Implementation, Server, current_connection
+from .rpc.frames import ErrorInfo, remote_error_info
 
 logger = logging.getLogger("rpc_parallel")
 
@@ -36,12 +35,12 @@ class WorkerInstance(Protocol):
     async def init_connection_state(self, arg: Any, /) -> Any: ...
 
 
-_fatal_reporters: weakref.WeakKeyDictionary[WorkerInstance, Callable[[ErrorReport], None]] = (
+_fatal_reporters: weakref.WeakKeyDictionary[WorkerInstance, Callable[[ErrorInfo], None]] = (
     weakref.WeakKeyDictionary()
 )
 
 
-def set_fatal_reporter(instance: WorkerInstance, report: Callable[[ErrorReport], None]) -> None:
+def set_fatal_reporter(instance: WorkerInstance, report: Callable[[ErrorInfo], None]) -> None:
     """How ``report_fatal`` tells the master of ``instance``'s failures (the worker process
     sets it for the instance it serves; elsewhere failures are logged)."""
     _fatal_reporters[instance] = report
@@ -163,19 +162,11 @@ def builtin_implementations(instance: WorkerInstance) -> list[Implementation]:
     ]
 
 
-def error_report(error: BaseException) -> ErrorReport:
-    return ErrorReport(
-        type(error).__qualname__,
-        str(error),
-        "".join(traceback.format_exception(type(error), error, error.__traceback__)),
-    )
-
-
 def report_fatal(instance: WorkerInstance | None, error: BaseException, context: str) -> None:
     """A failure outside any call: tell the master (in a worker process) and exit."""
-    report = error_report(error)
-    report = ErrorReport(report.type_name, f"{context}: {report.type_name}: {report.message}",
-                         report.traceback)
+    info = remote_error_info(error)
+    report = ErrorInfo("remote", info.type_name, f"{context}: {info.type_name}: {info.message}",
+                       info.traceback)
     on_fatal = _fatal_reporters.get(instance) if instance is not None else None
     if on_fatal is not None:
         on_fatal(report)

@@ -13,6 +13,7 @@ import tempfile
 from typing import Any
 
 from .rpc import Server, serve_unix
+from .rpc.transport import Unix, parse_address
 
 WORKER_PREFIX = "rpc_parallel-worker-"
 
@@ -31,9 +32,12 @@ async def serve_in_temporary_directory(prefix: str, name: str, **serve: Any) -> 
 
 def remove_socket_directory(address: str, prefix: str = "rpc_parallel-") -> None:
     """Remove the temporary directory of a server at ``unix:<path>`` (a dead worker cannot
-    remove its own; a master removes its own on close)."""
-    if not address.startswith("unix:"):
-        return
-    directory = os.path.dirname(address.removeprefix("unix:"))
-    if os.path.basename(directory).startswith(prefix):
-        shutil.rmtree(directory, ignore_errors=True)
+    remove its own; a master removes its own on close). ``address`` may list alternatives
+    (``unix:<path> tls:<host>:<port>``); only the Unix one names a directory."""
+    for text in address.split():
+        where = parse_address(text)
+        if not isinstance(where, Unix):
+            continue
+        directory = os.path.dirname(where.path)
+        if os.path.basename(directory).startswith(prefix):
+            shutil.rmtree(directory, ignore_errors=True)

@@ -132,10 +132,12 @@ class _Prepared:
 
     async def config(self, name: str, master: Master) -> WorkerConfig:
         module, qualname, main_path = self.key
+        how = self.options.how
+        master_address = await master.address(remote=how.needs_network)
         return WorkerConfig(
             worker_id=self.worker_id, name=name, module=module, qualname=qualname,
             main_path=main_path, sys_path=list(sys.path), secret=process().secret,
-            master_address=await master.address(remote=self.options.how.needs_network),
+            master_address=master_address, network=master.network(how, how.needs_network),
             settings=process().rpc_settings(), init_arg=self.init_arg,
             shutdown_on=self.options.shutdown_on, redirect_stderr=self.redirect_stderr,
             umask=self.options.umask, parent=f"{os.getpid()}@{socket.gethostname()}",
@@ -177,16 +179,18 @@ async def _await_registration(
     finally:
         exited.cancel()
     if not registered.done():
+        who = f"worker {name}{getattr(worker, 'where', '')}"
         if worker.returncode is not None:
             await worker.drain_output(timeout=1.0)
-            raise SpawnError(f"worker {name} {describe_exit(worker.returncode)} before it "
-                             f"registered{end_explanation(worker)}",
-                             stderr_tail=worker.stderr_tail())
+            tail = worker.stderr_tail()
+            raise SpawnError(f"{who} {describe_exit(worker.returncode)} before it "
+                             f"registered{end_explanation(worker)}{_last_line(tail)}", stderr_tail=tail)
         await worker.kill_and_reap()
+        tail = worker.stderr_tail()
         raise SpawnError(
-            f"worker {name} did not register within connection_timeout "
-            f"({options.connection_timeout:g} s); killed",
-            stderr_tail=worker.stderr_tail(),
+            f"{who} did not register within connection_timeout "
+            f"({options.connection_timeout:g} s); killed{_last_line(tail)}",
+            stderr_tail=tail,
         )
     link, registration = registered.result()
     failure = registration.error
@@ -199,6 +203,12 @@ async def _await_registration(
             stderr_tail=worker.stderr_tail(),
         )
     return link, registration
+
+
+def _last_line(tail: str) -> str:
+    """``": <the last line of stderr>"``, the likeliest cause (ssh's own error, ...)."""
+    lines = [line.strip() for line in tail.splitlines() if line.strip()]
+    return f": {lines[-1][:300]}" if lines else ""
 
 
 async def _abort(

@@ -6,6 +6,7 @@ import enum
 import os
 
 from .rpc.settings import RpcSettings
+from .rpc.tls import TlsIdentity
 
 
 class State(enum.Enum):
@@ -27,6 +28,20 @@ class _Process:
         self.settings: RpcSettings | None = None
         self.worker_name: str | None = None
         self.importing_for_worker = False
+        self.identity: TlsIdentity | None = None
+        """The application's TLS identity: made by a master when a remote worker first needs
+        it, received by a worker in its configuration."""
+        self.master_host_setting: str | None = os.environ.get("RPC_PARALLEL_MASTER_HOST") or None
+        """In a master: the address remote workers connect back to, when set explicitly
+        (``start_app(master_host=...)``, ``RPC_PARALLEL_MASTER_HOST``)."""
+        self.master_host: str | None = None
+        """In a worker: where it reaches the master's host (``@master`` in addresses)."""
+
+    def tls_identity(self) -> TlsIdentity:
+        """The application's TLS identity, made on first use (one per master process)."""
+        if self.identity is None:
+            self.identity = TlsIdentity.generate()
+        return self.identity
 
     def rpc_settings(self) -> RpcSettings:
         if self.settings is None:

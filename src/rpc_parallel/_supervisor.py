@@ -15,13 +15,14 @@ import logging
 import signal
 from collections.abc import Callable
 
-from ._builtins import ErrorReport
 from ._master import current_master
 from ._sockets import WORKER_PREFIX, remove_socket_directory
 from .errors import ConnectionClosed, WorkerDied, WorkerFailure
 from .launch import LaunchedProcess
 from .launch._launcher import end_explanation
 from .rpc import Connection as RpcConnection
+from .rpc.errors import CloseKind
+from .rpc.frames import ErrorInfo
 
 logger = logging.getLogger("rpc_parallel")
 
@@ -103,7 +104,7 @@ class Supervisor:
             if not self.expected_exit and self.failure is None:
                 exit_code, signal_number = exit_status(returncode)
                 self.notify(WorkerFailure(
-                    self.name, self.describe_end(returncode, link.close_reason),
+                    self.name, self.describe_end(returncode, link.close_kind, link.close_reason),
                     exit_code=exit_code, signal=signal_number,
                     stderr_tail=self.process.stderr_tail(),
                 ))
@@ -125,14 +126,14 @@ class Supervisor:
             return await self.process.stop(grace=0)
         return await self.process.stop(grace=5.0 if self.expected_exit else 1.0)
 
-    def describe_end(self, returncode: int, reason: str | None) -> str:
-        text = (f"worker {self.name} (pid {self.pid}) {describe_exit(returncode)}"
-                f"{end_explanation(self.process)}")
-        if reason and "heartbeat timeout" in reason:
-            text = f"worker {self.name} (pid {self.pid}) stopped answering ({reason}); killed"
-        return text
+    def describe_end(self, returncode: int, kind: CloseKind | None, reason: str | None) -> str:
+        """How the worker ended: its exit status, or that it stopped answering (killed)."""
+        who = f"worker {self.name} (pid {self.pid}{getattr(self.process, 'where', '')})"
+        if kind == "heartbeat_timeout":
+            return f"{who} stopped answering ({reason}); killed"
+        return f"{who} {describe_exit(returncode)}{end_explanation(self.process)}"
 
-    def failure_reported(self, report: ErrorReport) -> None:
+    def failure_reported(self, report: ErrorInfo) -> None:
         """The worker reported a failure outside any call (it exits next)."""
         self.failure = WorkerFailure(
             self.name, report.message, remote_type=report.type_name,
@@ -168,7 +169,7 @@ class Supervisor:
         if returncode is None:
             text = f"worker {self.name} (pid {self.pid}) lost: {error.reason}"
         else:
-            text = self.describe_end(returncode, error.reason)
+            text = self.describe_end(returncode, error.kind, error.reason)
         if self.failure is not None:
             text += f", after reporting: {self.failure.message}"
         tail = self.process.stderr_tail()

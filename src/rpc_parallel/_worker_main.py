@@ -17,27 +17,31 @@ import socket
 import sys
 import threading
 import time
+import traceback
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 from ._builtins import (
     CONFIG_DECODER,
     REGISTER,
     WORKER_FAILED,
-    ErrorReport,
     Preload,
     Registration,
     WorkerConfig,
 )
-from ._serving import error_report, report_fatal, set_exit_future, set_fatal_reporter
+from ._network import advertised_host, alternatives, join
+from ._serving import report_fatal, set_exit_future, set_fatal_reporter
 from ._sockets import WORKER_PREFIX, remove_socket_directory, serve_in_temporary_directory
 from ._state import State, process
 from ._worker_type import Worker
 from .launch._launcher import CONFIG_FILE_VARIABLE
 from .rpc import Connection as RpcConnection
 from .rpc import Error as RpcError
-from .rpc import FunctionSpec, connect_unix
+from .rpc import FunctionSpec, Server, serve_tcp, server_context
 from .rpc import run as rpc_run
+from .rpc.frames import ErrorInfo, remote_error_info
 from .rpc.functions import make_decoder
+from .rpc.transport import Tcp, address_of, connect
 
 _registered = threading.Event()
 
@@ -71,15 +75,7 @@ def read_config(fd: int = 0) -> WorkerConfig:
         try:
             _import_module(message.module, message.main_path)
         except BaseException as error:
-            import traceback
-
-            traceback.print_exception(error)
-            sys.stderr.write(
-                f"rpc_parallel worker: cannot import {message.module}: "
-                f"{type(error).__name__}: {error}\n"
-            )
-            sys.stderr.flush()
-            os._exit(3)
+            _die(error, f"rpc_parallel worker: cannot import {message.module}", 3)
 
 
 def read_config_file(path: str, timeout: float = 120.0) -> WorkerConfig:
@@ -163,29 +159,40 @@ def _redirect_stderr(config: WorkerConfig) -> None:
     os.close(fd)
 
 
-async def serve(config: WorkerConfig, cls: type[Worker[Any]]) -> int:
-    loop = asyncio.get_running_loop()
-    exit_future: asyncio.Future[int] = loop.create_future()
-    set_exit_future(exit_future)
-    instance = cls()
-    link: RpcConnection | None = None
-    reporting: set[asyncio.Task[Any]] = set()
+class _Reports:
+    """Failures outside any call: written to stderr, sent to the master over the link, then
+    the worker exits with code 1."""
 
-    def fatal(report: ErrorReport) -> None:
-        sys.stderr.write(f"rpc_parallel worker {config.name}: {report.message}\n{report.traceback}")
+    def __init__(self, name: str, exit_future: asyncio.Future[int]) -> None:
+        self.name = name
+        self.exit_future = exit_future
+        self.link: RpcConnection | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def fatal(self, report: ErrorInfo) -> None:
+        sys.stderr.write(f"rpc_parallel worker {self.name}: {report.message}\n{report.traceback}")
         sys.stderr.flush()
+        self.tasks.add(asyncio.get_running_loop().create_task(self._send(report)))
 
-        async def send() -> None:
-            if link is not None and not link.is_closed:
-                with contextlib.suppress(RpcError, TimeoutError):
-                    await asyncio.wait_for(link.call(WORKER_FAILED, report), timeout=2.0)
-            if not exit_future.done():
-                exit_future.set_result(1)
+    async def _send(self, report: ErrorInfo) -> None:
+        link = self.link
+        if link is not None and not link.is_closed:
+            with contextlib.suppress(RpcError, TimeoutError):
+                await asyncio.wait_for(link.call(WORKER_FAILED, report), timeout=2.0)
+        if not self.exit_future.done():
+            self.exit_future.set_result(1)
 
-        task = loop.create_task(send())
-        reporting.add(task)
+    async def wait(self) -> None:
+        if self.tasks:
+            await asyncio.wait(self.tasks, timeout=2.0)
 
-    set_fatal_reporter(instance, fatal)
+
+def _report_failures(
+    instance: Worker[Any], reports: _Reports
+) -> Callable[[FunctionSpec, BaseException], None]:
+    """Route the loop's unhandled errors and failed one-way calls to ``report_fatal``;
+    returns the one-way handler for the connections."""
+    set_fatal_reporter(instance, reports.fatal)
 
     def on_loop_error(_: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         error = context.get("exception")
@@ -193,54 +200,115 @@ async def serve(config: WorkerConfig, cls: type[Worker[Any]]) -> int:
             error = RuntimeError(str(context.get("message")))
         report_fatal(instance, error, str(context.get("message", "unhandled error")))
 
-    loop.set_exception_handler(on_loop_error)
+    asyncio.get_running_loop().set_exception_handler(on_loop_error)
 
     def one_way_failed(spec: FunctionSpec, error: BaseException) -> None:
         report_fatal(instance, error, f"one-way function {spec.name} failed")
 
-    failure: ErrorReport | None = None
+    return one_way_failed
+
+
+async def _init_worker_state(
+    config: WorkerConfig, cls: type[Worker[Any]], instance: Worker[Any]
+) -> ErrorInfo | None:
+    """Run ``init_worker_state``; what it raised, for the registration."""
     try:
         init_arg = make_decoder(cls.init_type()).decode(config.init_arg)
         await instance.init_worker_state(init_arg)
     except Exception as error:
-        failure = error_report(error)
+        return remote_error_info(error)
+    return None
+
+
+async def serve(config: WorkerConfig, cls: type[Worker[Any]]) -> int:
+    """Serve ``cls`` as the worker ``config`` describes; the process's exit code."""
+    exit_future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    set_exit_future(exit_future)
+    instance = cls()
+    reports = _Reports(config.name, exit_future)
+    one_way_failed = _report_failures(instance, reports)
+    failure = await _init_worker_state(config, cls, instance)
     implementations = cls.implementations(instance)
-    settings = config.settings
-    server = await serve_in_temporary_directory(
-        WORKER_PREFIX, "worker.sock", secret=config.secret, implementations=implementations,
-        settings=settings, on_one_way_error=one_way_failed,
-    )
+    serving: dict[str, Any] = {
+        "secret": config.secret, "implementations": implementations,
+        "settings": config.settings, "on_one_way_error": one_way_failed,
+    }
+    servers, address = await _open_servers(config, serving)
     try:
-        instance._rpc_parallel_server = server
-        master_path = config.master_address.removeprefix("unix:")
-        link = await connect_unix(
-            master_path, secret=config.secret, implementations=implementations,
-            settings=settings, on_one_way_error=one_way_failed,
-        )
+        instance._rpc_parallel_server = servers[0]
+        link = reports.link = await _connect_link(config, serving)
         await link.call(REGISTER, Registration(
             worker_id=config.worker_id, pid=os.getpid(), host=socket.gethostname(),
-            address=f"unix:{server.address}", error=failure,
+            address=address, error=failure,
         ))
         if failure is not None:
             return 1
         _redirect_stderr(config)
         _registered.set()
-        waiting: set[asyncio.Future[Any]] = {exit_future}
-        if config.shutdown_on != "called_shutdown":
-            waiting.add(asyncio.ensure_future(link.wait_closed()))
-        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-        code = exit_future.result() if exit_future.done() else 0
-        if reporting:
-            await asyncio.wait(reporting, timeout=2.0)
-        server.close("worker exiting")
-        link.close("worker exiting")
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(
-                asyncio.gather(link.wait_closed(), server.wait_closed()), timeout=2.0
-            )
+        code = await _wait_for_exit(config, link, exit_future)
+        await reports.wait()
+        await _close(servers, link)
         return code
     finally:
-        remove_socket_directory(f"unix:{server.address}", WORKER_PREFIX)
+        for server in servers:
+            server.close("worker exiting")
+        remove_socket_directory(address, WORKER_PREFIX)
+
+
+async def _open_servers(config: WorkerConfig, serving: dict[str, Any]) -> tuple[list[Server], str]:
+    """The worker's servers (a Unix socket; TCP + TLS too once the application has a
+    network) and the address it advertises, listing both (``unix:<path> tls:<host>:<port>``)."""
+    server = await serve_in_temporary_directory(WORKER_PREFIX, "worker.sock", **serving)
+    network = config.network
+    if network is None:
+        return [server], address_of(server).wire
+    try:
+        tls_server = await serve_tcp(
+            network.listen_host, 0, ssl=server_context(network.identity), **serving
+        )
+    except BaseException:
+        server.close()
+        remove_socket_directory(address_of(server).wire, WORKER_PREFIX)
+        raise
+    bound = address_of(tls_server)
+    assert isinstance(bound, Tcp)
+    advertised = Tcp(advertised_host(network), bound.port, tls=True)
+    return [server, tls_server], f"{address_of(server).wire} {advertised.wire}"
+
+
+async def _connect_link(config: WorkerConfig, serving: dict[str, Any]) -> RpcConnection:
+    """Connect to the master (the link), over the first of its addresses usable here."""
+    candidates = alternatives(config.master_address)
+    if not candidates:
+        raise ConnectionError(f"no usable master address in {config.master_address!r}")
+    try:
+        return await connect(candidates[0], identity=process().identity, **serving)
+    except OSError as error:
+        raise ConnectionError(
+            f"rpc_parallel worker {config.name} on {socket.gethostname()}: cannot connect "
+            f"back to the master at {candidates[0].wire}: {error}"
+        ) from None
+
+
+async def _wait_for_exit(
+    config: WorkerConfig, link: RpcConnection, exit_future: asyncio.Future[int]
+) -> int:
+    """Until an exit is requested, or (unless ``called_shutdown``) the master's link ends."""
+    waiting: set[asyncio.Future[Any]] = {exit_future}
+    if config.shutdown_on != "called_shutdown":
+        waiting.add(asyncio.ensure_future(link.wait_closed()))
+    await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+    return exit_future.result() if exit_future.done() else 0
+
+
+async def _close(servers: list[Server], link: RpcConnection) -> None:
+    for server in servers:
+        server.close("worker exiting")
+    link.close("worker exiting")
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(
+            asyncio.gather(link.wait_closed(), *(s.wait_closed() for s in servers)), timeout=2.0
+        )
 
 
 def main() -> NoReturn:
@@ -264,28 +332,31 @@ def main() -> NoReturn:
     state.secret = config.secret
     state.settings = config.settings
     state.worker_name = config.name
+    if config.network is not None:
+        join(config.network)
     sys.path[:] = config.sys_path
     if config_file is None:  # Otherwise stdin is not the master's: heartbeats alone watch it.
         threading.Thread(target=_watch_stdin, args=(config.shutdown_on,), daemon=True).start()
     try:
         cls = import_worker_class(config)
     except BaseException as error:
-        import traceback
-
-        traceback.print_exception(error)
-        sys.stderr.write(
-            f"rpc_parallel worker {config.name}: cannot import worker class "
-            f"{config.module}.{config.qualname}: {type(error).__name__}: {error}\n"
-        )
-        sys.stderr.flush()
-        os._exit(3)
+        _die(error, f"rpc_parallel worker {config.name}: cannot import worker class "
+                    f"{config.module}.{config.qualname}", 3)
     try:
         code = rpc_run(serve(config, cls))
     except BaseException as error:
-        import traceback
+        _die(error, "", 1)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
-        traceback.print_exception(error)
-        code = 1
+
+def _die(error: BaseException, what: str, code: int) -> NoReturn:
+    """Print the traceback (and ``what: error`` if given), then exit with ``code`` at once:
+    the master reads the tail of stderr into its ``SpawnError`` / ``WorkerDied``."""
+    traceback.print_exception(error)
+    if what:
+        sys.stderr.write(f"{what}: {type(error).__name__}: {error}\n")
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

@@ -26,6 +26,7 @@ from .errors import SpawnError
 from .launch import Forward, Launcher, Local, Redirection
 from .launch._process import WorkerProcess
 from .rpc import Implementation, Server, current_connection
+from .rpc.transport import address_of
 
 I = TypeVar("I")  # noqa: E741
 
@@ -187,6 +188,6 @@ class Worker(Generic[I]):
             name=name or cls.__name__,
             pid=os.getpid(),
             host=socket.gethostname(),
-            address=f"unix:{server.address}",
+            address=address_of(server).wire,
             worker_class=f"{cls.__module__}.{cls.__qualname__}",
         )

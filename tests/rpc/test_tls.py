@@ -13,7 +13,7 @@ import ssl
 import subprocess
 import sys
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -239,3 +239,31 @@ async def test_tls_over_the_namespace_link(namespace_host: NamespaceHost) -> Non
         assert await run_in_namespace(namespace_host, order()) == "ok 5"
         assert served.calls == 1
         assert served.peers[0][0] == namespace_host.address  # it came over the link
+
+
+async def test_refused_tls_clients_are_not_kept_by_the_server() -> None:
+    """A client refused during the TLS handshake never becomes one of the server's
+    connections (they are registered once the transport is up), so refusals cannot pile up
+    until the server closes."""
+    async with tls_server() as served:
+        for _ in range(5):
+            await refused(served)
+            await refused(served, presenting(OTHER))
+            await refused(served, presenting(None))
+        await _until(lambda: not served.server.connections, "refused connections to go")
+        client = await wait_for(rpc.connect_tcp(*served.address, secret=SECRET,
+                                                ssl=tls.client_context(IDENTITY)))
+        try:
+            assert len(served.server.connections) == 1  # the accepted one is kept
+        finally:
+            client.close()
+        await _until(lambda: not served.server.connections, "the closed connection to go")
+
+
+async def _until(condition: Callable[[], bool], what: str) -> None:
+    """Poll ``condition`` for at most TIMEOUT seconds."""
+    for _ in range(int(TIMEOUT / 0.01)):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")

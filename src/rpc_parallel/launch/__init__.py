@@ -1,12 +1,14 @@
 """How workers start: the ``Launcher`` seam, its implementations (``Local``, ``Wrap``,
 ``Remote``, ``Slurm``), output redirections."""
 
-from ._launcher import LaunchedProcess, Launcher, LaunchRequest
-from .options import Local, Remote, Wrap, check_launcher
+from ._launcher import ConnectBack, LaunchedProcess, Launcher, LaunchRequest, connect_back_of
+from .options import Local, Wrap, check_launcher
 from .redirection import DevNull, FileAppend, FileTruncate, Forward, Redirection
+from .ssh import Remote
 from .slurm import Slurm, SlurmAllocation, slurm_allocation
 
 __all__ = [
+    "ConnectBack",
     "DevNull",
     "FileAppend",
     "FileTruncate",
@@ -21,5 +23,6 @@ __all__ = [
     "SlurmAllocation",
     "Wrap",
     "check_launcher",
+    "connect_back_of",
     "slurm_allocation",
 ]

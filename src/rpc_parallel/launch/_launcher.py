@@ -4,9 +4,8 @@
 pipeline asks it for the worker's command, has it start a process, and supervises what it
 returns through :class:`LaunchedProcess`; it never looks at which launcher it has. Today's
 launchers are ``Local`` (a child process of this one), ``Wrap`` (a prefix command in front of
-another launcher) and ``Remote`` (declared; it refuses with a clear ``SpawnError`` until the
-ssh launcher lands). An ssh host, a Slurm step or job, a fork server: each is one new module
-with one class implementing this protocol.
+another launcher) and ``Remote`` (another host, over ssh: ``ssh.py``). A Slurm step or job, a
+fork server: each is one new module with one class implementing this protocol.
 """
 
 from __future__ import annotations
@@ -16,6 +15,36 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from .redirection import Redirection
+
+
+@dataclass(frozen=True)
+class ConnectBack:
+    """How a worker on another host finds the master, and what it advertises for itself.
+
+    A launcher whose ``needs_network`` is true may have a ``connect_back`` attribute of this
+    type (``connect_back_of`` reads it; without one, the defaults below apply). Each field
+    is a sequence of *sources*, tried in order on the worker's host:
+
+    * ``"env:NAME"``: the first whitespace-separated field of the environment variable
+      ``NAME`` (``"env:SSH_CONNECTION"``: the master's address as the worker's host sees it);
+    * ``"env:NAME:N"``: its field ``N`` (``"env:SSH_CONNECTION:2"``: the worker host's own
+      address on the link the master used);
+    * anything else: a host name or address as is (``"10.0.0.5"``, ``"login1"``).
+
+    ``master_host``: where the worker connects back. An explicit setting
+    (``start_app(master_host=...)``, ``RPC_PARALLEL_MASTER_HOST``) comes first, then these,
+    then the master's host name. ``worker_host``: the host the worker advertises for its
+    own server (other workers and the master connect there); the worker's host name last.
+    """
+
+    master_host: Sequence[str] = ()
+    worker_host: Sequence[str] = ()
+
+
+def connect_back_of(how: object) -> ConnectBack:
+    """The ``ConnectBack`` of a launcher, or the defaults when it declares none."""
+    value = getattr(how, "connect_back", None)
+    return value if isinstance(value, ConnectBack) else ConnectBack()
 
 
 @dataclass(frozen=True)
@@ -112,7 +141,9 @@ class Launcher(Protocol):
       afterwards through ``LaunchedProcess.send``. Raise ``SpawnError`` naming what failed.
     * ``needs_network``: whether the worker may run on another host. The master's address
       choice consults it in one place (``Master.address``): a Unix socket when false; TCP
-      with TLS when true (not available in this release).
+      with TLS when true (the master then starts its TCP server, and the worker's
+      configuration carries the TLS identity). Such a launcher may also have a
+      ``connect_back: ConnectBack`` attribute saying how its workers find the master.
     * ``can_use_prestarted``: whether a pre-started local process (``_prestart``) may serve
       this spawn instead of a new one; true only when the launch would be exactly the
       master's default local launch.

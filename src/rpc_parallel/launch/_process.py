@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 from collections import deque
+from collections.abc import Mapping, Sequence
 from typing import IO
 
 from ..errors import SpawnError
@@ -74,6 +75,8 @@ class WorkerProcess:
                               isinstance(redirect_stdout, Forward))
             ))
         self.stdin = process.stdin
+        self.where = ""
+        """Where it runs, for messages: ``""`` here, ``" on <host> (over ssh)"`` ..."""
 
     @property
     def returncode(self) -> int | None:
@@ -185,29 +188,50 @@ async def start(
     """Start ``request.command`` as a child process; it waits for its configuration on stdin
     (``WorkerProcess.send``). ``kind``: a subclass for a launcher that needs more of its
     process (the Slurm step reads ``srun``'s own lines)."""
-    name = request.name
     environment = dict(os.environ)
     if request.env is not None:
         environment.update(request.env)
     environment["RPC_PARALLEL_WORKER"] = "1"
-    stdout, stdout_file = _open_stdout(request.redirect_stdout, name)
+    stdout, stdout_file = _open_stdout(request.redirect_stdout, request.name)
     try:
-        process = await asyncio.create_subprocess_exec(
-            *request.command,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=stdout,
-            stderr=asyncio.subprocess.PIPE,
-            env=environment,
-            cwd=request.cwd,
-            start_new_session=request.new_session,
-        )
-    except OSError as error:
-        raise SpawnError(f"cannot start worker {name} ({request.command[0]}): {error}") from None
+        return await start_process(request.command, request, env=environment, cwd=request.cwd,
+                                   stdout=stdout, kind=kind)
     finally:
         if stdout_file is not None:
             stdout_file.close()
-    return kind(process, name, request.redirect_stdout, request.redirect_stderr,
-                own_group=request.new_session)
+
+
+async def start_process(
+    argv: Sequence[str],
+    request: LaunchRequest,
+    *,
+    env: Mapping[str, str] | None,
+    cwd: str | None,
+    stdout: int | IO[bytes],
+    what: str = "",
+    kind: type[WorkerProcess] = WorkerProcess,
+) -> WorkerProcess:
+    """Start ``argv`` here for ``request`` (stdin and stderr pipes; ``stdout`` as given):
+    the worker itself, or the client that starts it elsewhere (ssh, srun). ``what`` is
+    added to the worker's name in errors (``" on host (over ssh)"``)."""
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=stdout,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+            cwd=cwd,
+            start_new_session=request.new_session,
+        )
+    except OSError as error:
+        raise SpawnError(
+            f"cannot start worker {request.name}{what} ({argv[0]}): {error}"
+        ) from None
+    worker = kind(process, request.name, request.redirect_stdout,
+                  request.redirect_stderr, own_group=request.new_session)
+    worker.where = what
+    return worker
 
 
 def _open_stdout(redirect: Redirection, name: str) -> tuple[int | IO[bytes], IO[bytes] | None]:

@@ -1,4 +1,4 @@
-"""The launchers of this release: ``Local``, ``Wrap`` and ``Remote`` (see ``_launcher``)."""
+"""The local launchers: ``Local`` and ``Wrap`` (see ``_launcher``; ``Remote`` is in ``ssh``)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,8 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ..errors import SpawnError
 from . import _process
-from ._launcher import LaunchedProcess, Launcher, LaunchRequest
+from ._launcher import ConnectBack, LaunchedProcess, Launcher, LaunchRequest, connect_back_of
 
 
 @dataclass(frozen=True)
@@ -42,36 +41,6 @@ class Local:
 
 
 @dataclass(frozen=True)
-class Remote:
-    """Start the worker on another host over OpenSSH (not available in this release)."""
-
-    host: str
-    user: str | None = None
-    port: int | None = None
-    python: str = "python3"
-    ssh_options: Sequence[str] = ()
-    executable: object = None
-
-    @property
-    def needs_network(self) -> bool:
-        return True
-
-    @property
-    def can_use_prestarted(self) -> bool:
-        return False
-
-    def worker_command(self, name: str) -> list[str]:
-        raise SpawnError(
-            f"cannot start worker {name} on {self.host}: remote workers are not available in "
-            "this release"
-        )
-
-    async def launch(self, request: LaunchRequest) -> LaunchedProcess:
-        self.worker_command(request.name)
-        raise AssertionError("unreachable")  # pragma: no cover
-
-
-@dataclass(frozen=True)
 class Wrap:
     """Launch through a prefix command (``nice``, ``taskset``, ``numactl``, ``srun`` ...).
 
@@ -95,6 +64,10 @@ class Wrap:
     @property
     def can_use_prestarted(self) -> bool:
         return False
+
+    @property
+    def connect_back(self) -> ConnectBack:
+        return connect_back_of(self.how)
 
     def worker_command(self, name: str) -> list[str]:
         return [*self.prefix_argv, *self.how.worker_command(name)]

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 
 class Error(Exception):
     """Base class of every rpc_parallel error."""
@@ -20,12 +22,20 @@ class HandshakeError(ProtocolError):
     """The connection handshake failed: wrong magic or version, bad secret, timeout."""
 
 
-class ConnectionClosed(Error):
-    """The connection ended while a call needed it; ``reason`` says why."""
+CloseKind = Literal["closed_here", "closed_by_peer", "lost", "heartbeat_timeout", "protocol_error"]
+"""Why a connection ended, as a value: this side closed it; the peer closed it (and said
+why); the transport was lost; nothing was heard within ``heartbeat_timeout``; the peer broke
+the protocol (including a failed or timed-out handshake)."""
 
-    def __init__(self, reason: str) -> None:
+
+class ConnectionClosed(Error):
+    """The connection ended while a call needed it; ``reason`` says why (as text), ``kind``
+    as a value."""
+
+    def __init__(self, reason: str, kind: CloseKind = "closed_here") -> None:
         super().__init__(reason)
         self.reason = reason
+        self.kind: CloseKind = kind
 
 
 class RemoteError(Error):

@@ -11,6 +11,8 @@
 from __future__ import annotations
 
 import struct
+import traceback
+from typing import Literal
 
 import msgspec
 
@@ -54,12 +56,23 @@ class MenuEntry(msgspec.Struct, array_like=True, frozen=True):
 
 
 class ErrorInfo(msgspec.Struct, array_like=True, frozen=True):
-    """An exception as it crosses the wire. ``kind`` is "remote" or "protocol"."""
+    """An exception as it crosses the wire: the answer to a call that raised, and (in the
+    worker layer) a failure a worker reports. ``kind`` is "remote" or "protocol"."""
 
-    kind: str
+    kind: Literal["remote", "protocol"]
     type_name: str
     message: str
     traceback: str
+
+
+def remote_error_info(error: BaseException) -> ErrorInfo:
+    """``error`` as an implementation's failure, with its traceback text."""
+    return ErrorInfo(
+        "remote",
+        type(error).__qualname__,
+        str(error),
+        "".join(traceback.format_exception(type(error), error, error.__traceback__)),
+    )
 
 
 HELLO_DECODER = msgspec.msgpack.Decoder(Hello)

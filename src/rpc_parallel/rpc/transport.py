@@ -7,11 +7,14 @@ import contextlib
 import os
 import ssl as ssl_module
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from .connection import Connection, Implementation, TranslateClosed
+from .errors import ProtocolError
 from .functions import FunctionSpec
 from .settings import RpcSettings
+from .tls import TlsIdentity, client_context
 
 OnConnection = Callable[[Connection], None]
 
@@ -25,6 +28,7 @@ def _factory(
     on_one_way_error: Callable[[FunctionSpec, BaseException], None] | None,
     on_ready: OnConnection | None = None,
     translate_closed: TranslateClosed | None = None,
+    on_made: OnConnection | None = None,
 ) -> Callable[[], Connection]:
     def make() -> Connection:
         return Connection(
@@ -35,6 +39,7 @@ def _factory(
             on_one_way_error=on_one_way_error,
             on_ready=on_ready,
             translate_closed=translate_closed,
+            on_made=on_made,
         )
 
     return make
@@ -68,7 +73,8 @@ async def connect_tcp(
                        translate_closed=translate_closed)
     extra: dict[str, Any] = {}
     if ssl is not None:
-        extra = {"ssl": ssl, "server_hostname": server_hostname or host}
+        extra = {"ssl": ssl, "server_hostname": server_hostname or host,
+                 "ssl_handshake_timeout": (settings or RpcSettings()).handshake_timeout}
     _, connection = await loop.create_connection(factory, host, port, **extra)
     return await _connected(connection)
 
@@ -89,6 +95,92 @@ async def connect_unix(
                        translate_closed=translate_closed)
     _, connection = await loop.create_unix_connection(factory, path)
     return await _connected(connection)
+
+
+@dataclass(frozen=True)
+class Unix:
+    """A Unix domain socket at ``path``."""
+
+    path: str
+
+    @property
+    def wire(self) -> str:
+        """The text form, ``unix:<path>`` (what travels in registrations and handles)."""
+        return f"unix:{self.path}"
+
+
+@dataclass(frozen=True)
+class Tcp:
+    """A TCP listener at ``host``:``port``; ``tls``: its connections run inside TLS with
+    the application's keys (``rpc/tls.py``)."""
+
+    host: str
+    port: int
+    tls: bool = False
+
+    @property
+    def wire(self) -> str:
+        """The text form, ``tcp:<host>:<port>`` (``tls:<host>:<port>`` with TLS)."""
+        return f"{'tls' if self.tls else 'tcp'}:{self.host}:{self.port}"
+
+
+Address = Unix | Tcp
+"""Where a server listens."""
+
+
+def parse_address(text: str) -> Address:
+    """An ``Address`` from its wire form; ``ProtocolError`` for anything else."""
+    if text.startswith("unix:"):
+        return Unix(text[5:])
+    if text.startswith(("tcp:", "tls:")):
+        host, _, port = text[4:].rpartition(":")
+        if host and port.isdigit():
+            return Tcp(host.strip("[]"), int(port), tls=text.startswith("tls:"))
+    raise ProtocolError(
+        f"unknown address {text!r} (expected unix:<path>, tcp:<host>:<port> or tls:<host>:<port>)"
+    )
+
+
+async def connect(
+    address: Address,
+    *,
+    secret: bytes,
+    implementations: Sequence[Implementation] = (),
+    settings: RpcSettings | None = None,
+    on_one_way_error: Callable[[FunctionSpec, BaseException], None] | None = None,
+    translate_closed: TranslateClosed | None = None,
+    ssl: ssl_module.SSLContext | None = None,
+    identity: TlsIdentity | None = None,
+) -> Connection:
+    """Connect to ``address`` and finish the handshake (``ssl`` is for TCP only).
+
+    A ``tls`` address needs ``ssl`` or the application's ``identity`` (the client then
+    presents it and accepts only a server presenting the same certificate).
+    """
+    if isinstance(address, Unix):
+        return await connect_unix(
+            address.path, secret=secret, implementations=implementations, settings=settings,
+            on_one_way_error=on_one_way_error, translate_closed=translate_closed,
+        )
+    if address.tls and ssl is None:
+        if identity is None:
+            raise ProtocolError(
+                f"connecting to {address.wire} needs the application's TLS identity; this "
+                "process has none"
+            )
+        ssl = client_context(identity)
+    return await connect_tcp(
+        address.host, address.port, secret=secret, implementations=implementations,
+        settings=settings, ssl=ssl, on_one_way_error=on_one_way_error,
+        translate_closed=translate_closed,
+    )
+
+
+def address_of(server: Server, *, tls: bool = False) -> Address:
+    """Where ``server`` listens, as an ``Address`` (``tls``: it was started with TLS)."""
+    if isinstance(server.address, str):
+        return Unix(server.address)
+    return Tcp(*server.address, tls=tls)
 
 
 class Server:
@@ -116,14 +208,15 @@ class Server:
         self._factory = _factory(
             secret=secret, implementations=implementations, settings=settings,
             is_client=False, on_one_way_error=on_one_way_error, on_ready=self._ready,
-            translate_closed=translate_closed,
+            translate_closed=translate_closed, on_made=self._made,
         )
+        self.handshake_timeout = (settings or RpcSettings()).handshake_timeout
 
-    def _make(self) -> Connection:
-        connection = self._factory()
+    def _made(self, connection: Connection) -> None:
+        # Registered once the transport is up, not when the protocol is made: a TLS client
+        # refused during the TLS handshake never gets here, so it is never kept.
         self.connections.add(connection)
         connection.add_close_callback(self.connections.discard)
-        return connection
 
     def _ready(self, connection: Connection) -> None:
         if self._on_connection is not None:
@@ -178,7 +271,10 @@ async def serve_tcp(
                     on_connection=on_connection, on_one_way_error=on_one_way_error,
                     translate_closed=translate_closed)
     loop = asyncio.get_running_loop()
-    server._server = await loop.create_server(server._make, host, port, ssl=ssl)
+    extra: dict[str, Any] = {}
+    if ssl is not None:
+        extra = {"ssl": ssl, "ssl_handshake_timeout": server.handshake_timeout}
+    server._server = await loop.create_server(server._factory, host, port, **extra)
     bound = server._server.sockets[0].getsockname()
     server.address = (bound[0], bound[1])
     return server
@@ -201,7 +297,7 @@ async def serve_unix(
     loop = asyncio.get_running_loop()
     old_umask = os.umask(0o177)
     try:
-        server._server = await loop.create_unix_server(server._make, path)
+        server._server = await loop.create_unix_server(server._factory, path)
     finally:
         os.umask(old_umask)
     server._unix_path = path
