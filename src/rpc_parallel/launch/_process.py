@@ -18,16 +18,6 @@ from .redirection import DevNull, FileAppend, FileTruncate, Forward, Redirection
 _TAIL_LINES = 40
 
 
-def describe_exit(returncode: int) -> str:
-    if returncode < 0:
-        try:
-            name = signal.Signals(-returncode).name
-        except ValueError:
-            name = f"signal {-returncode}"
-        return f"killed by {name}"
-    return f"exited with code {returncode}"
-
-
 def _file_tail(path: str, limit: int = 4096) -> str:
     try:
         with open(path, "rb") as file:

@@ -1,7 +1,8 @@
 """The typed async RPC layer: framing, authentication, function menus, five call kinds,
 flow control and heartbeats over TCP or Unix sockets. It knows nothing of workers."""
 
-from .connection import Connection, Implementation, current_connection
+from ._serving import Implementation
+from .connection import Connection, current_connection
 from .errors import (
     ConnectionClosed,
     Error,

@@ -10,18 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
-import hashlib
-import hmac
-import inspect
 import os
-import types
 from collections import deque
 from collections.abc import (
     AsyncIterable,
-    AsyncIterator,
     Awaitable,
     Callable,
-    Generator,
     Iterable,
     Sequence,
 )
@@ -30,15 +24,26 @@ from typing import Any, TypeVar
 import msgspec
 
 from . import frames
+from ._calling import ReversePipeCall, RpcCall, cannot_send, error_from_info
 from ._compat import enter_task as _enter_task  # What Python 3.12's eager tasks use.
 from ._compat import leave_task as _leave_task
+from ._handshake import prove, verify
+from ._serving import (
+    NOT_STARTED,
+    Implementation,
+    ServedStream,
+    as_async_iterator,
+    cancel_all,
+    error_info,
+    first_step,
+    resume,
+)
 from .errors import (
     CloseKind,
     ConnectionClosed,
     HandshakeError,
     MessageTooLarge,
     ProtocolError,
-    RemoteError,
 )
 from .frames import (
     ABORT,
@@ -58,7 +63,6 @@ from .frames import (
     RESPONSE,
     ErrorInfo,
     MenuEntry,
-    remote_error_info,
 )
 from .functions import ENCODER, FunctionSpec
 from .settings import ENVELOPE, PREAUTH_MAX_MESSAGE_SIZE, RpcSettings
@@ -84,120 +88,6 @@ _SPARE_LIMIT = 64 * 1024 * 1024  # The largest receive buffer kept for the next 
 _FLUSH_AT = 256 * 1024
 _ZERO_HEADER = bytes(HEADER_SIZE)
 _NO_PAYLOAD: Any = object()
-
-
-class Implementation:
-    """A function this side serves: its spec and the callable that implements it.
-
-    Coroutine functions and async generator functions run on the event loop; plain
-    functions run in a thread (so CPU-bound code does not stall heartbeats). A plain
-    generator for a stream is advanced in a thread, one item at a time.
-    """
-
-    __slots__ = ("handler", "in_thread", "spec", "starts_nothing")
-
-    def __init__(self, spec: FunctionSpec, handler: Callable[..., Any]) -> None:
-        self.spec = spec
-        self.handler = handler
-        function = handler.__func__ if isinstance(handler, types.MethodType) else handler
-        # An ``async def`` (or a method of one): calling it runs none of its code yet.
-        self.starts_nothing = type(function) is types.FunctionType and bool(
-            function.__code__.co_flags & inspect.CO_COROUTINE
-        )
-        unwrapped = inspect.unwrap(handler)
-        self.in_thread = not (
-            inspect.iscoroutinefunction(unwrapped) or inspect.isasyncgenfunction(unwrapped)
-        )
-        if self.in_thread and spec.kind == "reverse_pipe":
-            raise TypeError(f"{spec.name}: a reverse pipe must be implemented by an async def")
-
-    def menu_entry(self) -> MenuEntry:
-        spec = self.spec
-        return MenuEntry(spec.name, spec.version, spec.kind, spec.digest, spec.signature)
-
-
-class _RpcCall:
-    __slots__ = ("future", "spec")
-
-    def __init__(self, spec: FunctionSpec, future: asyncio.Future[Any]) -> None:
-        self.spec = spec
-        self.future = future
-
-    def _on_response(self, payload: memoryview) -> None:
-        future = self.future
-        if not future.done():
-            spec = self.spec
-            if not spec._copy_payload:
-                try:
-                    future.set_result(spec.response_decoder.decode(payload))
-                    return
-                except (msgspec.MsgspecError, UnicodeDecodeError):
-                    pass  # decode_response explains it.
-            try:
-                future.set_result(spec.decode_response(payload))
-            except ProtocolError as error:
-                future.set_exception(error)
-
-    def _fail(self, error: BaseException) -> None:
-        if not self.future.done():
-            self.future.set_exception(error)
-
-
-class _ReversePipeCall(_RpcCall):
-    __slots__ = ("credit",)
-
-    def __init__(self, spec: FunctionSpec, future: asyncio.Future[Any], credit: Credit) -> None:
-        super().__init__(spec, future)
-        self.credit = credit
-
-
-class _ServedStream:
-    """The serving side of a pipe, state or reverse pipe call."""
-
-    __slots__ = ("credit", "reader", "task")
-
-    def __init__(self, credit: Credit | None, reader: PipeReader[Any] | None) -> None:
-        self.credit = credit
-        self.reader = reader
-        self.task: asyncio.Task[None] | None = None
-
-    def cancel(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-        if self.reader is not None:
-            self.reader._fail(asyncio.CancelledError())
-
-
-def _error_info(error: BaseException) -> ErrorInfo:
-    if isinstance(error, ProtocolError):
-        return ErrorInfo("protocol", type(error).__qualname__, str(error), "")
-    return remote_error_info(error)
-
-
-def _error_from_info(spec: FunctionSpec, info: ErrorInfo) -> Exception:
-    if info.kind == "protocol":
-        return ProtocolError(info.message)
-    return RemoteError(spec.name, info.type_name, info.message, info.traceback)
-
-
-_UNSENDABLE = {"arguments": ("the arguments", "arguments"), "item": ("a stream item",) * 2,
-               "result": ("the result", "the result")}
-
-
-def _cannot_send(
-    spec: FunctionSpec, what: str, error: BaseException, serving: bool = False
-) -> ProtocolError:
-    """The error for a value of a call of ``spec`` that cannot be encoded or is too large
-    (``what``: arguments, item, result). The caller's side keeps ``MessageTooLarge``; the
-    serving side reports a ``ProtocolError`` to the peer."""
-    long, short = _UNSENDABLE[what]
-    if isinstance(error, MessageTooLarge) and not serving:
-        return MessageTooLarge(f"{spec.name}: {short}: {error}")
-    return ProtocolError(f"{spec.name}: {long} cannot be sent: {error}")
-
-
-def _proof(secret: bytes, role: bytes, first: bytes, second: bytes) -> bytes:
-    return hmac.new(secret, b"rpc_parallel/1 " + role + first + second, hashlib.sha256).digest()
 
 
 class Connection(asyncio.BufferedProtocol):
@@ -426,7 +316,7 @@ class Connection(asyncio.BufferedProtocol):
         future: asyncio.Future[Any] = self.loop.create_future()
         credit = Credit(self.loop)
         self._send_query(spec, call_id, index, bound[:-1])
-        self._outgoing[call_id] = _ReversePipeCall(spec, future, credit)
+        self._outgoing[call_id] = ReversePipeCall(spec, future, credit)
         pump = self.loop.create_task(self._pump(spec, call_id, bound[-1], credit, future))
         try:
             return await future
@@ -494,9 +384,9 @@ class Connection(asyncio.BufferedProtocol):
         try:  # (_send_query, inline)
             self._write(QUERY, call_id, index, args)
         except (TypeError, MessageTooLarge) as error:
-            raise _cannot_send(spec, "arguments", error) from None
+            raise cannot_send(spec, "arguments", error) from None
         future: asyncio.Future[Any] = self.loop.create_future()
-        self._outgoing[call_id] = _RpcCall(spec, future)
+        self._outgoing[call_id] = RpcCall(spec, future)
         return future, call_id
 
     async def _start_stream(self, spec: FunctionSpec, args: tuple[Any, ...]) -> PipeReader[Any]:
@@ -518,7 +408,7 @@ class Connection(asyncio.BufferedProtocol):
         try:
             self._write(QUERY, call_id, index, args)
         except (TypeError, MessageTooLarge) as error:
-            raise _cannot_send(spec, "arguments", error) from None
+            raise cannot_send(spec, "arguments", error) from None
 
     async def _pump(
         self,
@@ -562,7 +452,7 @@ class Connection(asyncio.BufferedProtocol):
         try:
             size = self._write(ITEM, call_id, 0, item)
         except (TypeError, MessageTooLarge) as error:
-            raise _cannot_send(spec, "item", error, serving) from None
+            raise cannot_send(spec, "item", error, serving) from None
         credit.available -= size + ITEM_OVERHEAD
         if self._paused:
             await self._wait_writable()
@@ -577,11 +467,11 @@ class Connection(asyncio.BufferedProtocol):
         entry = self._outgoing.pop(call_id, None)
         if entry is None:
             entry = self._incoming.get(call_id)
-            if isinstance(entry, _ServedStream) and self._close_reason is None:
+            if isinstance(entry, ServedStream) and self._close_reason is None:
                 # A reverse pipe's implementation stopped reading: stop the sender.
                 self._write(ABORT, call_id, 0)
             return
-        if isinstance(entry, _ReversePipeCall):
+        if isinstance(entry, ReversePipeCall):
             entry.credit.stop()
         if self._close_reason is None:
             self._write(ABORT, call_id, 0)
@@ -760,16 +650,16 @@ class Connection(asyncio.BufferedProtocol):
                     reader._on_item(payload)
             else:
                 served = self._incoming.get(call_id)
-                if type(served) is _ServedStream and served.reader is not None:
+                if type(served) is ServedStream and served.reader is not None:
                     served.reader._on_item(payload)
         elif message_type == CREDIT:
             if call_id & 1 == self._id_parity:
                 call = self._outgoing.get(call_id)
-                if type(call) is _ReversePipeCall:
+                if type(call) is ReversePipeCall:
                     call.credit.grant(argument)
             else:
                 served = self._incoming.get(call_id)
-                if type(served) is _ServedStream and served.credit is not None:
+                if type(served) is ServedStream and served.credit is not None:
                     served.credit.grant(argument)
         elif message_type == HEARTBEAT:
             pass
@@ -780,14 +670,14 @@ class Connection(asyncio.BufferedProtocol):
                     reader._end()
             else:
                 served = self._incoming.get(call_id)
-                if type(served) is _ServedStream and served.reader is not None:
+                if type(served) is ServedStream and served.reader is not None:
                     served.reader._end()
         elif message_type == ERROR:
             self._on_error(call_id, payload)
         elif message_type == ABORT:
             if call_id & 1 == self._id_parity:
                 call = self._outgoing.get(call_id)
-                if type(call) is _ReversePipeCall:
+                if type(call) is ReversePipeCall:
                     call.credit.stop()
             else:
                 served = self._incoming.get(call_id)
@@ -820,7 +710,7 @@ class Connection(asyncio.BufferedProtocol):
         except (msgspec.MsgspecError, UnicodeDecodeError) as error:
             entry._fail(ProtocolError(f"{entry.spec.name}: malformed error message: {error}"))
             return
-        entry._fail(_error_from_info(entry.spec, info))
+        entry._fail(error_from_info(entry.spec, info))
 
     # ------------------------------------------------------------------ serving
 
@@ -842,7 +732,7 @@ class Connection(asyncio.BufferedProtocol):
             if kind == "one_way":
                 self._one_way_failed(spec, error)
             elif call_id:
-                self._write(ERROR, call_id, 0, _error_info(error))
+                self._write(ERROR, call_id, 0, error_info(error))
             return
         if kind == "rpc" and not implementation.in_thread:
             # No task per call: see _serve_inline and _run_queued.
@@ -870,7 +760,7 @@ class Connection(asyncio.BufferedProtocol):
             self._one_way_tasks.add(task)
             task.add_done_callback(self._one_way_tasks.discard)
         else:
-            served = _ServedStream(
+            served = ServedStream(
                 Credit(self.loop) if kind != "reverse_pipe" else None,
                 PipeReader(self, call_id, spec) if kind == "reverse_pipe" else None,
             )
@@ -996,7 +886,7 @@ class Connection(asyncio.BufferedProtocol):
                             waiting = context.run(awaitable.send, None)
                         else:
                             awaitable, waiting = context.run(
-                                _first_step, implementation.handler, args
+                                first_step, implementation.handler, args
                             )
                     except StopIteration as done:
                         self._respond(implementation.spec, call_id, done.value)
@@ -1011,8 +901,8 @@ class Connection(asyncio.BufferedProtocol):
                         self._start_runner()
                     self._incoming[call_id] = task
                 # The call waits: this task is its task from now on.
-                if waiting is not _NOT_STARTED:
-                    awaitable = _resume(awaitable, waiting, context)
+                if waiting is not NOT_STARTED:
+                    awaitable = resume(awaitable, waiting, context)
                 await self._answer(call_id, implementation, awaitable)
                 return
         finally:
@@ -1027,11 +917,11 @@ class Connection(asyncio.BufferedProtocol):
         try:
             self._write(RESPONSE, call_id, 0, result)
         except Exception as error:  # TypeError, MessageTooLarge, or a register_type hook's
-            self._respond_error(call_id, _cannot_send(spec, "result", error, serving=True))
+            self._respond_error(call_id, cannot_send(spec, "result", error, serving=True))
 
     def _respond_error(self, call_id: int, error: BaseException) -> None:
         if self._close_reason is None:
-            self._write(ERROR, call_id, 0, _error_info(error))
+            self._write(ERROR, call_id, 0, error_info(error))
 
     async def _serve_one_way(self, implementation: Implementation, args: tuple[Any, ...]) -> None:
         try:
@@ -1050,7 +940,7 @@ class Connection(asyncio.BufferedProtocol):
             )
 
     async def _serve_stream(
-        self, call_id: int, implementation: Implementation, args: tuple[Any, ...], served: _ServedStream
+        self, call_id: int, implementation: Implementation, args: tuple[Any, ...], served: ServedStream
     ) -> None:
         spec = implementation.spec
         credit = served.credit
@@ -1062,7 +952,7 @@ class Connection(asyncio.BufferedProtocol):
                 self._respond(spec, call_id, initial)
             else:
                 updates = implementation.handler(*args)
-            iterator = _as_async_iterator(updates, self.loop)
+            iterator = as_async_iterator(updates, self.loop)
             async for item in iterator:
                 if not await self._send_item(spec, call_id, item, credit, serving=True):
                     return
@@ -1081,7 +971,7 @@ class Connection(asyncio.BufferedProtocol):
                 await close()
 
     async def _serve_reverse_pipe(
-        self, call_id: int, implementation: Implementation, args: tuple[Any, ...], served: _ServedStream
+        self, call_id: int, implementation: Implementation, args: tuple[Any, ...], served: ServedStream
     ) -> None:
         reader = served.reader
         assert reader is not None
@@ -1125,7 +1015,7 @@ class Connection(asyncio.BufferedProtocol):
             return
         self._peer_nonce = hello.nonce
         role = b"client" if self.is_client else b"server"
-        self._write(AUTH, 0, 0, _proof(self._secret, role, hello.nonce, self._nonce))
+        self._write(AUTH, 0, 0, prove(self._secret, role, hello.nonce, self._nonce))
 
     def _on_auth(self, payload: memoryview) -> None:
         if self._peer_nonce is None or self._authenticated:
@@ -1137,8 +1027,7 @@ class Connection(asyncio.BufferedProtocol):
             self._protocol_violation("handshake: malformed AUTH")
             return
         peer_role = b"server" if self.is_client else b"client"
-        expected = _proof(self._secret, peer_role, self._nonce, self._peer_nonce)
-        if not hmac.compare_digest(proof, expected):
+        if not verify(self._secret, peer_role, self._nonce, self._peer_nonce, proof):
             self._protocol_violation(
                 "authentication failed: the peer does not hold this application's secret"
             )
@@ -1229,7 +1118,7 @@ class Connection(asyncio.BufferedProtocol):
         outgoing, self._outgoing = self._outgoing, {}
         translated = []
         for entry in outgoing.values():
-            if type(entry) is _ReversePipeCall:
+            if type(entry) is ReversePipeCall:
                 entry.credit.stop()
             if self._translate_lost is not None and type(entry) is not PipeReader:
                 translated.append(entry)
@@ -1251,7 +1140,7 @@ class Connection(asyncio.BufferedProtocol):
                 task.cancel()
         elif one_way:
             # Sent before the peer closed or vanished: they run, within a bound.
-            self.loop.call_later(self.settings.heartbeat_timeout, _cancel_all, one_way)
+            self.loop.call_later(self.settings.heartbeat_timeout, cancel_all, one_way)
         for served in incoming.values():
             served.cancel()
             tasks.append(served if isinstance(served, asyncio.Task) else served.task)
@@ -1261,7 +1150,7 @@ class Connection(asyncio.BufferedProtocol):
         finisher = self.loop.create_task(self._finish_close([t for t in tasks if t is not None]))
         self._tasks.add(finisher)
 
-    async def _fail_translated(self, calls: list[_RpcCall], error: ConnectionClosed) -> None:
+    async def _fail_translated(self, calls: list[RpcCall], error: ConnectionClosed) -> None:
         """Fail calls in flight with the error the layer above makes of the lost connection."""
         assert self._translate_lost is not None
         try:
@@ -1280,66 +1169,3 @@ class Connection(asyncio.BufferedProtocol):
             await self._lost
         assert self._close_reason is not None
         self._closed.set_result(self._close_reason)
-
-
-def _cancel_all(tasks: list[asyncio.Task[Any]]) -> None:
-    for task in tasks:
-        task.cancel()
-
-
-_NOT_STARTED: Any = object()
-
-
-def _first_step(handler: Callable[..., Any], args: tuple[Any, ...]) -> tuple[Any, Any]:
-    """Call ``handler``; run the coroutine it returns up to its first suspension.
-
-    Returns the coroutine and what it yielded (for ``_resume``), or an awaitable that is not
-    a coroutine and ``_NOT_STARTED``; a coroutine that finished raises ``StopIteration``.
-    """
-    awaitable = handler(*args)
-    if type(awaitable) is not types.CoroutineType:
-        return awaitable, _NOT_STARTED
-    return awaitable, awaitable.send(None)
-
-
-@types.coroutine
-def _resume(
-    coroutine: types.CoroutineType[Any, Any, Any], waiting: Any, context: contextvars.Context
-) -> Generator[Any, Any, Any]:
-    """Await a coroutine that ``_first_step`` started, each step in ``context``."""
-    send, throw = coroutine.send, coroutine.throw
-    while True:
-        step: Callable[[Any], Any]
-        try:
-            value = yield waiting
-        except GeneratorExit:
-            coroutine.close()
-            raise
-        except BaseException as error:
-            step, value = throw, error
-        else:
-            step = send
-        try:
-            waiting = context.run(step, value)
-        except StopIteration as done:
-            return done.value
-
-
-def _as_async_iterator(value: Any, loop: asyncio.AbstractEventLoop) -> AsyncIterator[Any]:
-    if isinstance(value, AsyncIterable):
-        return aiter(value)
-    return _iterate_in_thread(iter(value), loop)
-
-
-async def _iterate_in_thread(iterator: Any, loop: asyncio.AbstractEventLoop) -> AsyncIterator[Any]:
-    done = object()
-    try:
-        while True:
-            item = await loop.run_in_executor(None, next, iterator, done)
-            if item is done:
-                return
-            yield item
-    finally:
-        close = getattr(iterator, "close", None)
-        if close is not None:
-            close()

@@ -10,7 +10,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .connection import Connection, Implementation, TranslateClosed
+from ._serving import Implementation
+from .connection import Connection, TranslateClosed
 from .errors import ProtocolError
 from .functions import FunctionSpec
 from .settings import RpcSettings
