@@ -3,6 +3,7 @@ with ``salloc --no-shell``, bounded waits on the queue."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import re
@@ -31,6 +32,15 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"gave up after {timeout:g} s waiting for {what}")
         time.sleep(0.1)
+
+
+async def until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    """``wait_for`` for async tests: the event loop keeps running (heartbeats) meanwhile."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up after {timeout:g} s waiting for {what}")
+        await asyncio.sleep(0.1)
 
 
 def steps(cluster: SlurmCluster) -> list[str]:

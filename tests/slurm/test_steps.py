@@ -1,21 +1,49 @@
-"""Workers as job steps of an allocation, on the real single-node cluster."""
+"""Workers as job steps of an allocation, on the real single-node cluster (``slurm_cluster``).
+
+The tests here run "inside" an allocation made with ``salloc --no-shell`` (``SLURM_JOB_ID``
+set in this process), or run a master under ``salloc`` as Slurm users do.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import signal
+import ssl
 import subprocess
 import time
 
 import pytest
 
 import rpc_parallel as rp
+from rpc_parallel._master import current_master
 from tests.harness.slurm import SlurmCluster
 
-from .support import HERE, allocation, master_env, python, steps, wait_for, wait_queue_empty
+from .support import (
+    ROOT,
+    allocation,
+    master_env,
+    python,
+    steps,
+    until,
+    wait_for,
+    wait_queue_empty,
+)
 from .workers import Node, every_kind, expected
 
 
-async def test_workers_are_steps_and_serve_every_kind(slurm_cluster: SlurmCluster) -> None:
+def _tls_link(handle: rp.WorkerHandle[Node]) -> ssl.SSLObject:
+    link = handle._link
+    assert link is not None
+    ssl_object = link._transport.get_extra_info("ssl_object")  # type: ignore[union-attr]
+    assert isinstance(ssl_object, ssl.SSLObject), "the worker's link is not TLS"
+    return ssl_object
+
+
+async def test_workers_are_steps_connect_back_over_tls_and_serve_every_kind(
+    slurm_cluster: SlurmCluster,
+) -> None:
     with allocation(slurm_cluster, 4) as job_id:
         handles = await asyncio.gather(*(Node.spawn(i, how=rp.Slurm()) for i in range(3)))
         try:
@@ -23,9 +51,126 @@ async def test_workers_are_steps_and_serve_every_kind(slurm_cluster: SlurmCluste
             assert {p.job_id for p in places} == {job_id}
             assert len({p.step_id for p in places}) == 3, places  # one step each
             assert sorted(steps(slurm_cluster)) == sorted(f"{job_id}.{p.step_id}" for p in places)
+            # Forced on one node: the remote path, TCP + TLS 1.3 with the app's certificate.
+            assert current_master().network_server is not None
+            for handle in handles:
+                assert _tls_link(handle).version() == "TLSv1.3"
+                assert any(part.startswith("tls:") for part in handle.address.split())
             for offset, handle in enumerate(handles):
                 assert await every_kind(handle) == expected(offset)
         finally:
             for handle in handles:
                 await handle.close()
-        wait_for(lambda: not steps(slurm_cluster), 15, "the steps to end after close")
+        await until(lambda: not steps(slurm_cluster), 15, "the steps to end after close")
+
+
+async def test_step_options_reach_srun(slurm_cluster: SlurmCluster) -> None:
+    with allocation(slurm_cluster, 4):
+        how = rp.Slurm(cpus_per_task=2, nodelist="localhost", mem="64M",
+                       srun_args=["--comment=rp-test"])
+        async with await Node.spawn(0, how=how) as handle:
+            place = await handle.run(Node.where)
+            assert place.cpus == "2"
+            step = slurm_cluster.command(["scontrol", "show", "step", "-o",
+                                          f"{place.job_id}.{place.step_id}"]).stdout
+            assert "NodeList=localhost" in step and "cpu=2" in step, step
+
+
+async def test_a_step_that_cannot_get_cpus_is_a_clear_spawn_error(
+    slurm_cluster: SlurmCluster,
+) -> None:
+    with allocation(slurm_cluster, 2) as job_id:
+        first, second = await asyncio.gather(*(Node.spawn(i, how=rp.Slurm()) for i in range(2)))
+        try:
+            sruns = _sruns(job_id)
+            started = time.monotonic()
+            with pytest.raises(rp.SpawnError) as caught:
+                await Node.spawn(2, how=rp.Slurm(queue_timeout=2))
+            assert time.monotonic() - started < 15
+            message = str(caught.value)
+            assert f"no job step could start in allocation {job_id} within 2 s" in message
+            assert "held by other steps" in message
+            # Its srun is gone (withdrawn and reaped), and the two workers still serve.
+            assert _sruns(job_id) == sruns
+            assert await first.run(Node.add, 1) == 1
+        finally:
+            await first.close()
+            if "caught" not in locals():
+                await second.close()
+        # Its CPU is free again at once (the step was cancelled, not left to wind down).
+        async with await Node.spawn(3, how=rp.Slurm(queue_timeout=10)) as third:
+            assert await third.run(Node.add, 1) == 4
+        await second.close()
+
+
+async def test_a_cancelled_step_is_worker_died_with_slurms_words(
+    slurm_cluster: SlurmCluster,
+) -> None:
+    with allocation(slurm_cluster, 2):
+        handle = await Node.spawn(0, how=rp.Slurm())
+        place = await handle.run(Node.where)
+        call = asyncio.ensure_future(handle.run(Node.sleep, 60.0))
+        await asyncio.sleep(0.2)  # the call is in flight
+        slurm_cluster.command(["scancel", f"{place.job_id}.{place.step_id}"])
+        with pytest.raises(rp.WorkerDied) as caught:
+            await asyncio.wait_for(call, 20)
+        text = str(caught.value)
+        assert f"Slurm step {place.job_id}.{place.step_id} CANCELLED" in text, text
+        assert caught.value.function is not None and "sleep" in caught.value.function
+        await handle.close()
+        await until(lambda: not steps(slurm_cluster), 15, "the step to be gone")
+
+
+def test_master_under_salloc_runs_three_steps(slurm_cluster: SlurmCluster) -> None:
+    result = subprocess.run(
+        ["timeout", "120", "salloc", "-N1", "-n4", "-t5", python(),
+         str(ROOT / "tests/slurm/master_steps.py")],
+        env=master_env(slurm_cluster), cwd=ROOT, capture_output=True, text=True, timeout=150,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert [line["offset"] for line in lines] == [0, 1, 2], result.stdout
+    for line in lines:
+        assert line["job"] == line["allocation"]
+        assert line["results"] == expected(line["offset"])
+    assert len({line["step"] for line in lines}) == 3
+    wait_queue_empty(slurm_cluster)
+
+
+def test_a_killed_master_leaves_no_step_running(slurm_cluster: SlurmCluster) -> None:
+    with allocation(slurm_cluster, 4) as job_id:
+        env = master_env(slurm_cluster, SLURM_JOB_ID=job_id, SLURM_JOB_NODELIST="localhost")
+        master = subprocess.Popen([python(), str(ROOT / "tests/slurm/master_hold.py")], env=env,
+                                  cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True)
+        try:
+            assert master.stdout is not None
+            ready = master.stdout.readline()
+            assert ready.startswith("READY"), master.stderr.read() if master.stderr else ""
+            assert len(steps(slurm_cluster)) == 2
+            master.send_signal(signal.SIGKILL)
+            master.wait(10)
+            # The allocation lives on; the workers notice the master's death and their
+            # steps end (and with them their srun, now orphans of the dead master).
+            wait_for(lambda: not steps(slurm_cluster), 20, "the steps of the killed master to end")
+            assert job_id in slurm_cluster.jobs()
+            wait_for(lambda: not _sruns(job_id), 10, "the sruns to exit")
+        finally:
+            if master.poll() is None:
+                master.kill()
+                master.wait()
+
+
+def _sruns(job_id: str) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as file:
+                    argv = file.read().split(b"\0")
+            except OSError:
+                continue
+            if argv and argv[0].endswith(b"srun") and b"--exact" in argv \
+                    and os.environ.get("SLURM_JOB_ID", job_id) == job_id:
+                found.append(int(entry))
+    return found

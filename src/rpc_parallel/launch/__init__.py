@@ -4,8 +4,8 @@
 from ._launcher import ConnectBack, LaunchedProcess, Launcher, LaunchRequest, connect_back_of
 from .options import Local, Wrap, check_launcher
 from .redirection import DevNull, FileAppend, FileTruncate, Forward, Redirection
-from .ssh import Remote
 from .slurm import Slurm, SlurmAllocation, slurm_allocation
+from .ssh import Remote
 
 __all__ = [
     "ConnectBack",

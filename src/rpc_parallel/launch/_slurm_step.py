@@ -87,7 +87,7 @@ class StepProcess(_process.WorkerProcess):
             await self.drain_output(1.0)
             raise SpawnError(
                 f"srun could not start worker {self.name} in allocation {job_id} "
-                f"({_process.describe_exit(self.returncode)})", stderr_tail=self.stderr_tail())
+                f"(srun exited with status {self.returncode})", stderr_tail=self.stderr_tail())
         await self.kill_and_reap()
         raise SpawnError(
             f"worker {self.name}: no job step could start in allocation {job_id} within "

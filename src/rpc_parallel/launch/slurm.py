@@ -20,7 +20,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ._launcher import LaunchedProcess, LaunchRequest
+from ._launcher import ConnectBack, LaunchedProcess, LaunchRequest
 from ._slurm_env import SlurmAllocation, expand_counts, expand_hostlist, slurm_allocation
 from ._slurm_job import JobOptions, submit
 from ._slurm_step import start_step
@@ -30,6 +30,8 @@ __all__ = ["Slurm", "SlurmAllocation", "expand_counts", "expand_hostlist", "slur
 STEP_WAIT = 10.0
 """How long a step may wait for free CPUs in the allocation when ``queue_timeout`` is None:
 the allocation is the user's own, so a long wait means it is oversubscribed, not busy."""
+
+STEP_CONNECT_BACK = ConnectBack(master_host=("env:SLURM_LAUNCH_NODE_IPADDR",))
 
 
 def _check_text(name: str, value: object) -> None:
@@ -85,7 +87,19 @@ class Slurm:
 
     @property
     def needs_network(self) -> bool:
-        return False
+        """Always: a step or job may run on any node, so the worker connects back over TCP
+        + TLS even when Slurm places it on the master's own node."""
+        return True
+
+    @property
+    def connect_back(self) -> ConnectBack:
+        """Where the worker finds the master: inside an allocation, the address of the node
+        that launched the step (``SLURM_LAUNCH_NODE_IPADDR``, the master's node as Slurm
+        reaches it); a job of its own falls back to the master's host name (the host it was
+        submitted from)."""
+        if os.environ.get("SLURM_JOB_ID"):
+            return STEP_CONNECT_BACK
+        return ConnectBack()
 
     @property
     def can_use_prestarted(self) -> bool:
