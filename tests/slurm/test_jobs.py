@@ -74,10 +74,8 @@ async def test_jobs_serve_every_kind_over_tls_and_keep_the_secret_off_disk(
         assert directory is not None and directory.stat().st_mode & 0o777 == 0o700
         assert not list(directory.glob("*.config")), list(directory.iterdir())
         for place in places:
-            with open(f"/proc/{place.pid}/cmdline", "rb") as file:
-                assert secret not in file.read()
-            with open(f"/proc/{place.pid}/environ", "rb") as file:
-                assert secret.hex().encode() not in file.read()
+            assert secret not in Path(f"/proc/{place.pid}/cmdline").read_bytes()
+            assert secret.hex().encode() not in Path(f"/proc/{place.pid}/environ").read_bytes()
     finally:
         for handle in handles:
             await handle.close()
