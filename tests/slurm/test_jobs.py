@@ -74,8 +74,8 @@ async def test_jobs_serve_every_kind_over_tls_and_keep_the_secret_off_disk(
         assert directory is not None and directory.stat().st_mode & 0o777 == 0o700
         assert not list(directory.glob("*.config")), list(directory.iterdir())
         for place in places:
-            assert secret not in Path(f"/proc/{place.pid}/cmdline").read_bytes()
-            assert secret.hex().encode() not in Path(f"/proc/{place.pid}/environ").read_bytes()
+            assert secret not in _proc_file(place.pid, "cmdline")
+            assert secret.hex().encode() not in _proc_file(place.pid, "environ")
     finally:
         for handle in handles:
             await handle.close()
@@ -162,6 +162,10 @@ def test_a_killed_master_leaves_nothing_in_the_queue(outside: SlurmCluster, tmp_
         if master.poll() is None:
             master.kill()
             master.wait()
+
+
+def _proc_file(pid: int, name: str) -> bytes:
+    return Path(f"/proc/{pid}/{name}").read_bytes()
 
 
 def _watchdogs(directory: Path) -> list[int]:
