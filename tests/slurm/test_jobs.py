@@ -180,3 +180,18 @@ def _watchdogs(directory: Path) -> list[int]:
             if b"_slurm_watchdog" in argv and str(directory).encode() in argv:
                 found.append(int(entry))
     return found
+
+
+async def test_a_job_out_of_time_is_worker_died_with_timeout(outside: SlurmCluster) -> None:
+    handle = await Node.spawn(0, how=rp.Slurm(time="10"))
+    job = _job_of(outside, handle.name)
+    call = asyncio.ensure_future(handle.run(Node.sleep, 300.0))
+    await asyncio.sleep(0.2)  # the call is in flight
+    # Shorten its limit to a minute it has nearly used; slurmctld enforces limits on its
+    # periodic check (every 30 s in 22.05), so this takes up to about a minute.
+    outside.command(["scontrol", "update", f"JobId={job}", "TimeLimit=0:01"])
+    with pytest.raises(rp.WorkerDied) as caught:
+        await asyncio.wait_for(call, 120)
+    text = str(caught.value)
+    assert f"Slurm job {job} TIMEOUT" in text, text
+    await handle.close()
