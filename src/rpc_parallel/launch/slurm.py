@@ -22,8 +22,6 @@ from dataclasses import dataclass
 
 from ._launcher import ConnectBack, LaunchedProcess, LaunchRequest
 from ._slurm_env import SlurmAllocation, expand_counts, expand_hostlist, slurm_allocation
-from ._slurm_job import JobOptions, submit
-from ._slurm_step import start_step
 
 __all__ = ["Slurm", "SlurmAllocation", "expand_counts", "expand_hostlist", "slurm_allocation"]
 
@@ -110,6 +108,10 @@ class Slurm:
                 f"{os.getpid()}@{socket.gethostname()}"]
 
     async def launch(self, request: LaunchRequest) -> LaunchedProcess:
+        # Imported here: every worker process imports this package, few need these.
+        from ._slurm_job import JobOptions, submit
+        from ._slurm_step import start_step
+
         job_id = os.environ.get("SLURM_JOB_ID")
         if job_id:
             bound = STEP_WAIT if self.queue_timeout is None else self.queue_timeout
