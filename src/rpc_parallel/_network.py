@@ -24,12 +24,13 @@ from ._builtins import Network
 from ._state import process
 from .launch._launcher import ConnectBack
 from .rpc.tls import TlsIdentity
-from .rpc.transport import Address, Tcp, Unix, parse_address
+from .rpc.transport import EVERY_INTERFACE, Address, Tcp, Unix, parse_address
 
 MASTER_HOST = "@master"
 """In an address: the master's host as the process using the address reaches it."""
-LISTEN_HOST = "0.0.0.0"
-"""Where TCP servers bind once a remote worker needs them: every IPv4 interface."""
+LISTEN_HOST = EVERY_INTERFACE
+"""Where TCP servers bind once a remote worker needs them: every interface (IPv6 and IPv4,
+one port)."""
 MASTER_HOST_VARIABLE = "RPC_PARALLEL_MASTER_HOST"
 """Environment variable: the address remote workers connect back to (NAT, multi-homed)."""
 LOCAL = ConnectBack(master_host=("127.0.0.1",), worker_host=(MASTER_HOST,))

@@ -124,6 +124,8 @@ class Supervisor:
             assert returncode is not None
             self.link.close(f"worker process {describe_exit(returncode)}")
             return await self.process.stop(grace=0)
+        if self.link.close_kind == "heartbeat_timeout":
+            return await self.process.stop(grace=0)  # It stopped answering: no grace.
         return await self.process.stop(grace=5.0 if self.expected_exit else 1.0)
 
     def describe_end(self, returncode: int, kind: CloseKind | None, reason: str | None) -> str:

@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, NoReturn
 
 from ._builtins import (
@@ -37,8 +37,7 @@ from ._worker_type import Worker
 from .launch._launcher import CONFIG_FILE_VARIABLE
 from .rpc import Connection as RpcConnection
 from .rpc import Error as RpcError
-from .rpc import FunctionSpec, Server, serve_tcp, server_context
-from .rpc import run as rpc_run
+from .rpc import FunctionSpec, Server, new_event_loop, serve_tcp, server_context
 from .rpc.frames import ErrorInfo, remote_error_info
 from .rpc.functions import make_decoder
 from .rpc.transport import Tcp, address_of, connect
@@ -311,6 +310,14 @@ async def _close(servers: list[Server], link: RpcConnection) -> None:
         )
 
 
+def _run_then_exit(coroutine: Coroutine[Any, Any, int]) -> int:
+    """Run ``serve`` on a new loop and return its exit code without closing the loop:
+    closing waits for the threads of plain ``def`` calls still running, and the process
+    is about to ``os._exit`` anyway (a worker cut off from its master must not wait for a
+    long computation to end)."""
+    return asyncio.Runner(loop_factory=new_event_loop).run(coroutine)
+
+
 def main() -> NoReturn:
     """Entry point of a worker process."""
     os.environ.pop("RPC_PARALLEL_WORKER", None)
@@ -343,7 +350,7 @@ def main() -> NoReturn:
         _die(error, f"rpc_parallel worker {config.name}: cannot import worker class "
                     f"{config.module}.{config.qualname}", 3)
     try:
-        code = rpc_run(serve(config, cls))
+        code = _run_then_exit(serve(config, cls))
     except BaseException as error:
         _die(error, "", 1)
     sys.stdout.flush()

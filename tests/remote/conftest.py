@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from ..workers.conftest import nothing_left_behind, short_heartbeats
-from ..workers.support import all_pids, alive, cmdline_bytes, wait_until_sync
+from ..workers.support import alive, all_pids, cmdline_bytes, wait_until_sync
 
 __all__ = ["nothing_left_behind", "nothing_left_remotely", "short_heartbeats"]
 

@@ -40,6 +40,6 @@ def listening_tcp(pid: int) -> list[tuple[str, int]]:
     return found
 
 
-def is_loopback_hex(address: str) -> bool:
-    """Whether a /proc/net/tcp address (IPv4, little-endian hex) is in 127.0.0.0/8."""
-    return len(address) == 8 and address.endswith("7F")
+def wildcard_ports(pid: int) -> set[int]:
+    """Ports ``pid`` listens on at every interface (0.0.0.0 or ::)."""
+    return {port for address, port in listening_tcp(pid) if set(address) == {"0"}}

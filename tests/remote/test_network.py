@@ -7,8 +7,11 @@ Loopback only: the launcher tells the workers to find the master at 127.0.0.1.
 from __future__ import annotations
 
 import os
+import socket
 import ssl
 from dataclasses import dataclass
+
+import pytest
 
 import rpc_parallel as rp
 from rpc_parallel._master import current_master
@@ -17,7 +20,7 @@ from rpc_parallel.launch import ConnectBack
 
 from ..workers.support import bounded, gone
 from ..workers.workers import Echo
-from .support import listening_tcp
+from .support import listening_tcp, wildcard_ports
 
 LOOPBACK = ConnectBack(master_host=("127.0.0.1",), worker_host=("127.0.0.1",))
 
@@ -55,7 +58,7 @@ async def test_tls_link_every_kind_and_nothing_left_listening() -> None:
         master = current_master()
         assert master.network_server is not None
         master_port = master.network_server.address[1]  # type: ignore[index]
-        assert ("00000000", master_port) in listening_tcp(os.getpid())
+        assert master_port in wildcard_ports(os.getpid())
         # The link is TLS 1.3 with the application's certificate.
         link = w._link
         assert link is not None
@@ -68,7 +71,7 @@ async def test_tls_link_every_kind_and_nothing_left_listening() -> None:
             == identity.certificate.strip()
         # The worker serves on TLS too, and advertises it.
         worker_port = _tls_port(w.address)
-        assert ("00000000", worker_port) in listening_tcp(w.pid)
+        assert worker_port in wildcard_ports(w.pid)
         assert f"tls:127.0.0.1:{worker_port}" in w.address.split()
 
         await every_kind(w)
@@ -162,3 +165,36 @@ def test_an_explicit_master_host_comes_first_for_remote_workers_only() -> None:
         assert local.master_host[0] == "127.0.0.1" and local.worker_host == ["@master"]
     finally:
         state.master_host_setting = saved
+
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class LoopbackIpv6(rp.Local):
+    connect_back: ConnectBack = ConnectBack(master_host=("::1",), worker_host=("::1",))  # noqa: RUF009
+
+    @property
+    def needs_network(self) -> bool:
+        return True
+
+
+async def test_workers_connect_back_over_ipv6_too() -> None:
+    """The master listens on one dual-stack socket: a host that reached it over IPv6
+    (``SSH_CONNECTION`` with an IPv6 address) connects back on the same port."""
+    if not _has_ipv6_loopback():
+        pytest.skip("this machine has no IPv6 loopback (::1)")
+    w = await bounded(Echo.spawn(5, how=LoopbackIpv6()), 30, "spawn")
+    try:
+        assert w._link is not None and w._link.peer_address[0] == "::1"
+        assert f"tls:::1:{_tls_port(w.address)}" in w.address.split()
+        assert await w.run(Echo.add, 1, 1) == 7
+    finally:
+        await w.close()
+    await rp.expert.shutdown_master()

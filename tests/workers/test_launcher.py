@@ -1,4 +1,4 @@
-"""The launcher seam: spawn(how=...) takes any Launcher; Remote refuses clearly."""
+"""The launcher seam: spawn(how=...) takes any Launcher; bad launcher values are refused."""
 
 from __future__ import annotations
 
@@ -62,12 +62,15 @@ async def test_wrap_puts_its_prefix_on_the_inner_launchers_command() -> None:
     await no_zombies()
 
 
-@pytest.mark.parametrize("how", [rp.Remote("example.invalid"),
-                                 rp.Wrap(["nice"], how=rp.Remote("example.invalid"))])
-async def test_remote_is_not_available_in_this_release(how: rp.Remote | rp.Wrap) -> None:
-    with pytest.raises(rp.SpawnError, match="not available in this release"):
-        await Echo.spawn(1, how=how)
-    await no_zombies()
+@pytest.mark.parametrize("host", ["", "-oProxyCommand=touch /tmp/x", "two words"])
+def test_remote_refuses_a_bad_host_by_name(host: str) -> None:
+    """(Spawning over ssh is tested in tests/remote with a real sshd.)"""
+    with pytest.raises(ValueError, match="not a host name"):
+        rp.Remote(host)
+    with pytest.raises(ValueError, match="not a port"):
+        rp.Remote("node7", port=0)
+    with pytest.raises(TypeError, match="sequence of strings"):
+        rp.Remote("node7", ssh_options="-F cfg")
 
 
 async def test_a_value_that_is_no_launcher_is_refused_by_name() -> None:

@@ -158,11 +158,13 @@ class WorkerProcess:
         stdin = self.stdin
         if stdin is None:
             return
+        if stdin.is_closing():
+            return  # It died at once; the caller sees the exit and the stderr tail.
         try:
             stdin.write(len(message).to_bytes(4, "little") + message)
             await stdin.drain()
-        except (ConnectionError, OSError):
-            pass  # It died at once; the caller sees the exit and the stderr tail.
+        except (ConnectionError, OSError, RuntimeError):
+            pass  # (uvloop raises RuntimeError for a pipe closed under the write.)
 
     def close_pipes(self) -> None:
         if self.stdin is not None and not self.stdin.is_closing():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 import ssl as ssl_module
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -255,6 +256,32 @@ class Server:
         await self.wait_closed()
 
 
+EVERY_INTERFACE = "*"
+"""``serve_tcp(EVERY_INTERFACE)``: every IPv4 and IPv6 address of the host, on one port."""
+
+
+def _every_interface_socket(port: int) -> socket.socket:
+    """A TCP socket bound to ``port`` on every interface: dual-stack IPv6 when possible
+    (asyncio's own "all interfaces" binds one socket per family, on different ports)."""
+    if socket.has_ipv6:
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("::", port))
+            return sock
+        except OSError:
+            sock.close()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("0.0.0.0", port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 async def serve_tcp(
     host: str = "127.0.0.1",
     port: int = 0,
@@ -267,7 +294,11 @@ async def serve_tcp(
     translate_closed: TranslateClosed | None = None,
     ssl: ssl_module.SSLContext | None = None,
 ) -> Server:
-    """Serve on TCP (loopback unless told otherwise); ``server.address`` is (host, port)."""
+    """Serve on TCP (loopback unless told otherwise); ``server.address`` is (host, port).
+
+    ``host=EVERY_INTERFACE`` listens on every interface, IPv6 and IPv4 on one port (one
+    dual-stack socket where the system has IPv6, else IPv4 only).
+    """
     server = Server(secret=secret, implementations=implementations, settings=settings,
                     on_connection=on_connection, on_one_way_error=on_one_way_error,
                     translate_closed=translate_closed)
@@ -275,7 +306,11 @@ async def serve_tcp(
     extra: dict[str, Any] = {}
     if ssl is not None:
         extra = {"ssl": ssl, "ssl_handshake_timeout": server.handshake_timeout}
-    server._server = await loop.create_server(server._factory, host, port, **extra)
+    if host == EVERY_INTERFACE:
+        extra["sock"] = _every_interface_socket(port)
+    else:
+        extra.update(host=host, port=port)
+    server._server = await loop.create_server(server._factory, **extra)
     bound = server._server.sockets[0].getsockname()
     server.address = (bound[0], bound[1])
     return server

@@ -1,0 +1,325 @@
+"""Workers on another host, side by side with their baselines, in one run (issue 9, item 7).
+
+    .venv/bin/python benchmarks/remote.py [--quick]
+
+Needs root (it makes the test harness's namespace host: a network namespace with its own
+sshd, joined by a veth pair; traffic never leaves the machine). Measures:
+
+* **spawn**: a remote spawn to its first result, against ``ssh host true`` plus a local spawn
+  to its first result (both with the ssh config's ControlMaster warm, no pre-started process);
+* **the link**, on the namespace link, with the same RPC-layer echo server run inside the
+  namespace: over TLS (ours), over plain TCP, and over plain TCP through an ``ssh -L`` port
+  forward — sequential latency (median), throughput with 256 calls in flight, and the
+  bandwidth of 16 MiB echoes (payload bytes both ways per second); and the same through a
+  spawned remote worker's link (the whole stack);
+* **execnet**'s ssh gateway (when installed) as the peer: gateway start to first result,
+  channel echo latency, 16 MiB echo bandwidth.
+
+Prints a table and the ratios against the issue's targets; writes
+benchmarks/results/remote.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import statistics
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path[:0] = [str(HERE), str(ROOT)]
+
+import remote_specs  # noqa: E402
+
+import rpc_parallel as rp  # noqa: E402
+from rpc_parallel.rpc import Connection, TlsIdentity, client_context, connect_tcp  # noqa: E402
+from rpc_parallel.rpc import run as rpc_run  # noqa: E402
+
+SIXTEEN_MIB = 16 * 1024 * 1024
+IN_FLIGHT = 256
+SECRET = os.urandom(32)
+TARGETS = {
+    "spawn / (ssh true + local spawn)": ("<=", 1.5),
+    "TLS / TCP bandwidth": (">=", 0.5),
+    "TLS / ssh -L bandwidth": (">=", 2.0),
+    "TLS / TCP latency": ("<=", 1.3),
+}
+
+
+class Echo(rp.Worker[None]):
+    @rp.rpc
+    async def add(self, x: int) -> int:
+        return x + 1
+
+    @rp.rpc
+    async def echo(self, data: bytes) -> bytes:
+        return data
+
+
+# ---------------------------------------------------------------------------- measuring
+
+
+async def timed(make: Callable[[], Awaitable[object]]) -> float:
+    started = time.perf_counter()
+    await make()
+    return time.perf_counter() - started
+
+
+async def link_figures(
+    add: Callable[[int], Awaitable[int]], echo: Callable[[bytes], Awaitable[bytes]], quick: bool
+) -> dict[str, float]:
+    """Latency (s, median), throughput (calls/s, 256 in flight), bandwidth (bytes/s)."""
+    for i in range(20):
+        await add(i)
+    latencies = [await timed(lambda: add(1)) for _ in range(200 if quick else 1000)]
+    rounds = 4 if quick else 20
+    started = time.perf_counter()
+    for _ in range(rounds):
+        await asyncio.gather(*(add(i) for i in range(IN_FLIGHT)))
+    throughput = rounds * IN_FLIGHT / (time.perf_counter() - started)
+    payload = os.urandom(SIXTEEN_MIB)
+    await echo(payload)
+    echoes = 2 if quick else 6
+    started = time.perf_counter()
+    for _ in range(echoes):
+        assert len(await echo(payload)) == SIXTEEN_MIB
+    bandwidth = 2 * echoes * SIXTEEN_MIB / (time.perf_counter() - started)
+    return {"latency_s": statistics.median(latencies), "throughput_per_s": throughput,
+            "bandwidth_bytes_per_s": bandwidth}
+
+
+async def connection_figures(connection: Connection, quick: bool) -> dict[str, float]:
+    async def add(x: int) -> int:
+        result: int = await connection.call(remote_specs.ADD, x)
+        return result
+
+    async def echo(data: bytes) -> bytes:
+        result: bytes = await connection.call(remote_specs.ECHO, data)
+        return result
+
+    return await link_figures(add, echo, quick)
+
+
+# ---------------------------------------------------------------------------- the servers
+
+
+@contextlib.asynccontextmanager
+async def server_in_namespace(ns: Any, host: str, identity: TlsIdentity | None
+                              ) -> AsyncIterator[int]:
+    """The echo server inside the namespace, bound to ``host``; yields its port."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(HERE)])}
+    process = await asyncio.create_subprocess_exec(
+        *ns.exec_argv([sys.executable, str(HERE / "remote_server.py")]), env=env,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+    assert process.stdin is not None and process.stdout is not None
+    order: dict[str, str] = {"host": host, "secret": SECRET.hex()}
+    if identity is not None:
+        order |= {"certificate": identity.certificate.decode(), "key": identity.key.decode()}
+    process.stdin.write(json.dumps(order).encode() + b"\n")
+    try:
+        port = int(await asyncio.wait_for(process.stdout.readline(), 30))
+        yield port
+    finally:
+        process.stdin.close()
+        try:
+            await asyncio.wait_for(process.wait(), 10)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+
+
+@contextlib.asynccontextmanager
+async def port_forward(ssh_host: Any, remote_port: int) -> AsyncIterator[int]:
+    """``ssh -N -L`` on its own connection (no ControlMaster); yields the local port."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        local_port = probe.getsockname()[1]
+    process = await asyncio.create_subprocess_exec(
+        "ssh", *ssh_host.ssh_options, "-o", "ControlMaster=no", "-o", "ControlPath=none",
+        "-o", "ExitOnForwardFailure=yes", "-N",
+        "-L", f"127.0.0.1:{local_port}:127.0.0.1:{remote_port}", ssh_host.alias)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", local_port)
+                writer.close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or process.returncode is not None:
+                    raise RuntimeError("the ssh port forward did not come up") from None
+                await asyncio.sleep(0.05)
+        yield local_port
+    finally:
+        process.terminate()
+        await process.wait()
+
+
+async def links(ns: Any, quick: bool) -> dict[str, dict[str, float]]:
+    identity = TlsIdentity.generate()
+    results: dict[str, dict[str, float]] = {}
+    async with server_in_namespace(ns, ns.address, identity) as port:
+        connection = await connect_tcp(ns.address, port, secret=SECRET,
+                                       ssl=client_context(identity))
+        results["TLS (ours)"] = await connection_figures(connection, quick)
+        connection.close()
+    async with server_in_namespace(ns, ns.address, None) as port:
+        connection = await connect_tcp(ns.address, port, secret=SECRET)
+        results["plain TCP"] = await connection_figures(connection, quick)
+        connection.close()
+    async with server_in_namespace(ns, "127.0.0.1", None) as port, \
+            port_forward(ns.ssh_host, port) as local_port:
+        connection = await connect_tcp("127.0.0.1", local_port, secret=SECRET)
+        results["ssh -L forward"] = await connection_figures(connection, quick)
+        connection.close()
+    how = rp.Remote(ns.ssh_host.alias, ssh_options=ns.ssh_host.ssh_options)
+    async with await Echo.spawn(None, how=how) as worker:
+        results["remote worker link (TLS)"] = await link_figures(
+            lambda x: worker.run(Echo.add, x), lambda d: worker.run(Echo.echo, d), quick)
+    return results
+
+
+# ---------------------------------------------------------------------------- spawning
+
+
+async def spawns(ns: Any, quick: bool) -> dict[str, float]:
+    ssh_host = ns.ssh_host
+    how = rp.Remote(ssh_host.alias, ssh_options=ssh_host.ssh_options)
+
+    async def ssh_true() -> None:
+        process = await asyncio.create_subprocess_exec(*ssh_host.ssh_argv("true"))
+        assert await process.wait() == 0
+
+    async def spawn_and_call(launcher: rp.Local | rp.Remote) -> None:
+        async with await Echo.spawn(None, how=launcher) as worker:
+            assert await worker.run(Echo.add, 1) == 2
+
+    await ssh_true()  # the ControlMaster is up
+    await spawn_and_call(how)  # the master's TLS server and keys are made
+    rounds = 3 if quick else 7
+    figures: dict[str, list[float]] = {"ssh true": [], "local spawn": [], "remote spawn": []}
+    for _ in range(rounds):
+        figures["ssh true"].append(await timed(ssh_true))
+        figures["local spawn"].append(await timed(lambda: spawn_and_call(rp.Local())))
+        figures["remote spawn"].append(await timed(lambda: spawn_and_call(how)))
+    return {name: statistics.median(values) for name, values in figures.items()}
+
+
+# ---------------------------------------------------------------------------- execnet
+
+
+def execnet_figures(ns: Any, quick: bool) -> dict[str, float] | str:
+    try:
+        import execnet  # type: ignore[import-untyped]
+    except ImportError:
+        return "execnet is not installed (pip install execnet)"
+    ssh_host = ns.ssh_host
+    spec = f"ssh=-F {ssh_host.config} {ssh_host.alias}//python={sys.executable}"
+    started = time.perf_counter()
+    gateway = execnet.makegateway(spec)
+    channel = gateway.remote_exec("for item in channel:\n    channel.send(item)\n")
+    channel.send(1)
+    assert channel.receive() == 1
+    spawn = time.perf_counter() - started
+    try:
+        latencies = []
+        for i in range(200 if quick else 1000):
+            started = time.perf_counter()
+            channel.send(i)
+            channel.receive()
+            latencies.append(time.perf_counter() - started)
+        payload = os.urandom(SIXTEEN_MIB)
+        echoes = 2 if quick else 6
+        started = time.perf_counter()
+        for _ in range(echoes):
+            channel.send(payload)
+            assert len(channel.receive()) == SIXTEEN_MIB
+        bandwidth = 2 * echoes * SIXTEEN_MIB / (time.perf_counter() - started)
+    finally:
+        channel.close()
+        gateway.exit()
+    return {"spawn_s": spawn, "latency_s": statistics.median(latencies),
+            "bandwidth_bytes_per_s": bandwidth}
+
+
+# ---------------------------------------------------------------------------- report
+
+
+def ratios(spawn: dict[str, float], link: dict[str, dict[str, float]]) -> dict[str, float]:
+    tls, tcp, forward = link["TLS (ours)"], link["plain TCP"], link["ssh -L forward"]
+    return {
+        "spawn / (ssh true + local spawn)":
+            spawn["remote spawn"] / (spawn["ssh true"] + spawn["local spawn"]),
+        "TLS / TCP bandwidth": tls["bandwidth_bytes_per_s"] / tcp["bandwidth_bytes_per_s"],
+        "TLS / ssh -L bandwidth":
+            tls["bandwidth_bytes_per_s"] / forward["bandwidth_bytes_per_s"],
+        "TLS / TCP latency": tls["latency_s"] / tcp["latency_s"],
+        "TLS / TCP throughput": tls["throughput_per_s"] / tcp["throughput_per_s"],
+    }
+
+
+def report(results: dict[str, Any]) -> None:
+    spawn = results["spawn"]
+    print("\nspawn to first result (median):")
+    for name, seconds in spawn.items():
+        print(f"  {name:<28} {seconds * 1000:8.1f} ms")
+    print("\non the namespace link:")
+    print(f"  {'':<28} {'latency':>10} {'calls/s (256)':>14} {'16 MiB echo':>12}")
+    for name, figures in results["link"].items():
+        print(f"  {name:<28} {figures['latency_s'] * 1e6:8.0f} us "
+              f"{figures['throughput_per_s']:14.0f} "
+              f"{figures['bandwidth_bytes_per_s'] / 1e6:8.0f} MB/s")
+    execnet = results["execnet"]
+    if isinstance(execnet, str):
+        print(f"\nexecnet: {execnet}")
+    else:
+        print(f"\nexecnet ssh gateway: start to first result {execnet['spawn_s'] * 1000:.0f} ms, "
+              f"latency {execnet['latency_s'] * 1e6:.0f} us, "
+              f"16 MiB echo {execnet['bandwidth_bytes_per_s'] / 1e6:.0f} MB/s")
+    print("\nratios:")
+    for name, value in results["ratios"].items():
+        target = TARGETS.get(name)
+        verdict = ""
+        if target is not None:
+            sign, bound = target
+            met = value <= bound if sign == "<=" else value >= bound
+            verdict = f"(target {sign} {bound}: {'met' if met else 'NOT met'})"
+        print(f"  {name:<34} {value:6.2f} {verdict}")
+
+
+async def run(ns: Any, quick: bool) -> dict[str, Any]:
+    spawn = await spawns(ns, quick)
+    link = await links(ns, quick)
+    await rp.expert.shutdown_master()
+    return {"spawn": spawn, "link": link, "ratios": ratios(spawn, link)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer rounds, rough numbers")
+    quick = parser.parse_args().quick
+    from tests.harness.netns import NamespaceHost
+
+    with NamespaceHost() as ns:
+        results = rpc_run(run(ns, quick))
+        results["execnet"] = execnet_figures(ns, quick)
+    results["machine"] = {"cpus": os.cpu_count(), "python": sys.version.split()[0],
+                          "quick": quick}
+    report(results)
+    out = HERE / "results" / "remote.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nwrote {out.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
