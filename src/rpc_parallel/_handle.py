@@ -91,8 +91,16 @@ class _Runner(Generic[W_co]):
         try:
             kind = spec.kind
             if kind == "rpc":
-                # The layer's own call: it waits while writing is paused (backpressure).
-                return await connection.call(spec, *args, **kwargs)
+                # Exactly ``rpc.Connection.call``'s steps, inline (no coroutine more per
+                # call): start it, wait while writing is paused (backpressure), await it.
+                future, call_id = connection.start_call(spec, spec.bind(args, kwargs))
+                if connection.writing_paused:
+                    await connection.wait_writable()
+                try:
+                    return await future
+                except asyncio.CancelledError:
+                    connection.abandon(call_id)
+                    raise
             if kind == "pipe":
                 return await connection.pipe(spec, *args, **kwargs)
             if kind == "state":

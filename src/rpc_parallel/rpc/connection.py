@@ -143,7 +143,9 @@ class Connection(asyncio.BufferedProtocol):
         self._out = bytearray()
         self._flush_handle: asyncio.Handle | None = None
         self._writable: asyncio.Future[None] | None = None
-        self._paused = False
+        self.writing_paused = False
+        """True while the transport's buffer is over its high-water mark (read only):
+        senders then ``await wait_writable()``, as ``call`` does after ``start_call``."""
         self._init_receiving()
         self._init_lifecycle()
 
@@ -261,8 +263,8 @@ class Connection(asyncio.BufferedProtocol):
     async def call(self, spec: FunctionSpec, /, *args: Any, **kwargs: Any) -> Any:
         """Run an ``rpc`` function on the peer and return its result."""
         future, call_id = self.start_call(spec, spec.bind(args, kwargs))
-        if self._paused:
-            await self._wait_writable()
+        if self.writing_paused:
+            await self.wait_writable()
         try:
             return await future
         except asyncio.CancelledError:
@@ -300,8 +302,8 @@ class Connection(asyncio.BufferedProtocol):
         self._expect_kind(spec, "one_way")
         index = self._index_of(spec)
         self._send_query(spec, 0, index, spec.bind(args, kwargs))
-        if self._paused:
-            await self._wait_writable()
+        if self.writing_paused:
+            await self.wait_writable()
 
     async def reverse_pipe(self, spec: FunctionSpec, /, *args: Any, **kwargs: Any) -> Any:
         """Run a ``reverse_pipe`` function; the last argument is the stream to send.
@@ -398,8 +400,8 @@ class Connection(asyncio.BufferedProtocol):
             reader.initial = self.loop.create_future()
         self._outgoing[call_id] = reader
         self._write(CREDIT, call_id, self.settings.stream_window)
-        if self._paused:
-            await self._wait_writable()
+        if self.writing_paused:
+            await self.wait_writable()
         return reader
 
     def _send_query(self, spec: FunctionSpec, call_id: int, index: int, args: tuple[Any, ...]) -> None:
@@ -454,8 +456,8 @@ class Connection(asyncio.BufferedProtocol):
         except (TypeError, MessageTooLarge) as error:
             raise cannot_send(spec, "item", error, serving) from None
         credit.available -= size + ITEM_OVERHEAD
-        if self._paused:
-            await self._wait_writable()
+        if self.writing_paused:
+            await self.wait_writable()
         return True
 
     def _grant(self, call_id: int, amount: int) -> None:
@@ -515,8 +517,9 @@ class Connection(asyncio.BufferedProtocol):
             if transport is not None and self._close_reason is None and not transport.is_closing():
                 transport.write(out)
 
-    async def _wait_writable(self) -> None:
-        while self._paused and self._close_reason is None:
+    async def wait_writable(self) -> None:
+        """Return once the transport accepts writes again (``ConnectionClosed`` if closed)."""
+        while self.writing_paused and self._close_reason is None:
             if self._writable is None:
                 self._writable = self.loop.create_future()
             await asyncio.shield(self._writable)
@@ -524,10 +527,10 @@ class Connection(asyncio.BufferedProtocol):
             raise self._closed_error()
 
     def pause_writing(self) -> None:
-        self._paused = True
+        self.writing_paused = True
 
     def resume_writing(self) -> None:
-        self._paused = False
+        self.writing_paused = False
         writable = self._writable
         if writable is not None:
             self._writable = None
