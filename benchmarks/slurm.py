@@ -86,12 +86,16 @@ async def _slurm_8() -> float:
     return elapsed
 
 
+def _steps_left() -> bool:
+    out = subprocess.run(["squeue", "-h", "-s", "-j", os.environ["SLURM_JOB_ID"], "-o", "%i"],
+                         capture_output=True, text=True, timeout=30).stdout.split()
+    return any(step.split(".")[-1].isdigit() for step in out)
+
+
 async def _steps_gone() -> None:
     """Until the closed workers' steps have left the allocation (bounded)."""
     for _ in range(200):
-        out = subprocess.run(["squeue", "-h", "-s", "-j", os.environ["SLURM_JOB_ID"], "-o", "%i"],
-                             capture_output=True, text=True, timeout=30).stdout.split()
-        if not [s for s in out if s.split(".")[-1].isdigit()]:
+        if not await asyncio.to_thread(_steps_left):
             return
         await asyncio.sleep(0.05)
     raise RuntimeError("the benchmark's steps did not end")

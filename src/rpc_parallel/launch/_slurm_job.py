@@ -27,6 +27,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from ..errors import SpawnError
 from ._launcher import CONFIG_FILE_VARIABLE, LaunchRequest
@@ -92,7 +93,8 @@ class JobProcess:
     end: JobEnd | None = None
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     _tail: deque[str] = field(default_factory=lambda: deque(maxlen=40))
-    _readers: list[asyncio.Task[None]] = field(default_factory=list)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    """Its output followers, and a cancellation started by ``kill``."""
 
     @property
     def returncode(self) -> int | None:
@@ -134,7 +136,7 @@ class JobProcess:
         """Cancel the job (in the background; ``kill_and_reap`` waits for the end)."""
         if self.end is None:
             task = asyncio.ensure_future(cancel([self.job_id], kill=True))
-            self._readers.append(task)
+            self._tasks.append(task)
 
     async def kill_and_reap(self) -> int:
         if self.end is None:
@@ -160,18 +162,20 @@ class JobProcess:
 
     def start_forwarding(self) -> None:
         stdout = self.files.stdout if isinstance(self.redirect_stdout, Forward) else None
-        for path, target, tail in ((stdout, sys.stdout, None), (self.files.stderr, sys.stderr, self._tail)):
+        followed: list[tuple[Path | None, IO[str], deque[str] | None]] = [
+            (stdout, sys.stdout, None), (self.files.stderr, sys.stderr, self._tail)]
+        for path, target, tail in followed:
             if path is not None:
-                self._readers.append(asyncio.ensure_future(_follow(self, path, target, tail)))
+                self._tasks.append(asyncio.ensure_future(_follow(self, path, target, tail)))
 
     async def drain_output(self, timeout: float) -> None:
         """Let the file readers read what the job wrote up to its end."""
-        pending = [task for task in self._readers if not task.done()]
+        pending = [task for task in self._tasks if not task.done()]
         if pending:
             await asyncio.wait(pending, timeout=timeout)
 
     def close_pipes(self) -> None:
-        for task in self._readers:
+        for task in self._tasks:
             task.cancel()
         if self.end is not None:
             self.files.remove()
@@ -187,7 +191,7 @@ def _read_from(path: Path, offset: int) -> bytes:
         return b""
 
 
-async def _follow(job: JobProcess, path: Path, target: object, tail: deque[str] | None) -> None:
+async def _follow(job: JobProcess, path: Path, target: IO[str], tail: deque[str] | None) -> None:
     """Copy what the job writes to ``path`` (prefixed lines) until the job has ended."""
     offset = 0
     pending = b""
@@ -203,10 +207,9 @@ async def _follow(job: JobProcess, path: Path, target: object, tail: deque[str] 
             text = line.decode(errors="replace") + "\n"
             if tail is not None:
                 tail.append(text)
-            if target is not None:
-                with contextlib.suppress(OSError, ValueError):
-                    target.write(f"[{job.name}] {text}")  # type: ignore[attr-defined]
-                    target.flush()  # type: ignore[attr-defined]
+            with contextlib.suppress(OSError, ValueError):
+                target.write(f"[{job.name}] {text}")
+                target.flush()
         if final:
             return
         job.changed.clear()
