@@ -19,7 +19,7 @@ from rpc_parallel.launch import _slurm_job
 from tests.harness.slurm import SlurmCluster
 
 from .support import ROOT, master_env, python, until, wait_for, wait_queue_empty
-from .workers import Node, every_kind, expected
+from .workers import Fragile, Node, every_kind, expected
 
 
 @pytest.fixture
@@ -195,3 +195,24 @@ async def test_a_job_out_of_time_is_worker_died_with_timeout(outside: SlurmClust
     text = str(caught.value)
     assert f"Slurm job {job} TIMEOUT" in text, text
     await handle.close()
+
+
+async def test_env_and_cwd_reach_a_job_and_a_crash_before_registering_is_reported(
+    outside: SlurmCluster, tmp_path: Path,
+) -> None:
+    workdir = tmp_path.parent / f"{tmp_path.name}-cwd"
+    workdir.mkdir()
+    try:
+        async with await Fragile.spawn(None, how=rp.Slurm(), env={"RP_X": "42"},
+                                       cwd=workdir) as handle:
+            found = await handle.run(Fragile.environment, "RP_X")
+            assert (found.cwd, found.value) == (str(workdir), "42")
+        with pytest.raises(rp.SpawnError) as caught:
+            await Fragile.spawn(None, how=rp.Slurm(), env={"RP_TEST_FAIL": "import"})
+        text = str(caught.value)
+        assert "before it registered: Slurm job" in text and "FAILED" in text, text
+        assert "boom before registering" in caught.value.stderr_tail
+        with pytest.raises(rp.SpawnError, match="not a directory"):
+            await Fragile.spawn(None, how=rp.Slurm(), cwd=tmp_path / "missing")
+    finally:
+        workdir.rmdir()

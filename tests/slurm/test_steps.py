@@ -13,6 +13,7 @@ import signal
 import ssl
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -30,7 +31,7 @@ from .support import (
     wait_for,
     wait_queue_empty,
 )
-from .workers import Node, every_kind, expected
+from .workers import Fragile, Node, every_kind, expected
 
 
 def _tls_link(handle: rp.WorkerHandle[Node]) -> ssl.SSLObject:
@@ -174,3 +175,19 @@ def _sruns(job_id: str) -> list[int]:
                     and os.environ.get("SLURM_JOB_ID", job_id) == job_id:
                 found.append(int(entry))
     return found
+
+
+async def test_env_and_cwd_reach_a_step_and_a_crash_before_registering_is_reported(
+    slurm_cluster: SlurmCluster, tmp_path: Path,
+) -> None:
+    with allocation(slurm_cluster, 2):
+        async with await Fragile.spawn(None, how=rp.Slurm(), env={"RP_X": "7"},
+                                       cwd=tmp_path) as handle:
+            found = await handle.run(Fragile.environment, "RP_X")
+            assert (found.cwd, found.value) == (str(tmp_path), "7")
+        with pytest.raises(rp.SpawnError) as caught:
+            await Fragile.spawn(None, how=rp.Slurm(), env={"RP_TEST_FAIL": "import"})
+        assert "before it registered" in str(caught.value), str(caught.value)
+        assert "boom before registering" in caught.value.stderr_tail
+        # srun's own chatter (-v) is not in the tail; its errors are.
+        assert "defined options" not in caught.value.stderr_tail

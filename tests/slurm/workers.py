@@ -99,3 +99,20 @@ def expected(offset: int) -> dict[str, object]:
         "rpc": 1 + offset, "pipe": [offset, offset + 1, offset + 2],
         "state": [offset, [5, 6]], "one_way": ["a", "b"], "reverse_pipe": 6 + offset,
     }
+
+
+class Environment(msgspec.Struct, frozen=True):
+    cwd: str
+    value: str | None
+
+
+class Fragile(rp.Worker[None]):
+    """Fails as its process starts when ``RP_TEST_FAIL`` is set in its environment."""
+
+    async def init_worker_state(self, _: None) -> None:
+        if os.environ.get("RP_TEST_FAIL") == "import":
+            raise SystemExit("boom before registering")
+
+    @rp.rpc
+    async def environment(self, name: str) -> Environment:
+        return Environment(cwd=os.getcwd(), value=os.environ.get(name))

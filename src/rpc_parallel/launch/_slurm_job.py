@@ -299,6 +299,9 @@ class JobOptions:
 
 async def submit(request: LaunchRequest, options: JobOptions) -> JobProcess:
     """Submit the worker as a job and return once it runs (``SpawnError`` if it cannot)."""
+    if request.cwd is not None and not os.path.isdir(request.cwd):
+        # Slurm would run the job in /tmp instead; the nodes share this file system.
+        raise SpawnError(f"cwd {request.cwd!r} of worker {request.name} is not a directory")
     directory, watchdog = _Private.get()
     files = _Files.make(directory, request.name)
     env = {**os.environ, **(request.env or {}), "RPC_PARALLEL_WORKER": "1",
