@@ -297,11 +297,16 @@ class JobOptions:
     redirect_stdout: Redirection
 
 
+def _check_cwd(request: LaunchRequest) -> None:
+    """Slurm would run a job whose directory is missing in /tmp instead: refuse it here (the
+    nodes share this file system, or the job could not find its configuration either)."""
+    if request.cwd is not None and not os.path.isdir(request.cwd):
+        raise SpawnError(f"cwd {request.cwd!r} of worker {request.name} is not a directory")
+
+
 async def submit(request: LaunchRequest, options: JobOptions) -> JobProcess:
     """Submit the worker as a job and return once it runs (``SpawnError`` if it cannot)."""
-    if request.cwd is not None and not os.path.isdir(request.cwd):
-        # Slurm would run the job in /tmp instead; the nodes share this file system.
-        raise SpawnError(f"cwd {request.cwd!r} of worker {request.name} is not a directory")
+    _check_cwd(request)
     directory, watchdog = _Private.get()
     files = _Files.make(directory, request.name)
     env = {**os.environ, **(request.env or {}), "RPC_PARALLEL_WORKER": "1",
