@@ -100,6 +100,11 @@ class JobProcess:
     def returncode(self) -> int | None:
         return None if self.end is None else self.end.returncode
 
+    @property
+    def where(self) -> str:
+        """For messages: ``worker W in Slurm job 12 ...``."""
+        return f" in Slurm job {self.job_id}"
+
     def observe(self, state: str, reason: str, end: JobEnd | None = None) -> None:
         """The watcher's news: a new state, or (``end``) its final one."""
         self.state, self.reason = state, reason

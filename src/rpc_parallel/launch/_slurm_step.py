@@ -47,6 +47,7 @@ class StepProcess(_process.WorkerProcess):
         launching = _LAUNCHING.match(text)
         if launching is not None and not self.started.done():
             self.step_id = launching[1]
+            self.where = f" in Slurm step {launching[1]}"
             self.started.set_result(launching[1])
         ended = _ENDED.search(text)
         if ended is not None:
@@ -106,6 +107,7 @@ async def start_step(
     command = [*srun_argv, *request.command]
     started = await _process.start(replace(request, command=command), StepProcess)
     assert isinstance(started, StepProcess)
+    started.where = f" in allocation {job_id}"
     try:
         await started.wait_started(bound, job_id)
     except BaseException:

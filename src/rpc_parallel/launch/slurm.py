@@ -17,8 +17,8 @@ from __future__ import annotations
 import os
 import socket
 import sys
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 
 from ._launcher import ConnectBack, LaunchedProcess, LaunchRequest
 from ._slurm_env import SlurmAllocation, expand_counts, expand_hostlist, slurm_allocation
@@ -112,6 +112,7 @@ class Slurm:
         from ._slurm_job import JobOptions, submit
         from ._slurm_step import start_step
 
+        request = replace(request, env=_worker_env(request.env))
         job_id = os.environ.get("SLURM_JOB_ID")
         if job_id:
             bound = STEP_WAIT if self.queue_timeout is None else self.queue_timeout
@@ -136,3 +137,14 @@ class Slurm:
                 ("qos", self.qos), ("mem", self.mem), ("gres", self.gres),
                 ("nodelist", self.nodelist)]
 
+
+
+def _worker_env(env: Mapping[str, str] | None) -> dict[str, str]:
+    """The spawn's ``env`` with this ``rpc_parallel`` first on ``PYTHONPATH``: the worker must
+    import the master's own copy (the master may have found it through an in-process
+    ``sys.path`` change that no environment variable carries)."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    result = dict(env or {})
+    rest = result.get("PYTHONPATH", os.environ.get("PYTHONPATH", ""))
+    result["PYTHONPATH"] = os.pathsep.join([root, *([rest] if rest else [])])
+    return result
