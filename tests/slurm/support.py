@@ -7,10 +7,12 @@ import asyncio
 import contextlib
 import os
 import re
+import ssl
 import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from tests.harness.slurm import SlurmCluster
 
@@ -72,6 +74,15 @@ def allocation(cluster: SlurmCluster, tasks: int) -> Iterator[str]:
                 os.environ[key] = value
         cluster.command(["scancel", job_id], timeout=10, check=False)
         wait_queue_empty(cluster)
+
+
+def tls_link(handle: Any) -> ssl.SSLObject:
+    """The TLS object of a handle's link to its worker (it fails if the link is not TLS)."""
+    link = handle._link
+    assert link is not None
+    ssl_object = link._transport.get_extra_info("ssl_object")
+    assert isinstance(ssl_object, ssl.SSLObject), "the worker's link is not TLS"
+    return ssl_object
 
 
 def python() -> str:

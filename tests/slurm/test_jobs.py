@@ -18,7 +18,7 @@ from rpc_parallel._state import process
 from rpc_parallel.launch import _slurm_job
 from tests.harness.slurm import SlurmCluster
 
-from .support import ROOT, master_env, python, until, wait_for, wait_queue_empty
+from .support import ROOT, master_env, python, tls_link, until, wait_for, wait_queue_empty
 from .workers import Fragile, Node, every_kind, expected
 
 
@@ -60,6 +60,7 @@ async def test_jobs_serve_every_kind_over_tls_and_keep_the_secret_off_disk(
         jobs = [_job_of(outside, h.name) for h in handles]
         assert [p.job_id for p in places] == jobs  # each worker is its own job
         for offset, handle in enumerate(handles):
+            assert tls_link(handle).version() == "TLSv1.3"  # the remote path, on one node
             assert await every_kind(handle) == expected(offset)
         # The secret is nowhere Slurm keeps the job: not in the script, its environment
         # or its command; the worker deleted its 0600 configuration file.

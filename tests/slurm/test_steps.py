@@ -10,7 +10,6 @@ import asyncio
 import json
 import os
 import signal
-import ssl
 import subprocess
 import time
 from pathlib import Path
@@ -27,19 +26,12 @@ from .support import (
     master_env,
     python,
     steps,
+    tls_link,
     until,
     wait_for,
     wait_queue_empty,
 )
 from .workers import Fragile, Node, every_kind, expected
-
-
-def _tls_link(handle: rp.WorkerHandle[Node]) -> ssl.SSLObject:
-    link = handle._link
-    assert link is not None
-    ssl_object = link._transport.get_extra_info("ssl_object")  # type: ignore[union-attr]
-    assert isinstance(ssl_object, ssl.SSLObject), "the worker's link is not TLS"
-    return ssl_object
 
 
 async def test_workers_are_steps_connect_back_over_tls_and_serve_every_kind(
@@ -55,7 +47,7 @@ async def test_workers_are_steps_connect_back_over_tls_and_serve_every_kind(
             # Forced on one node: the remote path, TCP + TLS 1.3 with the app's certificate.
             assert current_master().network_server is not None
             for handle in handles:
-                assert _tls_link(handle).version() == "TLSv1.3"
+                assert tls_link(handle).version() == "TLSv1.3"
                 assert any(part.startswith("tls:") for part in handle.address.split())
             for offset, handle in enumerate(handles):
                 assert await every_kind(handle) == expected(offset)
@@ -191,3 +183,11 @@ async def test_env_and_cwd_reach_a_step_and_a_crash_before_registering_is_report
         assert "boom before registering" in caught.value.stderr_tail
         # srun's own chatter (-v) is not in the tail; its errors are.
         assert "defined options" not in caught.value.stderr_tail
+
+
+async def test_a_wrap_prefix_runs_inside_the_step(slurm_cluster: SlurmCluster) -> None:
+    with allocation(slurm_cluster, 2):
+        how = rp.Wrap(["env", "RP_WRAPPED=yes"], how=rp.Slurm())
+        async with await Fragile.spawn(None, how=how) as handle:
+            assert (await handle.run(Fragile.environment, "RP_WRAPPED")).value == "yes"
+            assert tls_link(handle).version() == "TLSv1.3"
