@@ -110,13 +110,13 @@ def test_slurm_checks_its_arguments() -> None:
     with pytest.raises(ValueError, match="cpus_per_task"):
         rp.Slurm(cpus_per_task=0)
     with pytest.raises(TypeError, match="srun_args"):
-        rp.Slurm(srun_args="--exclusive")  # type: ignore[arg-type]
+        rp.Slurm(srun_args="--exclusive")  # a str is a Sequence[str]: refused at run time
     with pytest.raises(TypeError, match="partition"):
         rp.Slurm(partition="")
     with pytest.raises(ValueError, match="queue_timeout"):
         rp.Slurm(queue_timeout=-1)
     with pytest.raises(TypeError):
-        rp.Slurm("debug")  # type: ignore[misc]
+        rp.Slurm("debug")  # type: ignore[call-arg]
 
 
 def test_srun_argv_passes_the_options_through() -> None:
