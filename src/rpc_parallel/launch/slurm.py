@@ -125,7 +125,7 @@ class Slurm:
 
     def srun_argv(self, name: str) -> list[str]:
         """The ``srun`` that starts one worker as a step of the current allocation."""
-        argv = ["srun", "-v", "--ntasks=1", "--nodes=1", "--exact", "--kill-on-bad-exit=0",
+        argv = ["srun", "-v", "--ntasks=1", "--nodes=1", "--exact",
                 f"--cpus-per-task={self.cpus_per_task}", f"--job-name={name}"]
         for flag, value in (("mem", self.mem), ("gres", self.gres), ("nodelist", self.nodelist)):
             if value is not None:
