@@ -5,6 +5,7 @@ start yet has been sent to the queue (with ``--pending``)."""
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 
 import rpc_parallel as rp
@@ -16,8 +17,9 @@ async def main() -> None:
     places = [await h.run(Node.where) for h in handles]
     print("READY", " ".join(str(p.pid) for p in places), flush=True)
     if "--pending" in sys.argv:
-        # All 8 CPUs of the node: cannot start while the two workers hold theirs.
-        pending = asyncio.ensure_future(Node.spawn(9, how=rp.Slurm(cpus_per_task=8)))
+        inside = "SLURM_JOB_ID" in os.environ
+        how = rp.Slurm(queue_timeout=8) if inside else rp.Slurm(cpus_per_task=8)
+        pending = asyncio.ensure_future(Node.spawn(9, how=how))
         await asyncio.sleep(0)
         print("SUBMITTING", flush=True)
         await pending

@@ -131,23 +131,28 @@ def test_master_under_salloc_runs_three_steps(slurm_cluster: SlurmCluster) -> No
 
 
 def test_a_killed_master_leaves_no_step_running(slurm_cluster: SlurmCluster) -> None:
-    with allocation(slurm_cluster, 4) as job_id:
+    with allocation(slurm_cluster, 2) as job_id:
         env = master_env(slurm_cluster, SLURM_JOB_ID=job_id, SLURM_JOB_NODELIST="localhost")
-        master = subprocess.Popen([python(), str(ROOT / "tests/slurm/master_hold.py")], env=env,
-                                  cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  text=True)
+        master = subprocess.Popen(
+            [python(), str(ROOT / "tests/slurm/master_hold.py"), "--pending"], env=env,
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             assert master.stdout is not None
             ready = master.stdout.readline()
             assert ready.startswith("READY"), master.stderr.read() if master.stderr else ""
             assert len(steps(slurm_cluster)) == 2
+            # A third worker's step waits for a CPU (both are taken).
+            assert master.stdout.readline().startswith("SUBMITTING")
+            wait_for(lambda: "PENDING" in slurm_cluster.command(
+                ["scontrol", "show", "step", "-o"]).stdout, 10, "the third step to wait")
             master.send_signal(signal.SIGKILL)
             master.wait(10)
             # The allocation lives on; the workers notice the master's death and their
-            # steps end (and with them their srun, now orphans of the dead master).
+            # steps end; the waiting srun gives up by itself (--immediate); every srun of
+            # the dead master exits.
             wait_for(lambda: not steps(slurm_cluster), 20, "the steps of the killed master to end")
+            wait_for(lambda: not _sruns(job_id), 20, "the sruns to exit")
             assert job_id in slurm_cluster.jobs()
-            wait_for(lambda: not _sruns(job_id), 10, "the sruns to exit")
         finally:
             if master.poll() is None:
                 master.kill()

@@ -73,30 +73,31 @@ class StepProcess(_process.WorkerProcess):
         return await super().kill_and_reap()
 
     async def wait_started(self, bound: float, job_id: str) -> None:
-        """Until ``srun`` has created the step; ``SpawnError`` if it exits first or the
-        step is still waiting for resources after ``bound`` seconds."""
+        """Until ``srun`` has created the step; ``SpawnError`` if it exits first (it gives up
+        by itself after ``bound`` seconds without free CPUs: ``--immediate``)."""
         exited = asyncio.ensure_future(self.wait())
         waiting: set[asyncio.Future[Any]] = {self.started, exited}
-        try:
-            await asyncio.wait(waiting, timeout=bound,
+        try:  # srun's own bound comes first; this one only guards against a stuck srun
+            await asyncio.wait(waiting, timeout=bound + 10.0,
                                return_when=asyncio.FIRST_COMPLETED)
         finally:
             exited.cancel()
         if self.started.done():
             return
-        if self.returncode is not None:
-            await self.drain_output(1.0)
+        stuck = self.returncode is None
+        if stuck:
+            await self.kill_and_reap()
+        await self.drain_output(1.0)
+        tail = self.stderr_tail()
+        if stuck or "nodes are busy" in tail:
             raise SpawnError(
-                f"srun could not start worker {self.name} in allocation {job_id} "
-                f"(srun exited with status {self.returncode})", stderr_tail=self.stderr_tail())
-        await self.kill_and_reap()
-        raise SpawnError(
-            f"worker {self.name}: no job step could start in allocation {job_id} within "
-            f"{bound:g} s: Slurm keeps the step pending because the CPUs (or memory, GPUs) it "
-            "asks for are all held by other steps of the allocation; close some workers, "
-            "ask the allocation for more tasks, or raise Slurm(queue_timeout=...)",
-            stderr_tail=self.stderr_tail(),
-        )
+                f"worker {self.name}: no job step could start in allocation {job_id} within "
+                f"{bound:g} s: Slurm keeps the step pending because the CPUs (or memory, GPUs) "
+                "it asks for are all held by other steps of the allocation; close some "
+                "workers, ask the allocation for more tasks, or raise Slurm(queue_timeout=...)",
+                stderr_tail=tail)
+        raise SpawnError(f"srun could not start worker {self.name} in allocation {job_id} "
+                         f"(srun exited with status {self.returncode})", stderr_tail=tail)
 
 
 async def start_step(

@@ -14,6 +14,7 @@ code that sizes a pool from it.
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import sys
@@ -115,17 +116,25 @@ class Slurm:
         request = replace(request, env=_worker_env(request.env))
         job_id = os.environ.get("SLURM_JOB_ID")
         if job_id:
-            bound = STEP_WAIT if self.queue_timeout is None else self.queue_timeout
-            return await start_step(request, self.srun_argv(request.name), bound, job_id)
+            return await start_step(request, self.srun_argv(request.name), self._step_wait(),
+                                    job_id)
         return await submit(request, JobOptions(
             cpus_per_task=self.cpus_per_task, flags=self._job_flags(),
             sbatch_args=self.sbatch_args, queue_timeout=self.queue_timeout,
             redirect_stdout=request.redirect_stdout,
         ))
 
+    def _step_wait(self) -> int:
+        """Whole seconds a step may wait for free CPUs (``srun --immediate`` takes seconds)."""
+        return max(1, math.ceil(STEP_WAIT if self.queue_timeout is None else self.queue_timeout))
+
     def srun_argv(self, name: str) -> list[str]:
-        """The ``srun`` that starts one worker as a step of the current allocation."""
+        """The ``srun`` that starts one worker as a step of the current allocation.
+
+        ``--immediate``: srun itself gives up waiting for CPUs after the bound, so a step
+        request never outlives it, even when the master is killed meanwhile."""
         argv = ["srun", "-v", "--ntasks=1", "--nodes=1", "--exact",
+                f"--immediate={self._step_wait()}",
                 f"--cpus-per-task={self.cpus_per_task}", f"--job-name={name}"]
         for flag, value in (("mem", self.mem), ("gres", self.gres), ("nodelist", self.nodelist)):
             if value is not None:
