@@ -196,3 +196,14 @@ async def test_a_wrap_prefix_runs_inside_the_step(slurm_cluster: SlurmCluster) -
         async with await Fragile.spawn(None, how=how) as handle:
             assert (await handle.run(Fragile.environment, "RP_WRAPPED")).value == "yes"
             assert tls_link(handle).version() == "TLSv1.3"
+
+
+async def test_an_allocation_that_is_gone_is_a_spawn_error_with_sruns_words(
+    slurm_cluster: SlurmCluster, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SLURM_JOB_ID", "999999")
+    with pytest.raises(rp.SpawnError) as caught:
+        await Node.spawn(0, how=rp.Slurm())
+    assert "srun could not start worker" in str(caught.value)
+    assert "allocation 999999" in str(caught.value)
+    assert "Invalid job id" in caught.value.stderr_tail, caught.value.stderr_tail
