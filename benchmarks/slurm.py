@@ -15,9 +15,10 @@ Inside one allocation of 8 tasks (``salloc -n8``) it times, per round:
 * ``rp.Slurm()``: 8 workers spawned at once as steps, one call on each.
 
 The target is ``rp.Slurm`` <= 1.5 x (8 x ``srun true`` + a local spawn), medians over the
-rounds. With ``--dask PYTHON`` (an interpreter that has dask-jobqueue), it also times
-dask-jobqueue's ``SLURMCluster`` scaling to 8 single-core workers (jobs of their own, as
-dask-jobqueue submits them) and getting one result from each. Writes
+rounds. Outside the allocation it times ``rp.Slurm()`` spawning 8 workers as jobs of
+their own (one run). With ``--dask PYTHON`` (an interpreter that has dask-jobqueue), it also
+times dask-jobqueue's ``SLURMCluster`` scaling to 8 single-core workers (jobs of their own,
+as dask-jobqueue submits them) and getting one result from each. Writes
 benchmarks/results/slurm.json.
 """
 
@@ -113,6 +114,18 @@ async def _inner(rounds: int) -> dict[str, list[float]]:
     return times
 
 
+async def _jobs_8() -> None:
+    """Outside an allocation: 8 workers as jobs of their own (what dask-jobqueue does)."""
+    started = time.perf_counter()
+    workers = await asyncio.gather(*(Probe.spawn(i, how=rp.Slurm()) for i in range(8)))
+    results = await asyncio.gather(*(w.run(Probe.add, i) for i, w in enumerate(workers)))
+    elapsed = time.perf_counter() - started
+    assert results == [i + 1 for i in range(8)]
+    for worker in workers:
+        await worker.close()
+    print(json.dumps(elapsed), flush=True)
+
+
 _DASK = r"""
 import json, sys, time
 from dask.distributed import Client
@@ -141,7 +154,16 @@ def _dask(python: str, cluster: object, directory: Path) -> float:
     return float(json.loads(result.stdout.strip().splitlines()[-1]))
 
 
-def _report(times: dict[str, list[float]], dask: float | None) -> dict[str, object]:
+def _outside(env: dict[str, str]) -> float:
+    """8 jobs of their own, submitted from outside any allocation."""
+    result = subprocess.run([sys.executable, __file__, "--jobs"], env=env, capture_output=True,
+                            text=True, timeout=600, cwd=ROOT)
+    if result.returncode != 0:
+        raise SystemExit(f"the run outside an allocation failed:\n{result.stderr[-3000:]}")
+    return float(json.loads(result.stdout.strip().splitlines()[-1]))
+
+
+def _report(times: dict[str, list[float]], jobs: float, dask: float | None) -> dict[str, object]:
     median = {name: statistics.median(values) for name, values in times.items()}
     floor = median["srun_true_x8"] + median["local_spawn"]
     ratio = median["slurm_x8"] / floor
@@ -154,9 +176,12 @@ def _report(times: dict[str, list[float]], dask: float | None) -> dict[str, obje
           f" (rp.Slurm / this = {median['slurm_x8'] / imports:.2f})")
     result: dict[str, object] = {"rounds": times, "median_s": median, "ratio": ratio,
                                  "ratio_to_interpreter_floor": median["slurm_x8"] / imports}
+    print(f"rp.Slurm outside an allocation: 8 jobs + call {jobs * 1000:8.1f} ms")
+    result["slurm_jobs_x8_s"] = jobs
     if dask is not None:
-        print(f"dask-jobqueue SLURMCluster, 8 workers + call {dask * 1000:8.1f} ms "
-              f"({dask / median['slurm_x8']:.1f} x rp.Slurm)")
+        print(f"dask-jobqueue SLURMCluster, 8 workers (jobs) + call {dask * 1000:8.1f} ms "
+              f"({dask / jobs:.1f} x rp.Slurm's 8 jobs, {dask / median['slurm_x8']:.1f} x its "
+              "8 steps)")
         result["dask_jobqueue_s"] = dask
     return result
 
@@ -166,7 +191,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--dask", metavar="PYTHON", help="an interpreter with dask-jobqueue")
     parser.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--jobs", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.jobs:
+        rp.start_app(_jobs_8)
+        return
     if args.inner:
         async def inner() -> None:
             print(json.dumps(await _inner(args.rounds)), flush=True)
@@ -184,8 +213,9 @@ def main() -> None:
         if inner.returncode != 0:
             raise SystemExit(f"the run inside salloc failed:\n{inner.stderr[-3000:]}")
         times = json.loads(inner.stdout.strip().splitlines()[-1])
+        jobs = _outside(env)
         dask = _dask(args.dask, cluster, cluster.directory) if args.dask else None
-    result = _report(times, dask)
+    result = _report(times, jobs, dask)
     out = ROOT / "benchmarks" / "results" / "slurm.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out.relative_to(ROOT)}")
