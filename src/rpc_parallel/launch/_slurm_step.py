@@ -21,6 +21,7 @@ from ..errors import SpawnError
 from . import _process
 from ._launcher import LaunchRequest
 from ._slurm_commands import cancel
+from .redirection import Redirection
 
 _LAUNCHING = re.compile(r"^srun: launching StepId=(\d+\.\d+)")
 _VERBOSE = re.compile(
@@ -36,10 +37,18 @@ class StepProcess(_process.WorkerProcess):
     step_id: str | None = None
     """``<job>.<step>`` once ``srun`` has created the step."""
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
+    def __init__(
+        self,
+        process: asyncio.subprocess.Process,
+        name: str,
+        redirect_stdout: Redirection,
+        redirect_stderr: Redirection,
+        own_group: bool = False,
+    ) -> None:
+        # Set before the base class starts reading srun's output (which calls accept_line).
         self.started: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._ended: str | None = None
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        super().__init__(process, name, redirect_stdout, redirect_stderr, own_group)
 
     def accept_line(self, text: str, from_stderr: bool) -> bool:
         if not from_stderr:
