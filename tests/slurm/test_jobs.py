@@ -71,6 +71,7 @@ async def test_jobs_serve_every_kind_over_tls_and_keep_the_secret_off_disk(
             for text in (script, shown):
                 assert secret.hex() not in text and secret not in text.encode(errors="replace")
             assert "exec " in script and "-m rpc_parallel worker" in script
+            assert "Requeue=0" in shown  # a failed worker's job is not run again
         directory = _slurm_job._Private.path
         assert directory is not None and directory.stat().st_mode & 0o777 == 0o700
         assert not list(directory.glob("*.config")), list(directory.iterdir())

@@ -275,8 +275,11 @@ class JobWatcher:
 
 
 def _sbatch_argv(options: JobOptions, name: str, files: _Files) -> list[str]:
+    # --no-requeue: a worker's job that failed is reported as failed; run again later it
+    # would find no configuration and no spawn waiting for it.
     argv = ["sbatch", "--parsable", f"--job-name={name}", "--ntasks=1", "--nodes=1",
-            f"--cpus-per-task={options.cpus_per_task}", f"--error={files.stderr}"]
+            "--no-requeue", f"--cpus-per-task={options.cpus_per_task}",
+            f"--error={files.stderr}"]
     stdout = options.redirect_stdout
     if isinstance(stdout, Forward):
         argv.append(f"--output={files.stdout}")
