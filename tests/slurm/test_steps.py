@@ -109,6 +109,7 @@ async def test_a_cancelled_step_is_worker_died_with_slurms_words(
             await asyncio.wait_for(call, 20)
         text = str(caught.value)
         assert f"Slurm step {place.job_id}.{place.step_id} CANCELLED" in text, text
+        assert caught.value.signal == signal.SIGKILL, text  # srun's 137, as a signal
         assert caught.value.function is not None and "sleep" in caught.value.function
         await handle.close()
         await until(lambda: not steps(slurm_cluster), 15, "the step to be gone")

@@ -28,6 +28,7 @@ _VERBOSE = re.compile(
     r"^srun: (defined options|-{4}|end of defined options|jobid \d+: nodes|launch/|"
     r"launching StepId|route/|[^:]*?\s+: )"
 )
+_TASK_SIGNALLED = re.compile(r"^srun: error: \S+: task \d+: (?!Exited)")
 _ENDED = re.compile(r"\*\*\* (STEP|JOB) (\S+) ON \S+ ([A-Z_]+) AT \S+(?: DUE TO (.+?))? \*\*\*")
 
 
@@ -48,6 +49,8 @@ class StepProcess(_process.WorkerProcess):
         # Set before the base class starts reading srun's output (which calls accept_line).
         self.started: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._ended: str | None = None
+        self._signalled = False
+        """srun said the task was killed by a signal (its exit status is then 128 + it)."""
         super().__init__(process, name, redirect_stdout, redirect_stderr, own_group)
 
     def accept_line(self, text: str, from_stderr: bool) -> bool:
@@ -58,12 +61,27 @@ class StepProcess(_process.WorkerProcess):
             self.step_id = launching[1]
             self.where = f" in Slurm step {launching[1]}"
             self.started.set_result(launching[1])
+        if _TASK_SIGNALLED.match(text):
+            self._signalled = True
         ended = _ENDED.search(text)
         if ended is not None:
             kind, ident, state, why = ended.groups()
             self._ended = f"Slurm {kind.lower()} {ident} {state}" + (
                 f" due to {why.lower()}" if why else "")
         return _VERBOSE.match(text) is None
+
+    def _as_process(self, returncode: int | None) -> int | None:
+        """srun's ``128 + N`` for a task killed by signal N, as a process's ``-N``."""
+        if returncode is not None and self._signalled and 128 < returncode < 128 + 65:
+            return 128 - returncode
+        return returncode
+
+    @property
+    def returncode(self) -> int | None:
+        return self._as_process(self.process.returncode)
+
+    async def wait(self, timeout: float | None = None) -> int | None:
+        return self._as_process(await super().wait(timeout))
 
     def explain_end(self) -> str | None:
         """Slurm's own words when it ended the step (``CANCELLED``, ``DUE TO TIME LIMIT``)."""
@@ -79,7 +97,9 @@ class StepProcess(_process.WorkerProcess):
                 with contextlib.suppress(ProcessLookupError):
                     self.process.send_signal(signal.SIGTERM)  # srun withdraws the request
             await self.wait(3.0)
-        return await super().kill_and_reap()
+        returncode = self._as_process(await super().kill_and_reap())
+        assert returncode is not None
+        return returncode
 
     async def wait_started(self, bound: float, job_id: str) -> None:
         """Until ``srun`` has created the step; ``SpawnError`` if it exits first (it gives up
