@@ -48,6 +48,7 @@ from .errors import (
 )
 from .launch import DevNull, FileAppend, FileTruncate, Forward, Local, Remote, Slurm, Wrap
 from .launch._process import WorkerProcess
+from .launch.executable import RemoteExecutable
 from .rpc import PipeReader, RpcSettings
 
 # isort: split
@@ -57,6 +58,13 @@ from .rpc import PipeReader, RpcSettings
 # interpreter and type checkers alike. The layer stays in ``sys.modules``: ``from
 # rpc_parallel.rpc import X`` reaches it. Nothing in the package imports it as a bare ``rpc``.
 from ._functions import rpc, state
+
+# isort: split
+# The higher-level modules (DESIGN §6) are built on the layers above.
+from . import map_reduce
+from .managed import Managed
+from .map_reduce import MapFunction, MapReduceFunction
+from .pool._pool import WorkerPool
 
 __all__ = [
     "Connection",
@@ -70,6 +78,9 @@ __all__ = [
     "HandshakeError",
     "Local",
     "LogRecord",
+    "Managed",
+    "MapFunction",
+    "MapReduceFunction",
     "MessageTooLarge",
     "OneWay",
     "Pipe",
@@ -77,6 +88,7 @@ __all__ = [
     "ProtocolError",
     "Remote",
     "RemoteError",
+    "RemoteExecutable",
     "ReversePipe",
     "Rpc",
     "RpcSettings",
@@ -88,9 +100,11 @@ __all__ = [
     "WorkerDied",
     "WorkerFailure",
     "WorkerHandle",
+    "WorkerPool",
     "WorkerProcess",
     "Wrap",
     "expert",
+    "map_reduce",
     "one_way",
     "pipe",
     "reverse_pipe",

@@ -1,5 +1,5 @@
 """The RPC layer's public names, as one module for the tests (``import rpc_parallel.rpc as
-rpc`` gives the ``rp.rpc`` decorator: see docs/decisions/0008)."""
+rpc`` gives the ``rp.rpc`` decorator: the package attribute shadows the subpackage)."""
 
 from rpc_parallel.rpc import (
     SETTINGS_ENVIRONMENT_VARIABLE,

@@ -1,0 +1,503 @@
+"""Map and map-reduce over worker processes: the Python form of Rpc_parallel's ``Map_reduce``.
+
+Write the work as a class (importable, like a worker class)::
+
+    class Square(rp.MapFunction[None, int, int]):
+        async def map(self, x: int) -> int:
+            return x * x
+
+    async for y in rp.map_reduce.map(rp.map_reduce.Config(local=4), range(100), Square, None):
+        ...
+
+Inputs are any iterable or async iterable, read lazily; small items travel in batches sized to
+their measured cost. See docs/guide.md ("Map and reduce") and docs/decisions/0012.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import itertools
+import os
+import re
+import sys
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    Callable,
+    Iterable,
+    Mapping,
+    Sequence,
+)
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import msgspec
+
+from ._handle import WorkerHandle
+from .errors import ProtocolError, RemoteError, WorkerDied
+from .launch import Forward
+from .pool._engine import Batch, Engine, Inputs
+from .pool._function import MapFunction, MapReduceFunction
+from .pool._map_worker import BatchResult, MapSpec, MapWorker, type_arguments
+from .pool._pool import WorkerPool
+from .pool._progress import Progress, length_of
+
+if TYPE_CHECKING:
+    # The one name not public: the union of redirections spawn accepts (for annotations).
+    from .launch.redirection import Redirection
+
+Param = TypeVar("Param")
+In = TypeVar("In")
+Out = TypeVar("Out")
+Acc = TypeVar("Acc")
+
+__all__ = [
+    "Config",
+    "MapFunction",
+    "MapReduceFunction",
+    "find_map",
+    "map",
+    "map_reduce",
+    "map_reduce_commutative",
+    "map_unordered",
+]
+
+
+# ---------------------------------------------------------------------- configuration
+
+
+def usable_cores() -> int:
+    """The number of cores this process may run on (its affinity), at least 1."""
+    counter = getattr(os, "process_cpu_count", None)
+    if counter is not None:
+        return int(counter() or 1)
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class Config:
+    """Where the map's workers run: ``local`` processes here (default: one per usable core)
+    and ``remote`` entries ``(how, n)``: ``n`` workers spawned with ``how=`` (``rp.Remote``,
+    ``rp.Slurm``, ``rp.Wrap``). The other fields are passed to every worker's spawn."""
+
+    local: int | None = None
+    remote: Sequence[tuple[Any, int]] = ()
+    redirect_stdout: Redirection = field(default_factory=Forward)
+    redirect_stderr: Redirection = field(default_factory=Forward)
+    env: Mapping[str, str] | None = None
+    cwd: str | os.PathLike[str] | None = None
+    connection_timeout: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.local is None:
+            object.__setattr__(self, "local", usable_cores())
+        local = self.local
+        if not isinstance(local, int) or isinstance(local, bool) or local < 0:
+            raise ValueError(f"Config: local must be an int >= 0, got {local!r}")
+        for entry in self.remote:
+            if not (isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[1], int)
+                    and entry[1] >= 0):
+                raise ValueError(f"Config: each remote entry must be (how, n) with n >= 0, "
+                                 f"got {entry!r}")
+        if self.workers() == 0:
+            raise ValueError("Config: no workers (local=0 and no remote entries)")
+
+    def workers(self) -> int:
+        """How many workers a map with this config runs."""
+        return (self.local or 0) + sum(n for _, n in self.remote)
+
+    def spawn_options(self) -> list[dict[str, Any]]:
+        """One ``spawn`` keyword set per worker."""
+        common: dict[str, Any] = {"redirect_stderr": self.redirect_stderr,
+                                  "connection_timeout": self.connection_timeout}
+        if not isinstance(self.redirect_stdout, Forward):
+            common["redirect_stdout"] = self.redirect_stdout
+        if self.env is not None:
+            common["env"] = self.env
+        if self.cwd is not None:
+            common["cwd"] = self.cwd
+        options = [dict(common) for _ in range(self.local or 0)]
+        for how, n in self.remote:
+            options += [{**common, "how": how} for _ in range(n)]
+        return options
+
+    @classmethod
+    def from_slurm(
+        cls,
+        *,
+        how: Callable[[str, int], Any] | None = None,
+        environ: Mapping[str, str] | None = None,
+        local: int = 0,
+        **options: Any,
+    ) -> Config:
+        """A config sized from the current Slurm allocation (``SLURM_JOB_NODELIST``,
+        ``SLURM_JOB_CPUS_PER_NODE``, ``SLURM_NTASKS``, ``SLURM_CPUS_PER_TASK``): one worker
+        per task, spread over the nodes as their CPUs allow. ``how(node, cpus_per_task)``
+        makes the launcher of a node's workers; by default ``rp.Slurm(nodelist=node,
+        cpus_per_task=...)``."""
+        slots = slurm_slots(os.environ if environ is None else environ)
+        if how is None:
+            how = _default_slurm_launcher()
+        cpus_per_task = slurm_cpus_per_task(os.environ if environ is None else environ)
+        remote = [(how(node, cpus_per_task), n) for node, n in slots if n > 0]
+        return cls(local=local, remote=remote, **options)
+
+
+def _default_slurm_launcher() -> Callable[[str, int], Any]:
+    import rpc_parallel
+
+    slurm = getattr(rpc_parallel, "Slurm", None)
+    if slurm is None:
+        raise RuntimeError(
+            "Config.from_slurm(): rp.Slurm is not available in this version of rpc_parallel; "
+            "pass how=lambda node, cpus: <launcher> (e.g. rp.Remote(node))"
+        )
+
+    def launcher(node: str, cpus_per_task: int) -> Any:
+        return slurm(nodelist=node, cpus_per_task=cpus_per_task)
+
+    return launcher
+
+
+def expand_nodelist(text: str) -> list[str]:
+    """Slurm's compact host list to host names: ``"n[01-03,7],gpu5"`` gives
+    ``["n01", "n02", "n03", "n7", "gpu5"]`` (zero padding kept)."""
+    hosts: list[str] = []
+    for prefix, ranges, rest in re.findall(r"([^,\[]*)(?:\[([^\]]*)\])?([^,]*)(?:,|$)", text):
+        if not prefix and not ranges:
+            continue
+        if not ranges:
+            hosts.append(prefix + rest)
+            continue
+        for part in ranges.split(","):
+            low, _, high = part.partition("-")
+            if not high:
+                hosts.append(f"{prefix}{low}{rest}")
+                continue
+            width = len(low)
+            for number in builtins.range(int(low), int(high) + 1):
+                hosts.append(f"{prefix}{number:0{width}d}{rest}")
+    return hosts
+
+
+def expand_counts(text: str) -> list[int]:
+    """``SLURM_JOB_CPUS_PER_NODE`` to one count per node: ``"4(x3),2"`` gives
+    ``[4, 4, 4, 2]``."""
+    counts: list[int] = []
+    for part in text.split(","):
+        match = re.fullmatch(r"\s*(\d+)(?:\(x(\d+)\))?\s*", part)
+        if match is None:
+            raise ValueError(f"cannot read a Slurm CPU count from {text!r}")
+        counts += [int(match.group(1))] * int(match.group(2) or 1)
+    return counts
+
+
+def slurm_cpus_per_task(environ: Mapping[str, str]) -> int:
+    return int(environ.get("SLURM_CPUS_PER_TASK") or 1)
+
+
+def slurm_slots(environ: Mapping[str, str]) -> list[tuple[str, int]]:
+    """``(node, workers)`` for the allocation described by ``environ``."""
+    nodelist = environ.get("SLURM_JOB_NODELIST") or environ.get("SLURM_NODELIST")
+    if not nodelist:
+        raise RuntimeError("Config.from_slurm(): not inside a Slurm allocation "
+                           "(SLURM_JOB_NODELIST is not set)")
+    nodes = expand_nodelist(nodelist)
+    cpus = expand_counts(environ.get("SLURM_JOB_CPUS_PER_NODE") or ",".join("1" for _ in nodes))
+    if len(cpus) != len(nodes):
+        raise ValueError(f"SLURM_JOB_CPUS_PER_NODE gives {len(cpus)} counts for "
+                         f"{len(nodes)} nodes in SLURM_JOB_NODELIST={nodelist!r}")
+    per_task = slurm_cpus_per_task(environ)
+    slots = [(node, count // per_task) for node, count in zip(nodes, cpus, strict=True)]
+    tasks = environ.get("SLURM_NTASKS")
+    if tasks:
+        remaining = int(tasks)
+        limited = []
+        for node, n in slots:
+            take = min(n, remaining)
+            limited.append((node, take))
+            remaining -= take
+        slots = limited
+    return slots
+
+
+# ---------------------------------------------------------------------- a run
+
+
+def _spec_of(function: type[MapFunction[Any, Any, Any]], param: Any) -> MapSpec:
+    if not (isinstance(function, type) and issubclass(function, MapFunction)):
+        raise TypeError(f"expected a subclass of rp.MapFunction, got {function!r}")
+    qualname = function.__qualname__
+    if "<locals>" in qualname:
+        raise TypeError(f"map function {qualname} is defined inside a function; define it at "
+                        "module top level so workers can import it")
+    module, main_path = function.__module__, None
+    if module in ("__main__", "__mp_main__"):
+        main_path = getattr(sys.modules.get(module), "__file__", None)
+        if main_path is None:
+            raise TypeError(f"map function {qualname} is defined in an interactive __main__; "
+                            "define it in an importable module")
+        main_path = os.path.abspath(main_path)
+    param_type = type_arguments(function, MapFunction)[0]
+    try:
+        encoded = msgspec.msgpack.encode(param)
+        msgspec.msgpack.decode(encoded, type=param_type)
+    except (TypeError, msgspec.ValidationError) as error:
+        raise ProtocolError(f"{qualname}: param: {error}") from None
+    return MapSpec(module=module, qualname=qualname, main_path=main_path, param=encoded)
+
+
+class _Run:
+    """One map's workers, engine and progress; closed (every worker stopped) on exit."""
+
+    def __init__(self, config: Config, function: type[MapFunction[Any, Any, Any]],
+                 param: Any, inputs: Iterable[Any] | AsyncIterable[Any], *, retries: int,
+                 progress: bool, reduce: bool) -> None:
+        if not isinstance(config, Config):
+            raise TypeError(f"expected an rp.map_reduce.Config, got {config!r}")
+        if not isinstance(retries, int) or retries < 0:
+            raise ValueError(f"retries must be an int >= 0, got {retries!r}")
+        self.spec = _spec_of(function, param)
+        self.name = function.__qualname__
+        out_type = type_arguments(function, MapFunction)[2]
+        self.outputs: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(list[out_type])  # type: ignore[valid-type]
+        self.acc: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(out_type)
+        self.pool = WorkerPool._of_options(MapWorker, self.spec, config.spawn_options())
+        self.engine = Engine(self.pool, Inputs(inputs, self.name), function=self.name,
+                             retries=retries, reduce=reduce)
+        self.progress = Progress(self.name, length_of(inputs)) if progress else None
+
+    async def __aenter__(self) -> _Run:
+        await self.pool.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await asyncio.shield(self._close())
+
+    async def _close(self) -> None:
+        try:
+            await self.engine.close()
+        finally:
+            await self.pool.close()
+            if self.progress is not None:
+                self.progress.close()
+
+    async def batches(self) -> AsyncGenerator[tuple[Batch, BatchResult], None]:
+        async with contextlib.aclosing(self.engine.run()) as results:
+            async for batch, result in results:
+                if self.progress is not None:
+                    self.progress.update(len(batch.items))
+                yield batch, result
+
+    def decode_outputs(self, batch: Batch, result: BatchResult) -> list[Any]:
+        try:
+            outputs: list[Any] = self.outputs.decode(result.outputs)
+            return outputs
+        except msgspec.ValidationError as error:
+            raise ProtocolError(
+                f"{self.name}: the output of {batch.describe()} is not of the declared "
+                f"output type: {error}"
+            ) from None
+
+
+# ---------------------------------------------------------------------- the verbs
+
+
+async def map_unordered(
+    config: Config,
+    inputs: Iterable[In] | AsyncIterable[In],
+    function: type[MapFunction[Param, In, Out]],
+    param: Param,
+    *,
+    retries: int = 1,
+    progress: bool = False,
+) -> AsyncGenerator[tuple[int, Out], None]:
+    """``(index, output)`` for every input, in completion order."""
+    async with _Run(config, function, param, inputs, retries=retries, progress=progress,
+                    reduce=False) as run, contextlib.aclosing(run.batches()) as batches:
+        async for batch, result in batches:
+            for offset, y in enumerate(run.decode_outputs(batch, result)):
+                yield batch.start + offset, y
+
+
+async def map(
+    config: Config,
+    inputs: Iterable[In] | AsyncIterable[In],
+    function: type[MapFunction[Param, In, Out]],
+    param: Param,
+    *,
+    retries: int = 1,
+    progress: bool = False,
+) -> AsyncGenerator[Out, None]:
+    """The output of every input, in input order (computed ahead of the consumer only
+    within a bounded window)."""
+    async with _Run(config, function, param, inputs, retries=retries, progress=progress,
+                    reduce=False) as run:
+        position = [0]  # the index of the next output to yield
+        run.engine.window = lambda: position[0] + run.engine.window_size()
+        waiting: dict[int, list[Any]] = {}
+        async with contextlib.aclosing(run.batches()) as batches:
+            async for batch, result in batches:
+                waiting[batch.start] = run.decode_outputs(batch, result)
+                while position[0] in waiting:
+                    outputs = waiting.pop(position[0])
+                    position[0] += len(outputs)
+                    for y in outputs:
+                        yield y
+
+
+async def find_map(
+    config: Config,
+    inputs: Iterable[In] | AsyncIterable[In],
+    function: type[MapFunction[Param, In, Out]],
+    param: Param,
+    *,
+    retries: int = 1,
+    progress: bool = False,
+) -> Out | None:
+    """The first output (in input order) that is not None, or None; once it is known, every
+    worker stops."""
+    async with contextlib.aclosing(
+        map(config, inputs, function, param, retries=retries, progress=progress)
+    ) as outputs:
+        async for y in outputs:
+            if y is not None:
+                return y
+    return None
+
+
+async def map_reduce_commutative(
+    config: Config,
+    inputs: Iterable[In] | AsyncIterable[In],
+    function: type[MapReduceFunction[Param, In, Acc]],
+    param: Param,
+    *,
+    retries: int = 1,
+    progress: bool = False,
+) -> Acc | None:
+    """``combine`` of every input's ``map``, in any order (None for no inputs)."""
+    result: Acc | None = await _reduce(config, inputs, function, param, retries, progress,
+                                       ordered=False)
+    return result
+
+
+async def map_reduce(
+    config: Config,
+    inputs: Iterable[In] | AsyncIterable[In],
+    function: type[MapReduceFunction[Param, In, Acc]],
+    param: Param,
+    *,
+    retries: int = 1,
+    progress: bool = False,
+) -> Acc | None:
+    """``combine`` of every input's ``map``, combining only neighbours so input order is
+    kept (``combine`` need not be commutative); None for no inputs."""
+    result: Acc | None = await _reduce(config, inputs, function, param, retries, progress,
+                                       ordered=True)
+    return result
+
+
+async def _reduce(config: Config, inputs: Iterable[Any] | AsyncIterable[Any],
+                  function: type[MapReduceFunction[Any, Any, Any]], param: Any, retries: int,
+                  progress: bool, *, ordered: bool) -> Any:
+    if not (isinstance(function, type) and issubclass(function, MapReduceFunction)):
+        raise TypeError(f"map_reduce needs a subclass of rp.MapReduceFunction (with combine), "
+                        f"got {function!r}")
+    async with _Run(config, function, param, inputs, retries=retries, progress=progress,
+                    reduce=True) as run:
+        reducer = _Reducer(run, ordered, retries)
+        async with contextlib.aclosing(run.batches()) as batches:
+            async for batch, result in batches:
+                reducer.add(batch.start, batch.start + len(batch.items), result.outputs)
+                await reducer.collect()
+        return await reducer.finish()
+
+
+class _Reducer:
+    """Accumulators of input ranges ``[start, end)``, combined on the workers: with
+    ``ordered``, only adjacent ranges (left first); otherwise any two. A combine whose
+    worker died is sent again (its worker replaced), at most ``retries + 1`` times."""
+
+    def __init__(self, run: _Run, ordered: bool, retries: int) -> None:
+        self.run = run
+        self.ordered = ordered
+        self.retries = retries
+        self.ready: dict[int, tuple[int, bytes]] = {}  # start -> (end, encoded accumulator)
+        self.combining: dict[asyncio.Future[bytes], _Combine] = {}
+        self.deaths: dict[tuple[int, int], int] = {}
+
+    def add(self, start: int, end: int, acc: bytes) -> None:
+        self.ready[start] = (end, acc)
+        self._pair()
+
+    def _pair(self) -> None:
+        starts = sorted(self.ready)
+        if self.ordered:
+            pairs = [(a, b) for a, b in itertools.pairwise(starts) if self.ready[a][0] == b]
+        else:
+            pairs = list(zip(starts[::2], starts[1::2], strict=False))
+        used: set[int] = set()
+        for a, b in pairs:
+            if a in used or b in used:
+                continue
+            used |= {a, b}
+            (_, left), (end, right) = self.ready.pop(a), self.ready.pop(b)
+            handle = self.run.pool._least_loaded()
+            future = handle.submit(MapWorker.combine, left, right)
+            self.combining[future] = _Combine(a, b, end, left, right, handle)
+
+    async def collect(self) -> None:
+        """Take in the combines that have finished (raising the first failure)."""
+        for future in [f for f in self.combining if f.done()]:
+            combine = self.combining.pop(future)
+            try:
+                self.ready[combine.a] = (combine.end, future.result())
+            except RemoteError as error:
+                self._name(error, combine)
+                raise
+            except WorkerDied as error:
+                await self._died(combine, error)
+        self._pair()
+
+    def _name(self, error: RemoteError, combine: _Combine) -> None:
+        error.function = f"{self.run.name}.combine"
+        error.args = (f"{error.function} raised {error.remote_type}: {error.remote_message}",)
+        error.index = combine.b  # type: ignore[attr-defined]
+        error.add_note(f"rpc_parallel.map_reduce: raised combining the accumulators of inputs "
+                       f"{combine.a}..{combine.b - 1} and {combine.b}..{combine.end - 1}")
+
+    async def _died(self, combine: _Combine, error: WorkerDied) -> None:
+        key = (combine.a, combine.b)
+        self.deaths[key] = self.deaths.get(key, 0) + 1
+        if self.deaths[key] > self.retries + 1:
+            error.index = combine.b  # type: ignore[attr-defined]
+            raise error
+        if combine.handle in self.run.pool.workers:
+            await self.run.pool._replace(combine.handle)
+        self.ready[combine.a] = (combine.b, combine.left)
+        self.ready[combine.b] = (combine.end, combine.right)
+
+    async def finish(self) -> Any:
+        while self.combining:
+            await asyncio.wait(self.combining, return_when=asyncio.FIRST_COMPLETED)
+            await self.collect()
+        if not self.ready:
+            return None
+        ((_, acc),) = self.ready.values()
+        return self.run.acc.decode(acc)
+
+
+class _Combine:
+    """One combine in flight: ``[a, b)`` with ``[b, end)`` on ``handle``."""
+
+    __slots__ = ("a", "b", "end", "handle", "left", "right")
+
+    def __init__(self, a: int, b: int, end: int, left: bytes, right: bytes,
+                 handle: WorkerHandle[MapWorker]) -> None:
+        self.a, self.b, self.end = a, b, end
+        self.left, self.right, self.handle = left, right, handle

@@ -1,0 +1,1 @@
+"""Private internals of ``rp.map_reduce`` and ``rp.WorkerPool`` (not public surface)."""

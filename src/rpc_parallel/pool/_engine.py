@@ -1,0 +1,299 @@
+"""The map engine: reads inputs lazily, batches them, keeps every worker busy, retries the
+items of a worker that died, and yields each batch's encoded outputs as it completes.
+
+Memory is bounded: an input is read only when a worker has room for another batch (each worker
+has at most ``DEPTH`` batches in flight) and, for ordered results, only within a window ahead of
+the consumer. Batch sizes follow the measured cost of an item so one batch takes about
+``TARGET_SECONDS`` of worker time; an item whose encoding is ``LARGE_ITEM`` bytes or more
+travels alone. See docs/decisions/0012-map-reduce-batching.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import struct
+from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterable
+from typing import Any
+
+import msgspec
+
+from .._handle import WorkerHandle
+from ..errors import ProtocolError, RemoteError, WorkerDied
+from ._map_worker import BatchResult, MapWorker
+from ._pool import WorkerPool
+
+DEPTH = 2
+"""Batches in flight per worker: one running, one waiting in the worker, so a worker never
+idles for a round trip."""
+TARGET_SECONDS = 0.02
+MAX_BATCH = 8192
+MAX_BATCH_BYTES = 1 << 20
+LARGE_ITEM = 64 << 10
+
+_ENCODER = msgspec.msgpack.Encoder()
+
+
+def array_header(n: int) -> bytes:
+    """The msgpack header of an array of ``n`` elements (batches are joined by hand)."""
+    if n < 16:
+        return bytes((0x90 | n,))
+    if n < 1 << 16:
+        return b"\xdc" + struct.pack(">H", n)
+    return b"\xdd" + struct.pack(">I", n)
+
+
+class Batch:
+    """Consecutive inputs ``start .. start + len(items) - 1``, each already encoded."""
+
+    __slots__ = ("attempts", "items", "sent", "start")
+
+    def __init__(self, start: int, items: list[bytes]) -> None:
+        self.start = start
+        self.items = items
+        self.attempts = 0
+        self.sent = 0  # when it was last sent (a counter): a worker maps in that order
+
+    def payload(self) -> bytes:
+        return array_header(len(self.items)) + b"".join(self.items)
+
+    def describe(self) -> str:
+        if len(self.items) == 1:
+            return f"input {self.start}"
+        return f"one of inputs {self.start}..{self.start + len(self.items) - 1}"
+
+
+class Inputs:
+    """An iterable or async iterable, read lazily (only as far as asked) and encoded."""
+
+    def __init__(self, inputs: Iterable[Any] | AsyncIterable[Any], function: str) -> None:
+        self._sync = iter(inputs) if not isinstance(inputs, AsyncIterable) else None
+        self._async = aiter(inputs) if isinstance(inputs, AsyncIterable) else None
+        self._pending: list[bytes] = []  # read and encoded, not yet in a batch
+        self._function = function
+        self.read = 0  # how many inputs have been read from the source
+        self.exhausted = False
+
+    @property
+    def position(self) -> int:
+        """The index of the next input a batch will start with."""
+        return self.read - len(self._pending)
+
+    async def _pull(self, count: int) -> None:
+        """Read up to ``count`` more inputs from the source, encoding each one."""
+        if self._sync is not None:
+            values = list(itertools.islice(self._sync, count))
+        else:
+            assert self._async is not None
+            values = []
+            for _ in range(count):
+                try:
+                    values.append(await anext(self._async))
+                except StopAsyncIteration:
+                    break
+        if len(values) < count:
+            self.exhausted = True
+        encode = _ENCODER.encode
+        try:
+            encoded = [encode(x) for x in values]
+        except TypeError:
+            for offset, x in enumerate(values):
+                try:
+                    encode(x)
+                except TypeError as error:
+                    raise ProtocolError(
+                        f"{self._function}: input {self.read + offset} cannot be encoded: "
+                        f"{error}"
+                    ) from None
+            raise
+        self._pending.extend(encoded)
+        self.read += len(encoded)
+
+    async def take(self, count: int, limit: int) -> Batch | None:
+        """The next batch: up to ``count`` inputs, none at or beyond index ``limit``, at most
+        ``MAX_BATCH_BYTES``; an input of ``LARGE_ITEM`` bytes or more travels alone."""
+        start = self.position
+        count = min(count, limit - start)
+        if count <= 0:
+            return None
+        if len(self._pending) < count and not self.exhausted:
+            await self._pull(count - len(self._pending))
+        pending = self._pending
+        items = pending[:count]
+        sizes = [len(item) for item in items]
+        if items and (max(sizes) >= LARGE_ITEM or sum(sizes) > MAX_BATCH_BYTES):
+            taken, total = 0, 0  # cut before a large item, or after it when it is first
+            while taken < len(items) and total + sizes[taken] <= MAX_BATCH_BYTES:
+                if sizes[taken] >= LARGE_ITEM:
+                    taken += taken == 0
+                    break
+                total += sizes[taken]
+                taken += 1
+            items = items[: max(1, taken)]
+        del pending[: len(items)]
+        return Batch(start, items) if items else None
+
+
+def forget(future: asyncio.Future[Any]) -> None:
+    """Drop a call's future: cancel it, and never warn about its exception (the call's
+    outcome no longer matters: it is being resent, or the map is over)."""
+    if future.done():
+        if not future.cancelled():
+            future.exception()
+    else:
+        future.cancel()
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+
+class Engine:
+    """Runs batches of one map over a pool of ``MapWorker``; see the module docstring."""
+
+    def __init__(self, pool: WorkerPool[MapWorker], inputs: Inputs, *, function: str,
+                 retries: int, reduce: bool,
+                 window: Callable[[], int | None] | None = None) -> None:
+        self.pool = pool
+        self.inputs = inputs
+        self.function = function
+        self.retries = retries
+        self.reduce = reduce
+        self.window = window
+        self.cost: float | None = None  # seconds per item, measured by the workers
+        self.retry: collections.deque[Batch] = collections.deque()
+        self.flight: dict[asyncio.Future[BatchResult], tuple[Batch, WorkerHandle[MapWorker]]] = {}
+        self.queues: dict[int, collections.deque[Batch]] = {}
+        self.sent = 0
+
+    def batch_size(self) -> int:
+        if self.cost is None:
+            return 1
+        return max(1, min(MAX_BATCH, int(TARGET_SECONDS / max(self.cost, 1e-7))))
+
+    def window_size(self) -> int:
+        """How far ahead of the consumer ordered results may be computed: twice what the
+        workers can hold in flight, so a slow input at the head keeps them busy a while
+        without letting the reading run away."""
+        return max(64, 2 * DEPTH * max(1, len(self.pool)) * self.batch_size())
+
+    async def run(self) -> AsyncGenerator[tuple[Batch, BatchResult], None]:
+        """Yields ``(batch, result)`` of each batch as it completes (completion order)."""
+        while True:
+            await self._dispatch()
+            if not self.flight:
+                return
+            done, _ = await asyncio.wait(self.flight, return_when=asyncio.FIRST_COMPLETED)
+            for future in sorted(done, key=lambda f: self.flight[f][0].sent):
+                if future not in self.flight:
+                    continue  # resent already: its worker died while handling another
+                batch, handle = self.flight.pop(future)
+                queue = self._queue(handle)
+                running = list(queue)
+                queue.remove(batch)
+                error = future.exception()
+                if error is None:
+                    result = future.result()
+                    self._measure(batch, result)
+                    if result.failed is not None:
+                        await self._raise_failure(batch, result, handle)
+                    yield batch, result
+                elif isinstance(error, WorkerDied):
+                    await self._worker_died(handle, running, error)
+                else:
+                    raise error
+
+    def _queue(self, handle: WorkerHandle[MapWorker]) -> collections.deque[Batch]:
+        return self.queues.setdefault(id(handle), collections.deque())
+
+    async def _dispatch(self) -> None:
+        """Send batches while some worker has room (retries first, then new inputs)."""
+        while True:
+            handle = min(self.pool.workers, key=lambda h: len(self._queue(h)))
+            if len(self._queue(handle)) >= DEPTH:
+                return
+            batch = self.retry.popleft() if self.retry else await self._next_batch()
+            if batch is None:
+                return
+            self.sent += 1
+            batch.sent = self.sent
+            future = handle.submit(MapWorker.map_batch, batch.payload(), self.reduce)
+            self.flight[future] = (batch, handle)
+            self._queue(handle).append(batch)
+
+    async def _next_batch(self) -> Batch | None:
+        limit = self.window() if self.window is not None else None
+        return await self.inputs.take(self.batch_size(), limit if limit is not None else 1 << 62)
+
+    def _measure(self, batch: Batch, result: BatchResult) -> None:
+        done = len(batch.items) if result.failed is None else result.failed + 1
+        per_item = result.seconds / max(1, done)
+        self.cost = per_item if self.cost is None else 0.7 * self.cost + 0.3 * per_item
+
+    async def _raise_failure(self, batch: Batch, result: BatchResult,
+                             handle: WorkerHandle[MapWorker]) -> None:
+        """Raise what made input ``batch.start + result.failed`` fail, with its ``index``."""
+        assert result.failed is not None
+        index = batch.start + result.failed
+        if result.bad_input is not None:
+            refused = ProtocolError(
+                f"{self.function}: input {index} is not of the function's input type: "
+                f"{result.bad_input}"
+            )
+            refused.index = index  # type: ignore[attr-defined]
+            raise refused
+        try:
+            await handle.run(MapWorker.raise_failure, result.token)
+        except RemoteError as error:
+            # Name the user's function, not the worker's ``raise_failure``.
+            error.function = f"{self.function}.{result.stage}"
+            error.args = (f"{error.function} raised {error.remote_type}: "
+                          f"{error.remote_message}",)
+            error.index = index  # type: ignore[attr-defined]
+            error.add_note(f"rpc_parallel.map_reduce: raised for input {index}")
+            raise
+        raise ProtocolError(f"{self.function}: input {index} failed, error lost")
+
+    async def _worker_died(self, handle: WorkerHandle[MapWorker],
+                           running: list[Batch], error: WorkerDied) -> None:
+        """``running`` are the dead worker's batches in the order they were sent. Those that
+        finished before it died are taken as usual. Of the others, the first was being mapped
+        (a worker maps one batch at a time): it is charged an attempt and retried item by item
+        (a second death then names the exact input); the rest only waited behind it and are
+        resent unchanged. The worker is replaced."""
+        futures = {id(b): f for f, (b, owner) in self.flight.items() if owner is handle}
+        lost = []
+        for batch in running:
+            future = futures.get(id(batch))
+            if future is not None and future.done() and not future.cancelled() \
+                    and future.exception() is None:
+                continue
+            if future is not None:
+                forget(future)
+                del self.flight[future]
+                self._queue(handle).remove(batch)
+            lost.append(batch)
+        suspect, waiting = lost[0], lost[1:]
+        self.retry.extend(waiting)
+        suspect.attempts += 1
+        if suspect.attempts > self.retries:
+            died = WorkerDied(
+                f"{self.function}: {suspect.describe()}: the worker died "
+                f"{suspect.attempts} time(s) (retries={self.retries}): {error.reason}",
+                worker=error.worker, function=self.function, exit_code=error.exit_code,
+                signal=error.signal, stderr_tail=error.stderr_tail,
+            )
+            died.index = suspect.start  # type: ignore[attr-defined]
+            died.indices = range(suspect.start, suspect.start + len(suspect.items))  # type: ignore[attr-defined]
+            raise died
+        for offset, item in enumerate(suspect.items):
+            single = Batch(suspect.start + offset, [item])
+            single.attempts = suspect.attempts
+            self.retry.append(single)
+        self.retry = collections.deque(sorted(self.retry, key=lambda b: b.start))
+        if handle in self.pool.workers:
+            await self.pool._replace(handle)
+
+    async def close(self) -> None:
+        for future in self.flight:
+            forget(future)
+        self.flight.clear()
+        # The input is the caller's: left as it is (not closed), read up to where it was.

@@ -1,0 +1,251 @@
+"""The library's worker class that runs a user's ``MapFunction`` on batches of inputs.
+
+The master never ships code: it sends the module and qualified name of the user's class (which
+must be importable, like a worker class) and the encoded ``param``; the worker imports the class,
+builds one instance, awaits its ``init(param)`` and then serves ``map_batch`` / ``combine`` calls.
+Items travel msgpack-encoded, one batch per call, and are decoded in the worker with the types of
+the class's ``MapFunction[Param, In, Out]`` arguments, so a wrong input type is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import importlib.util
+import inspect
+import queue
+import sys
+import threading
+import time
+import typing
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import msgspec
+
+from .._functions import rpc
+from .._worker_type import Worker
+from ._function import MapFunction
+
+_ENCODER = msgspec.msgpack.Encoder()
+T = TypeVar("T")
+
+
+class MapSpec(msgspec.Struct, frozen=True):
+    """What a map worker needs to build the user's function object."""
+
+    module: str
+    qualname: str
+    main_path: str | None
+    param: bytes
+
+
+class BatchResult(msgspec.Struct, frozen=True):
+    """The outcome of one batch: encoded outputs of its first items, and where it failed.
+
+    ``failed`` is the offset in the batch of the item whose ``map`` (or, folding a batch for
+    a reduce, whose ``combine`` with what precedes it: ``stage``) raised (its exception is kept
+    in the worker under ``token`` and re-raised by ``raise_failure`` so the caller gets the
+    original type and traceback), or None. ``bad_input`` is set instead when an item did not
+    decode as the function's input type. ``seconds`` is the time spent mapping.
+    """
+
+    outputs: bytes
+    seconds: float
+    failed: int | None = None
+    token: int = 0
+    bad_input: str | None = None
+    stage: str = "map"
+
+
+def load_main(path: str) -> Any:
+    """Load the master's main script as ``__mp_main__`` (its ``if __name__ == "__main__"``
+    part does not run), as the worker layer does for worker classes defined there."""
+    loaded = sys.modules.get("__mp_main__")
+    if loaded is not None and getattr(loaded, "__file__", None) == path:
+        return loaded
+    spec = importlib.util.spec_from_file_location("__mp_main__", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load the main script {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["__mp_main__"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def import_function_class(spec: MapSpec) -> type[Any]:
+    module = load_main(spec.main_path) if spec.main_path else importlib.import_module(spec.module)
+    target: Any = module
+    for part in spec.qualname.split("."):
+        target = getattr(target, part)
+    return typing.cast(type[Any], target)
+
+
+def type_arguments(cls: type[Any], base: type[Any]) -> tuple[Any, ...]:
+    """The arguments given to ``base`` (a generic class) in ``cls``'s bases; Any for each
+    one left open (a TypeVar) or not found."""
+    for klass in cls.__mro__:
+        for orig in getattr(klass, "__orig_bases__", ()):
+            origin = typing.get_origin(orig)
+            if isinstance(origin, type) and issubclass(origin, base):
+                arguments = typing.get_args(orig)
+                return tuple(Any if isinstance(a, typing.TypeVar) else a for a in arguments)
+    return (Any, Any, Any)
+
+
+class _Thread:
+    """One daemon thread that runs a map worker's plain ``def`` work, one job at a time.
+
+    Not the loop's default executor: when the master closes the worker, the process must
+    exit at once, and the interpreter's shutdown waits for the default executor's threads
+    (a minute-long ``map`` would hold the exit that long); a daemon thread does not.
+    """
+
+    def __init__(self) -> None:
+        self.jobs: queue.SimpleQueue[tuple[Callable[[], Any], asyncio.Future[Any]]] = (
+            queue.SimpleQueue()
+        )
+        threading.Thread(target=self._serve, name="rpc_parallel-map", daemon=True).start()
+
+    async def run(self, job: Callable[[], T]) -> T:
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self.jobs.put((job, future))
+        return await future
+
+    def _serve(self) -> None:
+        while True:
+            job, future = self.jobs.get()
+            try:
+                outcome, failed = job(), False
+            except BaseException as error:
+                outcome, failed = error, True
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                future.get_loop().call_soon_threadsafe(_settle, future, outcome, failed)
+
+
+def _settle(future: asyncio.Future[Any], outcome: Any, failed: bool) -> None:
+    if future.done():
+        return
+    if failed:
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
+
+
+class MapWorker(Worker[MapSpec]):
+    """Serves batched ``map`` and ``combine`` calls of one user function object."""
+
+    async def init_worker_state(self, spec: MapSpec) -> None:
+        cls = import_function_class(spec)
+        param_type, in_type, out_type = type_arguments(cls, MapFunction)
+        self.name = f"{cls.__qualname__}"
+        self.function = cls()
+        self.in_decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(in_type)
+        self.acc_decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(out_type)
+        self.raw_list = msgspec.msgpack.Decoder(list[msgspec.Raw])
+        self.in_list: msgspec.msgpack.Decoder[list[Any]] = msgspec.msgpack.Decoder(list[in_type])  # type: ignore[valid-type]
+        self.failures: dict[int, BaseException] = {}
+        self.lock = asyncio.Lock()
+        self.thread = _Thread()
+        self.next_token = 0
+        self.map_is_async = inspect.iscoroutinefunction(self.function.map)
+        combine = getattr(self.function, "combine", None)
+        self.combine_is_async = combine is not None and inspect.iscoroutinefunction(combine)
+        init = getattr(self.function, "init", None)
+        if init is not None:
+            param = msgspec.msgpack.decode(spec.param, type=param_type)
+            result = init(param)
+            if inspect.isawaitable(result):
+                await result
+
+    @rpc
+    async def map_batch(self, payload: bytes, reduce: bool) -> BatchResult:
+        """Map every item of the batch (in order); with ``reduce``, fold the outputs with
+        ``combine`` (neighbours only) and return the one accumulator."""
+        try:
+            items = self.in_list.decode(payload)
+        except msgspec.ValidationError:
+            return self._find_bad_input(payload)
+        async with self.lock:  # one batch at a time: they share the function object
+            if self.map_is_async:
+                return await self._map_async(items, reduce)
+            return await self.thread.run(lambda: self._map_sync(items, reduce))
+
+    def _find_bad_input(self, payload: bytes) -> BatchResult:
+        """The batch did not decode as ``list[In]``: name the first input that does not."""
+        for offset, raw in enumerate(self.raw_list.decode(payload)):
+            try:
+                self.in_decoder.decode(raw)
+            except msgspec.ValidationError as error:
+                return BatchResult(b"", 0.0, failed=offset, bad_input=str(error))
+        raise ValueError("a batch of inputs did not decode, but each of its inputs does")
+
+    async def _map_async(self, items: list[Any], reduce: bool) -> BatchResult:
+        start = time.perf_counter()
+        outputs: list[Any] = []
+        acc: Any = None
+        for offset, x in enumerate(items):
+            try:
+                y = await self.function.map(x)
+            except Exception as error:
+                return self._failed(outputs, acc, reduce, offset, error, start, "map")
+            if not reduce:
+                outputs.append(y)
+                continue
+            try:
+                acc = y if offset == 0 else await self._combine_async(acc, y)
+            except Exception as error:
+                return self._failed(outputs, acc, reduce, offset, error, start, "combine")
+        return self._done(outputs, acc, reduce, start)
+
+    async def _combine_async(self, a: Any, b: Any) -> Any:
+        result = self.function.combine(a, b)
+        return await result if inspect.isawaitable(result) else result
+
+    def _map_sync(self, items: list[Any], reduce: bool) -> BatchResult:
+        start = time.perf_counter()
+        outputs: list[Any] = []
+        acc: Any = None
+        function = self.function
+        for offset, x in enumerate(items):
+            try:
+                y = function.map(x)
+            except Exception as error:
+                return self._failed(outputs, acc, reduce, offset, error, start, "map")
+            if not reduce:
+                outputs.append(y)
+                continue
+            try:
+                acc = y if offset == 0 else function.combine(acc, y)
+            except Exception as error:
+                return self._failed(outputs, acc, reduce, offset, error, start, "combine")
+        return self._done(outputs, acc, reduce, start)
+
+    def _done(self, outputs: list[Any], acc: Any, reduce: bool, start: float) -> BatchResult:
+        encoded = _ENCODER.encode(acc if reduce else outputs)
+        return BatchResult(encoded, time.perf_counter() - start)
+
+    def _failed(self, outputs: list[Any], acc: Any, reduce: bool, offset: int,
+                error: BaseException, start: float, stage: str) -> BatchResult:
+        self.next_token += 1
+        self.failures[self.next_token] = error
+        return BatchResult(b"", time.perf_counter() - start, failed=offset,
+                           token=self.next_token, stage=stage)
+
+    @rpc
+    async def raise_failure(self, token: int) -> None:
+        """Re-raise the exception kept for ``token``, so the caller's RemoteError carries the
+        original type, message and traceback."""
+        error = self.failures.pop(token)
+        raise error
+
+    @rpc
+    async def combine(self, a: bytes, b: bytes) -> bytes:
+        """``combine(a, b)`` of two encoded accumulators (a first: order is kept)."""
+        left, right = self.acc_decoder.decode(a), self.acc_decoder.decode(b)
+        if self.combine_is_async:
+            result = await self.function.combine(left, right)
+        else:
+            result = await self.thread.run(lambda: self.function.combine(left, right))
+        return _ENCODER.encode(result)
