@@ -205,7 +205,8 @@ def main() -> None:
     from tests.harness.slurm import SlurmCluster
 
     with SlurmCluster() as cluster:
-        env = {**cluster.env, "PYTHONPATH": os.pathsep.join(sys.path[:2])}
+        env = {**cluster.env, "PYTHONPATH": os.pathsep.join(sys.path[:2]),
+               "RPC_PARALLEL_SLURM_DIR": str(cluster.directory / "rp")}
         inner = subprocess.run(
             ["salloc", "-N1", "-n8", "-t10", sys.executable, __file__, "--inner",
              "--rounds", str(args.rounds)],
