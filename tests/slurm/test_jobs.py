@@ -218,3 +218,20 @@ async def test_env_and_cwd_reach_a_job_and_a_crash_before_registering_is_reporte
             await Fragile.spawn(None, how=rp.Slurm(), cwd=tmp_path / "missing")
     finally:
         workdir.rmdir()
+
+
+async def test_a_jobs_output_is_forwarded_with_its_name(
+    outside: SlurmCluster, capsys: pytest.CaptureFixture[str],
+) -> None:
+    async with await Node.spawn(0, how=rp.Slurm()) as handle:
+        await handle.run(Node.shout, "hello")
+        seen = {"out": "", "err": ""}
+
+        def both() -> bool:
+            captured = capsys.readouterr()
+            seen["out"] += captured.out
+            seen["err"] += captured.err
+            return f"[{handle.name}] out: hello" in seen["out"] \
+                and f"[{handle.name}] err: hello" in seen["err"]
+
+        await until(both, 10, "the job's output through its files")

@@ -208,3 +208,21 @@ async def test_an_allocation_that_is_gone_is_a_spawn_error_with_sruns_words(
     assert "srun could not start worker" in str(caught.value)
     assert "allocation 999999" in str(caught.value)
     assert "Invalid job id" in caught.value.stderr_tail, caught.value.stderr_tail
+
+
+async def test_a_steps_output_is_forwarded_with_its_name(
+    slurm_cluster: SlurmCluster, capsys: pytest.CaptureFixture[str],
+) -> None:
+    with allocation(slurm_cluster, 2):
+        async with await Node.spawn(0, how=rp.Slurm()) as handle:
+            await handle.run(Node.shout, "hi")
+            seen = {"out": "", "err": ""}
+
+            def both() -> bool:
+                captured = capsys.readouterr()
+                seen["out"] += captured.out
+                seen["err"] += captured.err
+                return f"[{handle.name}] out: hi" in seen["out"] \
+                    and f"[{handle.name}] err: hi" in seen["err"]
+
+            await until(both, 10, "the step's output through srun")

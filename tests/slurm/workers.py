@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import sys
 from collections.abc import AsyncIterator
 
 import msgspec
@@ -62,6 +63,12 @@ class Node(rp.Worker[int]):
     @rp.reverse_pipe
     async def total(self, numbers: AsyncIterator[int]) -> int:
         return sum([n async for n in numbers]) + self.offset
+
+    @rp.rpc
+    async def shout(self, text: str) -> None:
+        """One line to stdout, one to stderr."""
+        print(f"out: {text}", flush=True)
+        print(f"err: {text}", file=sys.stderr, flush=True)
 
     @rp.rpc
     async def sleep(self, seconds: float) -> None:
