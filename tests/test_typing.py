@@ -149,6 +149,34 @@ def reject_failures(found: Diagnostics, path: Path) -> str | None:
 
 CHECKERS = {"mypy": mypy_diagnostics, "pyright": pyright_diagnostics}
 
+PINNED = re.compile(r"\b(mypy|pyright): (.*?)(?=\s+(?:mypy|pyright): |$)")
+PRIVATE = re.compile(r"\b_[A-Za-z]\w*|overload variant")
+
+
+def pinned_messages(path: Path) -> dict[int, dict[str, str]]:
+    """The parts of messages a reject file pins after ``# expect-error``: ``mypy: text`` and
+    ``pyright: text``, by line and checker."""
+    pinned: dict[int, dict[str, str]] = {}
+    with tokenize.open(path) as source:
+        for token in tokenize.generate_tokens(source.readline):
+            if token.type == tokenize.COMMENT and EXPECT.match(token.string):
+                found = dict(PINNED.findall(token.string))
+                if found:
+                    pinned[token.start[0]] = found
+    return pinned
+
+
+def message_failures(found: Diagnostics, path: Path, checker: str) -> list[str]:
+    """Pinned message parts missing, and private names or overload lists shown to users."""
+    failures = []
+    for line, pins in pinned_messages(path).items():
+        said = " | ".join(found.get(path, {}).get(line, []))
+        if checker in pins and pins[checker] not in said:
+            failures.append(f"line {line}: expected {pins[checker]!r} in: {said}")
+        if PRIVATE.search(said):
+            failures.append(f"line {line}: a private name or an overload list in: {said}")
+    return failures
+
 
 def test_typing_files_exist() -> None:
     assert ACCEPT and REJECT
@@ -169,6 +197,17 @@ def test_accepted(checker: str, path: Path) -> None:
 def test_rejected(checker: str, path: Path) -> None:
     failure = reject_failures(CHECKERS[checker](), path)
     assert failure is None, f"{checker}: {failure}"
+
+
+@pytest.mark.parametrize("checker", CHECKERS)
+def test_messages_of_common_mistakes(checker: str) -> None:
+    """What mypy and pyright say about the common mistakes with ``run`` names the wrong
+    argument or the result types, and only public things (#11.12)."""
+    paths = [path for path in REJECT if pinned_messages(path)]
+    assert paths
+    failures = [f"{path.name} {text}" for path in paths
+                for text in message_failures(CHECKERS[checker](), path, checker)]
+    assert not failures, f"{checker}:\n" + "\n".join(failures)
 
 
 if __name__ == "__main__":

@@ -8,13 +8,15 @@ tests/test_structure.py checks both):
 
 1. ``rpc`` -- the typed async RPC layer (its own errors, settings, transport). Imports
    nothing else of this package.
-2. ``errors``, ``_state``, ``_builtins``, ``_functions`` -- errors, this process's role and
-   settings, the wire records between master and workers, typed function descriptors.
+2. ``errors``, ``_state``, ``_builtins``, ``_functions``, ``_threads`` -- errors, this
+   process's role and settings, the wire records between master and workers, typed function
+   descriptors, the threads of plain-``def`` functions.
 3. ``launch`` -- how a worker process is started (``Local``, ``Wrap``, redirections).
 4. ``_master``, ``_serving`` -- the per-loop master server; what a worker serves besides
    its functions.
 5. ``_worker`` -- ``Worker``, ``WorkerHandle``, ``Connection``, the spawn and supervision.
 6. ``_worker_main``, ``_app`` -- the worker process; ``start_app`` / ``expert``.
+7. ``blocking``, ``map_reduce``, ``managed``, ``pool`` -- built on the layers above.
 
 This module re-exports the public names; everything with a leading underscore is internal.
 """
@@ -27,6 +29,7 @@ from ._functions import (
     Pipe,
     ReversePipe,
     Rpc,
+    Runnable,
     StateFunction,
     one_way,
     pipe,
@@ -61,7 +64,7 @@ from ._functions import rpc, state
 
 # isort: split
 # The higher-level modules (DESIGN §6) are built on the layers above.
-from . import map_reduce
+from . import blocking, map_reduce
 from .managed import Managed
 from .map_reduce import MapFunction, MapReduceFunction
 from .pool._pool import WorkerPool
@@ -92,6 +95,7 @@ __all__ = [
     "ReversePipe",
     "Rpc",
     "RpcSettings",
+    "Runnable",
     "Slurm",
     "SpawnError",
     "State",
@@ -103,6 +107,7 @@ __all__ = [
     "WorkerPool",
     "WorkerProcess",
     "Wrap",
+    "blocking",
     "expert",
     "map_reduce",
     "one_way",

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 
+from ._handle import describe_loop
 from ._master import existing_master
 from ._state import State, process
+from .errors import Error
 from .rpc import run as rpc_run
 from .rpc.settings import RpcSettings
 
@@ -31,11 +34,27 @@ def start_app(
     state = process()
     if state.importing_for_worker or state.state is State.WORKER:
         return
+    _refuse_a_running_loop()
     state.settings = (rpc_settings or RpcSettings()).with_environment()
     state.state = State.MASTER
     if master_host is not None:
         state.master_host_setting = master_host
     rpc_run(_run_master(main))
+
+
+def _refuse_a_running_loop() -> None:
+    """``start_app`` runs its own event loop: inside a running one (a Jupyter notebook, an
+    IPython shell, an ``async def``) it cannot, and says what to do instead."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    raise Error(
+        f"rp.start_app cannot run inside a running event loop ({describe_loop(loop)}); "
+        "Jupyter and IPython run one. There, use the async API with top-level await "
+        "(`w = await Adder.spawn(1)`, `await w.run(Adder.add, 2)`), or rp.blocking "
+        "(`with rp.blocking.spawn(Adder, 1) as w: w.run(Adder.add, 2)`)."
+    )
 
 
 async def _run_master(main: Callable[[], Awaitable[object]]) -> None:

@@ -7,12 +7,20 @@ handle, with exactly the arguments ``add`` takes, giving an ``int``.
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import functools
 import inspect
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any, Concatenate, Generic, ParamSpec, Protocol, TypeVar, overload
+from concurrent.futures import Executor
+from typing import Any, Concatenate, Generic, ParamSpec, Protocol, Self, TypeVar, overload
 
+from .rpc._serving import as_async_iterator
 from .rpc.functions import FunctionSpec, Kind, alias_module, describe_callable
+from .rpc.streams import PipeReader
+
+THREADS_ATTRIBUTE = "_rpc_parallel_threads"
+"""Where a worker instance keeps its ``WorkerThreads`` (set when it starts serving)."""
 
 # A worker process imports the master's main script as ``__mp_main__`` (as multiprocessing
 # does): its types are named as the master names them.
@@ -27,6 +35,7 @@ W_contra = TypeVar("W_contra", contravariant=True)
 R_co = TypeVar("R_co", covariant=True)
 S_co = TypeVar("S_co", covariant=True)
 U_co = TypeVar("U_co", covariant=True)
+T_co = TypeVar("T_co", covariant=True)
 
 
 class Function(Generic[W_contra]):
@@ -43,6 +52,10 @@ class Function(Generic[W_contra]):
         self._spec: FunctionSpec | None = None
         self.__doc__ = getattr(implementation, "__doc__", None)
         self.__wrapped__ = implementation
+        unwrapped = inspect.unwrap(implementation)
+        self._is_async = inspect.iscoroutinefunction(unwrapped) or inspect.isasyncgenfunction(
+            unwrapped
+        )
 
     def __set_name__(self, owner: type, attribute: str) -> None:
         self.attribute = attribute
@@ -80,38 +93,125 @@ class Function(Generic[W_contra]):
 
         return call
 
+    def _bound(self, instance: object) -> Any:
+        """What ``instance.f`` is: the implementation bound to ``instance``, awaited as an
+        ``async def`` is. An ``async def`` (or async generator) is the plain bound method; a
+        plain ``def`` runs in the worker's threads (as when it is called remotely) behind an
+        async wrapper, so ``await self.f(...)`` works for both, as the types say."""
+        method = self.implementation.__get__(instance, type(instance))
+        if self._is_async:
+            return method
+        threads: Executor | None = getattr(instance, THREADS_ATTRIBUTE, None)
+        kind = self.kind
+
+        async def in_thread(*args: Any, **kwargs: Any) -> Any:
+            loop = asyncio.get_running_loop()
+            call: Callable[[], Any] = functools.partial(
+                contextvars.copy_context().run, method, *args, **kwargs
+            )
+            result: Any = await loop.run_in_executor(threads, call)
+            if kind != "state":
+                return result
+            initial, updates = result
+            return initial, as_async_iterator(updates, loop, threads)
+
+        async def stream(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+            iterator = as_async_iterator(method(*args, **kwargs), asyncio.get_running_loop(), threads)
+            async for item in iterator:
+                yield item
+
+        return functools.wraps(self.implementation)(stream if kind == "pipe" else in_thread)
+
     def __repr__(self) -> str:
         return f"<rpc_parallel {self.kind} {self.name} v{self.version}>"
 
 
-class Rpc(Function[W_contra], Generic[W_contra, P, R_co]):
+class Runnable(Function[W_contra], Generic[W_contra, P, T_co]):
+    """What ``run`` takes: a worker function that runs on a ``W`` worker with arguments ``P``
+    and gives ``T`` -- the base of the five kinds, so ``run`` has one signature (and a type
+    checker's message about a call names the argument or the result that is wrong)."""
+
+
+class Rpc(Runnable[W_contra, P, R_co], Generic[W_contra, P, R_co]):
     """A one-shot call: ``await w.run(f, ...)`` gives its result."""
 
     kind: Kind = "rpc"
 
+    @overload
+    def __get__(self, instance: None, owner: type[Any], /) -> Self: ...
+    @overload
+    def __get__(
+        self, instance: object, owner: type[Any] | None = None, /
+    ) -> Callable[P, Awaitable[R_co]]: ...
+    def __get__(self, instance: object, owner: type[Any] | None = None, /) -> Any:
+        """On the class, this descriptor; on a worker, the bound implementation."""
+        return self if instance is None else self._bound(instance)
 
-class Pipe(Function[W_contra], Generic[W_contra, P, R_co]):
+
+class Pipe(Runnable[W_contra, P, PipeReader[R_co]], Generic[W_contra, P, R_co]):
     """A stream from the worker: ``await w.run(f, ...)`` gives a ``PipeReader``."""
 
     kind: Kind = "pipe"
 
+    @overload
+    def __get__(self, instance: None, owner: type[Any], /) -> Self: ...
+    @overload
+    def __get__(
+        self, instance: object, owner: type[Any] | None = None, /
+    ) -> Callable[P, AsyncIterator[R_co]]: ...
+    def __get__(self, instance: object, owner: type[Any] | None = None, /) -> Any:
+        """On the class, this descriptor; on a worker, the bound implementation."""
+        return self if instance is None else self._bound(instance)
 
-class StateFunction(Function[W_contra], Generic[W_contra, P, S_co, U_co]):
+
+class StateFunction(
+    Runnable[W_contra, P, tuple[S_co, PipeReader[U_co]]], Generic[W_contra, P, S_co, U_co]
+):
     """State plus updates: ``await w.run(f, ...)`` gives ``(state, PipeReader[update])``."""
 
     kind: Kind = "state"
 
+    @overload
+    def __get__(self, instance: None, owner: type[Any], /) -> Self: ...
+    @overload
+    def __get__(
+        self, instance: object, owner: type[Any] | None = None, /
+    ) -> Callable[P, Awaitable[tuple[S_co, AsyncIterator[U_co]]]]: ...
+    def __get__(self, instance: object, owner: type[Any] | None = None, /) -> Any:
+        """On the class, this descriptor; on a worker, the bound implementation."""
+        return self if instance is None else self._bound(instance)
 
-class OneWay(Function[W_contra], Generic[W_contra, P]):
+
+class OneWay(Runnable[W_contra, P, None], Generic[W_contra, P]):
     """A message with no answer; its errors go to ``on_failure``."""
 
     kind: Kind = "one_way"
 
+    @overload
+    def __get__(self, instance: None, owner: type[Any], /) -> Self: ...
+    @overload
+    def __get__(
+        self, instance: object, owner: type[Any] | None = None, /
+    ) -> Callable[P, Awaitable[None]]: ...
+    def __get__(self, instance: object, owner: type[Any] | None = None, /) -> Any:
+        """On the class, this descriptor; on a worker, the bound implementation."""
+        return self if instance is None else self._bound(instance)
 
-class ReversePipe(Function[W_contra], Generic[W_contra, P, R_co]):
+
+class ReversePipe(Runnable[W_contra, P, R_co], Generic[W_contra, P, R_co]):
     """A stream into the worker: the last argument is streamed with backpressure."""
 
     kind: Kind = "reverse_pipe"
+
+    @overload
+    def __get__(self, instance: None, owner: type[Any], /) -> Self: ...
+    @overload
+    def __get__(
+        self, instance: object, owner: type[Any] | None = None, /
+    ) -> Callable[P, Awaitable[R_co]]: ...
+    def __get__(self, instance: object, owner: type[Any] | None = None, /) -> Any:
+        """On the class, this descriptor; on a worker, the bound implementation."""
+        return self if instance is None else self._bound(instance)
 
 
 class _RpcDecorator(Protocol):

@@ -1,6 +1,7 @@
 """Handles to running workers and extra connections to them: running their functions.
 
-``WorkerHandle`` and ``Connection`` share ``_Runner.run`` / ``submit``; a spawned worker's
+``WorkerHandle`` and ``Connection`` share ``_Runner._run`` / ``_submit`` (bound as their own
+``run`` / ``submit``, with one signature each: ``run`` takes any ``Runnable``); a spawned worker's
 handle owns its ``Supervisor``. Imports the supervisor and the RPC layer; knows nothing of
 worker classes (a handle's type parameter is any worker type).
 """
@@ -9,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import types
 from collections.abc import Callable
-from typing import Any, Generic, ParamSpec, Self, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Self, TypeVar
 
 from ._builtins import (
     CLOSE_SERVER,
@@ -20,11 +22,11 @@ from ._builtins import (
     LogRecord,
     ShutdownOn,
 )
-from ._functions import Function, OneWay, Pipe, ReversePipe, Rpc, StateFunction
+from ._functions import Function, Rpc, Runnable
 from ._network import alternatives
 from ._state import process
 from ._supervisor import Supervisor
-from .errors import ConnectionClosed, WorkerDied
+from .errors import ConnectionClosed, Error, WorkerDied
 from .rpc import Connection as RpcConnection
 from .rpc import HandshakeError, PipeReader
 from .rpc.connection import TranslateClosed
@@ -37,11 +39,32 @@ from .rpc.transport import connect
 W_co = TypeVar("W_co", covariant=True)
 P = ParamSpec("P")
 R = TypeVar("R")
-S = TypeVar("S")
-U = TypeVar("U")
+T = TypeVar("T")
+
+def describe_loop(loop: asyncio.AbstractEventLoop) -> str:
+    """An event loop, for an error message: its class, its id and whether it still runs."""
+    state = "closed" if loop.is_closed() else "running" if loop.is_running() else "stopped"
+    return f"{type(loop).__name__} at {id(loop):#x}, {state}"
+
+
+def _public_method(function: Callable[..., Any], owner: str, name: str) -> Callable[..., Any]:
+    """``function`` under the public name ``owner.name``: what Python shows of it (a
+    "coroutine 'WorkerHandle.run' was never awaited" warning, ``help``) names the class the
+    user holds, not the private base that implements it. A copy, not a wrapper: no call more."""
+    copy = types.FunctionType(
+        function.__code__, function.__globals__, name, function.__defaults__, function.__closure__
+    )
+    copy.__kwdefaults__ = function.__kwdefaults__
+    copy.__doc__ = function.__doc__
+    copy.__qualname__ = f"{owner}.{name}"
+    copy.__module__ = "rpc_parallel"
+    return copy
+
 
 class _Runner(Generic[W_co]):
-    """Running functions of a ``W`` worker: ``await x.run(W.f, *args, **kwargs)``."""
+    """Running functions of a ``W`` worker: ``await x.run(W.f, *args, **kwargs)``, for
+    ``WorkerHandle`` and ``Connection``, which bind ``run`` and ``submit`` under their names.
+    """
 
     name: str
 
@@ -58,28 +81,9 @@ class _Runner(Generic[W_co]):
     async def _death(self, error: ConnectionClosed) -> Callable[[str], BaseException]:
         return lambda function: error
 
-    @overload
-    async def run(
-        self, function: Rpc[W_co, P, R], /, *args: P.args, **kwargs: P.kwargs
-    ) -> R: ...
-    @overload
-    async def run(
-        self, function: Pipe[W_co, P, R], /, *args: P.args, **kwargs: P.kwargs
-    ) -> PipeReader[R]: ...
-    @overload
-    async def run(
-        self, function: StateFunction[W_co, P, S, U], /, *args: P.args, **kwargs: P.kwargs
-    ) -> tuple[S, PipeReader[U]]: ...
-    @overload
-    async def run(
-        self, function: OneWay[W_co, P], /, *args: P.args, **kwargs: P.kwargs
-    ) -> None: ...
-    @overload
-    async def run(
-        self, function: ReversePipe[W_co, P, R], /, *args: P.args, **kwargs: P.kwargs
-    ) -> R: ...
-    async def run(self, function: Function[Any], /, *args: Any, **kwargs: Any) -> Any:
+    async def _run(self, function: Function[Any], /, *args: Any, **kwargs: Any) -> Any:
         """Run ``function`` on the worker; the result's type follows the function's kind."""
+        # Each public class binds this as its ``run`` (``_public_method``).
         try:
             spec = function._spec or function.spec
         except AttributeError:
@@ -88,6 +92,8 @@ class _Runner(Generic[W_co]):
                 f"got {type(function).__qualname__}"
             ) from None
         connection = self._ready_connection() or await self._rpc_connection()
+        if connection.loop is not asyncio.get_running_loop():
+            raise self._other_loop(connection.loop)
         try:
             kind = spec.kind
             if kind == "rpc":
@@ -111,9 +117,7 @@ class _Runner(Generic[W_co]):
         except ConnectionClosed as error:
             raise await self._translate(error, spec.name) from None
 
-    def submit(
-        self, function: Rpc[W_co, P, R], /, *args: P.args, **kwargs: P.kwargs
-    ) -> asyncio.Future[R]:
+    def _submit(self, function: Rpc[Any, ..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Start an ``rpc`` call now and return a future of its result.
 
         The fast path for many calls in flight: ``await asyncio.gather(*(w.submit(f, x) for x
@@ -121,13 +125,25 @@ class _Runner(Generic[W_co]):
         as ``run``'s. Cancelling the future does not cancel the call on the worker.
         """
         connection = self._ready_connection()
+        if connection is not None and connection.loop is not asyncio.get_running_loop():
+            raise self._other_loop(connection.loop)
         if connection is None or function.kind != "rpc":
-            return asyncio.ensure_future(self.run(function, *args, **kwargs))
+            return asyncio.ensure_future(self._run(function, *args, **kwargs))
         spec = function._spec or function.spec
         try:
             return connection.start_call(spec, spec.bind(args, kwargs))[0]
         except ConnectionClosed as error:
             return asyncio.ensure_future(self._raise_translated(error, spec.name))
+
+    def _other_loop(self, loop: asyncio.AbstractEventLoop) -> Error:
+        """The error for a handle used from an event loop other than its connection's."""
+        return Error(
+            f"worker {self.name}: this handle belongs to the event loop it was made in "
+            f"({describe_loop(loop)}) and was used from another one "
+            f"({describe_loop(asyncio.get_running_loop())}). A handle works only in its own "
+            f"loop: spawn and use workers in one asyncio.run (or rp.start_app), or use "
+            f"rp.blocking from code that is not async."
+        )
 
     async def _raise_translated(self, error: ConnectionClosed, function: str) -> Any:
         raise await self._translate(error, function)
@@ -142,6 +158,23 @@ class WorkerHandle(_Runner[W_co]):
 
     Can be passed to other workers as an argument; they ``connect`` to it.
     """
+
+    if TYPE_CHECKING:
+        async def run(
+            self, function: Runnable[W_co, P, T], /, *args: P.args, **kwargs: P.kwargs
+        ) -> T:
+            """Run ``function`` on the worker: ``R`` for an rpc, a ``PipeReader`` for a pipe,
+            ``(state, PipeReader)`` for a state function, None for a one-way function."""
+            ...
+
+        def submit(
+            self, function: Rpc[W_co, P, R], /, *args: P.args, **kwargs: P.kwargs
+        ) -> asyncio.Future[R]:
+            """Start an ``rpc`` call now and return a future of its result."""
+            ...
+    else:
+        run = _public_method(_Runner._run, "WorkerHandle", "run")
+        submit = _public_method(_Runner._submit, "WorkerHandle", "submit")
 
     def __init__(
         self,
@@ -330,6 +363,23 @@ class WorkerHandle(_Runner[W_co]):
 
 class Connection(_Runner[W_co]):
     """An extra connection to a worker, with its own connection state."""
+
+    if TYPE_CHECKING:
+        async def run(
+            self, function: Runnable[W_co, P, T], /, *args: P.args, **kwargs: P.kwargs
+        ) -> T:
+            """Run ``function`` on the worker: ``R`` for an rpc, a ``PipeReader`` for a pipe,
+            ``(state, PipeReader)`` for a state function, None for a one-way function."""
+            ...
+
+        def submit(
+            self, function: Rpc[W_co, P, R], /, *args: P.args, **kwargs: P.kwargs
+        ) -> asyncio.Future[R]:
+            """Start an ``rpc`` call now and return a future of its result."""
+            ...
+    else:
+        run = _public_method(_Runner._run, "Connection", "run")
+        submit = _public_method(_Runner._submit, "Connection", "submit")
 
     def __init__(self, handle: WorkerHandle[W_co], connection: RpcConnection) -> None:
         self.handle = handle

@@ -15,13 +15,14 @@ from collections.abc import Awaitable, Mapping
 from typing import Any, ClassVar, Generic, Self, TypeVar
 
 from ._builtins import ShutdownOn
-from ._functions import Function
+from ._functions import THREADS_ATTRIBUTE, Function
 from ._handle import WorkerHandle
 from ._serving import builtin_implementations, kept_servers, report_fatal
 from ._sockets import serve_in_temporary_directory
 from ._spawn import SpawnOptions, spawn
 from ._state import process
 from ._supervisor import OnFailure
+from ._threads import WorkerThreads
 from .errors import SpawnError
 from .launch import Forward, Launcher, Local, Redirection
 from .launch._process import WorkerProcess
@@ -42,8 +43,19 @@ class Worker(Generic[I]):
     _rpc_parallel_functions: ClassVar[dict[str, Function[Any]]] = {}
     _rpc_parallel_server: Server | None = None
 
+    max_thread_concurrency: ClassVar[int] = 1
+    """How many calls of this worker's plain-``def`` functions may run at once (each in a
+    thread, all sharing ``self``). One at a time by default, as Ray's actors; set it higher
+    in the class body for functions that are safe to overlap (docs/decisions/0019).
+    ``async def`` functions run on the event loop and are not counted."""
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        limit = cls.max_thread_concurrency
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise TypeError(
+                f"{cls.__qualname__}.max_thread_concurrency must be a positive int, got {limit!r}"
+            )
         functions: dict[str, Function[Any]] = {}
         for klass in reversed(cls.__mro__):
             for attribute, value in vars(klass).items():
@@ -110,9 +122,12 @@ class Worker(Generic[I]):
 
     @classmethod
     def implementations(cls, instance: Worker[Any]) -> list[Implementation]:
-        """What a worker serves: its functions and the built-ins."""
+        """What a worker serves: its functions and the built-ins. Its plain-``def``
+        functions share the worker's threads (``max_thread_concurrency`` of them)."""
+        threads = WorkerThreads(cls.max_thread_concurrency, f"{cls.__qualname__}-thread")
+        setattr(instance, THREADS_ATTRIBUTE, threads)  # For ``self.f(...)`` of a plain def.
         served = [
-            Implementation(f.spec, f.bound_to(instance))
+            Implementation(f.spec, f.bound_to(instance), threads)
             for f in cls._rpc_parallel_functions.values()
         ]
         return served + builtin_implementations(instance)

@@ -6,21 +6,19 @@ import asyncio
 import inspect
 import logging
 from collections.abc import Callable
-from typing import Any, Generic, ParamSpec, Self, TypeVar, overload
+from typing import Any, Generic, ParamSpec, Self, TypeVar
 
-from ._functions import Function, OneWay, Pipe, ReversePipe, Rpc, StateFunction
+from ._functions import Runnable
 from ._handle import WorkerHandle
 from ._worker_type import Worker
 from .errors import ConnectionClosed, WorkerDied, WorkerFailure
 from .pool._pool import Spawnable
-from .rpc import PipeReader
 
 W = TypeVar("W", bound="Worker[Any]")
 I = TypeVar("I")  # noqa: E741
 P = ParamSpec("P")
 R = TypeVar("R")
-S = TypeVar("S")
-U = TypeVar("U")
+T = TypeVar("T")
 
 logger = logging.getLogger("rpc_parallel")
 
@@ -89,29 +87,14 @@ class Managed(Generic[W]):
                 logger.exception("on_respawn of rp.Managed raised")
         return handle
 
-    @overload
-    async def run(self, function: Rpc[W, P, R], /, *args: P.args, **kwargs: P.kwargs) -> R: ...
-    @overload
     async def run(
-        self, function: Pipe[W, P, R], /, *args: P.args, **kwargs: P.kwargs
-    ) -> PipeReader[R]: ...
-    @overload
-    async def run(
-        self, function: StateFunction[W, P, S, U], /, *args: P.args, **kwargs: P.kwargs
-    ) -> tuple[S, PipeReader[U]]: ...
-    @overload
-    async def run(self, function: OneWay[W, P], /, *args: P.args, **kwargs: P.kwargs) -> None: ...
-    @overload
-    async def run(
-        self, function: ReversePipe[W, P, R], /, *args: P.args, **kwargs: P.kwargs
-    ) -> R: ...
-    async def run(self, function: Function[Any], /, *args: Any, **kwargs: Any) -> Any:
+        self, function: Runnable[W, P, T], /, *args: P.args, **kwargs: P.kwargs
+    ) -> T:
         """Run ``function`` on the worker, spawning it first if needed (typed like
         ``handle.run``)."""
         handle = await self._current()
-        runner: Any = handle
         try:
-            return await runner.run(function, *args, **kwargs)
+            return await handle.run(function, *args, **kwargs)
         except WorkerDied:
             self._dead.add(id(handle))
             raise

@@ -7,7 +7,6 @@ from __future__ import annotations
 import gc
 import warnings
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -17,11 +16,9 @@ from .support import run_program, write_program
 from .workers import Bank
 
 
-@pytest.mark.xfail(strict=True, reason="#11.11: there is no rp.blocking")
 @pytest.mark.timeout(30)
 def test_blocking_spawn_and_run() -> None:
-    blocking: Any = rp.blocking  # type: ignore[attr-defined]
-    with blocking.spawn(Bank, 10) as w:
+    with rp.blocking.spawn(Bank, 10) as w:
         assert w.run(Bank.withdraw, 3) == 7
         reader_pid = w.run(Bank.pid)
         assert reader_pid == w.pid
@@ -46,7 +43,6 @@ asyncio.run(notebook_cell())
 """
 
 
-@pytest.mark.xfail(strict=True, reason="#11.11: start_app in a running loop: asyncio's RuntimeError")
 @pytest.mark.timeout(60)
 async def test_start_app_inside_a_running_loop_is_a_clear_error(tmp_path: Path) -> None:
     ran = await run_program(write_program(tmp_path, "cell.py", IN_A_RUNNING_LOOP))
@@ -74,7 +70,6 @@ except Exception as error:
 """
 
 
-@pytest.mark.xfail(strict=True, reason="#11.11: a handle from another loop: 'Event loop is closed'")
 @pytest.mark.timeout(60)
 async def test_handle_used_from_another_event_loop_is_a_clear_error(tmp_path: Path) -> None:
     ran = await run_program(write_program(tmp_path, "loops.py", ANOTHER_LOOP), timeout=30.0)
@@ -83,7 +78,6 @@ async def test_handle_used_from_another_event_loop_is_a_clear_error(tmp_path: Pa
     assert "Event loop is closed" not in ran.out and "loop" in ran.out
 
 
-@pytest.mark.xfail(strict=True, reason="#11.12: the warning names the internal class _Runner")
 @pytest.mark.timeout(30)
 async def test_a_forgotten_await_names_only_public_things() -> None:
     async with await Bank.spawn(1) as w:

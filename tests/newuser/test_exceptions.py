@@ -16,7 +16,6 @@ from .support import run_program, write_program
 from .workers import Bank, InsufficientFunds
 
 
-@pytest.mark.xfail(strict=True, reason="#11.6: a remote KeyError is only an rp.RemoteError")
 @pytest.mark.timeout(30)
 async def test_except_builtin_exception_type_catches_the_remote_one() -> None:
     async with await Bank.spawn(10) as w:
@@ -30,7 +29,6 @@ async def test_except_builtin_exception_type_catches_the_remote_one() -> None:
             pytest.fail("no exception")
 
 
-@pytest.mark.xfail(strict=True, reason="#11.6: a remote user exception is only an rp.RemoteError")
 @pytest.mark.timeout(30)
 async def test_except_user_exception_type_catches_the_remote_one() -> None:
     async with await Bank.spawn(10) as w:
@@ -44,7 +42,6 @@ async def test_except_user_exception_type_catches_the_remote_one() -> None:
         assert await w.run(Bank.withdraw, 5) == 5  # the worker goes on
 
 
-@pytest.mark.xfail(strict=True, reason="#11.6: the type name is not qualified (module.Class)")
 @pytest.mark.timeout(30)
 async def test_unimportable_exception_class_falls_back_to_remote_error() -> None:
     async with await Bank.spawn(10) as w:

@@ -36,14 +36,12 @@ async def test_init_timeout_bounds_init_worker_state_and_says_so() -> None:
     assert "did not register" not in text
 
 
-@pytest.mark.xfail(strict=True, reason="#11.8: 'OneWay' object is not callable")
 @pytest.mark.timeout(30)
 async def test_worker_calls_its_own_decorated_function_as_a_method() -> None:
     async with await Bank.spawn(0) as w:
         assert await bounded(w.run(Bank.put_via_self), 10.0, "put_via_self") == [1, 2]
 
 
-@pytest.mark.xfail(strict=True, reason="#11.9: plain-def functions run up to 6 at once")
 @pytest.mark.timeout(30)
 async def test_plain_def_functions_run_one_at_a_time_by_default() -> None:
     async with await Bank.spawn(0) as w:

@@ -5,21 +5,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Generic, ParamSpec, Protocol, Self, TypeVar, overload
+from typing import Any, Generic, ParamSpec, Protocol, Self, TypeVar
 
-from .._functions import Function, OneWay, Pipe, ReversePipe, Rpc, StateFunction
+from .._functions import Rpc, Runnable
 from .._handle import WorkerHandle
 from .._worker_type import Worker
 from ..errors import ConnectionClosed, Error
-from ..rpc import PipeReader
 
 W = TypeVar("W", bound="Worker[Any]")
 W_co = TypeVar("W_co", bound="Worker[Any]", covariant=True)
 I_contra = TypeVar("I_contra", contravariant=True)
 P = ParamSpec("P")
 R = TypeVar("R")
-S = TypeVar("S")
-U = TypeVar("U")
+T = TypeVar("T")
 
 
 class Spawnable(Protocol[W_co, I_contra]):
@@ -115,30 +113,15 @@ class WorkerPool(Generic[W]):
             )
         return min(self._handles, key=lambda h: self._load[id(h)])
 
-    @overload
-    async def run(self, function: Rpc[W, P, R], /, *args: P.args, **kwargs: P.kwargs) -> R: ...
-    @overload
     async def run(
-        self, function: Pipe[W, P, R], /, *args: P.args, **kwargs: P.kwargs
-    ) -> PipeReader[R]: ...
-    @overload
-    async def run(
-        self, function: StateFunction[W, P, S, U], /, *args: P.args, **kwargs: P.kwargs
-    ) -> tuple[S, PipeReader[U]]: ...
-    @overload
-    async def run(self, function: OneWay[W, P], /, *args: P.args, **kwargs: P.kwargs) -> None: ...
-    @overload
-    async def run(
-        self, function: ReversePipe[W, P, R], /, *args: P.args, **kwargs: P.kwargs
-    ) -> R: ...
-    async def run(self, function: Function[Any], /, *args: Any, **kwargs: Any) -> Any:
+        self, function: Runnable[W, P, T], /, *args: P.args, **kwargs: P.kwargs
+    ) -> T:
         """Run ``function`` on the least-loaded worker; its result's type follows its kind."""
         handle = self._least_loaded()
         key = id(handle)
         self._load[key] += 1
         try:
-            runner: Any = handle
-            return await runner.run(function, *args, **kwargs)
+            return await handle.run(function, *args, **kwargs)
         finally:
             if key in self._load:
                 self._load[key] -= 1

@@ -13,7 +13,8 @@ from typing import Any
 
 import msgspec
 
-from .errors import MessageTooLarge, ProtocolError, RemoteError
+from ._exceptions import rebuild
+from .errors import MessageTooLarge, ProtocolError
 from .frames import ErrorInfo
 from .functions import FunctionSpec
 from .streams import Credit
@@ -57,7 +58,8 @@ class ReversePipeCall(RpcCall):
 def error_from_info(spec: FunctionSpec, info: ErrorInfo) -> Exception:
     if info.kind == "protocol":
         return ProtocolError(info.message)
-    return RemoteError(spec.name, info.type_name, info.message, info.traceback)
+    return rebuild(spec.name, info.qualified_type or info.type_name, info.message, info.traceback,
+                   info.args, info.attributes)
 
 
 UNSENDABLE = {"arguments": ("the arguments", "arguments"), "item": ("a stream item",) * 2,

@@ -14,6 +14,7 @@ import contextvars
 import inspect
 import types
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Generator
+from concurrent.futures import Executor
 from typing import Any
 
 from .errors import ProtocolError
@@ -26,15 +27,19 @@ class Implementation:
     """A function this side serves: its spec and the callable that implements it.
 
     Coroutine functions and async generator functions run on the event loop; plain
-    functions run in a thread (so CPU-bound code does not stall heartbeats). A plain
-    generator for a stream is advanced in a thread, one item at a time.
+    functions run in a thread (so CPU-bound code does not stall heartbeats): in
+    ``executor``, or the loop's default one when it is None. A plain generator for a
+    stream is advanced there too, one item at a time.
     """
 
-    __slots__ = ("handler", "in_thread", "spec", "starts_nothing")
+    __slots__ = ("executor", "handler", "in_thread", "spec", "starts_nothing")
 
-    def __init__(self, spec: FunctionSpec, handler: Callable[..., Any]) -> None:
+    def __init__(
+        self, spec: FunctionSpec, handler: Callable[..., Any], executor: Executor | None = None
+    ) -> None:
         self.spec = spec
         self.handler = handler
+        self.executor = executor
         function = handler.__func__ if isinstance(handler, types.MethodType) else handler
         # An ``async def`` (or a method of one): calling it runs none of its code yet.
         self.starts_nothing = type(function) is types.FunctionType and bool(
@@ -118,17 +123,21 @@ def resume(
             return done.value
 
 
-def as_async_iterator(value: Any, loop: asyncio.AbstractEventLoop) -> AsyncIterator[Any]:
+def as_async_iterator(
+    value: Any, loop: asyncio.AbstractEventLoop, executor: Executor | None = None
+) -> AsyncIterator[Any]:
     if isinstance(value, AsyncIterable):
         return aiter(value)
-    return iterate_in_thread(iter(value), loop)
+    return iterate_in_thread(iter(value), loop, executor)
 
 
-async def iterate_in_thread(iterator: Any, loop: asyncio.AbstractEventLoop) -> AsyncIterator[Any]:
+async def iterate_in_thread(
+    iterator: Any, loop: asyncio.AbstractEventLoop, executor: Executor | None = None
+) -> AsyncIterator[Any]:
     done = object()
     try:
         while True:
-            item = await loop.run_in_executor(None, next, iterator, done)
+            item = await loop.run_in_executor(executor, next, iterator, done)
             if item is done:
                 return
             yield item

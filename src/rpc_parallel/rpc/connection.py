@@ -783,7 +783,7 @@ class Connection(asyncio.BufferedProtocol):
             function = functools.partial(
                 contextvars.copy_context().run, implementation.handler, *args
             )
-            return await self.loop.run_in_executor(None, function)
+            return await self.loop.run_in_executor(implementation.executor, function)
         return await implementation.handler(*args)
 
     async def _serve_rpc(self, call_id: int, implementation: Implementation, args: tuple[Any, ...]) -> None:
@@ -955,7 +955,7 @@ class Connection(asyncio.BufferedProtocol):
                 self._respond(spec, call_id, initial)
             else:
                 updates = implementation.handler(*args)
-            iterator = as_async_iterator(updates, self.loop)
+            iterator = as_async_iterator(updates, self.loop, implementation.executor)
             async for item in iterator:
                 if not await self._send_item(spec, call_id, item, credit, serving=True):
                     return

@@ -39,7 +39,13 @@ class ConnectionClosed(Error):
 
 
 class RemoteError(Error):
-    """The remote implementation raised; carries its type, message and traceback text."""
+    """The remote implementation raised; carries its type, message and traceback text.
+
+    ``remote_type`` is the qualified name of the exception's class (``module.Class``;
+    builtins by bare name). When that class is importable where the call was made, the
+    error is also an instance of it (a subclass of both; see ``rpc/_exceptions.py``), with
+    the original's ``args`` and sendable attributes.
+    """
 
     def __init__(
         self, function: str, remote_type: str, remote_message: str, remote_traceback: str
@@ -51,7 +57,8 @@ class RemoteError(Error):
         self.remote_traceback = remote_traceback
 
     def __str__(self) -> str:
-        text = super().__str__()
+        # From the fields, not ``args``: a rebuilt typed error's ``args`` are the original's.
+        text = f"{self.function} raised {self.remote_type}: {self.remote_message}"
         if self.remote_traceback:
             text += "\n--- remote traceback ---\n" + self.remote_traceback.rstrip()
         return text

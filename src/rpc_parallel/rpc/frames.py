@@ -16,6 +16,8 @@ from typing import Literal
 
 import msgspec
 
+from ._exceptions import describe
+
 HEADER = struct.Struct("<IBII")
 HEADER_SIZE = HEADER.size  # 13
 LENGTH_OVERHEAD = HEADER_SIZE - 4  # counted in the length field
@@ -57,12 +59,20 @@ class MenuEntry(msgspec.Struct, array_like=True, frozen=True):
 
 class ErrorInfo(msgspec.Struct, array_like=True, frozen=True):
     """An exception as it crosses the wire: the answer to a call that raised, and (in the
-    worker layer) a failure a worker reports. ``kind`` is "remote" or "protocol"."""
+    worker layer) a failure a worker reports. ``kind`` is "remote" or "protocol".
+
+    The last three fields came later (a peer without them sends none: the defaults):
+    ``qualified_type`` is ``module.Qualname`` (builtins by bare name), ``args`` the
+    exception's ``args`` and ``attributes`` its public attributes, msgpack-encoded (``b""``
+    when they cannot be sent). ``rpc/_exceptions.py`` makes and reads them."""
 
     kind: Literal["remote", "protocol"]
     type_name: str
     message: str
     traceback: str
+    qualified_type: str = ""
+    args: bytes = b""
+    attributes: bytes = b""
 
 
 def remote_error_info(error: BaseException) -> ErrorInfo:
@@ -72,6 +82,7 @@ def remote_error_info(error: BaseException) -> ErrorInfo:
         type(error).__qualname__,
         str(error),
         "".join(traceback.format_exception(type(error), error, error.__traceback__)),
+        *describe(error),
     )
 
 

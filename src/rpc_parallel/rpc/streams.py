@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from .functions import FunctionSpec
     from .settings import RpcSettings
 
-T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)  # A reader only gives items: PipeReader[bool] is a PipeReader[int].
 
 ITEM_OVERHEAD = 64
 """What each stream item counts against the credit window beyond its payload size, so a
@@ -36,7 +36,7 @@ class StreamOwner(Protocol):
         ...
 
 
-class PipeReader(Generic[T]):
+class PipeReader(Generic[T_co]):
     """An async iterator over a stream's items.
 
     Each item taken returns its size to the sender as credit, so a slow reader bounds
@@ -66,10 +66,10 @@ class PipeReader(Generic[T]):
         state = "done" if self._done else "open"
         return f"<PipeReader {self.spec.name} #{self._call_id} {state}, {len(self._items)} queued>"
 
-    def __aiter__(self) -> PipeReader[T]:
+    def __aiter__(self) -> PipeReader[T_co]:
         return self
 
-    async def __anext__(self) -> T:
+    async def __anext__(self) -> T_co:
         while not self._items:
             if self._error is not None:
                 if not self._translated and isinstance(self._error, ConnectionClosed):
@@ -101,7 +101,7 @@ class PipeReader(Generic[T]):
             self._connection.abandon(self._call_id)
         self._items.clear()
 
-    async def __aenter__(self) -> PipeReader[T]:
+    async def __aenter__(self) -> PipeReader[T_co]:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
