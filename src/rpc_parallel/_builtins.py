@@ -23,6 +23,8 @@ class Preload(msgspec.Struct, frozen=True, kw_only=True, tag="preload"):
     module: str
     main_path: str | None
     sys_path: list[str]
+    argv: list[str] = []
+    """The master's ``sys.argv``, the worker's while it imports (as multiprocessing does)."""
 
 
 class Network(msgspec.Struct, frozen=True, kw_only=True):
@@ -62,6 +64,9 @@ class WorkerConfig(msgspec.Struct, frozen=True, kw_only=True, tag="config"):
     network: Network | None = None
     """Present once the master listens on TCP + TLS; ``master_address`` is then ``tls:``
     with the host ``@master`` when the worker connects back over the network."""
+    argv: list[str] = []
+    """The master's ``sys.argv``: the worker's own, so that a main script's top-level
+    argument parsing sees the same arguments in every process."""
 
 
 class Registration(msgspec.Struct, frozen=True, kw_only=True):
@@ -70,6 +75,9 @@ class Registration(msgspec.Struct, frozen=True, kw_only=True):
     host: str
     address: str
     error: ErrorInfo | None = None
+    failed_in: str = "init_worker_state"
+    """Where ``error`` was raised: ``init_worker_state``, or ``__init__`` (the worker class
+    could not be constructed)."""
 
 
 class LogRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -89,6 +97,12 @@ CONFIG_DECODER = msgspec.msgpack.Decoder(Preload | WorkerConfig)
 # Served by the master, called by its workers over their link.
 REGISTER = FunctionSpec(
     "rpc_parallel.register", kind="rpc", parameters=[("registration", Registration)]
+)
+# Called by a worker once it has started and connected, just before ``init_worker_state``
+# (on a connection of its own, closed at once: a blocking ``init_worker_state`` must not
+# starve a link's heartbeats). Ends the ``connection_timeout`` phase of the spawn.
+INITIALIZING = FunctionSpec(
+    "rpc_parallel.initializing", kind="rpc", parameters=[("worker_id", str)]
 )
 # An rpc, not a one-way call: the worker exits right after reporting, and a one-way call
 # followed at once by the end of the connection may never be served.

@@ -11,7 +11,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from ._builtins import REGISTER, WORKER_FAILED, Network, Registration
+from ._builtins import INITIALIZING, REGISTER, WORKER_FAILED, Network, Registration
 from ._network import LISTEN_HOST, MASTER_HOST, network_config
 from ._prestart import Prestarted
 from ._sockets import remove_socket_directory, serve_in_temporary_directory
@@ -41,6 +41,9 @@ class Supervised(Protocol):
 class Master:
     def __init__(self) -> None:
         self.pending: dict[str, asyncio.Future[tuple[RpcConnection, Registration]]] = {}
+        self.initializing: dict[str, asyncio.Future[RpcConnection]] = {}
+        """By worker id: set when the worker has connected and starts ``init_worker_state``,
+        to the connection it holds open meanwhile (its loss: the worker stopped or died)."""
         self.handles: dict[RpcConnection, Supervised] = {}
         self.supervisors: set[asyncio.Task[None]] = set()
         self.server: Server | None = None
@@ -89,6 +92,7 @@ class Master:
         return {
             "secret": process().secret,
             "implementations": [
+                Implementation(INITIALIZING, self._initializing),
                 Implementation(REGISTER, self._register),
                 Implementation(WORKER_FAILED, self._worker_failed),
             ],
@@ -104,6 +108,13 @@ class Master:
         if handle is None:
             return lambda function: error
         return await handle._death(error)
+
+    async def _initializing(self, worker_id: str) -> None:
+        started = self.initializing.get(worker_id)
+        if started is None:
+            raise ProtocolError(f"no spawn is waiting for worker id {worker_id}")
+        if not started.done():
+            started.set_result(current_connection.get())
 
     async def _register(self, registration: Registration) -> None:
         pending = self.pending.get(registration.worker_id)

@@ -62,7 +62,8 @@ class Prestarted:
         except Exception:
             return None  # The next spawn of this class starts cold and says what is wrong.
         await worker.send(CONFIG_ENCODER.encode(
-            Preload(module=module, main_path=main_path, sys_path=list(sys.path))
+            Preload(module=module, main_path=main_path, sys_path=list(sys.path),
+                    argv=list(sys.argv))
         ))
         return worker
 

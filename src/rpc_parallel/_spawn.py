@@ -11,13 +11,15 @@ launch seam; knows worker classes only by the ``WorkerClass`` protocol.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import socket
 import sys
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, NoReturn, Protocol
 
 import msgspec
 
@@ -71,6 +73,9 @@ class SpawnOptions:
     redirect_stderr: Redirection = Forward()  # noqa: RUF009
     on_failure: OnFailure | None = None
     connection_timeout: float = 10.0
+    """Bounds the start: until the process has started, imported and connected back."""
+    init_timeout: float | None = None
+    """Bounds ``init_worker_state`` (none by default: heavy loading belongs there)."""
     foreground: bool = False
     """``spawn_in_foreground``: the caller's process group, no pre-started process."""
 
@@ -79,23 +84,49 @@ async def spawn(
     cls: WorkerClass, init_arg: Any, options: SpawnOptions
 ) -> tuple[WorkerHandle[Any], LaunchedProcess]:
     """Start one worker; returns once its ``init_worker_state`` has finished."""
+    _refuse_unguarded_main()
     prepared = _Prepared(cls, init_arg, options)
     master = current_master()
     worker, name = await _start_process(prepared, master)
-    registered: asyncio.Future[tuple[RpcConnection, Registration]] = (
-        asyncio.get_running_loop().create_future()
-    )
+    loop = asyncio.get_running_loop()
+    registered: asyncio.Future[tuple[RpcConnection, Registration]] = loop.create_future()
+    initializing: asyncio.Future[RpcConnection] = loop.create_future()
     master.pending[prepared.worker_id] = registered
+    master.initializing[prepared.worker_id] = initializing
     try:
         await worker.send(CONFIG_ENCODER.encode(await prepared.config(name, master)))
-        link, registration = await _await_registration(worker, registered, name, options)
+        link, registration = await _await_registration(
+            worker, registered, initializing, name, options)
         link.check_menu(f.spec for f in cls._rpc_parallel_functions.values())
     except BaseException:
         await _abort(worker, registered)
         raise
     finally:
         master.pending.pop(prepared.worker_id, None)
+        master.initializing.pop(prepared.worker_id, None)
     return _make_handle(prepared, name, link, registration, worker, master), worker
+
+
+class UnguardedMainError(SpawnError):
+    """A worker process, importing the main script, ran a spawn at the script's top level."""
+
+
+def _refuse_unguarded_main() -> None:
+    """Refuse a spawn made while this worker process imports the master's main script: the
+    script starts workers at its top level (no main guard), so every worker would start
+    another, without end. The error multiprocessing gives in the same case."""
+    if not process().importing_for_worker:
+        return
+    main = sys.modules.get("__mp_main__")
+    script = getattr(main, "__file__", None) or "the main script"
+    raise UnguardedMainError(
+        f"{script} starts workers when it is imported: a worker process imports the main "
+        "script to find its worker class, and the script spawned a worker again.\n"
+        "Start workers only when the script runs as the main program, under the main guard "
+        "(as with multiprocessing):\n\n"
+        "    if __name__ == '__main__':\n"
+        "        rp.start_app(main)    # or asyncio.run(main())\n"
+    )
 
 
 class _Prepared:
@@ -107,11 +138,13 @@ class _Prepared:
                 f"shutdown_on must be one of {SHUTDOWN_MODES}, got {options.shutdown_on!r}"
             )
         check_launcher(options.how)
+        _check_timeouts(options)
         self.cls = cls
         self.options = options
-        self.key: ClassKey = _class_location(cls)
         for function in cls._rpc_parallel_functions.values():
             function.spec  # noqa: B018 — annotation errors surface here, not in the worker
+        _check_constructor(cls)
+        self.key: ClassKey = _class_location(cls)
         self.worker_id = str(uuid.uuid4())
         to_wire(options.redirect_stdout, "redirect_stdout")
         self.redirect_stderr = to_wire(options.redirect_stderr, "redirect_stderr")
@@ -141,6 +174,7 @@ class _Prepared:
             settings=process().rpc_settings(), init_arg=self.init_arg,
             shutdown_on=self.options.shutdown_on, redirect_stderr=self.redirect_stderr,
             umask=self.options.umask, parent=f"{os.getpid()}@{socket.gethostname()}",
+            argv=list(sys.argv),
         )
 
 
@@ -167,38 +201,28 @@ async def _start_process(prepared: _Prepared, master: Master) -> tuple[LaunchedP
 async def _await_registration(
     worker: LaunchedProcess,
     registered: asyncio.Future[tuple[RpcConnection, Registration]],
+    initializing: asyncio.Future[RpcConnection],
     name: str,
     options: SpawnOptions,
 ) -> tuple[RpcConnection, Registration]:
-    """Wait until the worker registers (within ``connection_timeout``), exits, or fails."""
-    exited = asyncio.ensure_future(worker.wait())
-    try:
-        waiting: list[asyncio.Future[Any]] = [registered, exited]
-        await asyncio.wait(waiting, timeout=options.connection_timeout,
-                           return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        exited.cancel()
+    """Wait for the worker's two phases: start and connect back (``connection_timeout``),
+    then ``init_worker_state`` (``init_timeout``). Fails if it exits or a phase runs out."""
+    started = time.monotonic()
+    await _wait_or_exit(worker, [registered, initializing], options.connection_timeout)
+    if not (registered.done() or initializing.done()):
+        await _not_registered(
+            worker, name, started, "before it registered (while starting)",
+            f"did not start and connect back within connection_timeout "
+            f"({options.connection_timeout:g} s)")
     if not registered.done():
-        who = f"worker {name}{getattr(worker, 'where', '')}"
-        if worker.returncode is not None:
-            await worker.drain_output(timeout=1.0)
-            tail = worker.stderr_tail()
-            raise SpawnError(f"{who} {describe_exit(worker.returncode)} before it "
-                             f"registered{end_explanation(worker)}{_last_line(tail)}", stderr_tail=tail)
-        await worker.kill_and_reap()
-        tail = worker.stderr_tail()
-        raise SpawnError(
-            f"{who} did not register within connection_timeout "
-            f"({options.connection_timeout:g} s); killed{_last_line(tail)}",
-            stderr_tail=tail,
-        )
+        await _await_init(worker, registered, initializing.result(), name, options)
     link, registration = registered.result()
     failure = registration.error
     if failure is not None:
         link.close("init_worker_state failed")
         await worker.stop(grace=5.0)
         raise SpawnError(
-            f"worker {name}: init_worker_state raised {failure.type_name}: "
+            f"worker {name}: {registration.failed_in} raised {failure.type_name}: "
             f"{failure.message}\n--- remote traceback ---\n{failure.traceback.rstrip()}",
             stderr_tail=worker.stderr_tail(),
         )
@@ -209,6 +233,92 @@ def _last_line(tail: str) -> str:
     """``": <the last line of stderr>"``, the likeliest cause (ssh's own error, ...)."""
     lines = [line.strip() for line in tail.splitlines() if line.strip()]
     return f": {lines[-1][:300]}" if lines else ""
+
+
+async def _await_init(
+    worker: LaunchedProcess,
+    registered: asyncio.Future[tuple[RpcConnection, Registration]],
+    initializing: RpcConnection,
+    name: str,
+    options: SpawnOptions,
+) -> None:
+    """The ``init_worker_state`` phase: until the registration, within ``init_timeout``.
+    The connection the worker holds open meanwhile has heartbeats: if it is lost first, the
+    worker stopped answering (or died) during initialisation."""
+    started = time.monotonic()
+    lost = asyncio.ensure_future(initializing.wait_closed())
+    try:
+        await _wait_or_exit(worker, [registered, lost], options.init_timeout)
+        if lost.done() and not registered.done():
+            await _wait_or_exit(worker, [registered], 1.0)  # dying, or registered meanwhile
+    finally:
+        lost.cancel()
+    if registered.done():
+        return
+    during = "during init_worker_state"
+    if lost.done() and worker.returncode is None:
+        await _not_registered(worker, name, started, during,
+                              f"stopped answering during init_worker_state "
+                              f"({initializing.close_reason or 'connection lost'})")
+    await _not_registered(
+        worker, name, started, during,
+        f"init_worker_state did not finish within init_timeout ({options.init_timeout} s)")
+
+
+async def _wait_or_exit(
+    worker: LaunchedProcess, futures: list[asyncio.Future[Any]], timeout: float | None
+) -> None:
+    """Until one of ``futures`` is done, the process exits, or ``timeout`` runs out."""
+    exited = asyncio.ensure_future(worker.wait())
+    try:
+        await asyncio.wait([*futures, exited], timeout=timeout,
+                           return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        exited.cancel()
+
+
+async def _not_registered(
+    worker: LaunchedProcess, name: str, since: float, during: str, timed_out: str
+) -> NoReturn:
+    """The ``SpawnError`` of a phase that did not end: the process exited, or ran out of
+    time (then it is killed). Says which phase, and how long it ran."""
+    took = time.monotonic() - since
+    who = f"worker {name}{getattr(worker, 'where', '')}"
+    if worker.returncode is not None:
+        await worker.drain_output(timeout=1.0)
+        tail = worker.stderr_tail()
+        raise SpawnError(f"{who} {describe_exit(worker.returncode)} {during}, after "
+                         f"{took:.1f} s{end_explanation(worker)}{_last_line(tail)}",
+                         stderr_tail=tail)
+    await worker.kill_and_reap()
+    tail = worker.stderr_tail()
+    raise SpawnError(f"{who} {timed_out}: it ran {took:.1f} s; killed{_last_line(tail)}",
+                     stderr_tail=tail)
+
+
+def _check_timeouts(options: SpawnOptions) -> None:
+    if not options.connection_timeout > 0:
+        raise ValueError(f"connection_timeout must be positive, got {options.connection_timeout!r}")
+    if options.init_timeout is not None and not options.init_timeout > 0:
+        raise ValueError(f"init_timeout must be positive or None, got {options.init_timeout!r}")
+
+
+def _check_constructor(cls: WorkerClass) -> None:
+    """A worker is constructed with no arguments; a Ray-style ``__init__(self, arg)`` gets
+    a hint to take the argument in ``init_worker_state``."""
+    try:
+        inspect.signature(cls).bind()
+    except TypeError:
+        raise TypeError(
+            f"{cls.__qualname__}.__init__{inspect.signature(cls)} takes arguments, but a worker "
+            "is constructed with none. Take the spawn's argument in init_worker_state "
+            "instead (it runs once in the worker):\n"
+            f"    class {cls.__qualname__}(rp.Worker[T]):\n"
+            "        async def init_worker_state(self, arg: T) -> None: ...\n"
+            f"    await {cls.__qualname__}.spawn(arg)"
+        ) from None
+    except ValueError:
+        pass  # No signature to check.
 
 
 async def _abort(
@@ -259,6 +369,12 @@ def _class_location(cls: WorkerClass) -> ClassKey:
     if module in ("__main__", "__mp_main__"):
         main_module = sys.modules.get(module)
         main_path = getattr(main_module, "__file__", None)
+        if main_path == "<stdin>":
+            raise SpawnError(
+                f"worker class {qualname} is defined in a script read from standard input "
+                "(python -): a worker process imports its class from a file. Save the "
+                "script to a file and run python script.py, or define the class in a module"
+            )
         if main_path is None:
             raise SpawnError(
                 f"worker class {qualname} is defined in an interactive __main__; define it in "

@@ -23,6 +23,7 @@ from typing import Any, NoReturn
 
 from ._builtins import (
     CONFIG_DECODER,
+    INITIALIZING,
     REGISTER,
     WORKER_FAILED,
     Preload,
@@ -32,12 +33,14 @@ from ._builtins import (
 from ._network import advertised_host, alternatives, join
 from ._serving import report_fatal, set_exit_future, set_fatal_reporter
 from ._sockets import WORKER_PREFIX, remove_socket_directory, serve_in_temporary_directory
+from ._spawn import UnguardedMainError
 from ._state import State, process
 from ._worker_type import Worker
 from .launch._launcher import CONFIG_FILE_VARIABLE
 from .rpc import Connection as RpcConnection
 from .rpc import Error as RpcError
 from .rpc import FunctionSpec, Server, new_event_loop, serve_tcp, server_context
+from .rpc import run as rpc_run
 from .rpc.frames import ErrorInfo, remote_error_info
 from .rpc.functions import make_decoder
 from .rpc.transport import Tcp, address_of, connect
@@ -71,6 +74,7 @@ def read_config(fd: int = 0) -> WorkerConfig:
         if isinstance(message, WorkerConfig):
             return message
         sys.path[:] = message.sys_path
+        _use_argv(message.argv)
         try:
             _import_module(message.module, message.main_path)
         except BaseException as error:
@@ -94,6 +98,13 @@ def read_config_file(path: str, timeout: float = 120.0) -> WorkerConfig:
             return read_config(fd)
         finally:
             os.close(fd)
+
+
+def _use_argv(argv: list[str]) -> None:
+    """Take the master's ``sys.argv`` (as multiprocessing does): a main script that parses
+    its arguments at top level sees the same ones when a worker imports it."""
+    if argv:
+        sys.argv[:] = argv
 
 
 def _watch_stdin(shutdown_on: str) -> None:
@@ -213,19 +224,106 @@ async def _init_worker_state(
     """Run ``init_worker_state``; what it raised, for the registration."""
     try:
         init_arg = make_decoder(cls.init_type()).decode(config.init_arg)
-        await instance.init_worker_state(init_arg)
+        initialized = instance.init_worker_state(init_arg)  # a plain def runs here, at once
+        if initialized is not None:
+            await initialized
     except Exception as error:
         return remote_error_info(error)
     return None
+
+
+class _Initializing:
+    """A connection to the master held open while ``init_worker_state`` runs, on a thread and
+    event loop of its own: it tells the master that this process has started and connected
+    (ending the spawn's ``connection_timeout``), and its heartbeats say the process is alive
+    even while a blocking ``init_worker_state`` holds the main loop. The master takes its
+    loss before the registration as the worker stopped or died during initialisation."""
+
+    def __init__(self, config: WorkerConfig) -> None:
+        self.config = config
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._finish: asyncio.Future[None] | None = None
+        self._thread = threading.Thread(
+            target=self._run, name="rpc_parallel-initializing", daemon=True)
+
+    async def start(self) -> None:
+        """Connect and announce; returns once the master knows (raises if it cannot)."""
+        loop = asyncio.get_running_loop()
+        self._announced: asyncio.Future[None] = loop.create_future()
+        self._main_loop = loop
+        self._thread.start()
+        await self._announced
+
+    def _run(self) -> None:
+        rpc_run(self._hold())
+
+    async def _hold(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._finish = self._loop.create_future()
+        config = self.config
+        try:
+            connection = await _connect_link(config, {
+                "secret": config.secret, "implementations": [], "settings": config.settings})
+            await connection.call(INITIALIZING, config.worker_id)
+        except BaseException as error:
+            self._main_loop.call_soon_threadsafe(_set_exception, self._announced, error)
+            return
+        self._main_loop.call_soon_threadsafe(_set_result, self._announced)
+        try:
+            await self._finish
+        finally:
+            connection.close("initialized")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(connection.wait_closed(), timeout=2.0)
+
+    def finish(self) -> None:
+        """Close the connection (after the registration); its thread then ends. Does not
+        wait: nothing may run between the registration and the stderr redirection."""
+        loop, finish = self._loop, self._finish
+        if loop is not None and finish is not None:
+            with contextlib.suppress(RuntimeError):  # its loop has ended already
+                loop.call_soon_threadsafe(_set_result, finish)
+
+
+def _set_result(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _set_exception(future: asyncio.Future[None], error: BaseException) -> None:
+    if not future.done():
+        future.set_exception(error)
+
+
+async def _construction_failed(config: WorkerConfig, failure: ErrorInfo) -> int:
+    """The worker class's ``__init__`` raised: say so in the registration (the spawn's
+    ``SpawnError`` shows it, once); exit code 1."""
+    link = await _connect_link(config, {
+        "secret": config.secret, "implementations": [], "settings": config.settings})
+    try:
+        await link.call(REGISTER, Registration(
+            worker_id=config.worker_id, pid=os.getpid(), host=socket.gethostname(),
+            address="", error=failure, failed_in="__init__",
+        ))
+    finally:
+        link.close("worker could not be constructed")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(link.wait_closed(), timeout=2.0)
+    return 1
 
 
 async def serve(config: WorkerConfig, cls: type[Worker[Any]]) -> int:
     """Serve ``cls`` as the worker ``config`` describes; the process's exit code."""
     exit_future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
     set_exit_future(exit_future)
-    instance = cls()
+    try:
+        instance = cls()
+    except Exception as error:
+        return await _construction_failed(config, remote_error_info(error))
     reports = _Reports(config.name, exit_future)
     one_way_failed = _report_failures(instance, reports)
+    initializing = _Initializing(config)
+    await initializing.start()
     failure = await _init_worker_state(config, cls, instance)
     implementations = cls.implementations(instance)
     serving: dict[str, Any] = {
@@ -236,10 +334,13 @@ async def serve(config: WorkerConfig, cls: type[Worker[Any]]) -> int:
     try:
         instance._rpc_parallel_server = servers[0]
         link = reports.link = await _connect_link(config, serving)
-        await link.call(REGISTER, Registration(
-            worker_id=config.worker_id, pid=os.getpid(), host=socket.gethostname(),
-            address=address, error=failure,
-        ))
+        try:
+            await link.call(REGISTER, Registration(
+                worker_id=config.worker_id, pid=os.getpid(), host=socket.gethostname(),
+                address=address, error=failure,
+            ))
+        finally:
+            initializing.finish()
         if failure is not None:
             return 1
         _redirect_stderr(config)
@@ -342,6 +443,7 @@ def main() -> NoReturn:
     if config.network is not None:
         join(config.network)
     sys.path[:] = config.sys_path
+    _use_argv(config.argv)
     if config_file is None:  # Otherwise stdin is not the master's: heartbeats alone watch it.
         threading.Thread(target=_watch_stdin, args=(config.shutdown_on,), daemon=True).start()
     try:
@@ -351,6 +453,8 @@ def main() -> NoReturn:
                     f"{config.module}.{config.qualname}", 3)
     try:
         code = _run_then_exit(serve(config, cls))
+    except SystemExit as error:
+        code = _exit_status(error, config.name)
     except BaseException as error:
         _die(error, "", 1)
     sys.stdout.flush()
@@ -358,9 +462,44 @@ def main() -> NoReturn:
     os._exit(code)
 
 
+def _exit_status(error: SystemExit, name: str) -> int:
+    """The exit status ``sys.exit(...)`` in a worker function asks for, as the interpreter
+    would give it (None: 0; an int: itself; anything else: printed, 1), with one line
+    saying where it was called; no event-loop traceback."""
+    status = error.code
+    where = _user_frame(error)
+    sys.stderr.write(f"rpc_parallel worker {name}: sys.exit({status!r}) called{where}\n")
+    if status is None:
+        return 0
+    if isinstance(status, int):
+        return status & 0xFF
+    sys.stderr.write(f"{status}\n")
+    return 1
+
+
+def _user_frame(error: BaseException) -> str:
+    """`` in function (file:line)`` of the last frame outside the library and asyncio."""
+    library = os.path.dirname(os.path.abspath(__file__))
+    outside = [
+        frame for frame in traceback.extract_tb(error.__traceback__)
+        if not frame.filename.startswith((library, os.path.dirname(asyncio.__file__)))
+        and frame.name != "exit"
+    ]
+    if not outside:
+        return ""
+    frame = outside[-1]
+    return f" in {frame.name} ({frame.filename}:{frame.lineno})"
+
+
 def _die(error: BaseException, what: str, code: int) -> NoReturn:
     """Print the traceback (and ``what: error`` if given), then exit with ``code`` at once:
-    the master reads the tail of stderr into its ``SpawnError`` / ``WorkerDied``."""
+    the master reads the tail of stderr into its ``SpawnError`` / ``WorkerDied``. A script
+    without its main guard gets the message alone (its traceback is the event loop's)."""
+    if isinstance(error, UnguardedMainError):
+        sys.stderr.write(f"rpc_parallel worker: {error}\n")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     traceback.print_exception(error)
     if what:
         sys.stderr.write(f"{what}: {type(error).__name__}: {error}\n")

@@ -27,6 +27,7 @@ from .errors import SpawnError
 from .launch import Forward, Launcher, Local, Redirection
 from .launch._process import WorkerProcess
 from .rpc import Implementation, Server, current_connection
+from .rpc.functions import check_declared_types
 from .rpc.transport import address_of
 
 I = TypeVar("I")  # noqa: E741
@@ -62,9 +63,17 @@ class Worker(Generic[I]):
                 if isinstance(value, Function):
                     functions[attribute] = value
         cls._rpc_parallel_functions = functions
+        for value in vars(cls).values():  # inherited functions: checked with their class
+            if isinstance(value, Function):
+                # A type that cannot travel fails the class statement; other annotation
+                # mistakes (a name defined later, say) are found at spawn.
+                check_declared_types(value.implementation, skip_first=True)
 
-    async def init_worker_state(self, init_arg: I, /) -> None:
-        """Runs once in the worker process with the spawn's init argument."""
+    def init_worker_state(self, init_arg: I, /) -> Awaitable[None] | None:
+        """Runs once in the worker process with the spawn's init argument, before the
+        spawn returns. Define it ``async def`` or plain ``def`` (which runs on the worker's
+        event loop thread: nothing else runs yet, so blocking there is fine)."""
+        return None
 
     async def init_connection_state(self, arg: Any, /) -> Any:
         """Runs for each ``handle.connect(arg)``; its result is ``self.connection_state``."""
@@ -147,12 +156,14 @@ class Worker(Generic[I]):
         redirect_stderr: Redirection = Forward(),  # noqa: B008
         on_failure: OnFailure | None = None,
         connection_timeout: float = 10.0,
+        init_timeout: float | None = None,
     ) -> WorkerHandle[Self]:
         """Start one worker process; returns once its ``init_worker_state`` has finished."""
         handle, _ = await spawn(cls, init_arg, SpawnOptions(
             how=how, name=name, env=env, cwd=cwd, umask=umask, shutdown_on=shutdown_on,
             redirect_stdout=redirect_stdout, redirect_stderr=redirect_stderr,
             on_failure=on_failure, connection_timeout=connection_timeout,
+            init_timeout=init_timeout,
         ))
         return handle
 
@@ -171,13 +182,15 @@ class Worker(Generic[I]):
         redirect_stderr: Redirection = Forward(),  # noqa: B008
         on_failure: OnFailure | None = None,
         connection_timeout: float = 10.0,
+        init_timeout: float | None = None,
     ) -> tuple[WorkerHandle[Self], WorkerProcess]:
         """Like ``spawn``, in the caller's process group, also giving the process itself
         (``pid``, ``await process.wait()`` for its exit status)."""
         handle, worker_process = await spawn(cls, init_arg, SpawnOptions(
             how=how, name=name, env=env, cwd=cwd, umask=umask, shutdown_on=shutdown_on,
             redirect_stdout=redirect_stdout, redirect_stderr=redirect_stderr,
-            on_failure=on_failure, connection_timeout=connection_timeout, foreground=True,
+            on_failure=on_failure, connection_timeout=connection_timeout,
+            init_timeout=init_timeout, foreground=True,
         ))
         if not isinstance(worker_process, WorkerProcess):
             await handle.shutdown()
@@ -189,7 +202,9 @@ class Worker(Generic[I]):
     async def serve(cls, init_arg: I, *, name: str | None = None) -> WorkerHandle[Self]:
         """Run this worker's server inside the current process (several may run at once)."""
         instance = cls()
-        await instance.init_worker_state(init_arg)
+        initialized = instance.init_worker_state(init_arg)
+        if initialized is not None:
+            await initialized
         server = await serve_in_temporary_directory(
             "rpc_parallel-serve-", "worker.sock",
             secret=process().secret,

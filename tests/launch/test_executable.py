@@ -205,7 +205,7 @@ async def test_a_worker_from_the_bundle_registers_and_serves_on_a_bare_python(
     """What a launcher does, here without ssh: boot input, then the worker's configuration
     (its sys.path: the bundle and the host's standard library, as the host reported), on one
     stdin."""
-    from rpc_parallel._builtins import REGISTER, Registration, WorkerConfig
+    from rpc_parallel._builtins import INITIALIZING, REGISTER, Registration, WorkerConfig
     from rpc_parallel.launch.redirection import Redirect
     from rpc_parallel.rpc import Implementation, RpcSettings, connect_unix, serve_unix
     from rpc_parallel.rpc.functions import ENCODER
@@ -217,8 +217,11 @@ async def test_a_worker_from_the_bundle_registers_and_serves_on_a_bare_python(
     async def register(registration: Registration) -> None:
         registered.set_result(registration)
 
-    server = await serve_unix(str(tmp_path / "master.sock"), secret=secret,
-                              implementations=[Implementation(REGISTER, register)])
+    async def initializing(worker_id: str) -> None:
+        assert worker_id == "w1"
+
+    server = await serve_unix(str(tmp_path / "master.sock"), secret=secret, implementations=[
+        Implementation(INITIALIZING, initializing), Implementation(REGISTER, register)])
     config = WorkerConfig(
         worker_id="w1", name="where", module=APP_MODULE, qualname="Where", main_path=None,
         sys_path=exe.sys_path, secret=secret,

@@ -51,7 +51,6 @@ async def test_unimportable_exception_class_falls_back_to_remote_error() -> None
         assert "cannot be rebuilt in the master" in str(caught.value)
 
 
-@pytest.mark.xfail(strict=True, reason="#11.4: sys.exit(3) is reported as exit code 1")
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("code", [3, 0])
 async def test_sys_exit_code_is_reported_as_is(code: int) -> None:
@@ -82,7 +81,6 @@ if __name__ == "__main__":
 """
 
 
-@pytest.mark.xfail(strict=True, reason="#11.5: the SpawnError shows the traceback twice")
 @pytest.mark.timeout(60)
 async def test_spawn_error_shows_the_init_traceback_once(tmp_path: Path) -> None:
     """What the user sees when the SpawnError is not caught: the whole stderr of the program."""

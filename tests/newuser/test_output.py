@@ -46,7 +46,6 @@ if __name__ == "__main__":
 STREAMS = [pytest.param(1, id="stdout"), pytest.param(2, id="stderr")]
 
 
-@pytest.mark.xfail(strict=True, reason="#11.1: lines over 64 KiB lose their bytes when forwarded")
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("fd", STREAMS)
 async def test_forwarded_output_loses_no_byte(tmp_path: Path, fd: int) -> None:

@@ -32,7 +32,6 @@ asyncio.run(main())   # no `if __name__ == "__main__":` guard
 """
 
 
-@pytest.mark.xfail(strict=True, reason="#11.2: workers re-import the script and spawn without end")
 @pytest.mark.timeout(60)
 async def test_no_main_guard_is_refused_with_the_multiprocessing_hint(tmp_path: Path) -> None:
     ran = await run_program(write_program(tmp_path, "unguarded.py", NO_GUARD), timeout=20.0)
@@ -69,7 +68,6 @@ if __name__ == "__main__":
 """
 
 
-@pytest.mark.xfail(strict=True, reason="#11.3: the worker's sys.argv is not the master's")
 @pytest.mark.timeout(60)
 async def test_worker_sys_argv_is_the_masters(tmp_path: Path) -> None:
     ran = await run_program(write_program(tmp_path, "cli.py", ARGPARSE), "--count", "3")
@@ -99,7 +97,6 @@ if __name__ == "__main__":
 """
 
 
-@pytest.mark.xfail(strict=True, reason="#11.3: `python - < script.py` gives a bogus <stdin> path")
 @pytest.mark.timeout(60)
 async def test_script_from_stdin_gets_a_clear_error(tmp_path: Path) -> None:
     script = write_program(tmp_path, "unused.py", "")
@@ -109,3 +106,24 @@ async def test_script_from_stdin_gets_a_clear_error(tmp_path: Path) -> None:
     assert len(ran.workers_seen) <= 1
     assert "stdin" in ran.err and "<stdin>'" not in ran.err, ran.err[-3000:]
     assert "Traceback" not in ran.err.split("rpc_parallel")[0] or "Error" in ran.err
+
+
+ARGPARSE_TWICE = ARGPARSE.replace(
+    "    async with await Reporter.spawn(None) as w:\n",
+    "    async with await Reporter.spawn(None) as first:\n"
+    "        await first.run(Reporter.argv)\n"
+    "    async with await Reporter.spawn(None) as w:  # a pre-started process\n",
+)
+
+
+@pytest.mark.timeout(60)
+async def test_prestarted_worker_imports_the_script_with_the_masters_argv(tmp_path: Path) -> None:
+    """Under start_app the second spawn takes a process that imported the script before its
+    configuration came: it had the master's argv already."""
+    assert ARGPARSE_TWICE != ARGPARSE
+    ran = await run_program(write_program(tmp_path, "cli.py", ARGPARSE_TWICE), "--count", "3")
+    assert ran.returncode == 0, ran.err[-3000:]
+    worker_argv, master_argv = eval(ran.out.strip().splitlines()[-1])
+    assert worker_argv == master_argv and worker_argv[1:] == ["--count", "3"]
+    assert len(ran.workers_seen) >= 2
+    assert "usage:" not in ran.err and "cannot import" not in ran.err, ran.err[-3000:]

@@ -16,14 +16,12 @@ from ..workers.support import bounded
 from .workers import Bank, RayStyle, SlowInit
 
 
-@pytest.mark.xfail(strict=True, reason="#11.7: connection_timeout also covers init_worker_state")
 @pytest.mark.timeout(30)
 async def test_slow_init_is_not_bounded_by_connection_timeout() -> None:
     async with await bounded(SlowInit.spawn(3.0, connection_timeout=1.5), 20.0, "spawn") as w:
         assert await w.run(SlowInit.ping) == "pong"
 
 
-@pytest.mark.xfail(strict=True, reason="#11.7: there is no init_timeout spawn option")
 @pytest.mark.timeout(30)
 async def test_init_timeout_bounds_init_worker_state_and_says_so() -> None:
     started = time.monotonic()
@@ -50,7 +48,6 @@ async def test_plain_def_functions_run_one_at_a_time_by_default() -> None:
         assert await w.run(Bank.concurrency) == 1
 
 
-@pytest.mark.xfail(strict=True, reason="#11.10: an unsendable type is found at the first call")
 @pytest.mark.timeout(30)
 async def test_unsendable_parameter_type_is_refused_at_definition_or_spawn() -> None:
     class Opaque:
@@ -92,7 +89,6 @@ async def test_timezone_aware_datetime_keeps_its_instant_and_a_timezone() -> Non
     assert back.tzinfo is not None  # (in UTC or with its offset: the guide says which)
 
 
-@pytest.mark.xfail(strict=True, reason="#11.13: a Ray-style __init__ gets no hint")
 @pytest.mark.timeout(30)
 async def test_ray_style_init_gets_a_hint_to_use_init_worker_state() -> None:
     try:

@@ -212,7 +212,7 @@ async def test_env_and_cwd_reach_a_job_and_a_crash_before_registering_is_reporte
         with pytest.raises(rp.SpawnError) as caught:
             await Fragile.spawn(None, how=rp.Slurm(), env={"RP_TEST_FAIL": "import"})
         text = str(caught.value)
-        assert "before it registered: Slurm job" in text and "FAILED" in text, text
+        assert "exited with code 1" in text and "FAILED (reason: NonZeroExitCode" in text, text
         assert "boom before registering" in caught.value.stderr_tail
         with pytest.raises(rp.SpawnError, match="not a directory"):
             await Fragile.spawn(None, how=rp.Slurm(), cwd=tmp_path / "missing")

@@ -185,7 +185,7 @@ async def test_env_and_cwd_reach_a_step_and_a_crash_before_registering_is_report
             assert (found.cwd, found.value) == (str(tmp_path), "7")
         with pytest.raises(rp.SpawnError) as caught:
             await Fragile.spawn(None, how=rp.Slurm(), env={"RP_TEST_FAIL": "import"})
-        assert "before it registered" in str(caught.value), str(caught.value)
+        assert "exited with code 1" in str(caught.value), str(caught.value)
         assert "boom before registering" in caught.value.stderr_tail
         # srun's own chatter (-v) is not in the tail; its errors are.
         assert "defined options" not in caught.value.stderr_tail

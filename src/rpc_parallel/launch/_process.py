@@ -7,7 +7,6 @@ import contextlib
 import os
 import signal
 import sys
-from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import IO
 
@@ -16,6 +15,71 @@ from ._launcher import LaunchRequest
 from .redirection import DevNull, FileAppend, FileTruncate, Forward, Redirection
 
 _TAIL_LINES = 40
+_TAIL_BYTES = 16384
+_CHUNK = 65536
+
+
+def _prefixed(block: bytes, prefix: bytes, at_line_start: bool) -> bytes:
+    """``block`` with ``prefix`` after each newline but a final one, and at its start if it
+    begins a line."""
+    body = block.replace(b"\n", b"\n" + prefix)
+    if block.endswith(b"\n"):
+        body = body[: len(body) - len(prefix)]
+    return prefix + body if at_line_start else body
+
+
+def _write(target: IO[str], data: bytes, echo: bool) -> None:
+    """Write ``data`` to ``target``'s binary buffer (the bytes as they are, valid UTF-8 or
+    not); a text-only target gets them decoded with replacement characters."""
+    if not echo:
+        return
+    try:
+        target.flush()
+        buffer = getattr(target, "buffer", None)
+        if buffer is not None:
+            buffer.write(data)
+            buffer.flush()
+        else:
+            target.write(data.decode(errors="replace"))
+            target.flush()
+    except (OSError, ValueError):
+        pass
+
+
+async def forward(
+    stream: asyncio.StreamReader,
+    target: IO[str],
+    prefix: bytes,
+    tail: bytearray | None = None,
+    echo: bool = True,
+) -> None:
+    """Copy ``stream`` to ``target`` byte for byte, with ``prefix`` at each line start;
+    keep its last bytes in ``tail``; write nothing unless ``echo``.
+
+    Reads in chunks, never by line: a line of any length arrives whole. Complete lines are
+    written together (so that workers' lines do not interleave mid-line); a line longer than
+    a chunk is written in pieces. A last line without a newline gets one.
+    """
+    pending = b""
+    at_line_start = True
+    while True:
+        chunk = await stream.read(_CHUNK)
+        if tail is not None and chunk:
+            tail += chunk
+            del tail[:-_TAIL_BYTES]
+        if not chunk:
+            if pending or not at_line_start:
+                _write(target, _prefixed(pending + b"\n", prefix, at_line_start), echo)
+            return
+        data = pending + chunk
+        cut = data.rfind(b"\n") + 1
+        if cut == 0 and len(data) < _CHUNK:
+            pending = data
+            continue
+        cut = cut or len(data)
+        block, pending = data[:cut], data[cut:]
+        _write(target, _prefixed(block, prefix, at_line_start), echo)
+        at_line_start = block.endswith(b"\n")
 
 
 def _file_tail(path: str, limit: int = 4096) -> str:
@@ -49,7 +113,8 @@ class WorkerProcess:
         self.own_group = own_group
         """Started in a new session: the process group ``pid`` is the worker's alone."""
         self.name = name
-        self._stderr_tail: deque[str] = deque(maxlen=_TAIL_LINES)
+        self._stderr_tail = bytearray()
+        """The last bytes the worker wrote to the stderr pipe (bounded)."""
         self.redirect_stderr = redirect_stderr
         self._tasks: list[asyncio.Task[None]] = []
         if process.stderr is not None:
@@ -76,36 +141,14 @@ class WorkerProcess:
         self,
         stream: asyncio.StreamReader,
         target: IO[str],
-        tail: deque[str] | None,
+        tail: bytearray | None,
         echo: bool,
     ) -> None:
-        prefix = f"[{self.name}] "
-        while True:
-            try:
-                line = await stream.readline()
-            except (ValueError, asyncio.LimitOverrunError):
-                line = await stream.read(65536)
-            if not line:
-                return
-            text = line.decode(errors="replace")
-            if not self.accept_line(text, tail is not None):
-                continue
-            if tail is not None:
-                tail.append(text)
-            if echo:
-                try:
-                    target.write(prefix + text if text.endswith("\n") else prefix + text + "\n")
-                    target.flush()
-                except (OSError, ValueError):
-                    pass
-
-    def accept_line(self, text: str, from_stderr: bool) -> bool:
-        """Whether a line of its output is the worker's (forwarded, kept in the tail); a
-        launcher's own chatter on the same pipe (``srun -v``) is not."""
-        return True
+        await forward(stream, target, f"[{self.name}] ".encode(), tail, echo)
 
     def stderr_tail(self) -> str:
-        text = "".join(self._stderr_tail)
+        text = self._stderr_tail.decode(errors="replace")
+        text = "".join(text.splitlines(keepends=True)[-_TAIL_LINES:])
         if isinstance(self.redirect_stderr, FileAppend | FileTruncate):
             text += _file_tail(os.fspath(self.redirect_stderr.path))
         return text[-8000:]

@@ -15,7 +15,7 @@ import re
 import signal
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any
+from typing import IO, Any
 
 from ..errors import SpawnError
 from . import _process
@@ -53,9 +53,41 @@ class StepProcess(_process.WorkerProcess):
         """srun said the task was killed by a signal (its exit status is then 128 + it)."""
         super().__init__(process, name, redirect_stdout, redirect_stderr, own_group)
 
-    def accept_line(self, text: str, from_stderr: bool) -> bool:
-        if not from_stderr:
-            return True
+    async def _forward(
+        self,
+        stream: asyncio.StreamReader,
+        target: IO[str],
+        tail: bytearray | None,
+        echo: bool,
+    ) -> None:
+        """stderr goes through ``accept_line`` first: srun's own verbose lines are read
+        (the step id, how the step ended) and dropped; the rest is forwarded as usual."""
+        if tail is None:
+            await super()._forward(stream, target, tail, echo)
+            return
+        accepted = asyncio.StreamReader()
+        pumping = asyncio.ensure_future(self._pump(stream, accepted))
+        try:
+            await super()._forward(accepted, target, tail, echo)
+        finally:
+            pumping.cancel()
+
+    async def _pump(self, stream: asyncio.StreamReader, accepted: asyncio.StreamReader) -> None:
+        try:
+            while True:
+                try:
+                    line = await stream.readline()
+                except (ValueError, asyncio.LimitOverrunError):
+                    line = await stream.read(65536)  # a very long line: pass it on as is
+                if not line:
+                    return
+                if self.accept_line(line.decode(errors="replace")):
+                    accepted.feed_data(line)
+        finally:
+            accepted.feed_eof()
+
+    def accept_line(self, text: str) -> bool:
+        """Read one line of srun's stderr; whether it is the worker's (or an srun error)."""
         launching = _LAUNCHING.match(text)
         if launching is not None and not self.started.done():
             self.step_id = launching[1]
@@ -70,6 +102,10 @@ class StepProcess(_process.WorkerProcess):
                 f" due to {why.lower()}" if why else "")
         return _VERBOSE.match(text) is None
 
+    def explain_end(self) -> str | None:
+        """Slurm's own words when it ended the step (``CANCELLED``, ``DUE TO TIME LIMIT``)."""
+        return self._ended
+
     def _as_process(self, returncode: int | None) -> int | None:
         """srun's ``128 + N`` for a task killed by signal N, as a process's ``-N``."""
         if returncode is not None and self._signalled and 128 < returncode < 128 + 65:
@@ -82,10 +118,6 @@ class StepProcess(_process.WorkerProcess):
 
     async def wait(self, timeout: float | None = None) -> int | None:
         return self._as_process(await super().wait(timeout))
-
-    def explain_end(self) -> str | None:
-        """Slurm's own words when it ended the step (``CANCELLED``, ``DUE TO TIME LIMIT``)."""
-        return self._ended
 
     async def kill_and_reap(self) -> int:
         """``scancel`` the step (SIGKILL, so its CPUs are free at once), or interrupt a

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
+import decimal
+import enum
 import hashlib
 import inspect
+import numbers
 import re
 import types
 import typing
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -33,6 +39,14 @@ def _encode_hook(value: Any) -> Any:
         convert = _to_wire.get(cls)
         if convert is not None:
             return convert(value)
+    # Numbers of other libraries (numpy's float64, int64 ...) travel as the Python number
+    # they stand for, so that they pass where ``int`` or ``float`` is declared.
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)  # a float subclass; no lossy conversion of other reals
+    if type(value).__module__ == "numpy" and getattr(value, "shape", None) == ():
+        return value.item()  # a numpy scalar (bool_, str_ ...): its Python value
     # TypeError, not NotImplementedError: msgspec passes a hook's exception through, and the
     # connection reports a TypeError as "cannot be sent" instead of failing the call.
     raise TypeError(f"objects of type {type(value).__qualname__} cannot be sent")
@@ -48,6 +62,72 @@ def _decode_hook(expected: Any, value: Any) -> Any:
 
 
 ENCODER = msgspec.msgpack.Encoder(enc_hook=_encode_hook)
+
+
+class UnresolvedAnnotation(TypeError):
+    """An annotation names something that is not defined (yet); the layer above checks
+    again later (a class may be defined after the function that names it)."""
+
+
+class UnsendableType(TypeError):
+    """A declared type that no value can travel as."""
+
+
+_SENDABLE_CLASSES: tuple[type, ...] = (
+    bool, int, float, str, bytes, bytearray, memoryview, type(None), list, tuple, set,
+    frozenset, dict, datetime.datetime, datetime.date, datetime.time, datetime.timedelta,
+    uuid.UUID, decimal.Decimal, enum.Enum, msgspec.Raw, msgspec.msgpack.Ext,
+)
+"""Classes msgspec encodes and decodes itself (and their subclasses)."""
+
+
+def unsendable_part(annotation: Any, seen: set[int] | None = None) -> Any | None:
+    """The part of ``annotation`` that no value can be sent as: a class msgspec does not
+    know and ``register_type`` was not told about (looked for inside containers, unions and
+    the fields of structs, dataclasses, TypedDicts and NamedTuples); None if every part can.
+    A name that cannot be resolved counts as sendable here (the decoder reports it)."""
+    seen = set() if seen is None else seen
+    if id(annotation) in seen or annotation is Any or annotation is None:
+        return None
+    seen.add(id(annotation))
+    supertype = getattr(annotation, "__supertype__", None)  # typing.NewType
+    if supertype is not None:
+        return unsendable_part(supertype, seen)
+    origin = typing.get_origin(annotation)
+    if origin is typing.Literal:
+        return None
+    if origin is not None:
+        if isinstance(origin, type) and any(k in _from_wire for k in origin.__mro__):
+            return None  # e.g. WorkerHandle[Adder]: its own codec, whatever its parameters
+        for argument in typing.get_args(annotation):
+            found = unsendable_part(argument, seen)
+            if found is not None:
+                return found
+        return _unsendable_class(origin, seen) if isinstance(origin, type) else None
+    return _unsendable_class(annotation, seen) if isinstance(annotation, type) else None
+
+
+def _unsendable_class(cls: type, seen: set[int]) -> Any | None:
+    if cls is object or issubclass(cls, _SENDABLE_CLASSES) or any(k in _from_wire for k in cls.__mro__):
+        return None
+    if cls.__module__ in ("typing", "collections.abc", "collections", "types"):
+        return None  # Sequence, Mapping, OrderedDict, UnionType ...: containers msgspec knows
+    has_fields = (
+        issubclass(cls, msgspec.Struct) or dataclasses.is_dataclass(cls)
+        or hasattr(cls, "__attrs_attrs__") or typing.is_typeddict(cls)
+        or (issubclass(cls, tuple) and hasattr(cls, "_fields"))
+    )
+    if not has_fields:
+        return cls
+    try:
+        hints = typing.get_type_hints(cls)
+    except Exception:
+        return None  # Not decidable now; the decoder reports it.
+    for hint in hints.values():
+        found = unsendable_part(hint, seen)
+        if found is not None:
+            return found
+    return None
 
 
 def make_decoder(annotation: Any) -> msgspec.msgpack.Decoder[Any]:
@@ -287,6 +367,51 @@ def _stream_item(annotation: Any, where: str) -> Any:
     return typing.get_args(annotation)[0]
 
 
+def _unresolved(function: Callable[..., Any], where: str, error: Exception) -> str:
+    """Which annotation of ``function`` cannot be resolved, and why."""
+    namespace = getattr(function, "__globals__", {})
+    for name, annotation in getattr(function, "__annotations__", {}).items():
+        if not isinstance(annotation, str):
+            continue
+        try:
+            eval(annotation, namespace)  # what typing.get_type_hints does with it
+        except Exception as failure:
+            what = "the result" if name == "return" else f"parameter {name!r}"
+            return (f"{where}: {what}: cannot resolve the annotation {annotation!r} ({failure}); "
+                    "a type that crosses the wire must be importable: define it at module "
+                    "top level")
+    return f"{where}: cannot resolve annotations: {error}"
+
+
+def _check_sendable(annotation: Any, where: str, what: str) -> None:
+    found = unsendable_part(annotation)
+    if found is not None:
+        inside = "" if found is annotation else f" (in {type_name(annotation)})"
+        raise UnsendableType(
+            f"{where}: {what} is declared {type_name(found)}{inside}, which cannot be sent: "
+            "declare a type msgspec encodes (builtins, dataclasses, msgspec.Struct ...; see "
+            "the guide, 'What can cross the wire') or teach it with "
+            "rpc_parallel.rpc.register_type"
+        )
+
+
+def check_declared_types(function: Callable[..., Any], *, skip_first: bool = False) -> None:
+    """``UnsendableType`` if a parameter or the result of ``function`` is declared with a
+    type no value can travel as. Cheap (no codec is built), for use when a class is
+    defined; annotations that do not resolve yet are left to ``describe_callable``."""
+    try:
+        hints = typing.get_type_hints(function)
+    except Exception:
+        return
+    where = getattr(function, "__qualname__", repr(function))
+    names = list(inspect.signature(function).parameters)[1 if skip_first else 0:]
+    for name in names:
+        if name in hints:
+            _check_sendable(hints[name], where, f"parameter {name!r}")
+    if "return" in hints:
+        _check_sendable(hints["return"], where, "the result")
+
+
 def describe_callable(
     function: Callable[..., Any], *, kind: Kind, skip_first: bool = False
 ) -> dict[str, Any]:
@@ -295,7 +420,7 @@ def describe_callable(
     try:
         hints = typing.get_type_hints(function)
     except Exception as error:
-        raise TypeError(f"{where}: cannot resolve annotations: {error}") from error
+        raise UnresolvedAnnotation(_unresolved(function, where, error)) from error
     signature = inspect.signature(function)
     parameters = list(signature.parameters.values())
     if skip_first:
@@ -306,9 +431,11 @@ def describe_callable(
             raise TypeError(f"{where}: *args and **kwargs cannot cross the wire")
         if parameter.name not in hints:
             raise TypeError(f"{where}: parameter {parameter.name!r} has no type annotation")
+        _check_sendable(hints[parameter.name], where, f"parameter {parameter.name!r}")
         result.append(Parameter(parameter.name, hints[parameter.name], parameter.default))
     if "return" not in hints:
         raise TypeError(f"{where}: the return type must be annotated")
+    _check_sendable(hints["return"], where, "the result")
     returned = hints["return"]
     response: Any = None
     item: Any = None

@@ -43,6 +43,15 @@ class NoInit(rp.Worker[None]):
         return "pong"
 
 
+class PlainInit(rp.Worker[float]):
+    def init_worker_state(self, seconds: float) -> None:  # a plain def (it may block)
+        self.seconds = seconds
+
+    @rp.rpc
+    async def get(self) -> float:
+        return self.seconds
+
+
 async def add_one(handle: rp.WorkerHandle[Base]) -> int:
     return await handle.run(Base.add, 1)
 
@@ -62,11 +71,14 @@ async def main() -> None:
         redirect_stderr=rp.FileAppend("/tmp/err.log"),
         on_failure=print,
         connection_timeout=5.0,
+        init_timeout=None,
     )
     assert_type(derived, rp.WorkerHandle[Derived])
     other = await Other.spawn(("a", 1), how=rp.Local(), redirect_stdout=rp.FileTruncate("/tmp/o"))
     assert_type(other, rp.WorkerHandle[Other])
     none = await NoInit.spawn(None, redirect_stderr=rp.Forward())
+    plain = await PlainInit.spawn(0.5, init_timeout=60.0)
+    assert_type(await plain.run(PlainInit.get), float)
     assert_type(await none.run(NoInit.ping), str)
 
     # a subclass worker runs its base class's functions and its own

@@ -80,6 +80,7 @@ async def main(adder: rp.WorkerHandle[Adder], sub: rp.WorkerHandle[SubAdder]) ->
     await Adder.spawn(1, shutdown_on="never")  # expect-error
     await Adder.spawn(1, redirect_stdout="/dev/null")  # expect-error
     await Adder.spawn(1, connection_timeout="10")  # expect-error
+    await Adder.spawn(1, init_timeout="10")  # expect-error
     await Adder.spawn(1, env={"A": 1})  # expect-error
     await Adder.serve("x")  # expect-error
     await Adder.spawn_in_foreground("x")  # expect-error
