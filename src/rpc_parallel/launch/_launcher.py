@@ -173,3 +173,29 @@ class Launcher(Protocol):
     def worker_command(self, name: str) -> list[str]: ...
 
     async def launch(self, request: LaunchRequest) -> LaunchedProcess: ...
+
+
+@runtime_checkable
+class ExplainsEnd(Protocol):
+    """A ``LaunchedProcess`` that can say why it ended in its scheduler's words (a Slurm job
+    or step: ``Slurm job 12 TIMEOUT``); ``SpawnError`` and ``WorkerDied`` carry the text."""
+
+    def explain_end(self) -> str | None:
+        """Why it ended, once it has (None: nothing beyond its exit status)."""
+        ...
+
+
+def end_explanation(process: object) -> str:
+    """``": <why>"`` for a process that explains its end, else ``""``."""
+    if isinstance(process, ExplainsEnd):
+        text = process.explain_end()
+        if text:
+            return f": {text}"
+    return ""
+
+
+CONFIG_FILE_VARIABLE = "RPC_PARALLEL_CONFIG_FILE"
+"""For a launcher whose worker has no stdin from the master (a Slurm batch job): set in the
+worker's environment to the path of a 0600 file; ``LaunchedProcess.send`` writes the
+configuration there and the worker reads it and deletes the file as it starts, instead of
+reading its stdin (whose end of file then means nothing)."""

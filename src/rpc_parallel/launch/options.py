@@ -92,6 +92,6 @@ def check_launcher(how: object, what: str = "how") -> None:
     """``TypeError`` unless ``how`` implements the ``Launcher`` protocol."""
     if not isinstance(how, Launcher):
         raise TypeError(
-            f"{what} must be rp.Local(), rp.Remote(...), rp.Wrap(...) or another launcher "
+            f"{what} must be rp.Local(), rp.Remote(...), rp.Slurm(...), rp.Wrap(...) or another launcher "
             f"(see rpc_parallel.launch.Launcher), got {how!r}"
         )
