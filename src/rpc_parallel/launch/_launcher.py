@@ -4,8 +4,9 @@
 pipeline asks it for the worker's command, has it start a process, and supervises what it
 returns through :class:`LaunchedProcess`; it never looks at which launcher it has. Today's
 launchers are ``Local`` (a child process of this one), ``Wrap`` (a prefix command in front of
-another launcher) and ``Remote`` (another host, over ssh: ``ssh.py``). A Slurm step or job, a
-fork server: each is one new module with one class implementing this protocol.
+another launcher), ``Remote`` (another host, over ssh: ``ssh.py``) and ``Slurm`` (a job step
+or a job: ``slurm.py``). Another one (a fork server, another scheduler) is one new module
+with one class implementing this protocol.
 """
 
 from __future__ import annotations

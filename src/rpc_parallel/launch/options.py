@@ -1,4 +1,5 @@
-"""The local launchers: ``Local`` and ``Wrap`` (see ``_launcher``; ``Remote`` is in ``ssh``)."""
+"""The local launchers: ``Local`` and ``Wrap`` (see ``_launcher``; ``Remote`` is in ``ssh``,
+``Slurm`` in ``slurm``)."""
 
 from __future__ import annotations
 

@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import math
 import os
-import socket
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from ._launcher import ConnectBack, LaunchedProcess, LaunchRequest
 from ._slurm_env import SlurmAllocation, expand_counts, expand_hostlist, slurm_allocation
+from .options import Local
 
 __all__ = ["Slurm", "SlurmAllocation", "expand_counts", "expand_hostlist", "slurm_allocation"]
 
@@ -105,8 +104,8 @@ class Slurm:
         return False
 
     def worker_command(self, name: str) -> list[str]:
-        return [sys.executable, "-m", "rpc_parallel", "worker", name, "child-of",
-                f"{os.getpid()}@{socket.gethostname()}"]
+        """A local worker's command (the master's interpreter): the nodes share its files."""
+        return Local().worker_command(name)
 
     async def launch(self, request: LaunchRequest) -> LaunchedProcess:
         # Imported here: every worker process imports this package, few need these.
@@ -145,7 +144,6 @@ class Slurm:
         return [("partition", self.partition), ("time", self.time), ("account", self.account),
                 ("qos", self.qos), ("mem", self.mem), ("gres", self.gres),
                 ("nodelist", self.nodelist)]
-
 
 
 def _worker_env(env: Mapping[str, str] | None) -> dict[str, str]:
