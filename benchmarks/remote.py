@@ -5,8 +5,10 @@
 Needs root (it makes the test harness's namespace host: a network namespace with its own
 sshd, joined by a veth pair; traffic never leaves the machine). Measures:
 
-* **spawn**: a remote spawn to its first result, against ``ssh host true`` plus a local spawn
-  to its first result (both with the ssh config's ControlMaster warm, no pre-started process);
+* **spawn**: a remote spawn to its first result — from a bundle already on the host
+  (``rp.RemoteExecutable``, the host's python a bare venv), and from the master's own files —
+  against ``ssh host true`` plus a local spawn to its first result (the ssh config's
+  ControlMaster warm, no pre-started process);
 * **the link**, on the namespace link, with the same RPC-layer echo server run inside the
   namespace: over TLS (ours), over plain TCP, and over plain TCP through an ``ssh -L`` port
   forward — sequential latency (median), throughput with 256 calls in flight, and the
@@ -29,6 +31,7 @@ import os
 import socket
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -203,14 +206,24 @@ async def spawns(ns: Any, quick: bool) -> dict[str, float]:
         async with await Echo.spawn(None, how=launcher) as worker:
             assert await worker.run(Echo.add, 1) == 2
 
-    await ssh_true()  # the ControlMaster is up
-    await spawn_and_call(how)  # the master's TLS server and keys are made
-    rounds = 3 if quick else 7
-    figures: dict[str, list[float]] = {"ssh true": [], "local spawn": [], "remote spawn": []}
-    for _ in range(rounds):
-        figures["ssh true"].append(await timed(ssh_true))
-        figures["local spawn"].append(await timed(lambda: spawn_and_call(rp.Local())))
-        figures["remote spawn"].append(await timed(lambda: spawn_and_call(how)))
+    from tests.harness.bare_python import BarePython
+
+    with BarePython.create() as bare, tempfile.TemporaryDirectory(prefix="rp-bench-") as where:
+        exe = await rp.RemoteExecutable.copy_to_host(
+            ssh_host.alias, where, ssh_options=ssh_host.ssh_options, python=str(bare.python))
+        shipped = rp.Remote(ssh_host.alias, ssh_options=ssh_host.ssh_options, executable=exe)
+        await ssh_true()  # the ControlMaster is up
+        await spawn_and_call(how)  # the master's TLS server and keys are made
+        rounds = 3 if quick else 7
+        figures: dict[str, list[float]] = {
+            "ssh true": [], "local spawn": [], "remote spawn": [], "remote spawn (bundle)": []}
+        for _ in range(rounds):
+            figures["ssh true"].append(await timed(ssh_true))
+            figures["local spawn"].append(await timed(lambda: spawn_and_call(rp.Local())))
+            figures["remote spawn"].append(await timed(lambda: spawn_and_call(how)))
+            figures["remote spawn (bundle)"].append(
+                await timed(lambda: spawn_and_call(shipped)))
+        await exe.delete()
     return {name: statistics.median(values) for name, values in figures.items()}
 
 
@@ -258,6 +271,8 @@ def ratios(spawn: dict[str, float], link: dict[str, dict[str, float]]) -> dict[s
     tls, tcp, forward = link["TLS (ours)"], link["plain TCP"], link["ssh -L forward"]
     return {
         "spawn / (ssh true + local spawn)":
+            spawn["remote spawn (bundle)"] / (spawn["ssh true"] + spawn["local spawn"]),
+        "spawn, shared files / (ssh true + local spawn)":
             spawn["remote spawn"] / (spawn["ssh true"] + spawn["local spawn"]),
         "TLS / TCP bandwidth": tls["bandwidth_bytes_per_s"] / tcp["bandwidth_bytes_per_s"],
         "TLS / ssh -L bandwidth":
@@ -293,7 +308,7 @@ def report(results: dict[str, Any]) -> None:
             sign, bound = target
             met = value <= bound if sign == "<=" else value >= bound
             verdict = f"(target {sign} {bound}: {'met' if met else 'NOT met'})"
-        print(f"  {name:<34} {value:6.2f} {verdict}")
+        print(f"  {name:<48} {value:6.2f} {verdict}")
 
 
 async def run(ns: Any, quick: bool) -> dict[str, Any]:

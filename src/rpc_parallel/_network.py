@@ -31,8 +31,6 @@ MASTER_HOST = "@master"
 LISTEN_HOST = EVERY_INTERFACE
 """Where TCP servers bind once a remote worker needs them: every interface (IPv6 and IPv4,
 one port)."""
-MASTER_HOST_VARIABLE = "RPC_PARALLEL_MASTER_HOST"
-"""Environment variable: the address remote workers connect back to (NAT, multi-homed)."""
 LOCAL = ConnectBack(master_host=("127.0.0.1",), worker_host=(MASTER_HOST,))
 """A worker on the master's machine: its link is a Unix socket; it reaches the master's host
 at loopback, and peers reach it where they reach the master."""

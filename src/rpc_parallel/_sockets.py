@@ -16,6 +16,8 @@ from .rpc import Server, serve_unix
 from .rpc.transport import Unix, parse_address
 
 WORKER_PREFIX = "rpc_parallel-worker-"
+_made: set[str] = set()
+"""The directories this process made and has not removed yet."""
 
 
 async def serve_in_temporary_directory(prefix: str, name: str, **serve: Any) -> Server:
@@ -23,6 +25,7 @@ async def serve_in_temporary_directory(prefix: str, name: str, **serve: Any) -> 
     exit at the latest (``remove_socket_directory`` removes it sooner)."""
     directory = tempfile.mkdtemp(prefix=prefix)
     atexit.register(shutil.rmtree, directory, True)
+    _made.add(directory)
     try:
         return await serve_unix(f"{directory}/{name}", **serve)
     except BaseException:
@@ -41,3 +44,12 @@ def remove_socket_directory(address: str, prefix: str = "rpc_parallel-") -> None
         directory = os.path.dirname(where.path)
         if os.path.basename(directory).startswith(prefix):
             shutil.rmtree(directory, ignore_errors=True)
+            _made.discard(directory)
+
+
+def remove_own_directories() -> None:
+    """Remove every directory this process made, now: for a worker about to ``os._exit``
+    (which skips ``atexit``) because its master is gone."""
+    for directory in list(_made):
+        shutil.rmtree(directory, ignore_errors=True)
+        _made.discard(directory)

@@ -39,6 +39,7 @@ from .launch import (
     Local,
     Redirection,
     check_launcher,
+    worker_paths,
 )
 from .launch._launcher import end_explanation
 from .launch.redirection import to_wire
@@ -167,9 +168,10 @@ class _Prepared:
         module, qualname, main_path = self.key
         how = self.options.how
         master_address = await master.address(remote=how.needs_network)
+        sys_path, main_path = worker_paths(how, list(sys.path), main_path)
         return WorkerConfig(
             worker_id=self.worker_id, name=name, module=module, qualname=qualname,
-            main_path=main_path, sys_path=list(sys.path), secret=process().secret,
+            main_path=main_path, sys_path=sys_path, secret=process().secret,
             master_address=master_address, network=master.network(how, how.needs_network),
             settings=process().rpc_settings(), init_arg=self.init_arg,
             shutdown_on=self.options.shutdown_on, redirect_stderr=self.redirect_stderr,
@@ -229,12 +231,6 @@ async def _await_registration(
     return link, registration
 
 
-def _last_line(tail: str) -> str:
-    """``": <the last line of stderr>"``, the likeliest cause (ssh's own error, ...)."""
-    lines = [line.strip() for line in tail.splitlines() if line.strip()]
-    return f": {lines[-1][:300]}" if lines else ""
-
-
 async def _await_init(
     worker: LaunchedProcess,
     registered: asyncio.Future[tuple[RpcConnection, Registration]],
@@ -283,17 +279,23 @@ async def _not_registered(
     """The ``SpawnError`` of a phase that did not end: the process exited, or ran out of
     time (then it is killed). Says which phase, and how long it ran."""
     took = time.monotonic() - since
-    who = f"worker {name}{getattr(worker, 'where', '')}"
+    who = f"worker {name}{getattr(worker, 'where', '')}"  # " on host h (over ssh)"
     if worker.returncode is not None:
         await worker.drain_output(timeout=1.0)
         tail = worker.stderr_tail()
-        raise SpawnError(f"{who} {describe_exit(worker.returncode)} {during}, after "
-                         f"{took:.1f} s{end_explanation(worker)}{_last_line(tail)}",
+        raise SpawnError(f"{who} {describe_exit(worker.returncode)} {during}, "
+                         f"after {took:.1f} s{end_explanation(worker)}{_last_line(tail)}",
                          stderr_tail=tail)
     await worker.kill_and_reap()
     tail = worker.stderr_tail()
     raise SpawnError(f"{who} {timed_out}: it ran {took:.1f} s; killed{_last_line(tail)}",
                      stderr_tail=tail)
+
+
+def _last_line(tail: str) -> str:
+    """``": <the last line of stderr>"``, the likeliest cause (ssh's own error, ...)."""
+    lines = [line.strip() for line in tail.splitlines() if line.strip()]
+    return f": {lines[-1][:300]}" if lines else ""
 
 
 def _check_timeouts(options: SpawnOptions) -> None:

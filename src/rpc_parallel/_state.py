@@ -8,6 +8,9 @@ import os
 from .rpc.settings import RpcSettings
 from .rpc.tls import TlsIdentity
 
+MASTER_HOST_VARIABLE = "RPC_PARALLEL_MASTER_HOST"
+"""Environment variable: the address remote workers connect back to (NAT, multi-homed)."""
+
 
 class State(enum.Enum):
     """Whether this process is a master, a worker, or neither (``State.get()``)."""
@@ -31,7 +34,7 @@ class _Process:
         self.identity: TlsIdentity | None = None
         """The application's TLS identity: made by a master when a remote worker first needs
         it, received by a worker in its configuration."""
-        self.master_host_setting: str | None = os.environ.get("RPC_PARALLEL_MASTER_HOST") or None
+        self.master_host_setting: str | None = os.environ.get(MASTER_HOST_VARIABLE) or None
         """In a master: the address remote workers connect back to, when set explicitly
         (``start_app(master_host=...)``, ``RPC_PARALLEL_MASTER_HOST``)."""
         self.master_host: str | None = None

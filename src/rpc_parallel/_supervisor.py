@@ -163,6 +163,15 @@ class Supervisor:
         if handle_closed and self.expected_exit and self.returncode is None:
             closed = ConnectionClosed(f"worker {self.name}: this handle is closed")
             return lambda function: closed
+        if error.kind == "heartbeat_timeout":
+            # Declared dead without waiting for the kill and the reaping (over ssh, the
+            # output pipes may stay open a moment longer): calls fail within the timeout.
+            text = self.describe_end(-9, error.kind, error.reason)
+            tail = self.process.stderr_tail()
+            return lambda function: WorkerDied(
+                f"{text} (while running {function})", worker=self.name, function=function,
+                stderr_tail=tail,
+            )
         if self._task is not None:
             await asyncio.wait({self._task}, timeout=10.0)
         returncode = self.returncode

@@ -32,7 +32,12 @@ from ._builtins import (
 )
 from ._network import advertised_host, alternatives, join
 from ._serving import report_fatal, set_exit_future, set_fatal_reporter
-from ._sockets import WORKER_PREFIX, remove_socket_directory, serve_in_temporary_directory
+from ._sockets import (
+    WORKER_PREFIX,
+    remove_own_directories,
+    remove_socket_directory,
+    serve_in_temporary_directory,
+)
 from ._spawn import UnguardedMainError
 from ._state import State, process
 from ._worker_type import Worker
@@ -123,6 +128,7 @@ def _watch_stdin(shutdown_on: str) -> None:
                 os.dup2(devnull, 2)
         os.close(devnull)
         return
+    remove_own_directories()  # (os._exit skips atexit; no master is left to do it)
     sys.stderr.flush()
     os._exit(0)
 
@@ -262,7 +268,7 @@ class _Initializing:
         self._finish = self._loop.create_future()
         config = self.config
         try:
-            connection = await _connect_link(config, {
+            connection = await connect_to_master(config, {
                 "secret": config.secret, "implementations": [], "settings": config.settings})
             await connection.call(INITIALIZING, config.worker_id)
         except BaseException as error:
@@ -298,7 +304,7 @@ def _set_exception(future: asyncio.Future[None], error: BaseException) -> None:
 async def _construction_failed(config: WorkerConfig, failure: ErrorInfo) -> int:
     """The worker class's ``__init__`` raised: say so in the registration (the spawn's
     ``SpawnError`` shows it, once); exit code 1."""
-    link = await _connect_link(config, {
+    link = await connect_to_master(config, {
         "secret": config.secret, "implementations": [], "settings": config.settings})
     try:
         await link.call(REGISTER, Registration(
@@ -333,7 +339,7 @@ async def serve(config: WorkerConfig, cls: type[Worker[Any]]) -> int:
     servers, address = await _open_servers(config, serving)
     try:
         instance._rpc_parallel_server = servers[0]
-        link = reports.link = await _connect_link(config, serving)
+        link = reports.link = await connect_to_master(config, serving)
         try:
             await link.call(REGISTER, Registration(
                 worker_id=config.worker_id, pid=os.getpid(), host=socket.gethostname(),
@@ -376,8 +382,9 @@ async def _open_servers(config: WorkerConfig, serving: dict[str, Any]) -> tuple[
     return [server, tls_server], f"{address_of(server).wire} {advertised.wire}"
 
 
-async def _connect_link(config: WorkerConfig, serving: dict[str, Any]) -> RpcConnection:
-    """Connect to the master (the link), over the first of its addresses usable here."""
+async def connect_to_master(config: WorkerConfig, serving: dict[str, Any]) -> RpcConnection:
+    """Connect to the master over the first of its addresses usable here (its Unix socket,
+    or TCP + TLS at the host found from the ``Network`` record)."""
     candidates = alternatives(config.master_address)
     if not candidates:
         raise ConnectionError(f"no usable master address in {config.master_address!r}")

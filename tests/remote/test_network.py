@@ -6,6 +6,7 @@ Loopback only: the launcher tells the workers to find the master at 127.0.0.1.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import ssl
@@ -198,3 +199,55 @@ async def test_workers_connect_back_over_ipv6_too() -> None:
     finally:
         await w.close()
     await rp.expert.shutdown_master()
+
+
+async def test_the_masters_tls_server_refuses_strangers_before_dispatch() -> None:
+    """Plaintext, another application's certificate, the right certificate without the
+    secret: each is refused, and no registration reaches the master."""
+    from rpc_parallel.rpc import HandshakeError, TlsIdentity, client_context, connect_tcp
+
+    from ..rpc.tls_client import ADD
+
+    w = await bounded(Echo.spawn(0, how=LoopbackNetwork()), 30, "spawn")
+    try:
+        master = current_master()
+        server = master.network_server
+        assert server is not None
+        port = server.address[1]  # type: ignore[index]
+        identity = process().identity
+        assert identity is not None
+        attempts = [
+            {"secret": process().secret},  # plaintext
+            {"secret": process().secret, "ssl": client_context(TlsIdentity.generate())},
+            {"secret": b"not the secret", "ssl": client_context(identity)},
+        ]
+        for options in attempts:
+            with pytest.raises((HandshakeError, ssl.SSLError, ConnectionError)):
+                client = await bounded(connect_tcp("127.0.0.1", port, **options), 15, "connect")
+                try:
+                    await client.call(ADD, 1, 2)
+                finally:
+                    client.close()
+        assert master.pending == {}
+        # Only the worker's link is left on the master's TLS server.
+        for _ in range(500):
+            if len(server.connections) == 1:
+                break
+            await asyncio.sleep(0.01)
+        assert server.connections == {w._link}
+    finally:
+        await w.close()
+    await rp.expert.shutdown_master()
+
+
+def test_the_master_host_can_be_set_from_the_environment() -> None:
+    import subprocess
+    import sys
+
+    program = ("import rpc_parallel as rp\n"
+               "from rpc_parallel._state import process\n"
+               "print(process().master_host_setting)\n")
+    env = {**os.environ, "RPC_PARALLEL_MASTER_HOST": "10.1.0.5"}
+    done = subprocess.run([sys.executable, "-c", program], env=env, capture_output=True,
+                          text=True, timeout=60, check=True)
+    assert done.stdout.strip() == "10.1.0.5"

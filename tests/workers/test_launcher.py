@@ -78,3 +78,14 @@ async def test_a_value_that_is_no_launcher_is_refused_by_name() -> None:
         await Echo.spawn(1, how="local")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=r"Wrap\(how=...\)"):
         rp.Wrap(["nice"], how="local")  # type: ignore[arg-type]
+
+
+def test_remote_workers_get_the_masters_import_path_made_absolute() -> None:
+    """A remote worker starts in its login directory: '' (the master's working directory)
+    in the master's sys.path becomes that directory's absolute path."""
+    import os
+
+    paths = rp.Remote("node7").worker_paths(["", "/opt/lib"], "/home/a/main.py")
+    assert paths == ([os.getcwd(), "/opt/lib"], "/home/a/main.py")
+    assert rp.Wrap(["nice"], how=rp.Remote("node7")).worker_paths([""], None) == (
+        [os.getcwd()], None)

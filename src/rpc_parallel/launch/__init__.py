@@ -1,7 +1,14 @@
 """How workers start: the ``Launcher`` seam, its implementations (``Local``, ``Wrap``,
 ``Remote``, ``Slurm``), output redirections."""
 
-from ._launcher import ConnectBack, LaunchedProcess, Launcher, LaunchRequest, connect_back_of
+from ._launcher import (
+    ConnectBack,
+    LaunchedProcess,
+    Launcher,
+    LaunchRequest,
+    connect_back_of,
+    worker_paths,
+)
 from .options import Local, Wrap, check_launcher
 from .redirection import DevNull, FileAppend, FileTruncate, Forward, Redirection
 from .slurm import Slurm, SlurmAllocation, slurm_allocation
@@ -25,4 +32,5 @@ __all__ = [
     "check_launcher",
     "connect_back_of",
     "slurm_allocation",
+    "worker_paths",
 ]

@@ -41,6 +41,19 @@ class ConnectBack:
     worker_host: Sequence[str] = ()
 
 
+def worker_paths(
+    how: object, sys_path: list[str], main_path: str | None
+) -> tuple[list[str], str | None]:
+    """The import path and main script path a worker of ``how`` gets: the master's, unless
+    the launcher has a ``worker_paths`` method of this signature saying where they are on its
+    target (a shipped bundle puts them elsewhere)."""
+    method = getattr(how, "worker_paths", None)
+    if method is None:
+        return sys_path, main_path
+    paths: tuple[list[str], str | None] = method(sys_path, main_path)
+    return paths
+
+
 def connect_back_of(how: object) -> ConnectBack:
     """The ``ConnectBack`` of a launcher, or the defaults when it declares none."""
     value = getattr(how, "connect_back", None)
@@ -143,7 +156,9 @@ class Launcher(Protocol):
       choice consults it in one place (``Master.address``): a Unix socket when false; TCP
       with TLS when true (the master then starts its TCP server, and the worker's
       configuration carries the TLS identity). Such a launcher may also have a
-      ``connect_back: ConnectBack`` attribute saying how its workers find the master.
+      ``connect_back: ConnectBack`` attribute saying how its workers find the master, and
+      a ``worker_paths(sys_path, main_path)`` method when the worker's code is not at the
+      master's paths on the target (``worker_paths`` below).
     * ``can_use_prestarted``: whether a pre-started local process (``_prestart``) may serve
       this spawn instead of a new one; true only when the launch would be exactly the
       master's default local launch.

@@ -38,12 +38,16 @@ class SshTarget:
 
     def argv(self, command: Sequence[str]) -> list[str]:
         """The local argv that runs ``command`` on the host."""
+        return self.shell_argv(shlex.join(command))
+
+    def shell_argv(self, line: str) -> list[str]:
+        """The local argv that runs ``line``, one command line for the host's shell."""
         argv = ["ssh", *self.ssh_options, "-T", "-o", "BatchMode=yes"]
         if self.user is not None:
             argv += ["-l", self.user]
         if self.port is not None:
             argv += ["-p", str(self.port)]
-        return [*argv, "--", self.host, shlex.join(command)]
+        return [*argv, "--", self.host, line]
 
 
 @dataclass(frozen=True)

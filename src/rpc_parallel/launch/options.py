@@ -9,7 +9,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from . import _process
-from ._launcher import ConnectBack, LaunchedProcess, Launcher, LaunchRequest, connect_back_of
+from ._launcher import (
+    ConnectBack,
+    LaunchedProcess,
+    Launcher,
+    LaunchRequest,
+    connect_back_of,
+    worker_paths,
+)
 
 
 @dataclass(frozen=True)
@@ -68,6 +75,11 @@ class Wrap:
     @property
     def connect_back(self) -> ConnectBack:
         return connect_back_of(self.how)
+
+    def worker_paths(
+        self, sys_path: list[str], main_path: str | None
+    ) -> tuple[list[str], str | None]:
+        return worker_paths(self.how, sys_path, main_path)
 
     def worker_command(self, name: str) -> list[str]:
         return [*self.prefix_argv, *self.how.worker_command(name)]

@@ -11,6 +11,10 @@ address on that link).
 
 Remote command: ``cd <cwd> && exec env VAR=... <prefix...> <python> -m rpc_parallel worker
 <name> child-of <pid>@<host> [>stdout-file]``, each word quoted for a POSIX shell on the host.
+With ``executable=`` (an ``rp.RemoteExecutable``), ``<python> -m rpc_parallel`` is the
+bundle's isolated bootstrap stub instead, and the bootstrap itself goes first on stdin: it
+checks every shipped file against the manifest whose hash the master holds, then runs the
+worker from the bundle (decision 0014).
 """
 
 from __future__ import annotations
@@ -23,8 +27,11 @@ from asyncio import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import KW_ONLY, dataclass
 
+from ..errors import SpawnError
 from . import _process
 from ._launcher import ConnectBack, LaunchedProcess, LaunchRequest
+from ._ssh import SshTarget
+from .executable import RemoteExecutable
 from .redirection import DevNull, FileAppend, FileTruncate, Forward, Redirection, to_wire
 
 SSH_CONNECT_BACK = ConnectBack(
@@ -56,22 +63,30 @@ class Remote:
     port: int | None = None
     python: str | None = None
     ssh_options: Sequence[str] = ()
-    executable: object | None = None
+    executable: RemoteExecutable | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.host, str) or not self.host or self.host.startswith("-") or any(
-            c.isspace() for c in self.host
-        ):
-            raise ValueError(f"rp.Remote: not a host name: {self.host!r}")
-        if self.user is not None and (not self.user or self.user.startswith("-")):
-            raise ValueError(f"rp.Remote: not a user name: {self.user!r}")
-        if self.port is not None and not (isinstance(self.port, int) and 0 < self.port < 65536):
-            raise ValueError(f"rp.Remote: not a port: {self.port!r}")
         if isinstance(self.ssh_options, str) or not all(
             isinstance(o, str) for o in self.ssh_options
         ):
             raise TypeError("rp.Remote(ssh_options=...) takes a sequence of strings, e.g. "
                             "['-F', 'cluster.cfg']")
+        if not isinstance(self.host, str) or (
+            self.port is not None and not isinstance(self.port, int)
+        ):
+            raise TypeError(f"rp.Remote: host must be a string and port an int, got "
+                            f"{self.host!r}, {self.port!r}")
+        try:
+            self.target  # noqa: B018 - checks the host, user and port
+        except ValueError as error:
+            raise ValueError(f"rp.Remote: {error}") from None
+        if self.executable is not None:
+            if not isinstance(self.executable, RemoteExecutable):
+                raise TypeError(f"rp.Remote(executable=...) takes an rp.RemoteExecutable, got "
+                                f"{self.executable!r}")
+            if self.executable.host != self.host:
+                raise ValueError(f"rp.Remote({self.host!r}): the executable was copied to host "
+                                 f"{self.executable.host!r}")
 
     @property
     def needs_network(self) -> bool:
@@ -85,33 +100,56 @@ class Remote:
     def connect_back(self) -> ConnectBack:
         return SSH_CONNECT_BACK
 
-    def ssh_argv(self, remote_command: str) -> list[str]:
-        """The local argv that runs ``remote_command`` (one shell command line) on the host."""
-        argv = ["ssh", *self.ssh_options, "-T", "-o", "BatchMode=yes"]
-        if self.user is not None:
-            argv += ["-l", self.user]
-        if self.port is not None:
-            argv += ["-p", str(self.port)]
-        return [*argv, "--", self.host, remote_command]
+    @property
+    def target(self) -> SshTarget:
+        """How ``ssh`` reaches the host (shared with ``RemoteExecutable``)."""
+        return SshTarget(self.host, self.user, self.port, tuple(self.ssh_options))
+
+    def worker_paths(
+        self, sys_path: list[str], main_path: str | None
+    ) -> tuple[list[str], str | None]:
+        """Without a bundle: the master's import path, with ``''`` (the master's working
+        directory) made absolute, since the worker starts in its login directory on the
+        host. With one: the bundle's import path and its copy of the main script."""
+        exe = self.executable
+        if exe is None:
+            return [entry or os.getcwd() for entry in sys_path], main_path
+        if main_path is None:
+            return exe.sys_path, None
+        shipped = exe.remote_file(main_path)
+        if shipped is None:
+            raise SpawnError(f"the main script {main_path} is not in the bundle on host "
+                             f"{self.host}: copy the executable from this program")
+        return exe.sys_path, shipped
 
     def worker_command(self, name: str) -> list[str]:
-        python = self.python or sys.executable
-        return [python, "-m", "rpc_parallel", "worker", name, "child-of",
-                f"{os.getpid()}@{socket.gethostname()}"]
+        argv = _worker_argv(name)
+        if self.executable is not None:
+            # The stub ignores its arguments (the bundle's bootstrap, on stdin, gets the
+            # worker's argv); they are there for ``ps``, as for any worker.
+            return [*self.executable.python_argv(self.python), *argv]
+        return [self.python or sys.executable, "-m", "rpc_parallel", *argv]
 
     async def launch(self, request: LaunchRequest) -> LaunchedProcess:
-        environment = {"PYTHONPATH": _package_root(), **(request.env or {})}
-        if request.env and "PYTHONPATH" in request.env:
-            environment["PYTHONPATH"] = f"{_package_root()}:{request.env['PYTHONPATH']}"
+        environment = dict(request.env or {})
+        if self.executable is None:  # Run the master's rpc_parallel, from the shared files.
+            root = _package_root()
+            given = environment.get("PYTHONPATH")
+            environment["PYTHONPATH"] = root if not given else f"{root}:{given}"
         remote = remote_command(request.command, environment, request.cwd,
                                 request.redirect_stdout)
         stdout = subprocess.PIPE if isinstance(request.redirect_stdout, Forward) else (
             subprocess.DEVNULL
         )
-        return await _process.start_process(
-            self.ssh_argv(remote), request, env=None, cwd=None, stdout=stdout,
+        worker = await _process.start_process(
+            self.target.shell_argv(remote), request, env=None, cwd=None, stdout=stdout,
             what=f" on host {self.host} (over ssh)",
         )
+        if self.executable is not None and worker.stdin is not None:
+            # First the bootstrap (verify the bundle, then run the worker from it); the
+            # worker's configuration follows on the same stdin.
+            worker.stdin.write(self.executable.boot_input(_worker_argv(request.name)))
+        return worker
 
 
 def remote_command(
@@ -137,6 +175,11 @@ def remote_command(
     if cwd is not None:
         line = f"cd {shlex.quote(cwd)} && {line}"
     return line
+
+
+def _worker_argv(name: str) -> list[str]:
+    """``rpc_parallel``'s arguments for a worker (what ``ps`` shows after the interpreter)."""
+    return ["worker", name, "child-of", f"{os.getpid()}@{socket.gethostname()}"]
 
 
 def _package_root() -> str:
