@@ -283,8 +283,8 @@ async def _not_registered(
     if worker.returncode is not None:
         await worker.drain_output(timeout=1.0)
         tail = worker.stderr_tail()
-        raise SpawnError(f"{who} {describe_exit(worker.returncode)} {during}, after "
-                         f"{took:.1f} s{end_explanation(worker)}{_last_line(tail)}",
+        raise SpawnError(f"{who} {describe_exit(worker.returncode)} {during}, "
+                         f"after {took:.1f} s{end_explanation(worker)}{_last_line(tail)}",
                          stderr_tail=tail)
     await worker.kill_and_reap()
     tail = worker.stderr_tail()
