@@ -49,7 +49,7 @@ from .errors import (
     WorkerDied,
     WorkerFailure,
 )
-from .launch import DevNull, FileAppend, FileTruncate, Forward, Local, Remote, Wrap
+from .launch import DevNull, FileAppend, FileTruncate, Forward, Local, Remote, Slurm, Wrap
 from .launch._process import WorkerProcess
 from .launch.executable import RemoteExecutable
 from .rpc import PipeReader, RpcSettings
@@ -96,6 +96,7 @@ __all__ = [
     "Rpc",
     "RpcSettings",
     "Runnable",
+    "Slurm",
     "SpawnError",
     "State",
     "StateFunction",

@@ -41,6 +41,7 @@ from .launch import (
     check_launcher,
     worker_paths,
 )
+from .launch._launcher import end_explanation
 from .launch.redirection import to_wire
 from .rpc import Connection as RpcConnection
 from .rpc.functions import ENCODER, make_decoder, type_name
@@ -283,7 +284,8 @@ async def _not_registered(
         await worker.drain_output(timeout=1.0)
         tail = worker.stderr_tail()
         raise SpawnError(f"{who} {describe_exit(worker.returncode)} {during}, "
-                         f"after {took:.1f} s{_last_line(tail)}", stderr_tail=tail)
+                         f"after {took:.1f} s{end_explanation(worker)}{_last_line(tail)}",
+                         stderr_tail=tail)
     await worker.kill_and_reap()
     tail = worker.stderr_tail()
     raise SpawnError(f"{who} {timed_out}: it ran {took:.1f} s; killed{_last_line(tail)}",

@@ -20,6 +20,7 @@ from ._master import current_master
 from ._sockets import WORKER_PREFIX, remove_socket_directory
 from .errors import ConnectionClosed, WorkerDied, WorkerFailure
 from .launch import LaunchedProcess
+from .launch._launcher import end_explanation
 from .rpc import Connection as RpcConnection
 from .rpc.errors import CloseKind
 from .rpc.frames import ErrorInfo
@@ -162,7 +163,7 @@ class Supervisor:
         who = f"worker {self.name} (pid {self.pid}{getattr(self.process, 'where', '')})"
         if kind == "heartbeat_timeout":
             return f"{who} stopped answering ({reason}); killed"
-        return f"{who} {describe_exit(returncode)}"
+        return f"{who} {describe_exit(returncode)}{end_explanation(self.process)}"
 
     def failure_reported(self, report: ErrorInfo) -> None:
         """The worker reported a failure outside any call (it exits next)."""

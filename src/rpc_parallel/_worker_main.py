@@ -16,6 +16,7 @@ import os
 import socket
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Callable, Coroutine
 from typing import Any, NoReturn
@@ -40,6 +41,7 @@ from ._sockets import (
 from ._spawn import UnguardedMainError
 from ._state import State, process
 from ._worker_type import Worker
+from .launch._launcher import CONFIG_FILE_VARIABLE
 from .rpc import Connection as RpcConnection
 from .rpc import Error as RpcError
 from .rpc import FunctionSpec, Server, new_event_loop, serve_tcp, server_context
@@ -82,6 +84,25 @@ def read_config(fd: int = 0) -> WorkerConfig:
             _import_module(message.module, message.main_path)
         except BaseException as error:
             _die(error, f"rpc_parallel worker: cannot import {message.module}", 3)
+
+
+def read_config_file(path: str, timeout: float = 120.0) -> WorkerConfig:
+    """The configuration from ``path``, once the master has written it (it writes it as
+    soon as the job runs); the file is deleted at once. ``EOFError`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            if time.monotonic() > deadline:
+                raise EOFError(f"no configuration appeared at {path} within {timeout:g} s") from None
+            time.sleep(0.02)  # polling for the file, bounded by the deadline above
+            continue
+        try:
+            os.unlink(path)
+            return read_config(fd)
+        finally:
+            os.close(fd)
 
 
 def _use_argv(argv: list[str]) -> None:
@@ -410,9 +431,13 @@ def _run_then_exit(coroutine: Coroutine[Any, Any, int]) -> int:
 def main() -> NoReturn:
     """Entry point of a worker process."""
     os.environ.pop("RPC_PARALLEL_WORKER", None)
+    config_file = os.environ.pop(CONFIG_FILE_VARIABLE, None)
     try:
-        config = read_config()
-    except EOFError:
+        config = read_config() if config_file is None else read_config_file(config_file)
+    except EOFError as error:
+        if config_file is not None:
+            sys.stderr.write(f"rpc_parallel worker: {error}\n")
+            os._exit(2)
         os._exit(0)  # A pre-started process the master no longer needs.
     except (ValueError, OSError) as error:
         sys.stderr.write(f"rpc_parallel worker: cannot read the configuration: {error}\n")
@@ -428,7 +453,8 @@ def main() -> NoReturn:
         join(config.network)
     sys.path[:] = config.sys_path
     _use_argv(config.argv)
-    threading.Thread(target=_watch_stdin, args=(config.shutdown_on,), daemon=True).start()
+    if config_file is None:  # Otherwise stdin is not the master's: heartbeats alone watch it.
+        threading.Thread(target=_watch_stdin, args=(config.shutdown_on,), daemon=True).start()
     try:
         cls = import_worker_class(config)
     except BaseException as error:

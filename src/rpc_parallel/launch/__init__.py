@@ -1,4 +1,5 @@
-"""How workers start: the ``Launcher`` seam, its implementations, output redirections."""
+"""How workers start: the ``Launcher`` seam, its implementations (``Local``, ``Wrap``,
+``Remote``, ``Slurm``), output redirections."""
 
 from ._launcher import (
     ConnectBack,
@@ -10,6 +11,7 @@ from ._launcher import (
 )
 from .options import Local, Wrap, check_launcher
 from .redirection import DevNull, FileAppend, FileTruncate, Forward, Redirection
+from .slurm import Slurm, SlurmAllocation, slurm_allocation
 from .ssh import Remote
 
 __all__ = [
@@ -24,8 +26,11 @@ __all__ = [
     "Local",
     "Redirection",
     "Remote",
+    "Slurm",
+    "SlurmAllocation",
     "Wrap",
     "check_launcher",
     "connect_back_of",
+    "slurm_allocation",
     "worker_paths",
 ]

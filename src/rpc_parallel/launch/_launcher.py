@@ -4,8 +4,9 @@
 pipeline asks it for the worker's command, has it start a process, and supervises what it
 returns through :class:`LaunchedProcess`; it never looks at which launcher it has. Today's
 launchers are ``Local`` (a child process of this one), ``Wrap`` (a prefix command in front of
-another launcher) and ``Remote`` (another host, over ssh: ``ssh.py``). A Slurm step or job, a
-fork server: each is one new module with one class implementing this protocol.
+another launcher), ``Remote`` (another host, over ssh: ``ssh.py``) and ``Slurm`` (a job step
+or a job: ``slurm.py``). Another one (a fork server, another scheduler) is one new module
+with one class implementing this protocol.
 """
 
 from __future__ import annotations
@@ -173,3 +174,29 @@ class Launcher(Protocol):
     def worker_command(self, name: str) -> list[str]: ...
 
     async def launch(self, request: LaunchRequest) -> LaunchedProcess: ...
+
+
+@runtime_checkable
+class ExplainsEnd(Protocol):
+    """A ``LaunchedProcess`` that can say why it ended in its scheduler's words (a Slurm job
+    or step: ``Slurm job 12 TIMEOUT``); ``SpawnError`` and ``WorkerDied`` carry the text."""
+
+    def explain_end(self) -> str | None:
+        """Why it ended, once it has (None: nothing beyond its exit status)."""
+        ...
+
+
+def end_explanation(process: object) -> str:
+    """``": <why>"`` for a process that explains its end, else ``""``."""
+    if isinstance(process, ExplainsEnd):
+        text = process.explain_end()
+        if text:
+            return f": {text}"
+    return ""
+
+
+CONFIG_FILE_VARIABLE = "RPC_PARALLEL_CONFIG_FILE"
+"""For a launcher whose worker has no stdin from the master (a Slurm batch job): set in the
+worker's environment to the path of a 0600 file; ``LaunchedProcess.send`` writes the
+configuration there and the worker reads it and deletes the file as it starts, instead of
+reading its stdin (whose end of file then means nothing)."""

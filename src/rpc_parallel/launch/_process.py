@@ -241,9 +241,12 @@ class WorkerProcess:
                 task.cancel()
 
 
-async def start(request: LaunchRequest) -> WorkerProcess:
+async def start(
+    request: LaunchRequest, kind: type[WorkerProcess] = WorkerProcess
+) -> WorkerProcess:
     """Start ``request.command`` as a child process; it waits for its configuration on stdin
-    (``WorkerProcess.send``)."""
+    (``WorkerProcess.send``). ``kind``: a subclass for a launcher that needs more of its
+    process (the Slurm step reads ``srun``'s own lines)."""
     environment = dict(os.environ)
     if request.env is not None:
         environment.update(request.env)
@@ -251,7 +254,7 @@ async def start(request: LaunchRequest) -> WorkerProcess:
     stdout, stdout_file = _open_stdout(request.redirect_stdout, request.name)
     try:
         return await start_process(request.command, request, env=environment, cwd=request.cwd,
-                                   stdout=stdout)
+                                   stdout=stdout, kind=kind)
     finally:
         if stdout_file is not None:
             stdout_file.close()
@@ -265,6 +268,7 @@ async def start_process(
     cwd: str | None,
     stdout: int | IO[bytes],
     what: str = "",
+    kind: type[WorkerProcess] = WorkerProcess,
 ) -> WorkerProcess:
     """Start ``argv`` here for ``request`` (stdin and stderr pipes; ``stdout`` as given):
     the worker itself, or the client that starts it elsewhere (ssh, srun). ``what`` is
@@ -283,8 +287,8 @@ async def start_process(
         raise SpawnError(
             f"cannot start worker {request.name}{what} ({argv[0]}): {_explain(error)}"
         ) from None
-    worker = WorkerProcess(process, request.name, request.redirect_stdout,
-                           request.redirect_stderr, own_group=request.new_session)
+    worker = kind(process, request.name, request.redirect_stdout,
+                  request.redirect_stderr, own_group=request.new_session)
     worker.where = what
     return worker
 

@@ -1,4 +1,5 @@
-"""The local launchers: ``Local`` and ``Wrap`` (see ``_launcher``; ``Remote`` is in ``ssh``)."""
+"""The local launchers: ``Local`` and ``Wrap`` (see ``_launcher``; ``Remote`` is in ``ssh``,
+``Slurm`` in ``slurm``)."""
 
 from __future__ import annotations
 
@@ -92,6 +93,6 @@ def check_launcher(how: object, what: str = "how") -> None:
     """``TypeError`` unless ``how`` implements the ``Launcher`` protocol."""
     if not isinstance(how, Launcher):
         raise TypeError(
-            f"{what} must be rp.Local(), rp.Remote(...), rp.Wrap(...) or another launcher "
+            f"{what} must be rp.Local(), rp.Remote(...), rp.Slurm(...), rp.Wrap(...) or another launcher "
             f"(see rpc_parallel.launch.Launcher), got {how!r}"
         )
