@@ -150,19 +150,11 @@ async def _submitted(target: Any, function: Function[Any], args: tuple[Any, ...]
     return await target.submit(function, *args, **kwargs)
 
 
-class WorkerHandle(Generic[W_co]):
-    """A running worker, used without ``await``; ``handle`` is its async ``rp.WorkerHandle``
-    (to pass to another worker, say)."""
+class _Runner(Generic[W_co]):
+    """``run`` and ``submit`` without ``await``, for a blocking handle or connection over
+    ``_target``, the async one on the library's loop."""
 
-    def __init__(self, handle: AsyncWorkerHandle[W_co]) -> None:
-        self.handle = handle
-        self.id = handle.id
-        self.name = handle.name
-        self.pid = handle.pid
-        self.host = handle.host
-
-    def __repr__(self) -> str:
-        return f"<rp.blocking.WorkerHandle {self.name} pid={self.pid} host={self.host}>"
+    _target: AsyncWorkerHandle[W_co] | AsyncConnection[W_co]
 
     @overload
     def run(
@@ -179,7 +171,7 @@ class WorkerHandle(Generic[W_co]):
     def run(self, function: Function[Any], /, *args: Any, **kwargs: Any) -> Any:
         """Run ``function`` on the worker and wait for its result (typed like
         ``await handle.run``, with streams as ``PipeIterator``)."""
-        return _run(self.handle, function, args, kwargs)
+        return _run(self._target, function, args, kwargs)
 
     def submit(
         self, function: Rpc[W_co, P, R], /, *args: P.args, **kwargs: P.kwargs
@@ -187,8 +179,24 @@ class WorkerHandle(Generic[W_co]):
         """Start an ``rpc`` call now; a ``concurrent.futures.Future`` of its result (many
         calls in flight from code that is not async: ``[f.result() for f in futures]``)."""
         return asyncio.run_coroutine_threadsafe(
-            _submitted(self.handle, function, args, kwargs), _library_loop.loop()
+            _submitted(self._target, function, args, kwargs), _library_loop.loop()
         )
+
+
+class WorkerHandle(_Runner[W_co]):
+    """A running worker, used without ``await``; ``handle`` is its async ``rp.WorkerHandle``
+    (to pass to another worker, say)."""
+
+    def __init__(self, handle: AsyncWorkerHandle[W_co]) -> None:
+        self.handle = self._target = handle
+        self.id = handle.id
+        self.name = handle.name
+        self.pid = handle.pid
+        self.host = handle.host
+
+    def __repr__(self) -> str:
+        return f"<rp.blocking.WorkerHandle {self.name} pid={self.pid} host={self.host}>"
+
 
     def connect(self, arg: object = None) -> Connection[W_co]:
         """A new connection to the worker, with connection state from
@@ -221,42 +229,17 @@ class WorkerHandle(Generic[W_co]):
         self.close()
 
 
-class Connection(Generic[W_co]):
+class Connection(_Runner[W_co]):
     """An extra connection to a worker (``WorkerHandle.connect``), used without ``await``;
     ``connection`` is its async ``rp.Connection``."""
 
     def __init__(self, connection: AsyncConnection[W_co]) -> None:
-        self.connection = connection
+        self.connection = self._target = connection
         self.name = connection.name
 
     def __repr__(self) -> str:
         return f"<rp.blocking.Connection to {self.name}>"
 
-    @overload
-    def run(
-        self, function: Pipe[W_co, P, R], /, *args: P.args, **kwargs: P.kwargs
-    ) -> PipeIterator[R]: ...
-    @overload
-    def run(
-        self, function: StateFunction[W_co, P, S, U], /, *args: P.args, **kwargs: P.kwargs
-    ) -> tuple[S, PipeIterator[U]]: ...
-    @overload
-    def run(
-        self, function: Runnable[W_co, P, T], /, *args: P.args, **kwargs: P.kwargs
-    ) -> T: ...
-    def run(self, function: Function[Any], /, *args: Any, **kwargs: Any) -> Any:
-        """Run ``function`` on the worker and wait for its result (typed like
-        ``await handle.run``, with streams as ``PipeIterator``)."""
-        return _run(self.connection, function, args, kwargs)
-
-    def submit(
-        self, function: Rpc[W_co, P, R], /, *args: P.args, **kwargs: P.kwargs
-    ) -> concurrent.futures.Future[R]:
-        """Start an ``rpc`` call now; a ``concurrent.futures.Future`` of its result (many
-        calls in flight from code that is not async: ``[f.result() for f in futures]``)."""
-        return asyncio.run_coroutine_threadsafe(
-            _submitted(self.connection, function, args, kwargs), _library_loop.loop()
-        )
 
     def close(self) -> None:
         """Close this connection (the worker goes on)."""
