@@ -16,7 +16,7 @@ import pytest
 import rpc_parallel as rp
 from rpc_parallel._state import process
 from rpc_parallel.launch import _slurm_job
-from tests.harness.slurm import SlurmCluster
+from tests.harness.slurm import PARTITION, URGENT, SlurmCluster
 
 from .support import ROOT, master_env, python, tls_link, until, wait_for, wait_queue_empty
 from .workers import Fragile, Node, every_kind, expected
@@ -235,3 +235,25 @@ async def test_a_jobs_output_is_forwarded_with_its_name(
                 and f"[{handle.name}] err: hello" in seen["err"]
 
         await until(both, 10, "the job's output through its files")
+
+
+async def test_a_preempted_job_is_worker_died_with_slurms_state(outside: SlurmCluster) -> None:
+    """The worker's job runs in the default partition; a job of the higher priority tier
+    that needs every CPU preempts it (``PreemptMode=CANCEL``): the call in flight fails
+    with ``WorkerDied`` naming the state, and nothing of the worker stays in the queue."""
+    handle = await Node.spawn(0, how=rp.Slurm(partition=PARTITION))
+    job = _job_of(outside, handle.name)
+    call = asyncio.ensure_future(handle.run(Node.sleep, 120.0))
+    started = time.monotonic()
+    urgent = await asyncio.to_thread(outside.sbatch, [
+        f"--partition={URGENT}", f"-n{outside.cpus}", "-t5", "--wrap", "true",
+        "-o", "/dev/null"])
+    with pytest.raises(rp.WorkerDied) as caught:
+        await asyncio.wait_for(call, 60)
+    assert time.monotonic() - started < 45  # the scheduler's cadence, not the call's 120 s
+    text = str(caught.value)
+    assert f"Slurm job {job} PREEMPTED" in text, text
+    await handle.close()
+    await until(lambda: job not in outside.jobs(), 20, "the preempted job to leave the queue")
+    state = outside.command(["scontrol", "show", "job", "-o", str(urgent)]).stdout
+    assert "JobState=RUNNING" in state or "JobState=COMPLETED" in state, state
