@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,31 +17,8 @@ from rpc_parallel._state import process
 from rpc_parallel.launch import _slurm_job
 from tests.harness.slurm import PARTITION, URGENT, SlurmCluster
 
-from .support import ROOT, master_env, python, tls_link, until, wait_for, wait_queue_empty
+from .support import ROOT, master_env, python, tls_link, until, wait_for
 from .workers import Fragile, Node, every_kind, expected
-
-
-@pytest.fixture
-def outside(slurm_cluster: SlurmCluster, tmp_path: Path) -> Iterator[SlurmCluster]:
-    """Not inside an allocation; the master's private job directory under ``tmp_path``;
-    afterwards the queue is empty and the directory holds nothing."""
-    saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("SLURM_JOB")}
-    os.environ[_slurm_job.DIRECTORY_VARIABLE] = str(tmp_path)
-    try:
-        yield slurm_cluster
-    finally:
-        os.environ.update(saved)
-        os.environ.pop(_slurm_job.DIRECTORY_VARIABLE, None)
-        try:
-            wait_queue_empty(slurm_cluster, 20)
-            jobs = []
-        except AssertionError:
-            jobs = slurm_cluster.jobs()
-            slurm_cluster.command(["scancel", *jobs], check=False)
-            wait_queue_empty(slurm_cluster)
-        _slurm_job.remove_private_directory()
-        assert not jobs, f"jobs left in the queue: {jobs}"
-        assert list(tmp_path.iterdir()) == []
 
 
 def _job_of(cluster: SlurmCluster, name: str) -> str:

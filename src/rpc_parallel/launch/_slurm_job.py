@@ -62,14 +62,17 @@ class _Files:
     config: Path
     stdout: Path
     stderr: Path
+    boot: Path
+    """A bundle's bootstrap, the job's stdin (``Slurm(executable=...)``; no secret in it)."""
 
     @classmethod
     def make(cls, directory: Path, name: str) -> _Files:
         stem = f"{''.join(c if c.isalnum() or c in '-_.' else '_' for c in name)}-{uuid.uuid4().hex}"
-        return cls(directory / f"{stem}.config", directory / f"{stem}.out", directory / f"{stem}.err")
+        return cls(directory / f"{stem}.config", directory / f"{stem}.out",
+                   directory / f"{stem}.err", directory / f"{stem}.boot")
 
     def remove(self) -> None:
-        for path in (self.config, self.stdout, self.stderr):
+        for path in (self.config, self.stdout, self.stderr, self.boot):
             with contextlib.suppress(OSError):
                 path.unlink()
 
@@ -303,6 +306,8 @@ class JobOptions:
     sbatch_args: Sequence[str]
     queue_timeout: float | None
     redirect_stdout: Redirection
+    boot: bytes | None = None
+    """A bundle's bootstrap: the job reads it on stdin, from a file, before anything else."""
 
 
 def _check_cwd(request: LaunchRequest) -> None:
@@ -321,11 +326,16 @@ async def submit(request: LaunchRequest, options: JobOptions) -> JobProcess:
            CONFIG_FILE_VARIABLE: str(files.config)}
     for variable in [v for v in env if v.startswith("SLURM_") and v != "SLURM_CONF"]:
         del env[variable]  # a job of its own: nothing of an enclosing job leaks in
-    script = f"#!/bin/sh\nexec {shlex.join(request.command)}\n".encode()
+    script = _script(request.command, files, options.boot)
     # sbatch's working directory is the job's.
-    result = await run(_sbatch_argv(options, request.name, files), input=script, env=env,
-                       cwd=request.cwd)
+    try:
+        result = await run(_sbatch_argv(options, request.name, files), input=script, env=env,
+                           cwd=request.cwd)
+    except BaseException:
+        files.remove()
+        raise
     if result.returncode != 0:
+        files.remove()
         raise SpawnError(f"sbatch refused the job of worker {request.name}: "
                          f"{result.stderr.strip() or result.stdout.strip()}")
     job_id = result.stdout.strip().split(";")[0]
@@ -340,6 +350,19 @@ async def submit(request: LaunchRequest, options: JobOptions) -> JobProcess:
         await asyncio.shield(job.kill_and_reap())
         raise
     return job
+
+
+def _script(command: Sequence[str], files: _Files, boot: bytes | None) -> bytes:
+    """The job script: ``exec`` the worker's command (its stdin the bootstrap file, if any)."""
+    line = f"exec {shlex.join(command)}"
+    if boot is not None:
+        fd = os.open(files.boot, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, boot)
+        finally:
+            os.close(fd)
+        line += f" <{shlex.quote(str(files.boot))}"
+    return f"#!/bin/sh\n{line}\n".encode()
 
 
 async def _wait_running(job: JobProcess, queue_timeout: float | None) -> None:

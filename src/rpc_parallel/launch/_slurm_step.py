@@ -162,13 +162,17 @@ class StepProcess(_process.WorkerProcess):
 
 
 async def start_step(
-    request: LaunchRequest, srun_argv: Sequence[str], bound: float, job_id: str
+    request: LaunchRequest, srun_argv: Sequence[str], bound: float, job_id: str,
+    boot: bytes | None = None,
 ) -> StepProcess:
     """Start ``request.command`` as a step of allocation ``job_id`` under ``srun_argv``;
-    returns once the step exists (the spawn's ``connection_timeout`` starts then)."""
+    returns once the step exists (the spawn's ``connection_timeout`` starts then). ``boot``
+    (a bundle's bootstrap) goes first on its stdin, before the configuration."""
     command = [*srun_argv, *request.command]
     started = await _process.start(replace(request, command=command), StepProcess)
     assert isinstance(started, StepProcess)
+    if boot is not None and started.stdin is not None:
+        started.stdin.write(boot)  # srun forwards it to the task once the step runs
     started.where = f" in allocation {job_id}"
     try:
         await started.wait_started(bound, job_id)
