@@ -7,6 +7,9 @@ environment for client commands sets ``SLURM_CONF`` (``/etc/slurm`` is not touch
 concurrent runs never meet. ``stop()`` cancels every job, stops the daemons (a zombie counts
 as dead), kills anything still mentioning the directory and removes it.
 
+Two partitions over the node: ``debug`` (the default) and ``urgent``, of a higher priority
+tier, whose jobs preempt (cancel) the ``debug`` jobs holding the CPUs they need.
+
 Pitfalls (found running it here): steps sharing one allocation need ``--exact`` (a plain
 ``srun -n1`` takes every CPU and the next step waits forever); advertising more CPUs than the
 machine has needs ``SlurmdParameters=config_overrides``; bound every ``srun``/``sbatch``.
