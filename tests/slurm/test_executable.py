@@ -126,17 +126,38 @@ async def test_jobs_run_from_the_bundle_under_a_bare_python(
 
 
 async def test_a_tampered_bundle_is_refused_on_the_node_naming_the_file(
-    slurm_cluster: SlurmCluster, shipped: tuple[type[rp.Worker[int]], RemoteExecutable],
+    outside: SlurmCluster, shipped: tuple[type[rp.Worker[int]], RemoteExecutable],
 ) -> None:
     Shipped, exe = shipped
     changed = Path(exe.path) / "lib" / f"{APP}.py"
     changed.write_text(changed.read_text().replace("x + self.offset", "x - self.offset"))
-    with allocation(slurm_cluster, 2), pytest.raises(rp.SpawnError) as caught:
+    with allocation(outside, 2), pytest.raises(rp.SpawnError) as as_step:
         await Shipped.spawn(5, how=rp.Slurm(executable=exe))
-    text = str(caught.value) + caught.value.stderr_tail
-    assert f"changed file lib/{APP}.py" in text, text
+    with pytest.raises(rp.SpawnError) as as_job:
+        await Shipped.spawn(5, how=rp.Slurm(executable=exe))
+    for caught, where in ((as_step, "in Slurm step"), (as_job, "Slurm job")):
+        headline = str(caught.value).splitlines()[0]
+        assert where in headline and "the node refused the bundle" in headline, headline
+        assert f"changed file lib/{APP}.py" in headline, headline
 
 
 def test_executable_must_be_a_remote_executable() -> None:
     with pytest.raises(TypeError, match=r"rp\.RemoteExecutable"):
         rp.Slurm(executable="/opt/bundle")  # type: ignore[arg-type]
+
+
+def test_the_worker_command_is_the_bundles_stub_or_the_named_python(
+    shipped: tuple[type[rp.Worker[int]], RemoteExecutable], bare_python: BarePython,
+) -> None:
+    _, exe = shipped
+    stub = rp.Slurm(executable=exe).worker_command("w1")
+    assert stub[:len(exe.python_argv())] == exe.python_argv()
+    assert stub[0] == str(bare_python.python) and "-I" in stub
+    assert stub[len(exe.python_argv()):][:2] == ["worker", "w1"]  # for ps
+    other = rp.Slurm(executable=exe, python="/opt/py/bin/python3").worker_command("w1")
+    assert other[0] == "/opt/py/bin/python3" and other[1:4] == ["-I", "-S", "-B"]
+    assert rp.Slurm(python="/opt/py/bin/python3").worker_command("w1")[:3] == [
+        "/opt/py/bin/python3", "-m", "rpc_parallel"]
+    assert rp.Slurm().worker_command("w1")[0] == sys.executable
+    with pytest.raises(TypeError, match="python"):
+        rp.Slurm(python="")

@@ -31,7 +31,15 @@ from typing import IO
 
 from ..errors import SpawnError
 from ._launcher import CONFIG_FILE_VARIABLE, LaunchRequest
-from ._slurm_commands import FINAL_STATES, JobEnd, cancel, job_end, never_starts, run
+from ._slurm_commands import (
+    FINAL_STATES,
+    JobEnd,
+    bundle_refusal,
+    cancel,
+    job_end,
+    never_starts,
+    run,
+)
 from ._slurm_watchdog import Watchdog
 from .redirection import DevNull, FileAppend, FileTruncate, Forward, Redirection
 
@@ -166,7 +174,11 @@ class JobProcess:
         return "".join(self._tail)[-8000:]
 
     def explain_end(self) -> str | None:
-        return None if self.end is None else self.end.describe()
+        """Slurm's state, reason and exit code, and a shipped bundle's refusal on the node."""
+        if self.end is None:
+            return None
+        refusal = bundle_refusal(self.stderr_tail())
+        return self.end.describe() + (f"; {refusal}" if refusal else "")
 
     def start_forwarding(self) -> None:
         stdout = self.files.stdout if isinstance(self.redirect_stdout, Forward) else None
@@ -373,7 +385,7 @@ async def _wait_running(job: JobProcess, queue_timeout: float | None) -> None:
         if job.end is not None:
             await job.drain_output(1.0)
             raise SpawnError(f"the job of worker {job.name} ended before it ran: "
-                             f"{job.end.describe()}", stderr_tail=job.stderr_tail())
+                             f"{job.explain_end()}", stderr_tail=job.stderr_tail())
         if job.state == "PENDING" and never_starts(job.reason):
             raise SpawnError(
                 f"Slurm job {job.job_id} of worker {job.name} can never start: the scheduler "
