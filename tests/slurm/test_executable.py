@@ -6,7 +6,9 @@ nothing of the master's install; it also says where its modules came from."""
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
+import subprocess
 import sys
 import tempfile
 import textwrap
@@ -22,8 +24,19 @@ from rpc_parallel.launch._pack import Bundle
 from rpc_parallel.launch.executable import RemoteExecutable
 from tests.harness.bare_python import BarePython
 from tests.harness.slurm import SlurmCluster
+from tests.harness.sshd import SshHost
 
-from .support import allocation, steps, tls_link, until
+from .support import (
+    HERE,
+    allocation,
+    master_env,
+    python,
+    steps,
+    tls_link,
+    until,
+    wait_for,
+    wait_queue_empty,
+)
 
 APP = "rp_slurm_shipped_app"
 SOURCE = textwrap.dedent("""
@@ -161,3 +174,33 @@ def test_the_worker_command_is_the_bundles_stub_or_the_named_python(
     assert rp.Slurm().worker_command("w1")[0] == sys.executable
     with pytest.raises(TypeError, match="python"):
         rp.Slurm(python="")
+
+
+def test_a_master_ships_itself_with_the_public_api_and_runs_a_step_and_a_job(
+    slurm_cluster: SlurmCluster, loopback_sshd: SshHost, bare_python: BarePython,
+    tmp_path: Path,
+) -> None:
+    """The worker class is in the master's script: the bundle carries it (``main/``)."""
+    directory = tmp_path / "bundles"
+    env = master_env(slurm_cluster, **{_slurm_job.DIRECTORY_VARIABLE: str(tmp_path / "rp")})
+    done = subprocess.run(
+        ["timeout", "240", "salloc", "-N1", "-n2", "-t5", python(),
+         str(HERE / "master_shipped.py"), loopback_sshd.alias, str(loopback_sshd.config),
+         str(directory), str(bare_python.python)],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=270)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    path = result["path"]
+    for kind, offset in (("step", 1), ("job", 2)):
+        added, executable, rp_file, msgspec_file, main_file, job, step = result[kind]
+        assert added == offset + 1
+        assert executable.startswith(str(bare_python.directory)), executable
+        assert rp_file.startswith(path + "/lib/") and msgspec_file.startswith(path + "/lib/")
+        assert main_file == f"{path}/main/master_shipped.py", main_file
+        assert (job == result["allocation"]) == (kind == "step") and step.isdigit() == (
+            kind == "step")
+    assert not directory.exists() or not any(directory.iterdir())  # exe.delete()
+    wait_queue_empty(slurm_cluster)
+    private = tmp_path / "rp"
+    wait_for(lambda: not private.exists() or not any(private.iterdir()), 15,
+             "the master's watchdog to remove its job files")
