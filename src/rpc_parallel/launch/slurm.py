@@ -62,8 +62,9 @@ class Slurm:
     CPUs of the allocation, 10 s when None).
 
     Without ``executable`` the worker runs the master's interpreter (``sys.executable``,
-    or ``python``) with the master's ``rpc_parallel`` and import path: the nodes are assumed
-    to share the master's files. With ``executable`` (an ``rp.RemoteExecutable`` whose
+    or ``python``: then of the master's Python version, as it imports the master's packages)
+    with the master's ``rpc_parallel`` and import path: the nodes are assumed to share the
+    master's files. With ``executable`` (an ``rp.RemoteExecutable`` whose
     directory every node sees at the same path), the worker runs from that bundle under
     ``executable.python`` (or ``python``), isolated from any installed package; the bundle
     is checked on the node before each worker starts.
