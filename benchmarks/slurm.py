@@ -36,6 +36,7 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -52,6 +53,16 @@ class Probe(rp.Worker[int]):
     @rp.rpc
     async def add(self, x: int) -> int:
         return x + 1
+
+    @rp.rpc
+    async def cpu_seconds(self) -> float:
+        """CPU time this worker has used since its interpreter started."""
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
+
+WORKER_CPU: list[float] = []
+"""Each step worker's CPU time up to its first result (asked after the timing)."""
 
 
 def _srun_true_8() -> float:
@@ -89,6 +100,7 @@ async def _slurm_8() -> float:
     results = await asyncio.gather(*(w.run(Probe.add, i) for i, w in enumerate(workers)))
     elapsed = time.perf_counter() - started
     assert results == [i + 1 for i in range(8)]
+    WORKER_CPU.extend(await asyncio.gather(*(w.run(Probe.cpu_seconds) for w in workers)))
     for worker in workers:
         await worker.close()
     await _steps_gone()
@@ -114,11 +126,13 @@ async def _inner(rounds: int) -> dict[str, list[float]]:
     times: dict[str, list[float]] = {"srun_true_x8": [], "local_spawn": [], "slurm_x8": [],
                                      "srun_python_import_x8": []}
     await _slurm_8()  # warm-up: the master's TLS identity and server, the page cache
+    WORKER_CPU.clear()
     for _ in range(rounds):
         times["srun_true_x8"].append(await asyncio.to_thread(_srun_true_8))
         times["srun_python_import_x8"].append(await asyncio.to_thread(_srun_import_8))
         times["local_spawn"].append(await _local_spawn())
         times["slurm_x8"].append(await _slurm_8())
+    times["worker_cpu"] = WORKER_CPU
     return times
 
 
@@ -187,6 +201,10 @@ def _report(times: dict[str, list[float]], jobs: float, dask: float | None) -> d
     print(f"rp.Slurm: 8 steps + call {median['slurm_x8'] * 1000:8.1f} ms")
     print(f"ratio to (8 x srun true + local spawn): {ratio:.2f} (target <= 1.5; rounds "
           f"{min(ratios):.2f}-{max(ratios):.2f})")
+    cpu = median["worker_cpu"]
+    print(f"CPU of one step worker to its first result {cpu * 1000:6.1f} ms; 8 of them on "
+          f"{os.cpu_count()} cores need at least {8 * cpu / (os.cpu_count() or 1) * 1000:.0f} ms "
+          "(the floor on a quiet machine)")
     imports = median["srun_python_import_x8"]
     print(f"8 x srun python -c 'import rpc_parallel._worker_main' at once {imports * 1000:8.1f} ms"
           f" (rp.Slurm / this = {median['slurm_x8'] / imports:.2f})")
