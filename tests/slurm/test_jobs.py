@@ -213,10 +213,23 @@ async def test_a_jobs_output_is_forwarded_with_its_name(
         await until(both, 10, "the job's output through its files")
 
 
-async def test_a_preempted_job_is_worker_died_with_slurms_state(outside: SlurmCluster) -> None:
+@pytest.mark.parametrize("mode", ["CANCEL", "REQUEUE"])
+async def test_a_preempted_job_is_worker_died_with_slurms_state(
+    outside: SlurmCluster, mode: str,
+) -> None:
     """The worker's job runs in the default partition; a job of the higher priority tier
-    that needs every CPU preempts it (``PreemptMode=CANCEL``): the call in flight fails
-    with ``WorkerDied`` naming the state, and nothing of the worker stays in the queue."""
+    that needs every CPU preempts it: the call in flight fails with ``WorkerDied`` naming
+    the state, and nothing of the worker stays in the queue. Where the cluster requeues
+    preempted jobs (``REQUEUE``), the worker's job (``--no-requeue``) ends all the same."""
+    outside.command(["scontrol", "update", f"PartitionName={PARTITION}", f"PreemptMode={mode}"])
+    try:
+        await _preempted(outside)
+    finally:
+        outside.command(["scontrol", "update", f"PartitionName={PARTITION}",
+                         "PreemptMode=CANCEL"])
+
+
+async def _preempted(outside: SlurmCluster) -> None:
     handle = await Node.spawn(0, how=rp.Slurm(partition=PARTITION))
     job = _job_of(outside, handle.name)
     call = asyncio.ensure_future(handle.run(Node.sleep, 120.0))
