@@ -167,8 +167,8 @@ def test_the_worker_command_is_the_bundles_stub_or_the_named_python(
     assert stub[:len(exe.python_argv())] == exe.python_argv()
     assert stub[0] == str(bare_python.python) and "-I" in stub
     assert stub[len(exe.python_argv()):][:2] == ["worker", "w1"]  # for ps
-    other = rp.Slurm(executable=exe, python="/opt/py/bin/python3").worker_command("w1")
-    assert other[0] == "/opt/py/bin/python3" and other[1:4] == ["-I", "-S", "-B"]
+    with pytest.raises(ValueError, match="existing_on_host"):
+        rp.Slurm(executable=exe, python="/opt/py/bin/python3")
     assert rp.Slurm(python="/opt/py/bin/python3").worker_command("w1")[:3] == [
         "/opt/py/bin/python3", "-m", "rpc_parallel"]
     assert rp.Slurm().worker_command("w1")[0] == sys.executable

@@ -64,10 +64,10 @@ class Slurm:
     Without ``executable`` the worker runs the master's interpreter (``sys.executable``,
     or ``python``: then of the master's Python version, as it imports the master's packages)
     with the master's ``rpc_parallel`` and import path: the nodes are assumed to share the
-    master's files. With ``executable`` (an ``rp.RemoteExecutable`` whose
-    directory every node sees at the same path), the worker runs from that bundle under
-    ``executable.python`` (or ``python``), isolated from any installed package; the bundle
-    is checked on the node before each worker starts.
+    master's files. With ``executable`` (an ``rp.RemoteExecutable`` whose directory every
+    node sees at the same path), the worker runs from that bundle under ``executable.python``
+    (at the same path on the nodes), isolated from any installed package; the bundle is
+    checked on the node before each worker starts.
     """
 
     partition: str | None = None
@@ -101,6 +101,12 @@ class Slurm:
         if self.executable is not None and not isinstance(self.executable, RemoteExecutable):
             raise TypeError(f"Slurm(executable=...) takes an rp.RemoteExecutable, got "
                             f"{self.executable!r}")
+        if self.executable is not None and self.python is not None:
+            # The worker's import path names the standard library of the bundle's python.
+            raise ValueError(
+                "Slurm(executable=..., python=...): give the interpreter to the executable "
+                "instead (RemoteExecutable.existing_on_host(host, exe.path, python=...)), "
+                "which asks that python for its standard library")
 
     @property
     def needs_network(self) -> bool:
@@ -128,7 +134,7 @@ class Slurm:
         if exe is not None:
             # The bundle's isolated stub; it ignores its arguments (the bootstrap on its
             # stdin gets the worker's), which are there for ``ps``, as for any worker.
-            return Local(command=exe.python_argv(self.python))
+            return Local(command=exe.python_argv())
         return Local() if self.python is None else Local(python=self.python)
 
     def worker_command(self, name: str) -> list[str]:
