@@ -151,6 +151,24 @@ def _import_module(name: str, main_path: str | None) -> Any:
     return module
 
 
+def preload(module: str, main_path: str | None) -> None:
+    """Import a worker class's module in a fork server's template, ahead of its forks (and
+    uvloop, which every worker's loop uses). A module that fails to import leaves nothing
+    half-imported behind: the forked child imports it again and reports the failure
+    exactly as an exec'd worker does."""
+    with contextlib.suppress(ImportError):
+        import uvloop  # noqa: F401
+    main_module = sys.modules.get("__main__")
+    try:
+        _import_module(module, main_path)
+    except BaseException:
+        process().importing_for_worker = False
+        if main_path is not None:
+            sys.modules.pop("__mp_main__", None)
+            if main_module is not None:
+                sys.modules["__main__"] = main_module
+
+
 def import_worker_class(config: WorkerConfig) -> type[Worker[Any]]:
     module = _import_module(config.module, config.main_path)
     target: Any = module
