@@ -11,7 +11,7 @@ elif len(sys.argv) > 1 and sys.argv[1] == "fork-server":
     from ._worker_main import main, preload
     from .launch._fork_template import serve
 
-    serve(preload, main)
+    serve(preload, lambda: main(forked=True))
 else:
     sys.stderr.write(
         "usage: python -m rpc_parallel worker NAME child-of PID@HOST\n"

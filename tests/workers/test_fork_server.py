@@ -162,7 +162,7 @@ async def main():
 
 @pytest.mark.timeout(120)
 async def test_a_killed_template_is_replaced_by_the_next_spawn(tmp_path: Path) -> None:
-    code, lines, out, err = await run_master(tmp_path, TEMPLATE_KILLED)
+    code, lines, _, err = await run_master(tmp_path, TEMPLATE_KILLED)
     assert code == 0, err
     live = only(lines, "live worker")
     # The worker forked from the killed template died with it, and says why.
@@ -201,7 +201,7 @@ async def main():
 async def test_a_fork_that_fails_falls_back_to_a_new_process(tmp_path: Path) -> None:
     """A real fork failure: the template is moved into a pids cgroup that allows no more
     processes (EAGAIN, even for root); the spawn still succeeds, as an exec'd process."""
-    code, lines, out, err = await run_master(tmp_path, CGROUP, str(PIDS_CGROUP))
+    code, lines, _, err = await run_master(tmp_path, CGROUP, str(PIDS_CGROUP))
     assert code == 0, err
     forks = only(lines, "forks")
     assert forks["during"] == forks["master"], "the failed fork fell back to the exec path"
@@ -229,7 +229,7 @@ async def main():
 async def test_a_module_that_cannot_be_imported_fails_the_spawn_the_same_way(
         tmp_path: Path, warm: str) -> None:
     """Forked (warm=1) or exec'd (warm=0), the SpawnError names the class and the error."""
-    code, lines, out, err = await run_master(tmp_path, IMPORT_FAILS,
+    code, lines, _, err = await run_master(tmp_path, IMPORT_FAILS,
                                         env={"RPC_PARALLEL_PRESTART": warm})
     assert code == 0, err
     result = only(lines, "import")
@@ -307,7 +307,7 @@ async def main():
 async def test_forked_spawn_and_kill_cycles_leave_nothing_behind(tmp_path: Path) -> None:
     """The master holds the same children, zombies, descriptors, threads and temporary
     files after 10 cycles of forked workers closed and killed (tests/hardening's Snapshot)."""
-    code, lines, out, err = await run_master(tmp_path, CYCLES)
+    code, lines, _, err = await run_master(tmp_path, CYCLES)
     assert code == 0, err
     only(lines, "settled")
     assert not temp_entries(str(tmp_path))

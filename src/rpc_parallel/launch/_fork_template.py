@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import os
 import random
 import select
@@ -133,6 +134,7 @@ class _Template:
         with contextlib.suppress(Exception):
             sys.stdout.flush()
             sys.stderr.flush()
+        gc.freeze()  # What the template holds is never collected in a child: no copies for it.
         try:
             pid = os.fork()
         except OSError as error:

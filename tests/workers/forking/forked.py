@@ -13,7 +13,7 @@ import rpc_parallel as rp
 
 class Facts(rp.Worker[None]):
     @rp.rpc
-    async def facts(self) -> dict[str, int | float | str]:
+    def facts(self) -> dict[str, int | float | str]:
         """Who this process is: ids, random state, working directory, umask, name."""
         mask = os.umask(0)
         os.umask(mask)
