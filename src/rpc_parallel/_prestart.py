@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import os
 import sys
 from dataclasses import dataclass
@@ -24,8 +23,9 @@ from .launch._fork_server import ForkServer
 ClassKey = tuple[str, str, str | None]
 """(module, qualname, main script path) of a worker class."""
 
-ServerKey = tuple[str, tuple[str, ...], str | None, str, str]
-"""(interpreter, import path, main script path, environment digest, working directory)."""
+ServerKey = tuple[str, tuple[str, ...], str | None, int, str]
+"""(interpreter, import path, main script path, hash of the environment, working
+directory)."""
 
 SWITCH = "RPC_PARALLEL_PRESTART"
 """``0``: no warm processes; every spawn starts an interpreter."""
@@ -110,7 +110,6 @@ async def _start(key: ServerKey) -> ForkServer | None:
 def _server_key(main_path: str | None) -> ServerKey:
     """What a template shares with the workers it forks: a change to any of these (the
     master changed ``os.environ``, ``sys.path`` or its directory) needs another one."""
-    environment = hashlib.sha256(
-        "\0".join(f"{k}={v}" for k, v in sorted(os.environ.items())).encode(
-            errors="surrogateescape")).hexdigest()
-    return (sys.executable, tuple(sys.path), main_path, environment, os.getcwd())
+    raw = getattr(os.environ, "_data", None)  # the bytes behind os.environ: no decoding
+    items = raw.items() if isinstance(raw, dict) else os.environ.items()
+    return (sys.executable, tuple(sys.path), main_path, hash(frozenset(items)), os.getcwd())

@@ -146,13 +146,19 @@ def preload(module: str, main_path: str | None) -> None:
         import uvloop  # noqa: F401
     main_module = sys.modules.get("__main__")
     try:
-        _import_module(module, main_path)
+        imported = _import_module(module, main_path)
     except BaseException:
         process().importing_for_worker = False
         if main_path is not None:
             sys.modules.pop("__mp_main__", None)
             if main_module is not None:
                 sys.modules["__main__"] = main_module
+        return
+    for value in list(vars(imported).values()):  # the specs, made once for every fork
+        if isinstance(value, type) and issubclass(value, Worker):
+            with contextlib.suppress(Exception):
+                for function in value._rpc_parallel_functions.values():
+                    function.spec  # noqa: B018
 
 
 def import_worker_class(config: WorkerConfig) -> type[Worker[Any]]:
