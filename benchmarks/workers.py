@@ -58,7 +58,7 @@ def percentile(values: list[float], fraction: float) -> float:
 # ------------------------------------------------------------------ rpc_parallel
 
 
-async def ours_spawn_to_first_result(rounds: int, prestarted: bool) -> float:
+async def ours_spawn_to_first_result(rounds: int, prestarted: bool) -> list[float]:
     """Spawn, first result, close; median in ms.
 
     ``prestarted``: a fork of the fork server (start_app starts one template per
@@ -79,8 +79,8 @@ async def ours_spawn_to_first_result(rounds: int, prestarted: bool) -> float:
     finally:
         os.environ.pop("RPC_PARALLEL_PRESTART", None)
     if prestarted:
-        times = times[1:]  # The first spawn of the class has nothing pre-started.
-    return statistics.median(times) * 1000
+        times = times[1:]  # The first spawn starts the fork server's template.
+    return [t * 1000 for t in times]
 
 
 async def ours_burst(count: int) -> float:
@@ -240,8 +240,11 @@ async def run(quick: bool) -> dict[str, Any]:
     burst = await burst_figures(burst_count, 1 if quick else 3)
     results["burst"] = {"workers": burst_count, **burst}
     ours: dict[str, float] = {}
-    ours["spawn_to_first_result_ms"] = await ours_spawn_to_first_result(rounds, prestarted=True)
-    ours["spawn_to_first_result_ms_cold"] = await ours_spawn_to_first_result(rounds, False)
+    forked = await ours_spawn_to_first_result(3 if quick else 15, prestarted=True)
+    ours["spawn_to_first_result_ms"] = statistics.median(forked)
+    ours["spawn_to_first_result_ms_best"] = min(forked)
+    ours["spawn_to_first_result_ms_cold"] = statistics.median(
+        await ours_spawn_to_first_result(rounds, False))
     async with await Echo.spawn(None) as first, await Echo.spawn(None) as second:
         ours["latency_median_us"], ours["latency_p99_us"] = await ours_latency(first, calls)
         ours["throughput_run_calls_per_s"] = await ours_throughput([first, second], seconds, False)
@@ -271,6 +274,7 @@ async def run(quick: bool) -> dict[str, Any]:
         "bandwidth_vs_pool (target >= 2)": ours["bandwidth_gb_per_s"] / pool["bandwidth_gb_per_s"],
         f"burst_{burst_count}_vs_fork_pool (target <= 2)": burst["ours_ms"] / burst["pool_ms"],
         "spawn_to_first_result_ms, forked (target <= 15)": ours["spawn_to_first_result_ms"],
+        "spawn_to_first_result_ms, forked, best round": ours["spawn_to_first_result_ms_best"],
         "spawn_to_first_result_ms, cold (target <= 80)": ours["spawn_to_first_result_ms_cold"],
         "latency_vs_floor": ours["latency_median_us"] / results["floor"]["latency_median_us"],
         "throughput_vs_floor": best_throughput / results["floor"]["throughput_calls_per_s"],

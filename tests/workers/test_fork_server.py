@@ -241,6 +241,34 @@ async def test_a_module_that_cannot_be_imported_fails_the_spawn_the_same_way(
     assert (result["ppid"] != result["master"]) == (warm == "1")
 
 
+SLOW_IMPORT = """
+async def main():
+    from tests.hardening.slow_import import SlowImport  # imported here at once
+    os.environ["RPH_SLOW_IMPORT"] = os.path.abspath("template.pid")  # a new template sleeps
+    started = time.monotonic()
+    try:
+        await SlowImport.spawn(None, connection_timeout=2.0)
+        error = None
+    except rp.SpawnError as failed:
+        error = str(failed)
+    took = time.monotonic() - started
+    template = int(open("template.pid").read())
+    say(kind="slow", error=error, took=took, template=template)
+"""
+
+
+@pytest.mark.timeout(120)
+async def test_an_import_that_hangs_in_the_template_fails_within_connection_timeout(
+        tmp_path: Path) -> None:
+    code, lines, _, err = await run_master(tmp_path, SLOW_IMPORT)
+    assert code == 0, err
+    slow = only(lines, "slow")
+    assert "did not fork it within connection_timeout (2 s)" in str(slow["error"]), slow
+    assert "tests.hardening.slow_import" in str(slow["error"])
+    assert float(slow["took"]) < 2.0 + 8.0
+    await gone(int(slow["template"]), timeout=10.0)
+
+
 MASTER_KILLED = """
 async def main():
     workers = [await Facts.spawn(None) for _ in range(2)]

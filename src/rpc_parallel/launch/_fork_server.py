@@ -182,7 +182,9 @@ class ForkServer:
     async def fork(self, *, name: str, module: str, main_path: str | None, cwd: str,
                    redirect_stdout: Redirection, redirect_stderr: Redirection,
                    timeout: float) -> ForkedWorker | None:
-        """Fork one worker (None: the template refused, or died; start it another way)."""
+        """Fork one worker (None: the template refused, or died; start it another way).
+        ``SpawnError`` if it does not answer within ``timeout`` (the spawn's
+        ``connection_timeout``: the module's import hangs, as it would in a new process)."""
         if not self.alive:
             return None
         pipes = _ChildPipes(redirect_stdout, name)
@@ -195,7 +197,14 @@ class ForkServer:
             await self._send(message, pipes.child_ends())
             pipes.close_child_ends()
             kind, value = await asyncio.wait_for(asyncio.shield(answer), timeout)
-        except (OSError, TimeoutError, EOFError) as error:
+        except TimeoutError:
+            pipes.close_all()
+            await self._broken(f"no answer to the fork of worker {name} within {timeout:g} s")
+            raise SpawnError(
+                f"worker {name}: the fork server did not fork it within connection_timeout "
+                f"({timeout:g} s): importing {module} there did not finish (the fork server "
+                "was stopped; the next spawn starts another)") from None
+        except (OSError, EOFError) as error:
             pipes.close_all()
             await self._broken(f"a fork request failed: {error!r}")
             return None
