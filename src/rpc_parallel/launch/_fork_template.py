@@ -26,7 +26,6 @@ runs, reading its configuration from its stdin).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import gc
 import os
 import random
@@ -174,7 +173,7 @@ class _Template:
         to the master), and the worker's name as the process name (``ps -o comm``)."""
         if self.libc is not None:
             self.libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-            self.libc.prctl(_PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0)
+            self.libc.prctl(_PR_SET_NAME, name.encode()[:15], 0, 0, 0)
         if os.getppid() != template:
             os._exit(70)  # It died before the death signal was armed.
 
@@ -214,9 +213,13 @@ def reseed() -> None:
 
 
 def _libc() -> Any:
+    """The C library, for ``prctl`` (ctypes is imported here: the template needs it, the
+    master, which imports this module for its records, does not)."""
     try:
+        import ctypes
+
         return ctypes.CDLL(None, use_errno=True)
-    except OSError:
+    except (ImportError, OSError):
         return None
 
 
