@@ -62,7 +62,11 @@ class WarmProcesses:
         """A forked worker for this request, or None (start one the ordinary way)."""
         if self._closed:
             return None
-        server = await self._server(_server_key(request.key[2]))
+        try:  # A template still starting after the spawn's own bound: not this spawn's.
+            server = await asyncio.wait_for(
+                self._server(_server_key(request.key[2])), request.timeout / 2)
+        except TimeoutError:
+            return None
         if server is None:
             return None
         module, _, main_path = request.key

@@ -179,15 +179,25 @@ import pathlib
 ROOT = pathlib.Path(sys.argv[1])
 LIMITED = ROOT / f"rpc_parallel_test_{os.getpid()}"
 
+def pids_cgroup(pid):
+    for line in open(f"/proc/{pid}/cgroup"):
+        _, controllers, path = line.rstrip("\\n").split(":", 2)
+        if "pids" in controllers.split(","):
+            return ROOT / path.lstrip("/")
+    raise AssertionError("no pids cgroup")
+
 async def main():
     first = await facts()
     template = first["ppid"]
+    original = pids_cgroup(template)
     LIMITED.mkdir()
     try:
         (LIMITED / "pids.max").write_text("1")
         (LIMITED / "cgroup.procs").write_text(str(template))  # it cannot fork any more
-        during = await facts()
-        (ROOT / "cgroup.procs").write_text(str(template))
+        try:
+            during = await facts()
+        finally:
+            (original / "cgroup.procs").write_text(str(template))
     finally:
         LIMITED.rmdir()
     after = await facts()
