@@ -161,8 +161,10 @@ async def main():
 
 
 @pytest.mark.timeout(120)
-async def test_a_killed_template_is_replaced_by_the_next_spawn(tmp_path: Path) -> None:
-    code, lines, _, err = await run_master(tmp_path, TEMPLATE_KILLED)
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+async def test_a_killed_template_is_replaced_by_the_next_spawn(tmp_path: Path, loop: str) -> None:
+    no_uvloop = {"RPC_PARALLEL_NO_UVLOOP": "1" if loop == "asyncio" else ""}
+    code, lines, _, err = await run_master(tmp_path, TEMPLATE_KILLED, env=no_uvloop)
     assert code == 0, err
     live = only(lines, "live worker")
     # The worker forked from the killed template died with it, and says why.
