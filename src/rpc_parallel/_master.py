@@ -172,8 +172,8 @@ def current_master() -> Master:
 async def _until_the_loop_ends(master: Master) -> AsyncGenerator[None, None]:
     """An async generator the event loop closes when it ends (``asyncio.run`` and its
     runners call ``shutdown_asyncgens``): a loop that ends without ``close()`` of its
-    handles (nor ``start_app``'s end) still closes the master's servers and its pre-started
-    processes (the supervisors, cancelled first, end and reap the workers)."""
+    handles (nor ``start_app``'s end) still closes the master's servers and its fork
+    servers (the supervisors, cancelled first, end and reap the workers)."""
     try:
         yield
     finally:

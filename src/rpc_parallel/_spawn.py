@@ -2,8 +2,9 @@
 registered, supervised worker and its handle.
 
 Steps: check the request (``_Prepared``), take a warm process (a fork of the fork server)
-or launch one through the ``Launcher`` (``_start_process``), send its configuration, wait for it to register with
-the master (``_await_registration``), check what it serves, make its handle. On any failure
+or launch one through the ``Launcher`` (``_start_process``), send its configuration, wait
+for it to register with the master (``_await_registration``), check what it serves, make its
+handle. On any failure
 the process is killed and reaped. Imports the handle, the supervisor, the master and the
 launch seam; knows worker classes only by the ``WorkerClass`` protocol.
 """

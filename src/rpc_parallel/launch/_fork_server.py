@@ -142,6 +142,9 @@ class ForkServer:
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[tuple[str, Any]]] = {}
         self._children: dict[int, ForkedChild] = {}
+        self._unadopted: dict[int, int | None] = {}
+        """Forked, not yet adopted by ``fork``: the exit status if it came first."""
+        self._orphans: set[asyncio.Future[None]] = set()
         self._ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._reader = asyncio.ensure_future(self._read_replies())
         self._stderr = asyncio.ensure_future(self._forward_stderr())
@@ -210,6 +213,8 @@ class ForkServer:
             return None
         except BaseException:
             pipes.close_all()
+            if answer.done() and not answer.cancelled() and answer.exception() is None:
+                self._unadopted.pop(answer.result()[1], None)  # its stdin ends: it exits
             raise
         finally:
             self._pending.pop(request_id, None)
@@ -227,8 +232,17 @@ class ForkServer:
             child = await pipes.connect(pid)
         except BaseException:
             pipes.close_all()
+            self._unadopted.pop(pid, None)
             raise
-        self._children[pid] = child
+        status = self._unadopted.pop(pid, None)
+        if status is not None:
+            child.exited(status)  # It exited before we got here.
+        elif self._reader.done():
+            orphan = asyncio.ensure_future(child.orphaned())  # The template died.
+            self._orphans.add(orphan)
+            orphan.add_done_callback(self._orphans.discard)
+        else:
+            self._children[pid] = child
         worker = ForkedWorker(child, name, redirect_stdout, redirect_stderr, own_group=True)
         worker.child = child
         return worker
@@ -269,9 +283,13 @@ class ForkServer:
             child = self._children.pop(key, None)
             if child is not None:
                 child.exited(int(value))
+            elif key in self._unadopted:
+                self._unadopted[key] = int(value)
         else:
             answer = self._pending.get(key)
-            if answer is not None and not answer.done():
+            if answer is not None and not answer.done():  # (else: the spawn was abandoned)
+                if kind == "started":
+                    self._unadopted[int(value)] = None
                 answer.set_result((kind, value))
 
     async def _template_gone(self) -> None:

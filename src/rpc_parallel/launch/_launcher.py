@@ -91,14 +91,13 @@ class LaunchedProcess(Protocol):
     """
 
     name: str
-    """The worker's name (a pre-started process chose its own)."""
+    """The worker's name."""
 
     pid: int
     """The process id on the host where it runs (the launcher's own child for ssh/srun)."""
 
     redirect_stderr: Redirection
-    """Where its stderr goes once it has registered (for ``stderr_tail``); a pre-started
-    process learns it when a spawn takes it."""
+    """Where its stderr goes once it has registered (for ``stderr_tail``)."""
 
     @property
     def returncode(self) -> int | None:
