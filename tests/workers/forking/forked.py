@@ -10,6 +10,10 @@ import numpy
 
 import rpc_parallel as rp
 
+IMPORT_DRAW = float(numpy.random.random())
+"""numpy's global state in use at import (in the template, before it forks): without the
+reseed in each child, every forked worker would draw the same numbers."""
+
 
 class Facts(rp.Worker[None]):
     @rp.rpc
