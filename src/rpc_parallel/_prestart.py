@@ -56,26 +56,41 @@ class WarmProcesses:
 
     def __init__(self) -> None:
         self._servers: dict[ServerKey, asyncio.Future[ForkServer | None]] = {}
+        self._retired: list[ForkServer] = []
+        """Tainted templates: they fork no more, and live on to reap what they forked."""
+        self._unforkable: set[tuple[str, str | None]] = set()
+        """Modules whose import starts a thread: their workers start as new processes."""
         self._closed = False
 
     async def take(self, request: WarmRequest) -> LaunchedProcess | None:
         """A forked worker for this request, or None (start one the ordinary way)."""
-        if self._closed:
+        module, _, main_path = request.key
+        if self._closed or (module, main_path) in self._unforkable:
             return None
+        key = _server_key(main_path)
         try:  # A template still starting after the spawn's own bound: not this spawn's.
-            server = await asyncio.wait_for(
-                self._server(_server_key(request.key[2])), request.timeout / 2)
+            server = await asyncio.wait_for(self._server(key), request.timeout / 2)
         except TimeoutError:
             return None
         if server is None:
             return None
-        module, _, main_path = request.key
-        return await server.fork(
+        worker = await server.fork(
             name=request.name, module=module, main_path=main_path,
             cwd=request.cwd if request.cwd is not None else os.getcwd(),
             redirect_stdout=request.redirect_stdout, redirect_stderr=request.redirect_stderr,
             timeout=request.timeout,
         )
+        if server.tainted:
+            self._unforkable.add((module, main_path))
+            self._retire(key, server)
+        return worker
+
+    def _retire(self, key: ServerKey, server: ForkServer) -> None:
+        """Stop forking from ``server``; the next spawn starts a new template."""
+        starting = self._servers.get(key)
+        if starting is not None and starting.done() and starting.result() is server:
+            del self._servers[key]
+            self._retired.append(server)
 
     async def _server(self, key: ServerKey) -> ForkServer | None:
         """The live template of ``key``: the one running, or a new one (a dead one is
@@ -83,7 +98,7 @@ class WarmProcesses:
         starting = self._servers.get(key)
         if starting is not None and starting.done():
             server = starting.result()
-            if server is None or server.alive:
+            if server is None or server.usable:
                 return server
             await server.close()
             starting = None
@@ -95,7 +110,8 @@ class WarmProcesses:
         """End every template (their workers, if any are left, die with them)."""
         self._closed = True
         starting, self._servers = list(self._servers.values()), {}
-        for server in await asyncio.gather(*starting):
+        retired, self._retired = self._retired, []
+        for server in [*await asyncio.gather(*starting), *retired]:
             if server is not None:
                 await server.close()
 

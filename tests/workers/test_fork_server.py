@@ -221,6 +221,34 @@ async def test_a_fork_that_fails_falls_back_to_a_new_process(tmp_path: Path) -> 
     assert "cannot fork worker" in err and "fork failed" in err, err[-2000:]
 
 
+THREADED = """
+from tests.workers.forking.threaded import Threaded
+
+async def main():
+    forked = await facts()
+    async with await Threaded.spawn(None) as w:
+        parent = await w.run(Threaded.parent)
+    after = await facts()
+    say(kind="threaded", master=os.getpid(), parent=parent, forked=forked["ppid"],
+        after=after["ppid"])
+"""
+
+
+@pytest.mark.timeout(120)
+async def test_a_module_that_starts_a_thread_is_not_forked(tmp_path: Path) -> None:
+    """The template refuses to fork once an import has started a thread in it (a real
+    refusal of a real request); the spawn starts a new process, and says why; later spawns
+    of other classes get a new template."""
+    code, lines, _, err = await run_master(tmp_path, THREADED)
+    assert code == 0, err
+    result = only(lines, "threaded")
+    assert result["parent"] == result["master"], "the worker started as a new process"
+    assert result["forked"] != result["master"]
+    # That template forks no more; the next spawn of another class has a new one.
+    assert result["after"] not in (result["master"], result["forked"])
+    assert "started-at-import" in err and "cannot fork worker" in err, err[-2000:]
+
+
 IMPORT_FAILS = """
 os.environ["MASTER_ONLY_PID"] = str(os.getpid())
 from tests.workers.forking.master_only import MasterOnly

@@ -145,6 +145,9 @@ class ForkServer:
         self._unadopted: dict[int, int | None] = {}
         """Forked, not yet adopted by ``fork``: the exit status if it came first."""
         self._orphans: set[asyncio.Future[None]] = set()
+        self.tainted = False
+        """An import started a thread in the template: it forks no more (it still reaps
+        and reports the workers it forked)."""
         self._ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._reader = asyncio.ensure_future(self._read_replies())
         self._stderr = asyncio.ensure_future(self._forward_stderr())
@@ -181,6 +184,11 @@ class ForkServer:
     @property
     def alive(self) -> bool:
         return not self._reader.done() and self.process.returncode is None
+
+    @property
+    def usable(self) -> bool:
+        """Alive and not tainted: it may fork."""
+        return self.alive and not self.tainted
 
     async def fork(self, *, name: str, module: str, main_path: str | None, cwd: str,
                    redirect_stdout: Redirection, redirect_stderr: Redirection,
@@ -220,6 +228,7 @@ class ForkServer:
             self._pending.pop(request_id, None)
         if kind != "started":
             pipes.close_all()
+            self.tainted = self.tainted or kind == "tainted"
             logger.warning("rpc_parallel fork server: cannot fork worker %s (%s); "
                            "starting it as a new process", name, value)
             return None

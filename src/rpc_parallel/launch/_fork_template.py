@@ -63,8 +63,9 @@ class ForkRequest(msgspec.Struct, array_like=True):
 
 
 Reply = tuple[str, int, Any]
-"""``("started", id, pid)``, ``("refused", id, reason)`` or ``("exited", pid, status)``
-(status as ``subprocess`` gives it: negative for a signal)."""
+"""``("started", id, pid)``, ``("refused", id, reason)``, ``("tainted", id, reason)`` (a
+thread runs in the template now: it forks no more) or ``("exited", pid, status)`` (status
+as ``subprocess`` gives it: negative for a signal)."""
 
 
 class _Template:
@@ -127,7 +128,7 @@ class _Template:
             self.preload(request.module, request.main_path)
         if threading.active_count() > 1:
             _close_all(fds)
-            return ("refused", request.id,
+            return ("tainted", request.id,
                     f"importing {request.module} started a thread in the fork server "
                     f"({', '.join(t.name for t in threading.enumerate())}); forking it is unsafe")
         with contextlib.suppress(Exception):
