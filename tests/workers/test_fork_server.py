@@ -249,6 +249,36 @@ async def test_a_module_that_starts_a_thread_is_not_forked(tmp_path: Path) -> No
     assert "started-at-import" in err and "cannot fork worker" in err, err[-2000:]
 
 
+NO_START = """
+async def main():
+    os.environ["PYTHONHOME"] = "/nonexistent"  # no interpreter starts with this
+    started = time.monotonic()
+    try:
+        await facts(connection_timeout=5.0)
+        error = None
+    except rp.SpawnError as failed:
+        error = str(failed)
+    took = time.monotonic() - started
+    del os.environ["PYTHONHOME"]
+    after = await facts()
+    say(kind="no start", error=error, took=took, master=os.getpid(), after=after["ppid"])
+"""
+
+
+@pytest.mark.timeout(120)
+async def test_a_template_that_cannot_start_fails_nothing_but_the_spawn(tmp_path: Path) -> None:
+    """The template's interpreter cannot start: the spawn falls back to a new process, which
+    cannot start either, and fails with the ordinary SpawnError — no hang; once the
+    environment is good again, the next spawn is forked."""
+    code, lines, _, err = await run_master(tmp_path, NO_START)
+    assert code == 0, err
+    result = only(lines, "no start")
+    assert result["error"] is not None and "exited with code" in result["error"], result
+    assert float(result["took"]) < 30.0
+    assert "cannot start the fork server" in err, err[-2000:]
+    assert result["after"] != result["master"]
+
+
 IMPORT_FAILS = """
 os.environ["MASTER_ONLY_PID"] = str(os.getpid())
 from tests.workers.forking.master_only import MasterOnly

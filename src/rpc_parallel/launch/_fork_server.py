@@ -148,7 +148,8 @@ class ForkServer:
         self.tainted = False
         """An import started a thread in the template: it forks no more (it still reaps
         and reports the workers it forked)."""
-        self._ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._ready: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        """True once the template has set itself up; False if it exited first."""
         self._reader = asyncio.ensure_future(self._read_replies())
         self._stderr = asyncio.ensure_future(self._forward_stderr())
 
@@ -175,7 +176,8 @@ class ForkServer:
         server = cls(process, ours)
         try:
             ours.send(msgspec.msgpack.encode(Setup(sys_path=sys_path, argv=argv)))
-            await asyncio.wait_for(asyncio.shield(server._ready), _READY_TIMEOUT)
+            if not await asyncio.wait_for(asyncio.shield(server._ready), _READY_TIMEOUT):
+                raise EOFError("the fork server exited while starting")
         except BaseException:
             await server.close()
             raise
@@ -287,7 +289,7 @@ class ForkServer:
     def _dispatch(self, kind: str, key: int, value: Any) -> None:
         if kind == "ready":
             if not self._ready.done():
-                self._ready.set_result(None)
+                self._ready.set_result(True)
         elif kind == "exited":
             child = self._children.pop(key, None)
             if child is not None:
@@ -305,7 +307,7 @@ class ForkServer:
         """The reply pipe ended: the template exited (or was killed). Pending requests fall
         back; its children died with it."""
         if not self._ready.done():
-            self._ready.set_exception(EOFError("the fork server exited while starting"))
+            self._ready.set_result(False)
         for answer in self._pending.values():
             if not answer.done():
                 answer.set_exception(EOFError("the fork server exited"))
