@@ -106,8 +106,19 @@ class TlsTransport(asyncio.Transport):
             if self._incoming.pending or self._session.pending():  # Read, not yet delivered.
                 self._loop.call_soon(self._on_readable)
 
-    # The per-read hot path: one function on purpose (a call less per record).
     def _on_readable(self) -> None:
+        try:
+            self._read()
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as error:  # The protocol failed: as asyncio's transports do.
+            self._fail(error)
+
+    # The per-read hot path: one function on purpose (a Python call less per record).
+    def _read(self) -> None:
+        """Read the socket, decrypt into the protocol's buffers, until the socket has no
+        more (or ``READ_BUDGET`` bytes were read: the loop calls again). Records are
+        decrypted into one buffer until it is full before the protocol hears of them."""
         session, protocol, incoming, raw = self._session, self._protocol, self._incoming, self._raw
         # With a buffer, read returns the count read into it (the stubs say bytes).
         read_into: Callable[[int, memoryview], int] = session.read  # type: ignore[assignment]
@@ -116,7 +127,7 @@ class TlsTransport(asyncio.Transport):
         while self._reading:
             if starving or not (incoming.pending or session.pending()):
                 if budget <= 0:
-                    return  # The loop calls again while the socket has more.
+                    return
                 try:
                     count = self._sock.recv_into(raw)
                 except (BlockingIOError, InterruptedError):
@@ -130,23 +141,34 @@ class TlsTransport(asyncio.Transport):
                 incoming.write(raw[:count])
                 budget -= count
             buffer: memoryview = protocol.get_buffer(-1)  # type: ignore[assignment]
+            size = len(buffer)
+            if not size:
+                raise RuntimeError("get_buffer() returned an empty buffer")
+            filled = count = 0
+            starving = ended = False
             try:
-                count = read_into(len(buffer), buffer)
+                while filled < size:
+                    count = read_into(size - filled, buffer[filled:])
+                    if not count:  # The peer's close_notify.
+                        ended = True
+                        break
+                    filled += count
+                    if count < RECORD and not incoming.pending:
+                        break  # The peer's write ended here.
             except ssl.SSLWantReadError:
                 starving = True
-                continue
             except OSError as error:  # ssl.SSLError included: a bad record, an alert.
                 self._fail(error)
                 return
-            starving = False
-            if count == 0:  # The peer's close_notify.
+            if filled:
+                protocol.buffer_updated(filled)
+            if ended:
                 self._end_of_file()
                 return
-            protocol.buffer_updated(count)
             if self._outgoing.pending and self._wire is None:
                 self._send_pending()  # OpenSSL answers something (a key update).
-            if count < RECORD and count < len(buffer) and not incoming.pending:
-                return  # The peer's write ended here; the loop says when more arrives.
+            if not starving and filled < size and count < RECORD and not incoming.pending:
+                return  # The loop says when more arrives.
 
     def _end_of_file(self) -> None:
         if self._protocol.eof_received():
@@ -272,10 +294,10 @@ class TlsTransport(asyncio.Transport):
         """Close at once; what is pending is dropped."""
         self._drop(None)
 
-    def _fail(self, error: OSError) -> None:
-        self._drop(error)
+    def _fail(self, error: BaseException) -> None:
+        self._drop(error if isinstance(error, Exception) else RuntimeError(repr(error)))
 
-    def _drop(self, error: OSError | None) -> None:
+    def _drop(self, error: Exception | None) -> None:
         self._closing = True
         self.pause_reading()
         self._pending.clear()
