@@ -137,23 +137,21 @@ def connection_link(connection: Connection) -> tuple[Add, Echo16]:
 
 
 @contextlib.asynccontextmanager
-async def server_in_namespace(ns: Any, host: str, identity: TlsIdentity | None,
-                              loop_tls: bool = False) -> AsyncIterator[int]:
-    """The echo server inside the namespace, bound to ``host``; yields its port
-    (``loop_tls``: TLS in the event loop's layer, not the RPC layer's transport)."""
+async def server_in_namespace(ns: Any, identity: TlsIdentity, listeners: list[tuple[str, str]]
+                              ) -> AsyncIterator[list[int]]:
+    """The echo server inside the namespace, one process with one listener per
+    ``(host, kind)`` (kind: ``tls``, ``loop_tls`` or ``tcp``); yields their ports."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(HERE)])}
     process = await asyncio.create_subprocess_exec(
         *ns.exec_argv([sys.executable, str(HERE / "remote_server.py")]), env=env,
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
     assert process.stdin is not None and process.stdout is not None
-    order: dict[str, object] = {"host": host, "secret": SECRET.hex()}
-    if identity is not None:
-        order |= {"certificate": identity.certificate.decode(), "key": identity.key.decode(),
-                  "loop_tls": loop_tls}
+    order = {"secret": SECRET.hex(), "certificate": identity.certificate.decode(),
+             "key": identity.key.decode(), "listeners": listeners}
     process.stdin.write(json.dumps(order).encode() + b"\n")
     try:
-        port = int(await asyncio.wait_for(process.stdout.readline(), 30))
-        yield port
+        ports: list[int] = json.loads(await asyncio.wait_for(process.stdout.readline(), 30))
+        yield ports
     finally:
         process.stdin.close()
         try:
@@ -206,10 +204,9 @@ async def links(ns: Any, quick: bool) -> dict[str, dict[str, float]]:
     how = rp.Remote(ns.ssh_host.alias, ssh_options=ns.ssh_host.ssh_options)
     async with contextlib.AsyncExitStack() as stack:
         enter = stack.enter_async_context
-        tls_port = await enter(server_in_namespace(ns, ns.address, identity))
-        loop_tls_port = await enter(server_in_namespace(ns, ns.address, identity, loop_tls=True))
-        tcp_port = await enter(server_in_namespace(ns, ns.address, None))
-        forwarded_port = await enter(server_in_namespace(ns, "127.0.0.1", None))
+        tls_port, loop_tls_port, tcp_port, forwarded_port = await enter(server_in_namespace(
+            ns, identity, [(ns.address, "tls"), (ns.address, "loop_tls"), (ns.address, "tcp"),
+                           ("127.0.0.1", "tcp")]))
         local_port = await enter(port_forward(ns.ssh_host, forwarded_port))
         connections = {
             "TLS (ours)": await connect_tcp(ns.address, tls_port, secret=SECRET,
