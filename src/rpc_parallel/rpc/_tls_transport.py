@@ -107,6 +107,9 @@ class TlsTransport(asyncio.Transport):
                 self._loop.call_soon(self._on_readable)
 
     def _on_readable(self) -> None:
+        """Read the socket, decrypt into the protocol's buffers, until the socket has no
+        more (or ``READ_BUDGET`` bytes were read: the loop calls again). Records are
+        decrypted into one buffer until it is full before the protocol hears of them."""
         try:
             self._read()
         except (SystemExit, KeyboardInterrupt):
@@ -116,9 +119,6 @@ class TlsTransport(asyncio.Transport):
 
     # The per-read hot path: one function on purpose (a Python call less per record).
     def _read(self) -> None:
-        """Read the socket, decrypt into the protocol's buffers, until the socket has no
-        more (or ``READ_BUDGET`` bytes were read: the loop calls again). Records are
-        decrypted into one buffer until it is full before the protocol hears of them."""
         session, protocol, incoming, raw = self._session, self._protocol, self._incoming, self._raw
         # With a buffer, read returns the count read into it (the stubs say bytes).
         read_into: Callable[[int, memoryview], int] = session.read  # type: ignore[assignment]
@@ -181,12 +181,23 @@ class TlsTransport(asyncio.Transport):
         if self._closing or not data:
             return
         if not self._pending and self._wire is None and len(data) <= WRITE_CHUNK:
-            try:  # The common case, small and nothing waiting: straight out.
+            # The common case, small and nothing waiting: straight out (``_push`` inline).
+            try:
                 self._session.write(data)
             except OSError as error:
                 self._fail(error)
                 return
-            self._push()
+            wire = self._outgoing.read()
+            try:
+                sent = self._sock.send(wire)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as error:
+                self._fail(error)
+                return
+            if sent < len(wire):
+                self._wire = memoryview(wire)[sent:]
+                self._watch_writable()
             return
         view = memoryview(data).cast("B")
         self._pending.append(view)
