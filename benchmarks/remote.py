@@ -142,9 +142,11 @@ async def server_in_namespace(ns: Any, identity: TlsIdentity, listeners: list[tu
     """The echo server inside the namespace, one process with one listener per
     ``(host, kind)`` (kind: ``tls``, ``loop_tls`` or ``tcp``); yields their ports."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(HERE)])}
+    # A session of its own, as a process on another host would be: with the kernel's
+    # autogroup scheduling, a child in our session would share our CPU share.
     process = await asyncio.create_subprocess_exec(
         *ns.exec_argv([sys.executable, str(HERE / "remote_server.py")]), env=env,
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, start_new_session=True)
     assert process.stdin is not None and process.stdout is not None
     order = {"secret": SECRET.hex(), "certificate": identity.certificate.decode(),
              "key": identity.key.decode(), "listeners": listeners}

@@ -80,6 +80,7 @@ class TlsTransport(asyncio.Transport):
         self._high, self._low = HIGH_WATER, HIGH_WATER // 4
         self._protocol_paused = False
         self._reading = False
+        self._held = False  # OpenSSL holds decrypted bytes the protocol has not had yet.
         self._watching_writable = False
         self._closing = False
         self._lost = False
@@ -103,72 +104,68 @@ class TlsTransport(asyncio.Transport):
         if not self._reading and not self._closing:
             self._reading = True
             self._loop.add_reader(self._fd, self._on_readable)
-            if self._incoming.pending or self._session.pending():  # Read, not yet delivered.
+            if self._held or self._incoming.pending:  # Read, not yet delivered.
                 self._loop.call_soon(self._on_readable)
 
+    # The per-read hot path: one function on purpose (Python calls cost, per record).
     def _on_readable(self) -> None:
         """Read the socket, decrypt into the protocol's buffers, until the socket has no
         more (or ``READ_BUDGET`` bytes were read: the loop calls again). Records are
         decrypted into one buffer until it is full before the protocol hears of them."""
-        try:
-            self._read()
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as error:  # The protocol failed: as asyncio's transports do.
-            self._fail(error)
-
-    # The per-read hot path: one function on purpose (a Python call less per record).
-    def _read(self) -> None:
         session, protocol, incoming, raw = self._session, self._protocol, self._incoming, self._raw
         # With a buffer, read returns the count read into it (the stubs say bytes).
         read_into: Callable[[int, memoryview], int] = session.read  # type: ignore[assignment]
         budget = READ_BUDGET
         starving = False  # OpenSSL holds part of a record and needs the rest.
-        while self._reading:
-            if starving or not (incoming.pending or session.pending()):
-                if budget <= 0:
-                    return
+        held = self._held  # OpenSSL may hold decrypted bytes (the last buffer filled up).
+        try:
+            while self._reading:
+                if starving or not (held or incoming.pending):
+                    if budget <= 0:
+                        return
+                    try:
+                        count = self._sock.recv_into(raw)
+                    except (BlockingIOError, InterruptedError):
+                        return
+                    except OSError as error:
+                        self._fail(error)
+                        return
+                    if count == 0:
+                        self._end_of_file()
+                        return
+                    incoming.write(raw[:count])
+                    budget -= count
+                buffer: memoryview = protocol.get_buffer(-1)  # type: ignore[assignment]
+                size = len(buffer)
+                if not size:
+                    raise RuntimeError("get_buffer() returned an empty buffer")
+                filled, count, starving = 0, -1, False
                 try:
-                    count = self._sock.recv_into(raw)
-                except (BlockingIOError, InterruptedError):
-                    return
-                except OSError as error:
+                    count = filled = read_into(size, buffer)
+                    # A shorter record than TLS's largest ends the peer's write: stop there.
+                    while count and filled < size and (count == RECORD or incoming.pending):
+                        count = read_into(size - filled, buffer[filled:])
+                        filled += count
+                except ssl.SSLWantReadError:
+                    starving = True
+                except OSError as error:  # ssl.SSLError included: a bad record, an alert.
                     self._fail(error)
                     return
-                if count == 0:
+                held = filled == size
+                if filled:
+                    protocol.buffer_updated(filled)
+                if count == 0:  # The peer's close_notify.
                     self._end_of_file()
                     return
-                incoming.write(raw[:count])
-                budget -= count
-            buffer: memoryview = protocol.get_buffer(-1)  # type: ignore[assignment]
-            size = len(buffer)
-            if not size:
-                raise RuntimeError("get_buffer() returned an empty buffer")
-            filled = count = 0
-            starving = ended = False
-            try:
-                while filled < size:
-                    count = read_into(size - filled, buffer[filled:])
-                    if not count:  # The peer's close_notify.
-                        ended = True
-                        break
-                    filled += count
-                    if count < RECORD and not incoming.pending:
-                        break  # The peer's write ended here.
-            except ssl.SSLWantReadError:
-                starving = True
-            except OSError as error:  # ssl.SSLError included: a bad record, an alert.
-                self._fail(error)
-                return
-            if filled:
-                protocol.buffer_updated(filled)
-            if ended:
-                self._end_of_file()
-                return
-            if self._outgoing.pending and self._wire is None:
-                self._send_pending()  # OpenSSL answers something (a key update).
-            if not starving and filled < size and count < RECORD and not incoming.pending:
-                return  # The loop says when more arrives.
+                if self._outgoing.pending and self._wire is None:
+                    self._send_pending()  # OpenSSL answers something (a key update).
+                if not (starving or held or incoming.pending) and count < RECORD:
+                    return  # The loop says when more arrives.
+            self._held = held  # Reading paused: resume_reading goes on from here.
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as error:  # The protocol failed: as asyncio's transports do.
+            self._fail(error)
 
     def _end_of_file(self) -> None:
         if self._protocol.eof_received():
