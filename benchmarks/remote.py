@@ -83,25 +83,39 @@ async def timed(make: Callable[[], Awaitable[object]]) -> float:
 
 Add = Callable[[int], Awaitable[int]]
 Echo16 = Callable[[bytes], Awaitable[bytes]]
+Link = tuple[Add, Echo16, list[int]]
+"""A link's ``add`` and ``echo``, and the processes that do its work (their CPU is counted)."""
 
 
-async def link_figures(links: dict[str, tuple[Add, Echo16]], quick: bool
-                       ) -> dict[str, dict[str, float]]:
+def cpu_seconds(pids: list[int]) -> float:
+    """CPU time the processes ``pids`` (every thread) have run, from /proc (nanoseconds)."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{task}/schedstat") as file:
+                    total += int(file.read().split()[0])
+    return total / 1e9
+
+
+async def link_figures(links: dict[str, Link], quick: bool) -> dict[str, dict[str, float]]:
     """For every link, side by side in interleaved rounds (the machine is shared: each
     round of each link sees the same load): latency (s, median of sequential calls),
-    throughput (calls/s with 256 in flight, median round) and bandwidth (payload bytes both
-    ways per second, median 16 MiB echo)."""
+    throughput (calls/s with 256 in flight, median round), bandwidth (payload bytes both
+    ways per second, median 16 MiB echo) and the CPU an echo costs (s, every process of
+    the link together, mean): unlike the others, that one hardly depends on the load."""
     payload = os.urandom(SIXTEEN_MIB)
-    for add, echo in links.values():
+    for add, echo, _ in links.values():
         for i in range(20):
             await add(i)
         await echo(payload)
     latencies: dict[str, list[float]] = {name: [] for name in links}
     throughputs: dict[str, list[float]] = {name: [] for name in links}
     bandwidths: dict[str, list[float]] = {name: [] for name in links}
+    cpus: dict[str, list[float]] = {name: [] for name in links}
     clock = time.perf_counter
     for _ in range(4 if quick else 20):
-        for name, (add, _) in links.items():
+        for name, (add, _, _) in links.items():
             for _ in range(50):
                 started = clock()
                 await add(1)
@@ -110,17 +124,20 @@ async def link_figures(links: dict[str, tuple[Add, Echo16]], quick: bool
             await asyncio.gather(*(add(i) for i in range(IN_FLIGHT)))
             throughputs[name].append(IN_FLIGHT / (clock() - started))
     for _ in range(3 if quick else 15):
-        for name, (_, echo) in links.items():
+        for name, (_, echo, pids) in links.items():
+            used = cpu_seconds(pids)
             started = clock()
             await echo(payload)
             bandwidths[name].append(2 * SIXTEEN_MIB / (clock() - started))
+            cpus[name].append(cpu_seconds(pids) - used)
     return {name: {"latency_s": statistics.median(latencies[name]),
                    "throughput_per_s": statistics.median(throughputs[name]),
-                   "bandwidth_bytes_per_s": statistics.median(bandwidths[name])}
+                   "bandwidth_bytes_per_s": statistics.median(bandwidths[name]),
+                   "cpu_per_echo_s": statistics.mean(cpus[name])}
             for name in links}
 
 
-def connection_link(connection: Connection) -> tuple[Add, Echo16]:
+def connection_link(connection: Connection, pids: list[int]) -> Link:
     async def add(x: int) -> int:
         result: int = await connection.call(remote_specs.ADD, x)
         return result
@@ -130,7 +147,7 @@ def connection_link(connection: Connection) -> tuple[Add, Echo16]:
         assert len(result) == len(data)
         return result
 
-    return add, echo
+    return add, echo, pids
 
 
 # ---------------------------------------------------------------------------- the servers
@@ -138,9 +155,10 @@ def connection_link(connection: Connection) -> tuple[Add, Echo16]:
 
 @contextlib.asynccontextmanager
 async def server_in_namespace(ns: Any, identity: TlsIdentity, listeners: list[tuple[str, str]]
-                              ) -> AsyncIterator[list[int]]:
+                              ) -> AsyncIterator[tuple[list[int], int]]:
     """The echo server inside the namespace, one process with one listener per
-    ``(host, kind)`` (kind: ``tls``, ``loop_tls`` or ``tcp``); yields their ports."""
+    ``(host, kind)`` (kind: ``tls``, ``loop_tls`` or ``tcp``); yields their ports and its
+    pid."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(HERE)])}
     # A session of its own, as a process on another host would be: with the kernel's
     # autogroup scheduling, a child in our session would share our CPU share.
@@ -153,7 +171,7 @@ async def server_in_namespace(ns: Any, identity: TlsIdentity, listeners: list[tu
     process.stdin.write(json.dumps(order).encode() + b"\n")
     try:
         ports: list[int] = json.loads(await asyncio.wait_for(process.stdout.readline(), 30))
-        yield ports
+        yield ports, process.pid  # (ip netns exec runs the server in its own process)
     finally:
         process.stdin.close()
         try:
@@ -164,8 +182,9 @@ async def server_in_namespace(ns: Any, identity: TlsIdentity, listeners: list[tu
 
 
 @contextlib.asynccontextmanager
-async def port_forward(ssh_host: Any, remote_port: int) -> AsyncIterator[int]:
-    """``ssh -N -L`` on its own connection (no ControlMaster); yields the local port."""
+async def port_forward(ssh_host: Any, remote_port: int) -> AsyncIterator[tuple[int, int]]:
+    """``ssh -N -L`` on its own connection (no ControlMaster); yields the local port and
+    the ssh client's pid."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         local_port = probe.getsockname()[1]
@@ -184,7 +203,7 @@ async def port_forward(ssh_host: Any, remote_port: int) -> AsyncIterator[int]:
                 if time.monotonic() > deadline or process.returncode is not None:
                     raise RuntimeError("the ssh port forward did not come up") from None
                 await asyncio.sleep(0.05)
-        yield local_port
+        yield local_port, process.pid
     finally:
         process.terminate()
         await process.wait()
@@ -206,10 +225,11 @@ async def links(ns: Any, quick: bool) -> dict[str, dict[str, float]]:
     how = rp.Remote(ns.ssh_host.alias, ssh_options=ns.ssh_host.ssh_options)
     async with contextlib.AsyncExitStack() as stack:
         enter = stack.enter_async_context
-        tls_port, loop_tls_port, tcp_port, forwarded_port = await enter(server_in_namespace(
-            ns, identity, [(ns.address, "tls"), (ns.address, "loop_tls"), (ns.address, "tcp"),
-                           ("127.0.0.1", "tcp")]))
-        local_port = await enter(port_forward(ns.ssh_host, forwarded_port))
+        (tls_port, loop_tls_port, tcp_port, forwarded_port), server = await enter(
+            server_in_namespace(ns, identity, [(ns.address, "tls"), (ns.address, "loop_tls"),
+                                               (ns.address, "tcp"), ("127.0.0.1", "tcp")]))
+        sshd = [pid for pid in ns.pids() if pid != server]  # the namespace's sshd
+        local_port, ssh = await enter(port_forward(ns.ssh_host, forwarded_port))
         connections = {
             "TLS (ours)": await connect_tcp(ns.address, tls_port, secret=SECRET,
                                             ssl=client_context(identity)),
@@ -220,10 +240,16 @@ async def links(ns: Any, quick: bool) -> dict[str, dict[str, float]]:
         }
         for connection in connections.values():
             stack.callback(connection.close)
+        # The forward's sshd session: what runs in the namespace now that did not before.
+        session = [pid for pid in ns.pids() if pid != server and pid not in sshd]
         worker = await enter(await Echo.spawn(None, how=how))
-        measured = {name: connection_link(c) for name, c in connections.items()}
+        me = os.getpid()
+        measured = {name: connection_link(c, [me, server]) for name, c in connections.items()}
+        measured["ssh -L forward"] = connection_link(connections["ssh -L forward"],
+                                                     [me, server, ssh, *session])
         measured["remote worker link (TLS)"] = (lambda x: worker.run(Echo.add, x),
-                                                lambda d: worker.run(Echo.echo, d))
+                                                lambda d: worker.run(Echo.echo, d),
+                                                [me, worker.pid])
         return await link_figures(measured, quick)
 
 
@@ -324,6 +350,10 @@ def ratios(spawn: dict[str, float] | None, link: dict[str, dict[str, float]]
             before["bandwidth_bytes_per_s"] / forward["bandwidth_bytes_per_s"],
         "TLS / event loop's TLS bandwidth":
             tls["bandwidth_bytes_per_s"] / before["bandwidth_bytes_per_s"],
+        "TCP / TLS CPU per echo": tcp["cpu_per_echo_s"] / tls["cpu_per_echo_s"],
+        "TCP / event loop's TLS CPU per echo (before)":
+            tcp["cpu_per_echo_s"] / before["cpu_per_echo_s"],
+        "ssh -L / TLS CPU per echo": forward["cpu_per_echo_s"] / tls["cpu_per_echo_s"],
     }
 
 
@@ -334,11 +364,13 @@ def report(results: dict[str, Any]) -> None:
         for name, seconds in spawn.items():
             print(f"  {name:<28} {seconds * 1000:8.1f} ms")
     print("\non the namespace link:")
-    print(f"  {'':<28} {'latency':>10} {'calls/s (256)':>14} {'16 MiB echo':>12}")
+    print(f"  {'':<28} {'latency':>10} {'calls/s (256)':>14} {'16 MiB echo':>12} "
+          f"{'CPU/echo':>10}")
     for name, figures in results["link"].items():
         print(f"  {name:<28} {figures['latency_s'] * 1e6:8.0f} us "
               f"{figures['throughput_per_s']:14.0f} "
-              f"{figures['bandwidth_bytes_per_s'] / 1e6:8.0f} MB/s")
+              f"{figures['bandwidth_bytes_per_s'] / 1e6:8.0f} MB/s "
+              f"{figures['cpu_per_echo_s'] * 1000:7.1f} ms")
     execnet = results["execnet"]
     if execnet is None:
         pass
