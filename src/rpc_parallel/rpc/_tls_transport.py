@@ -23,6 +23,7 @@ import errno
 import logging
 import socket
 import ssl
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -73,7 +74,7 @@ class TlsTransport(asyncio.Transport):
         self._incoming, self._outgoing = tls.incoming, tls.outgoing
         self._fd = sock.fileno()
         self._protocol = protocol
-        self._raw = memoryview(bytearray(RAW_READ))
+        self._raw = _raw_buffer()
         self._wire: memoryview | bytes | None = None  # Encrypted, not yet taken by the socket.
         self._pending: collections.deque[memoryview] = collections.deque()  # Plaintext.
         self._pending_size = 0
@@ -327,6 +328,18 @@ class TlsTransport(asyncio.Transport):
                     self._sock.send(self._outgoing.read())
         self._sock.close()
         self._loop.call_soon(self._protocol.connection_lost, error)
+
+
+_per_thread = threading.local()
+
+
+def _raw_buffer() -> memoryview:
+    """The socket read buffer of this thread's transports: one per thread, not one per
+    connection, since a read's bytes go to OpenSSL before anything else can run here."""
+    raw: memoryview | None = getattr(_per_thread, "raw", None)
+    if raw is None:
+        raw = _per_thread.raw = memoryview(bytearray(RAW_READ))
+    return raw
 
 
 def _name(get: Callable[[], Any]) -> Any:
