@@ -6,9 +6,8 @@ to the socket; the bytes are copied out whole again, and the receiver then sits 
 they arrive. Here OpenSSL still works on memory buffers (``ssl.SSLObject``), but in steps
 of ``WRITE_CHUNK`` bytes, each sent before the next is encrypted, and the receiver reads
 the socket in ``RAW_READ`` blocks and decrypts straight into the protocol's buffer. The
-sender encrypts while the receiver decrypts, and nothing is copied whole: at 16 MiB
-messages this takes about a third less CPU and runs at about 1.5 times the bandwidth
-(docs/decisions/0025-tls-transport.md has the measurements).
+sender encrypts while the receiver decrypts, and nothing is copied whole: large messages
+take less CPU and move faster (docs/decisions/0025-tls-transport.md has the measurements).
 
 Everything runs on the event loop's thread, driven by its reader and writer callbacks
 (``add_reader``/``add_writer``, which asyncio's selector loops and uvloop both have).
