@@ -403,6 +403,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer rounds, rough numbers")
     parser.add_argument("--link-only", action="store_true",
                         help="only the link figures (no spawns, no execnet)")
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "remote.json",
+                        help="where the results go (default: benchmarks/results/remote.json)")
     options = parser.parse_args()
     quick, link_only = options.quick, options.link_only
     from tests.harness.netns import NamespaceHost
@@ -413,10 +415,10 @@ def main() -> None:
     results["machine"] = {"cpus": os.cpu_count(), "python": sys.version.split()[0],
                           "quick": quick, "link_only": link_only}
     report(results)
-    out = HERE / "results" / "remote.json"
-    out.parent.mkdir(exist_ok=True)
+    out: Path = options.out
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"\nwrote {out.relative_to(ROOT)}")
+    print(f"\nwrote {out}")
 
 
 if __name__ == "__main__":
