@@ -252,3 +252,30 @@ async def _until_closed(loop: asyncio.AbstractEventLoop, sock: socket.socket) ->
         return await loop.sock_recv(sock, 100)
     except ConnectionResetError:
         return b""
+
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+async def test_tls_over_ipv6_loopback() -> None:
+    if not _has_ipv6_loopback():
+        pytest.skip("this machine has no IPv6 loopback (::1)")
+    server = await rpc.serve_tcp(
+        "::1", 0, secret=SECRET, ssl=tls.server_context(IDENTITY),
+        implementations=[rpc.Implementation(ADD, add)])
+    async with server:
+        assert server.address[0] == "::1"
+        client = await wait_for(rpc.connect_tcp(
+            "::1", server.address[1], secret=SECRET, ssl=tls.client_context(IDENTITY)))  # type: ignore[misc]
+        try:
+            assert await wait_for(client.call(ADD, 2, 3)) == 5
+            assert client.peer_address[0] == "::1"
+        finally:
+            client.close()
+            await wait_for(client.wait_closed())
