@@ -29,9 +29,11 @@ from ._calling import (
     UNENCODABLE,
     Calling,
     ReversePipeCall,
-    RpcCall,
     cannot_send,
     error_from_info,
+    fail,
+    on_rpc_response,
+    spec_of,
 )
 from ._handshake import Handshake, HandshakeViolation
 from ._liveness import Liveness
@@ -91,6 +93,20 @@ _LARGE_FIRST_CHUNK = 1024 * 1024  # A large frame's buffer starts at this, and d
 _FLUSH_AT = 256 * 1024
 _ZERO_HEADER = bytes(HEADER_SIZE)
 _NO_PAYLOAD: Any = object()
+_Future = asyncio.Future  # What loop.create_future() makes (uvloop's too), without the call.
+
+
+class _AfterRead:
+    """The flush handle while ``buffer_updated`` dispatches what it read: frames written
+    then leave in one write at its end, so they need no ``call_soon`` (and no cancel)."""
+
+    __slots__ = ()
+
+    def cancel(self) -> None:
+        pass
+
+
+_AFTER_READ: Any = _AfterRead()
 
 
 class Connection(asyncio.BufferedProtocol):
@@ -132,9 +148,10 @@ class Connection(asyncio.BufferedProtocol):
         context = contextvars.copy_context()
         context.run(current_connection.set, self)
         self._serving = Serving(self, list(implementations), context, on_one_way_error)
-        # The per-frame path reaches the serving side without a hop: its dict and its entry.
+        # The per-frame path reaches the serving side without a hop: its dict and its entry
+        # (bound once the handshake is done).
         self._incoming = self._serving.incoming
-        self._on_query = self._serving.on_query
+        self._on_query: Callable[[int, int, memoryview], None] = self._query_too_early
 
     def _init_calling(self, translate_closed: TranslateClosed | None) -> None:
         """The calls this side makes: ids, the peer's menu positions, the calling side."""
@@ -287,7 +304,9 @@ class Connection(asyncio.BufferedProtocol):
 
         The fast path for many calls in flight: no task per call.
         """
-        return self.start_call(spec, spec.bind(args, {}))[0]
+        if len(args) != spec._fast_arity:  # (spec.bind's own fast path, inline)
+            args = spec.bind(args, {})
+        return self.start_call(spec, args)[0]
 
     async def pipe(self, spec: FunctionSpec, /, *args: Any, **kwargs: Any) -> PipeReader[Any]:
         """Start a ``pipe`` function; its items arrive through the returned reader."""
@@ -405,8 +424,8 @@ class Connection(asyncio.BufferedProtocol):
             self._write(QUERY, call_id, index, args)
         except UNENCODABLE as error:
             raise cannot_send(spec, "arguments", error, arguments=args) from None
-        future: asyncio.Future[Any] = self.loop.create_future()
-        self._outgoing[call_id] = RpcCall(spec, future)
+        future: asyncio.Future[Any] = _Future(loop=self.loop)  # (loop.create_future, inline)
+        self._outgoing[call_id] = (spec, future)
         return future, call_id
 
     async def _start_stream(self, spec: FunctionSpec, args: tuple[Any, ...]) -> PipeReader[Any]:
@@ -581,14 +600,24 @@ class Connection(asyncio.BufferedProtocol):
                 self._dispatch(message_type, call_id, argument, payload)
             return
         self._end += nbytes
-        self._process()
-        if self._flush_handle is not None:
-            self._flush()  # Answers to what was just read leave now, in one write.
+        if self._flush_handle is None:
+            self._flush_handle = _AFTER_READ  # Answers written now need no call_soon.
+        try:
+            self._process()
+        finally:
+            if self._out:
+                self._flush()  # Answers to what was just read leave now, in one write.
+            elif self._flush_handle is _AFTER_READ:
+                self._flush_handle = None
 
+    # Per-frame hot path: kept as one function on purpose (longer than the ~40-line rule);
+    # a QUERY goes straight to the serving side and an rpc call's RESPONSE is decoded here
+    # (as _dispatch does for them): each step split out costs a Python call per frame.
     def _process(self) -> None:
         view = self._view
         start, end = self._start, self._end
         unpack = HEADER.unpack_from
+        outgoing = self._outgoing
         while end - start >= HEADER_SIZE and self._close_reason is None:
             length, message_type, call_id, argument = unpack(view, start)
             if length > self._limit or length < LENGTH_OVERHEAD:
@@ -598,8 +627,25 @@ class Connection(asyncio.BufferedProtocol):
             frame_end = start + 4 + length
             if frame_end <= end:
                 self._start = frame_end
-                self._dispatch(message_type, call_id, argument, view[start + HEADER_SIZE : frame_end])
+                payload = view[start + HEADER_SIZE : frame_end]
                 start = frame_end
+                if message_type == QUERY:
+                    self._on_query(call_id, argument, payload)
+                    continue
+                if message_type == RESPONSE:
+                    entry = outgoing.get(call_id)
+                    if type(entry) is tuple:  # An rpc call (RpcCall): _dispatch, inline.
+                        del outgoing[call_id]
+                        spec, future = entry
+                        if spec._copy_payload or future.done():
+                            on_rpc_response(spec, future, payload)
+                        else:
+                            try:
+                                future.set_result(spec.response_decoder.decode(payload))
+                            except (msgspec.MsgspecError, UnicodeDecodeError):
+                                on_rpc_response(spec, future, payload)  # It explains.
+                        continue
+                self._dispatch(message_type, call_id, argument, payload)
                 continue
             if length > _LARGE_FRAME:
                 # Receive the body straight into its own buffer: no further copies.
@@ -654,15 +700,22 @@ class Connection(asyncio.BufferedProtocol):
     def _dispatch(self, message_type: int, call_id: int, argument: int, payload: memoryview) -> None:
         if message_type == RESPONSE:
             entry = self._outgoing.get(call_id)
-            if entry is not None:
+            if type(entry) is tuple:  # An rpc call (RpcCall).
+                del self._outgoing[call_id]
+                spec, future = entry
+                if spec._copy_payload or future.done():
+                    on_rpc_response(spec, future, payload)
+                else:
+                    try:
+                        future.set_result(spec.response_decoder.decode(payload))
+                    except (msgspec.MsgspecError, UnicodeDecodeError):
+                        on_rpc_response(spec, future, payload)  # It explains the error.
+            elif entry is not None:
                 if type(entry) is not ReaderState:
                     del self._outgoing[call_id]
                 entry._on_response(payload)
         elif message_type == QUERY:
-            if not self._ready.done():
-                self._protocol_violation("a call arrived before the handshake finished")
-            else:
-                self._on_query(call_id, argument, payload)
+            self._on_query(call_id, argument, payload)  # (_query_too_early until ready)
         elif message_type == ITEM:
             if call_id & 1 == self._id_parity:
                 reader = self._outgoing.get(call_id)
@@ -723,12 +776,13 @@ class Connection(asyncio.BufferedProtocol):
         entry = self._outgoing.pop(call_id, None)
         if entry is None:
             return
+        spec = spec_of(entry)
         try:
             info = frames.ERROR_DECODER.decode(payload)
         except (msgspec.MsgspecError, UnicodeDecodeError) as error:
-            entry._fail(ProtocolError(f"{entry.spec.name}: malformed error message: {error}"))
+            fail(entry, ProtocolError(f"{spec.name}: malformed error message: {error}"))
             return
-        entry._fail(error_from_info(entry.spec, info))
+        fail(entry, error_from_info(spec, info))
 
     # ------------------------------------------------------------------ handshake
 
@@ -747,7 +801,11 @@ class Connection(asyncio.BufferedProtocol):
         except HandshakeViolation as violation:
             self._protocol_violation(str(violation))
 
+    def _query_too_early(self, call_id: int, index: int, payload: memoryview) -> None:
+        self._protocol_violation("a call arrived before the handshake finished")
+
     def _became_ready(self, menu: list[MenuEntry]) -> None:
+        self._on_query = self._serving.on_query
         self.peer_menu = {entry.name: entry for entry in menu}
         self._peer_positions = {(e.name, e.version): i for i, e in enumerate(menu)}
         self._ready.set_result(None)
