@@ -290,7 +290,9 @@ class Connection(asyncio.BufferedProtocol):
 
     async def call(self, spec: FunctionSpec, /, *args: Any, **kwargs: Any) -> Any:
         """Run an ``rpc`` function on the peer and return its result."""
-        future, call_id = self.start_call(spec, spec.bind(args, kwargs))
+        if kwargs or len(args) != spec._fast_arity:  # (spec.bind's own fast path, inline)
+            args = spec.bind(args, kwargs)
+        future, call_id = self.start_call(spec, args)
         if self.writing_paused:
             await self.wait_writable()
         try:
@@ -420,10 +422,25 @@ class Connection(asyncio.BufferedProtocol):
             self._abort_dropped()
         call_id = self._next_id  # (_take_id, inline)
         self._next_id = call_id + 2 if call_id < 0xFFFF_FFFD else (1 if self.is_client else 2)
-        try:  # (_send_query, inline)
-            self._write(QUERY, call_id, index, args)
-        except UNENCODABLE as error:
-            raise cannot_send(spec, "arguments", error, arguments=args) from None
+        out = self._out  # (_send_query and _write, inline)
+        begin = len(out)
+        out += _ZERO_HEADER
+        try:
+            ENCODER.encode_into(args, out, -1)
+        except BaseException as error:
+            del out[begin:]
+            if isinstance(error, UNENCODABLE):
+                raise cannot_send(spec, "arguments", error, arguments=args) from None
+            raise
+        length = len(out) - begin - 4
+        if length > self._send_limit:
+            del out[begin:]
+            raise cannot_send(spec, "arguments", self._too_large(length), arguments=args)
+        HEADER.pack_into(out, begin, length, QUERY, call_id, index)
+        if len(out) >= _FLUSH_AT:
+            self._flush()
+        elif self._flush_handle is None:
+            self._flush_handle = self.loop.call_soon(self._flush)
         future: asyncio.Future[Any] = _Future(loop=self.loop)  # (loop.create_future, inline)
         self._outgoing[call_id] = (spec, future)
         return future, call_id
@@ -506,16 +523,19 @@ class Connection(asyncio.BufferedProtocol):
             size = len(out) - start - HEADER_SIZE
             if size + LENGTH_OVERHEAD > self._send_limit:
                 del out[start:]
-                raise MessageTooLarge(
-                    f"a message of {size + LENGTH_OVERHEAD} bytes exceeds max_message_size "
-                    f"({self.settings.max_message_size} bytes)"
-                )
+                raise self._too_large(size + LENGTH_OVERHEAD)
         HEADER.pack_into(out, start, size + LENGTH_OVERHEAD, message_type, call_id, argument)
         if len(out) >= _FLUSH_AT:
             self._flush()
         elif self._flush_handle is None:
             self._flush_handle = self.loop.call_soon(self._flush)
         return size
+
+    def _too_large(self, length: int) -> MessageTooLarge:
+        return MessageTooLarge(
+            f"a message of {length} bytes exceeds max_message_size "
+            f"({self.settings.max_message_size} bytes)"
+        )
 
     def _flush(self) -> None:
         handle = self._flush_handle
@@ -605,10 +625,10 @@ class Connection(asyncio.BufferedProtocol):
         try:
             self._process()
         finally:
+            if self._flush_handle is _AFTER_READ:
+                self._flush_handle = None
             if self._out:
                 self._flush()  # Answers to what was just read leave now, in one write.
-            elif self._flush_handle is _AFTER_READ:
-                self._flush_handle = None
 
     # Per-frame hot path: kept as one function on purpose (longer than the ~40-line rule);
     # a QUERY goes straight to the serving side and an rpc call's RESPONSE is decoded here
