@@ -2,7 +2,9 @@
 
     .venv/bin/python benchmarks/workers.py [--quick]
 
-Prints a table and the ratios against the issue's targets; writes
+Prints a table and the ratios against the issue's targets (issue 13's two call ratios, the
+throughput with 256 in flight and the sequential latency against the floor over Unix sockets,
+come from alternating rounds of ours and the floor in this run); writes
 benchmarks/results/workers.json. The floor is the raw asyncio/uvloop + msgspec ping-pong of
 benchmarks/rpc_floor.py, started as a separate process like a worker.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import multiprocessing
 import os
@@ -227,6 +230,41 @@ async def floor_figures(plan: rpc_floor.Plan) -> dict[str, float]:
             "throughput_calls_per_s": throughput, "bandwidth_gb_per_s": bandwidth}
 
 
+async def versus_floor(
+    worker: rp.WorkerHandle[Echo], plan: rpc_floor.Plan, rounds: int
+) -> dict[str, float]:
+    """Issue 13's two call figures, through the public API and for the floor, measured the
+    same way (rpc_floor's: sequential round trips; 256 calls kept in flight with a new one
+    started as each finishes, ``submit`` for ours), in alternating rounds, over Unix sockets."""
+    samples = {"ours": rpc_floor.Samples(), "floor": rpc_floor.Samples()}
+    with tempfile.TemporaryDirectory() as directory:
+        server = rpc_floor.ServerProcess.start("floor", "unix", directory)
+        try:
+            floor = await rpc_floor.connect(server)
+            ours = rpc_floor.Client(
+                functools.partial(worker.run, Echo.add),
+                functools.partial(worker.submit, Echo.add),
+                lambda: None,
+            )
+            for round_number in range(rounds):
+                order = [("ours", ours), ("floor", floor)]
+                if round_number % 2:
+                    order.reverse()
+                for name, client in order:
+                    median, _ = await rpc_floor.measure_latency(client, plan.latency_calls)
+                    samples[name].add("latency_us", median)
+                    samples[name].add("throughput", await rpc_floor.measure_throughput(
+                        client, plan.throughput_seconds))
+            floor.close()
+        finally:
+            server.stop()
+    figures = {f"{name}_{key}": value for name, s in samples.items()
+               for key in ("latency_us", "throughput") if (value := s.median(key)) is not None}
+    figures["latency_ratio"] = figures["ours_latency_us"] / figures["floor_latency_us"]
+    figures["throughput_ratio"] = figures["ours_throughput"] / figures["floor_throughput"]
+    return figures
+
+
 # ------------------------------------------------------------------ the run
 
 
@@ -252,7 +290,10 @@ async def run(quick: bool) -> dict[str, Any]:
             [first, second], seconds, True
         )
         ours["bandwidth_gb_per_s"] = await ours_bandwidth(first, seconds)
+        versus = await versus_floor(first, rpc_floor.QUICK if quick else rpc_floor.FULL,
+                                    rounds=2 if quick else 5)
     results["rpc_parallel"] = ours
+    results["versus_floor"] = versus
 
     pool: dict[str, float] = {}
     pool["spawn_to_first_result_ms_fork"] = pool_spawn_to_first_result(rounds, "fork")
@@ -279,6 +320,9 @@ async def run(quick: bool) -> dict[str, Any]:
         "latency_vs_floor": ours["latency_median_us"] / results["floor"]["latency_median_us"],
         "throughput_vs_floor": best_throughput / results["floor"]["throughput_calls_per_s"],
         "bandwidth_vs_floor": ours["bandwidth_gb_per_s"] / results["floor"]["bandwidth_gb_per_s"],
+        "issue 13: throughput, 256 in flight, vs floor (target >= 0.8)":
+            versus["throughput_ratio"],
+        "issue 13: sequential latency vs floor (target <= 1.2)": versus["latency_ratio"],
     }
     return results
 
@@ -288,7 +332,7 @@ def print_results(results: dict[str, Any]) -> None:
     print(f"\nburst of {burst['workers']} workers, one call each (ms, interleaved rounds)")
     print(f"  rpc_parallel (forked)  {burst['ours_all_ms']}")
     print(f"  Pool(fork)             {burst['pool_all_ms']}")
-    for section in ("rpc_parallel", "multiprocessing_pool", "floor"):
+    for section in ("rpc_parallel", "multiprocessing_pool", "floor", "versus_floor"):
         print(f"\n{section}")
         for key, value in results[section].items():
             print(f"  {key:40s} {value:12.2f}")
