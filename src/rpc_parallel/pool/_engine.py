@@ -21,8 +21,8 @@ import msgspec
 
 from .._handle import WorkerHandle
 from ..errors import ProtocolError, RemoteError, WorkerDied
+from ._map_pool import MapPool
 from ._map_worker import BatchResult, MapWorker
-from ._pool import WorkerPool
 
 DEPTH = 2
 """Batches in flight per worker: one running, one waiting in the worker, so a worker never
@@ -45,23 +45,27 @@ def array_header(n: int) -> bytes:
 
 
 class Batch:
-    """Consecutive inputs ``start .. start + len(items) - 1``, each already encoded."""
+    """Consecutive inputs ``start .. start + len(items) - 1`` and their encoding (one msgpack
+    array: what ``map_batch`` receives)."""
 
-    __slots__ = ("attempts", "items", "sent", "start")
+    __slots__ = ("attempts", "items", "payload", "sent", "start")
 
-    def __init__(self, start: int, items: list[bytes]) -> None:
+    def __init__(self, start: int, items: list[Any], payload: bytes) -> None:
         self.start = start
         self.items = items
+        self.payload = payload
         self.attempts = 0
         self.sent = 0  # when it was last sent (a counter): a worker maps in that order
-
-    def payload(self) -> bytes:
-        return array_header(len(self.items)) + b"".join(self.items)
 
     def describe(self) -> str:
         if len(self.items) == 1:
             return f"input {self.start}"
         return f"one of inputs {self.start}..{self.start + len(self.items) - 1}"
+
+    def single(self, offset: int) -> Batch:
+        """A batch of this one's item ``offset`` alone (to retry it by itself)."""
+        item = self.items[offset]
+        return Batch(self.start + offset, [item], _ENCODER.encode([item]))
 
 
 class Inputs:
@@ -70,7 +74,7 @@ class Inputs:
     def __init__(self, inputs: Iterable[Any] | AsyncIterable[Any], function: str) -> None:
         self._sync = iter(inputs) if not isinstance(inputs, AsyncIterable) else None
         self._async = aiter(inputs) if isinstance(inputs, AsyncIterable) else None
-        self._pending: list[bytes] = []  # read and encoded, not yet in a batch
+        self._pending: list[Any] = []  # read, not yet in a batch
         self._function = function
         self.read = 0  # how many inputs have been read from the source
         self.exhausted = False
@@ -81,7 +85,7 @@ class Inputs:
         return self.read - len(self._pending)
 
     async def _pull(self, count: int) -> None:
-        """Read up to ``count`` more inputs from the source, encoding each one."""
+        """Read up to ``count`` more inputs from the source."""
         if self._sync is not None:
             values = list(itertools.islice(self._sync, count))
         else:
@@ -94,21 +98,8 @@ class Inputs:
                     break
         if len(values) < count:
             self.exhausted = True
-        encode = _ENCODER.encode
-        try:
-            encoded = [encode(x) for x in values]
-        except TypeError:
-            for offset, x in enumerate(values):
-                try:
-                    encode(x)
-                except TypeError as error:
-                    raise ProtocolError(
-                        f"{self._function}: input {self.read + offset} cannot be encoded: "
-                        f"{error}"
-                    ) from None
-            raise
-        self._pending.extend(encoded)
-        self.read += len(encoded)
+        self._pending.extend(values)
+        self.read += len(values)
 
     async def take(self, count: int, limit: int) -> Batch | None:
         """The next batch: up to ``count`` inputs, none at or beyond index ``limit``, at most
@@ -119,20 +110,43 @@ class Inputs:
             return None
         if len(self._pending) < count and not self.exhausted:
             await self._pull(count - len(self._pending))
-        pending = self._pending
-        items = pending[:count]
-        sizes = [len(item) for item in items]
-        if items and (max(sizes) >= LARGE_ITEM or sum(sizes) > MAX_BATCH_BYTES):
-            taken, total = 0, 0  # cut before a large item, or after it when it is first
-            while taken < len(items) and total + sizes[taken] <= MAX_BATCH_BYTES:
-                if sizes[taken] >= LARGE_ITEM:
-                    taken += taken == 0
-                    break
-                total += sizes[taken]
-                taken += 1
-            items = items[: max(1, taken)]
-        del pending[: len(items)]
-        return Batch(start, items) if items else None
+        items = self._pending[:count]
+        if not items:
+            return None
+        try:
+            payload = _ENCODER.encode(items)  # the common case: one call for the batch
+        except TypeError:
+            self._refuse(start, items)
+            raise
+        if len(payload) >= LARGE_ITEM:  # it may hold a large item, or be too large itself
+            items, payload = self._cut(start, items)
+        del self._pending[: len(items)]
+        return Batch(start, items, payload)
+
+    def _cut(self, start: int, items: list[Any]) -> tuple[list[Any], bytes]:
+        """The longest head of ``items`` within ``MAX_BATCH_BYTES`` that has no large item,
+        or the first item alone when it is large; with its encoding."""
+        encoded: list[bytes] = []
+        total = 0
+        for item in items:
+            one = _ENCODER.encode(item)
+            if encoded and (len(one) >= LARGE_ITEM or total + len(one) > MAX_BATCH_BYTES):
+                break
+            encoded.append(one)
+            total += len(one)
+            if len(one) >= LARGE_ITEM:
+                break
+        return items[: len(encoded)], array_header(len(encoded)) + b"".join(encoded)
+
+    def _refuse(self, start: int, items: list[Any]) -> None:
+        """Raise ``ProtocolError`` naming the first of ``items`` that cannot be encoded."""
+        for offset, x in enumerate(items):
+            try:
+                _ENCODER.encode(x)
+            except TypeError as error:
+                raise ProtocolError(
+                    f"{self._function}: input {start + offset} cannot be encoded: {error}"
+                ) from None
 
 
 def forget(future: asyncio.Future[Any]) -> None:
@@ -149,10 +163,11 @@ def forget(future: asyncio.Future[Any]) -> None:
 class Engine:
     """Runs batches of one map over a pool of ``MapWorker``; see the module docstring."""
 
-    def __init__(self, pool: WorkerPool[MapWorker], inputs: Inputs, *, function: str,
+    def __init__(self, pool: MapPool, inputs: Inputs, *, function: str,
                  retries: int, reduce: bool,
                  window: Callable[[], int | None] | None = None) -> None:
         self.pool = pool
+        self.key = 0  # the map's key in the pool's workers (set once it is loaded)
         self.inputs = inputs
         self.function = function
         self.retries = retries
@@ -215,7 +230,7 @@ class Engine:
                 return
             self.sent += 1
             batch.sent = self.sent
-            future = handle.submit(MapWorker.map_batch, batch.payload(), self.reduce)
+            future = handle.submit(MapWorker.map_batch, self.key, batch.payload, self.reduce)
             self.flight[future] = (batch, handle)
             self._queue(handle).append(batch)
 
@@ -284,13 +299,12 @@ class Engine:
             died.index = suspect.start  # type: ignore[attr-defined]
             died.indices = range(suspect.start, suspect.start + len(suspect.items))  # type: ignore[attr-defined]
             raise died
-        for offset, item in enumerate(suspect.items):
-            single = Batch(suspect.start + offset, [item])
+        for offset in range(len(suspect.items)):
+            single = suspect.single(offset)
             single.attempts = suspect.attempts
             self.retry.append(single)
         self.retry = collections.deque(sorted(self.retry, key=lambda b: b.start))
-        if handle in self.pool.workers:
-            await self.pool._replace(handle)
+        await self.pool._replace(handle)
 
     async def close(self) -> None:
         for future in self.flight:
