@@ -143,11 +143,11 @@ class Config:
         local: int = 0,
         **options: Any,
     ) -> Config:
-        """A config sized from the current Slurm allocation (``rp.launch.slurm_allocation()``:
-        ``SLURM_JOB_NODELIST``, ``SLURM_TASKS_PER_NODE``, ``SLURM_CPUS_PER_TASK``, ...): one
-        worker per task, on the node the task is on. ``how(node, cpus_per_task)`` makes the
-        launcher of a node's workers; by default ``rp.Slurm(nodelist=node,
-        cpus_per_task=...)``."""
+        """A config sized from the current Slurm allocation, as
+        ``rpc_parallel.launch.slurm.slurm_allocation()`` reads it: one worker per task, on
+        the node the task is on. ``how(node, cpus_per_task)`` makes the launcher of a node's
+        workers; by default ``rp.Slurm(nodelist=node, cpus_per_task=...)``. ``RuntimeError``
+        outside an allocation."""
         allocation = slurm_allocation(environ)
         if allocation is None:
             raise RuntimeError("Config.from_slurm(): not inside a Slurm allocation "
