@@ -70,6 +70,12 @@ def timed(work: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
+async def in_thread(work: Callable[[], object]) -> float:
+    """``timed(work)`` in a thread: the multiprocessing side blocks, and the master's event
+    loop must stay free meanwhile (its workers' heartbeats)."""
+    return await asyncio.to_thread(timed, work)
+
+
 async def atimed(work: Callable[[], object]) -> float:
     start = time.perf_counter()
     result = work()
@@ -108,15 +114,15 @@ async def tiny(config: rp.map_reduce.Config, pool: rp.map_reduce.MapPool,
                mp: multiprocessing.pool.Pool, n: int, rounds: int) -> dict[str, object]:
     items = list(range(n))
     expected = [x + 1 for x in items]
-    chunk = best_chunksize(mp, items, config.workers())
+    chunk = await asyncio.to_thread(best_chunksize, mp, items, config.workers())
     await rp_map(pool, items, Inc, expected)  # warm: the function's first load
     samples: dict[str, list[float]] = {"rp_warm": [], "pool_map": [], "pool_imap": []}
     for _ in range(rounds):
         samples["rp_warm"].append(await atimed(lambda: rp_map(pool, items, Inc, expected)))
-        samples["pool_map"].append(
-            timed(lambda: check(mp.map(inc, items, chunksize=chunk), expected, "Pool.map")))
-        samples["pool_imap"].append(
-            timed(lambda: check(list(mp.imap(inc, items)), expected, "Pool.imap")))
+        samples["pool_map"].append(await in_thread(
+            lambda: check(mp.map(inc, items, chunksize=chunk), expected, "Pool.map")))
+        samples["pool_imap"].append(await in_thread(
+            lambda: check(list(mp.imap(inc, items)), expected, "Pool.imap")))
     cold = await atimed(lambda: rp_map(config, items, Inc, expected))
     context = multiprocessing.get_context("spawn")
 
@@ -125,7 +131,7 @@ async def tiny(config: rp.map_reduce.Config, pool: rp.map_reduce.MapPool,
             check(fresh.map(inc, items), expected, "Pool start + map")
 
     m = medians(samples)
-    pool_start_map = timed(pool_cold)
+    pool_start_map = await in_thread(pool_cold)
     return {"pool_chunksize": chunk, **{f"{k}_s": v for k, v in m.items()},
             "warm_vs_pool_map": m["pool_map"] / m["rp_warm"],
             "warm_vs_pool_imap": m["pool_imap"] / m["rp_warm"],
@@ -141,10 +147,10 @@ async def cpu(config: rp.map_reduce.Config, pool: rp.map_reduce.MapPool,
     ratios: dict[str, list[float]] = {"rp_warm": [], "rp_cold": [], "pool_map_chunk1": []}
     spawns: list[float] = []
     for _ in range(rounds):
-        ideal = timed(lambda: [spin(x) for x in range(sample)]) * n / sample / workers
+        ideal = await in_thread(lambda: [spin(x) for x in range(sample)]) * n / sample / workers
         ratios["rp_warm"].append(await atimed(lambda: rp_map(pool, items, Spin, items)) / ideal)
-        ratios["pool_map_chunk1"].append(
-            timed(lambda: check(mp.map(spin, items, chunksize=1), items, "Pool.map")) / ideal)
+        ratios["pool_map_chunk1"].append(await in_thread(
+            lambda: check(mp.map(spin, items, chunksize=1), items, "Pool.map")) / ideal)
         start = time.perf_counter()
         async with config.open() as fresh:  # the cold path, with the spawn timed apart
             spawns.append(time.perf_counter() - start)

@@ -14,7 +14,7 @@ import pytest
 
 import rpc_parallel as rp
 from rpc_parallel import map_reduce as mr
-from rpc_parallel.pool._engine import DEPTH, MAX_BATCH
+from rpc_parallel.pool._engine import MAX_BATCH, MAX_DEPTH
 
 from ..workers.support import bounded, children, cmdline_bytes, wait_until, zombie_children
 from .functions import (
@@ -132,7 +132,7 @@ async def test_a_slow_head_does_not_make_map_read_ahead_without_bound() -> None:
     # While input 0 took 0.5 s, the other worker could have mapped millions of instant
     # inputs: the window ahead of the consumer (twice the batches two workers hold in
     # flight) stopped the reading.
-    assert source.read <= 2 * DEPTH * 2 * MAX_BATCH + MAX_BATCH, source.read
+    assert source.read <= 2 * MAX_DEPTH * 2 * MAX_BATCH + MAX_BATCH, source.read
     await no_workers()
 
 

@@ -2,7 +2,7 @@
 items of a worker that died, and yields each batch's encoded outputs as it completes.
 
 Memory is bounded: an input is read only when a worker has room for another batch (each worker
-has at most ``DEPTH`` batches in flight) and, for ordered results, only within a window ahead of
+has at most ``depth()`` batches in flight) and, for ordered results, only within a window ahead of
 the consumer. Batch sizes follow the measured cost of an item so one batch takes about
 ``TARGET_SECONDS`` of worker time; an item whose encoding is ``LARGE_ITEM`` bytes or more
 travels alone. See docs/decisions/0012-map-reduce-batching.md.
@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import itertools
+import math
 import struct
 from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterable
 from typing import Any
@@ -25,8 +26,12 @@ from ._map_pool import MapPool
 from ._map_worker import BatchResult, MapWorker
 
 DEPTH = 2
-"""Batches in flight per worker: one running, one waiting in the worker, so a worker never
-idles for a round trip."""
+"""Batches in flight per worker, at least: one running, one waiting in the worker, so a worker
+never idles for a round trip."""
+MAX_DEPTH = 8
+"""Batches in flight per worker, at most: batches of tiny items (``MAX_BATCH`` of them take far
+less than ``TARGET_SECONDS``) are queued deeper, so a worker has about ``TARGET_SECONDS`` of work
+queued and does not idle while the master (busy, or not scheduled) is slow to send more."""
 TARGET_SECONDS = 0.02
 MAX_BATCH = 8192
 MAX_BATCH_BYTES = 1 << 20
@@ -184,11 +189,19 @@ class Engine:
             return 1
         return max(1, min(MAX_BATCH, int(TARGET_SECONDS / max(self.cost, 1e-7))))
 
+    def depth(self) -> int:
+        """Batches in flight per worker: enough for about ``TARGET_SECONDS`` of work, between
+        ``DEPTH`` and ``MAX_DEPTH``."""
+        if self.cost is None:
+            return DEPTH
+        per_batch = self.cost * self.batch_size()
+        return max(DEPTH, min(MAX_DEPTH, math.ceil(TARGET_SECONDS / max(per_batch, 1e-9))))
+
     def window_size(self) -> int:
         """How far ahead of the consumer ordered results may be computed: twice what the
         workers can hold in flight, so a slow input at the head keeps them busy a while
         without letting the reading run away."""
-        return max(64, 2 * DEPTH * max(1, len(self.pool)) * self.batch_size())
+        return max(64, 2 * self.depth() * max(1, len(self.pool)) * self.batch_size())
 
     async def run(self) -> AsyncGenerator[tuple[Batch, BatchResult], None]:
         """Yields ``(batch, result)`` of each batch as it completes (completion order)."""
@@ -221,9 +234,10 @@ class Engine:
 
     async def _dispatch(self) -> None:
         """Send batches while some worker has room (retries first, then new inputs)."""
+        depth = self.depth()
         while True:
             handle = min(self.pool.workers, key=lambda h: len(self._queue(h)))
-            if len(self._queue(handle)) >= DEPTH:
+            if len(self._queue(handle)) >= depth:
                 return
             batch = self.retry.popleft() if self.retry else await self._next_batch()
             if batch is None:

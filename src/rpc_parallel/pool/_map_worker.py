@@ -146,7 +146,7 @@ class Loaded:
     item."""
 
     __slots__ = ("acc_decoder", "combine_is_async", "cost", "function", "in_decoder",
-                 "in_list", "map_is_async", "name", "stopped")
+                 "in_list", "map_is_async", "name", "stopped", "tokens")
 
     def __init__(self, spec: MapSpec) -> None:
         cls = import_function_class(spec)
@@ -160,6 +160,7 @@ class Loaded:
         combine = getattr(self.function, "combine", None)
         self.combine_is_async = combine is not None and inspect.iscoroutinefunction(combine)
         self.stopped = False
+        self.tokens: list[int] = []  # its failures kept for ``raise_failure``
         self.cost: float | None = None  # seconds per item of the last plain def batch
 
     async def init(self, spec: MapSpec) -> None:
@@ -199,7 +200,7 @@ class MapWorker(Worker[MapSpec | None]):
     @rpc
     async def load(self, key: int, spec: MapSpec) -> None:
         """Build map ``key``'s function object and run its ``init(param)``."""
-        async with self.lock:  # init may be long: it waits for no batch, none waits for it
+        async with self.lock:  # not while a batch (of another map on the pool) runs
             await self._load(key, spec)
 
     @rpc
@@ -209,6 +210,8 @@ class MapWorker(Worker[MapSpec | None]):
         loaded = self.loaded.pop(key, None)
         if loaded is not None:
             loaded.stopped = True
+            for token in loaded.tokens:  # failures nobody will ask for now
+                self.failures.pop(token, None)
 
     def _function(self, key: int) -> Loaded:
         loaded = self.loaded.get(key)
@@ -262,14 +265,14 @@ class MapWorker(Worker[MapSpec | None]):
             try:
                 y = await function.map(x)
             except Exception as error:
-                return self._failed(outputs, acc, reduce, offset, error, start, "map")
+                return self._failed(loaded, offset, error, start, "map")
             if not reduce:
                 outputs.append(y)
                 continue
             try:
                 acc = y if offset == 0 else await _combine_async(function, acc, y)
             except Exception as error:
-                return self._failed(outputs, acc, reduce, offset, error, start, "combine")
+                return self._failed(loaded, offset, error, start, "combine")
         return self._done(outputs, acc, reduce, start)
 
     def _map_sync(self, loaded: Loaded, items: list[Any], reduce: bool) -> BatchResult:
@@ -285,14 +288,14 @@ class MapWorker(Worker[MapSpec | None]):
             try:
                 y = function.map(x)
             except Exception as error:
-                return self._failed(outputs, acc, reduce, offset, error, start, "map")
+                return self._failed(loaded, offset, error, start, "map")
             if not reduce:
                 outputs.append(y)
                 continue
             try:
                 acc = y if offset == 0 else function.combine(acc, y)
             except Exception as error:
-                return self._failed(outputs, acc, reduce, offset, error, start, "combine")
+                return self._failed(loaded, offset, error, start, "combine")
         return self._done(outputs, acc, reduce, start)
 
     def _map_sync_list(self, loaded: Loaded, items: list[Any]) -> BatchResult:
@@ -308,17 +311,18 @@ class MapWorker(Worker[MapSpec | None]):
             try:
                 outputs.extend(builtins.map(function, items[first:first + STRETCH]))
             except Exception as error:
-                return self._failed(outputs, None, False, len(outputs), error, start, "map")
+                return self._failed(loaded, len(outputs), error, start, "map")
         return self._done(outputs, None, False, start)
 
     def _done(self, outputs: list[Any], acc: Any, reduce: bool, start: float) -> BatchResult:
         encoded = _ENCODER.encode(acc if reduce else outputs)
         return BatchResult(encoded, time.perf_counter() - start)
 
-    def _failed(self, outputs: list[Any], acc: Any, reduce: bool, offset: int,
-                error: BaseException, start: float, stage: str) -> BatchResult:
+    def _failed(self, loaded: Loaded, offset: int, error: BaseException, start: float,
+                stage: str) -> BatchResult:
         self.next_token += 1
         self.failures[self.next_token] = error
+        loaded.tokens.append(self.next_token)
         return BatchResult(b"", time.perf_counter() - start, failed=offset,
                            token=self.next_token, stage=stage)
 
