@@ -30,10 +30,6 @@ from .._worker_type import Worker
 from ._function import MapFunction
 
 _ENCODER = msgspec.msgpack.Encoder()
-INLINE_SECONDS = 0.002
-"""A plain ``def`` batch expected to take less than this runs on the worker's event loop
-itself: the hop to the map thread and back costs more than it would save (heartbeats wait
-at most this long)."""
 STRETCH = 64
 """Items mapped between two looks at a map's ``stopped`` flag (plain ``def`` maps)."""
 T = TypeVar("T")
@@ -145,8 +141,8 @@ class Loaded:
     set when the master stops the map: batches of it still running end after their current
     item."""
 
-    __slots__ = ("acc_decoder", "combine_is_async", "cost", "function", "in_decoder",
-                 "in_list", "map_is_async", "name", "stopped", "tokens")
+    __slots__ = ("acc_decoder", "combine_is_async", "function", "in_decoder", "in_list",
+                 "map_is_async", "name", "stopped", "tokens")
 
     def __init__(self, spec: MapSpec) -> None:
         cls = import_function_class(spec)
@@ -161,7 +157,6 @@ class Loaded:
         self.combine_is_async = combine is not None and inspect.iscoroutinefunction(combine)
         self.stopped = False
         self.tokens: list[int] = []  # its failures kept for ``raise_failure``
-        self.cost: float | None = None  # seconds per item of the last plain def batch
 
     async def init(self, spec: MapSpec) -> None:
         """Await the function's ``init(param)``, if it has one."""
@@ -233,17 +228,7 @@ class MapWorker(Worker[MapSpec | None]):
                 return BatchResult(b"", 0.0)
             if loaded.map_is_async:
                 return await self._map_async(loaded, items, reduce)
-            if loaded.cost is not None and loaded.cost * len(items) < INLINE_SECONDS:
-                # Too short to need the thread. One turn of the loop first: the answer of the
-                # batch before goes out (it is flushed on the next turn), so a map that kills
-                # the process is not blamed on it.
-                await asyncio.sleep(0)
-                result = self._map_sync(loaded, items, reduce)
-            else:
-                result = await self.thread.run(lambda: self._map_sync(loaded, items, reduce))
-            if result.failed is None:
-                loaded.cost = result.seconds / max(1, len(items))
-            return result
+            return await self.thread.run(lambda: self._map_sync(loaded, items, reduce))
 
     def _find_bad_input(self, loaded: Loaded, payload: bytes) -> BatchResult:
         """The batch did not decode as ``list[In]``: name the first input that does not."""
