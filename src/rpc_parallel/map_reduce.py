@@ -222,7 +222,7 @@ class _Run:
 
     async def __aenter__(self) -> _Run:
         if self.owned:
-            await self.pool.start()
+            await self.pool._start_early()
         else:
             self.engine.key = await self.pool._open_map(self.spec, self.name)
         return self

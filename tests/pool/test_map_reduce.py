@@ -406,3 +406,14 @@ def test_config_from_slurm_reads_the_allocation() -> None:
     with pytest.raises(ValueError, match="SLURM_TASKS_PER_NODE lists 3 nodes"):
         mr.Config.from_slurm(how=lambda n, c: n, environ={
             "SLURM_JOB_ID": "1", "SLURM_JOB_NODELIST": "a,b", "SLURM_TASKS_PER_NODE": "1(x3)"})
+
+
+async def test_a_map_starts_on_its_first_worker_up_and_a_later_failed_spawn_is_raised() -> None:
+    # One worker starts at once, the other's launcher fails (its process exits at once):
+    # the map maps on the first meanwhile, and still raises the failed spawn, leaving nothing.
+    config = mr.Config(local=1, remote=[(rp.Wrap(["/bin/false"]), 1)],
+                       redirect_stderr=rp.DevNull())
+    with pytest.raises(rp.SpawnError):
+        async for _ in mr.map(config, range(20), AddOne, None):
+            pass
+    await no_workers()

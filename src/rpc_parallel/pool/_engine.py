@@ -206,10 +206,15 @@ class Engine:
     async def run(self) -> AsyncGenerator[tuple[Batch, BatchResult], None]:
         """Yields ``(batch, result)`` of each batch as it completes (completion order)."""
         while True:
+            self.pool._adopt_spawned()  # workers still starting join as they come up
             await self._dispatch()
-            if not self.flight:
-                return
-            done, _ = await asyncio.wait(self.flight, return_when=asyncio.FIRST_COMPLETED)
+            joining = self.pool._spawning
+            if not self.flight and not joining:
+                return  # (a map done before every worker is up waits for them: a failed
+                # spawn is raised, as it is when it fails first)
+            waits: set[asyncio.Future[Any]] = {*self.flight, *joining}
+            ended, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            done = [f for f in self.flight if f in ended]
             for future in sorted(done, key=lambda f: self.flight[f][0].sent):
                 if future not in self.flight:
                     continue  # resent already: its worker died while handling another
@@ -235,8 +240,9 @@ class Engine:
     async def _dispatch(self) -> None:
         """Send batches while some worker has room (retries first, then new inputs)."""
         depth = self.depth()
-        while True:
-            handle = min(self.pool.workers, key=lambda h: len(self._queue(h)))
+        workers = self.pool.workers
+        while workers:
+            handle = min(workers, key=lambda h: len(self._queue(h)))
             if len(self._queue(handle)) >= depth:
                 return
             batch = self.retry.popleft() if self.retry else await self._next_batch()

@@ -45,6 +45,8 @@ class MapPool:
         self._active: dict[int, MapSpec] = {0: _preload} if _preload is not None else {}
         self._keys = itertools.count(1)
         self._replacing = asyncio.Lock()
+        # Spawns still running (``_start_early``): each worker joins as its spawn ends.
+        self._spawning: set[asyncio.Task[WorkerHandle[MapWorker]]] = set()
         self._started = False
         self._closed = False
 
@@ -72,7 +74,37 @@ class MapPool:
     async def close(self) -> None:
         """Close every worker (each exits); maps still running on the pool then fail."""
         self._closed = True
-        await self._pool.close()
+        spawning, self._spawning = self._spawning, set()
+        try:
+            # A spawn is let finish (cancelling one midway could leave its process behind).
+            started = await asyncio.gather(*spawning, return_exceptions=True)
+            await asyncio.gather(*(h.close() for h in started if isinstance(h, WorkerHandle)),
+                                 return_exceptions=True)
+        finally:
+            await self._pool.close()
+
+    async def _start_early(self) -> None:
+        """Start spawning every worker; return once the first one is up (a map with a
+        ``Config`` starts on it, and the others join as they come up: ``_adopt_spawned``).
+        The first spawn failure is raised, by this or by ``_adopt_spawned``."""
+        options = self._pool._options
+        init_arg = self._pool._init_arg
+        spawn = self._pool._worker_class.spawn
+        self._spawning = {asyncio.ensure_future(spawn(init_arg, **o)) for o in options}
+        self._started = True
+        try:
+            await asyncio.wait(self._spawning, return_when=asyncio.FIRST_COMPLETED)
+            self._adopt_spawned()
+        except BaseException:
+            await asyncio.shield(self.close())
+            raise
+
+    def _adopt_spawned(self) -> None:
+        """Add the workers whose spawns have ended to the pool (raising a failed spawn's
+        error)."""
+        for task in [t for t in self._spawning if t.done()]:
+            self._spawning.discard(task)
+            self._pool._adopt(task.result())
 
     async def __aenter__(self) -> Self:
         return await self.start()
