@@ -131,3 +131,16 @@ async def test_managed_respawns_after_a_sigkill_with_a_call_in_flight() -> None:
         assert second != pid and not alive(pid)
         assert managed.reconnects == 0
     await gone(second)
+
+
+async def test_managed_that_cannot_reconnect_to_a_live_worker_says_so() -> None:
+    async with rp.Managed(Adder, 5) as managed:
+        pid = await managed.run(Adder.pid)
+        assert managed.handle is not None
+        await managed.handle.close_server()  # the worker accepts no new connection
+        _cut(managed)
+        with pytest.raises(rp.ConnectionClosed, match=r"cannot reconnect.*alive") as caught:
+            await bounded(managed.run(Adder.pid), 20.0, "a call that cannot reconnect")
+        assert not isinstance(caught.value, rp.WorkerDied)
+        assert alive(pid) and managed.reconnects == 0  # not taken for dead: not respawned
+    await gone(pid)
