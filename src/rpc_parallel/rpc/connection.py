@@ -151,6 +151,7 @@ class Connection(asyncio.BufferedProtocol):
         # The per-frame path reaches the serving side without a hop: its dict and its entry
         # (bound once the handshake is done).
         self._incoming = self._serving.incoming
+        self._leave = self._serving.leave
         self._on_query: Callable[[int, int, memoryview], None] = self._query_too_early
 
     def _init_calling(self, translate_closed: TranslateClosed | None) -> None:
@@ -623,7 +624,10 @@ class Connection(asyncio.BufferedProtocol):
                 message_type, call_id, argument = self._large_header
                 payload = self._large
                 self._large = None
-                self._dispatch(message_type, call_id, argument, payload)
+                try:
+                    self._dispatch(message_type, call_id, argument, payload)
+                finally:
+                    self._leave()
             return
         self._end += nbytes
         if self._flush_handle is None:
@@ -631,6 +635,7 @@ class Connection(asyncio.BufferedProtocol):
         try:
             self._process()
         finally:
+            self._leave()  # (The serving side's runner, current while calls ran inline.)
             if self._flush_handle is _AFTER_READ:
                 self._flush_handle = None
             if self._out:
@@ -671,6 +676,7 @@ class Connection(asyncio.BufferedProtocol):
                             except (msgspec.MsgspecError, UnicodeDecodeError):
                                 on_rpc_response(spec, future, payload)  # It explains.
                         continue
+                self._leave()  # No task is current while other frames are dispatched.
                 self._dispatch(message_type, call_id, argument, payload)
                 continue
             if length > _LARGE_FRAME:
