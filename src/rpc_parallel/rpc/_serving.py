@@ -32,6 +32,8 @@ from .frames import (
     END,
     ERROR,
     ERROR_TEXT_LIMIT,
+    HEADER,
+    HEADER_SIZE,
     RESPONSE,
     ErrorInfo,
     MenuEntry,
@@ -39,7 +41,7 @@ from .frames import (
     safe_text,
     text_of,
 )
-from .functions import FunctionSpec
+from .functions import ENCODER, FunctionSpec
 from .streams import Credit, PipeReader, ReaderState, StreamOwner
 
 
@@ -243,12 +245,26 @@ async def iterate_in_thread(
 OneWayErrorHandler = Callable[[FunctionSpec, BaseException], None]
 
 
+ZERO_HEADER = bytes(HEADER_SIZE)
+FLUSH_AT = 256 * 1024
+"""The outgoing buffer is written at once when it holds this much (the connection's own)."""
+
+
 class ServingOwner(StreamOwner, Protocol):
     """What the serving side needs of its connection (``Connection``)."""
 
     _close_reason: str | None
     _out: bytearray
     _error_text_limit: int
+    _send_limit: int
+    _flush_handle: Any
+
+    def _too_large(self, length: int) -> Exception:
+        """The error for a frame of ``length`` bytes over the limit."""
+        ...
+
+    def _wrote(self) -> None:
+        """A frame was appended to the outgoing buffer: write it, now or soon."""
 
     def _write(self, message_type: int, call_id: int, argument: int, value: Any = ...) -> int:
         """Append one frame to the outgoing buffer; return the payload size."""
@@ -382,11 +398,25 @@ class Serving:
                 except BaseException:  # (KeyboardInterrupt, SystemExit): the driver ended.
                     self._new_driver()
                     raise
-                if waiting is DONE:
-                    try:  # (_respond, inline)
-                        self._write(RESPONSE, call_id, 0, self._box.pop())
-                    except Exception as error:
+                if waiting is DONE:  # (_respond and the owner's _write, inline)
+                    owner = self._owner
+                    out = owner._out
+                    begin = len(out)
+                    out += ZERO_HEADER
+                    try:
+                        ENCODER.encode_into(self._box.pop(), out, -1)
+                        length = len(out) - begin - 4
+                        if length > owner._send_limit:
+                            raise owner._too_large(length)
+                    except BaseException as error:
+                        del out[begin:]
+                        if not isinstance(error, Exception):
+                            raise
                         self._respond_error(call_id, cannot_send(spec, "result", error, serving=True))
+                        return
+                    HEADER.pack_into(out, begin, length, RESPONSE, call_id, 0)
+                    if owner._flush_handle is None or len(out) >= FLUSH_AT:
+                        owner._wrote()
                     return
                 if waiting is FAILED:
                     self._respond_error(call_id, self._box.pop())

@@ -37,7 +37,7 @@ from ._calling import (
 )
 from ._handshake import Handshake, HandshakeViolation
 from ._liveness import Liveness
-from ._serving import Implementation, ServedStream, Serving
+from ._serving import FLUSH_AT, ZERO_HEADER, Implementation, ServedStream, Serving
 from .errors import (
     CloseKind,
     ConnectionClosed,
@@ -90,8 +90,8 @@ larger than ``PREAUTH_MAX_MESSAGE_SIZE`` then): a pending connection costs a few
 _LARGE_FRAME = _RECEIVE_BUFFER_SIZE // 2
 _SPARE_LIMIT = 64 * 1024 * 1024  # The largest receive buffer kept for the next large frame.
 _LARGE_FIRST_CHUNK = 1024 * 1024  # A large frame's buffer starts at this, and doubles.
-_FLUSH_AT = 256 * 1024
-_ZERO_HEADER = bytes(HEADER_SIZE)
+_FLUSH_AT = FLUSH_AT
+_ZERO_HEADER = ZERO_HEADER
 _NO_PAYLOAD: Any = object()
 _Future = asyncio.Future  # What loop.create_future() makes (uvloop's too), without the call.
 
@@ -538,6 +538,14 @@ class Connection(asyncio.BufferedProtocol):
             self._flush_handle = self.loop.call_soon(self._flush)
         return size
 
+    def _wrote(self) -> None:
+        """A frame was appended to the outgoing buffer (by the serving side, inline): write
+        it now if the buffer is full, else once the current callback is done."""
+        if len(self._out) >= _FLUSH_AT:
+            self._flush()
+        elif self._flush_handle is None:
+            self._flush_handle = self.loop.call_soon(self._flush)
+
     def _too_large(self, length: int) -> MessageTooLarge:
         return MessageTooLarge(
             f"a message of {length} bytes exceeds max_message_size "
@@ -649,19 +657,25 @@ class Connection(asyncio.BufferedProtocol):
         start, end = self._start, self._end
         unpack = HEADER.unpack_from
         outgoing = self._outgoing
-        while end - start >= HEADER_SIZE and self._close_reason is None:
-            length, message_type, call_id, argument = unpack(view, start)
-            if length > self._limit or length < LENGTH_OVERHEAD:
-                self._start = self._end = 0
-                self._frame_too_large(length)
-                return
-            frame_end = start + 4 + length
-            if frame_end <= end:
-                self._start = frame_end
+        on_query = self._on_query  # (Both change only in _dispatch: taken again after it.)
+        limit = self._limit
+        try:
+            while end - start >= HEADER_SIZE and self._close_reason is None:
+                length, message_type, call_id, argument = unpack(view, start)
+                if length > limit or length < LENGTH_OVERHEAD:
+                    start = end = 0
+                    self._frame_too_large(length)
+                    break
+                frame_end = start + 4 + length
+                if frame_end > end:
+                    if length > _LARGE_FRAME:
+                        self._start_large(start, end, length, message_type, call_id, argument)
+                        start = end
+                    break
                 payload = view[start + HEADER_SIZE : frame_end]
                 start = frame_end
                 if message_type == QUERY:
-                    self._on_query(call_id, argument, payload)
+                    on_query(call_id, argument, payload)
                     continue
                 if message_type == RESPONSE:
                     entry = outgoing.get(call_id)
@@ -678,29 +692,34 @@ class Connection(asyncio.BufferedProtocol):
                         continue
                 self._leave()  # No task is current while other frames are dispatched.
                 self._dispatch(message_type, call_id, argument, payload)
-                continue
-            if length > _LARGE_FRAME:
-                # Receive the body straight into its own buffer: no further copies.
-                have = end - start - HEADER_SIZE
-                size = length - LENGTH_OVERHEAD
-                spare = self._spare
-                if spare is None or len(spare) < size:
-                    # Memory follows the bytes that arrive, not the length announced.
-                    spare = bytearray(min(size, max(_LARGE_FIRST_CHUNK, 2 * have)))
-                    if len(spare) == size <= _SPARE_LIMIT:
-                        self._spare = spare
-                large = memoryview(spare)[: min(size, len(spare))]
-                large[:have] = view[start + HEADER_SIZE : end]
-                self._large_size = size
-                self._large = large
-                self._large_filled = have
-                self._large_header = (message_type, call_id, argument)
-                start = end
-            break
-        if start == end:
-            self._start = self._end = 0
-        else:
-            self._start = start
+                on_query = self._on_query
+                limit = self._limit
+        finally:
+            # What was dispatched is consumed, even if a dispatch raised.
+            if start == end:
+                self._start = self._end = 0
+            else:
+                self._start = start
+
+    def _start_large(
+        self, start: int, end: int, length: int, message_type: int, call_id: int, argument: int
+    ) -> None:
+        """A large frame's beginning: receive its body straight into its own buffer (no
+        further copies)."""
+        have = end - start - HEADER_SIZE
+        size = length - LENGTH_OVERHEAD
+        spare = self._spare
+        if spare is None or len(spare) < size:
+            # Memory follows the bytes that arrive, not the length announced.
+            spare = bytearray(min(size, max(_LARGE_FIRST_CHUNK, 2 * have)))
+            if len(spare) == size <= _SPARE_LIMIT:
+                self._spare = spare
+        large = memoryview(spare)[: min(size, len(spare))]
+        large[:have] = self._view[start + HEADER_SIZE : end]
+        self._large_size = size
+        self._large = large
+        self._large_filled = have
+        self._large_header = (message_type, call_id, argument)
 
     def _grow_large(self) -> None:
         """A large frame has filled its buffer: double it (up to the frame's size)."""
