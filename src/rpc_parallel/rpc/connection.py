@@ -157,6 +157,9 @@ class Connection(asyncio.BufferedProtocol):
     def _init_calling(self, translate_closed: TranslateClosed | None) -> None:
         """The calls this side makes: ids, the peer's menu positions, the calling side."""
         self._peer_index: dict[FunctionSpec, int] = {}
+        self._rpc_index: dict[FunctionSpec, int] = {}
+        """Of ``_peer_index``, the rpc functions, for ``call_future``; emptied on close (so
+        its one look-up also finds a closed connection)."""
         self._peer_positions: dict[tuple[str, int], int] = {}
         self._next_id = 1 if self.is_client else 2
         self._started_id = 0  # The id of the call call_future started last.
@@ -314,14 +317,9 @@ class Connection(asyncio.BufferedProtocol):
         """
         if len(args) != spec._fast_arity:  # (spec.bind's own fast path, inline)
             args = spec.bind(args, {})
-        index = self._peer_index.get(spec)
-        if index is None or spec.kind != "rpc" or self._close_reason is not None:
-            if spec.kind != "rpc":
-                self._expect_kind(spec, "rpc")
-            if index is None:
-                index = self._index_of(spec)
-            if self._close_reason is not None:
-                raise self._closed_error()
+        index = self._rpc_index.get(spec)
+        if index is None:  # Not an rpc, not called yet, or the connection has closed.
+            index = self._rpc_position(spec)
         if self._dropped:
             self._abort_dropped()
         call_id = self._started_id = self._next_id  # (_take_id, inline)
@@ -413,6 +411,16 @@ class Connection(asyncio.BufferedProtocol):
         call_id = self._next_id
         self._next_id = call_id + 2 if call_id < 0xFFFF_FFFD else (1 if self.is_client else 2)
         return call_id
+
+    def _rpc_position(self, spec: FunctionSpec) -> int:
+        """The peer's menu position of an rpc function (``call_future``'s first call of it):
+        raise ``TypeError`` for another kind, ``ConnectionClosed`` once closed."""
+        self._expect_kind(spec, "rpc")
+        index = self._index_of(spec)
+        if self._close_reason is not None:
+            raise self._closed_error()
+        self._rpc_index[spec] = index
+        return index
 
     def _index_of(self, spec: FunctionSpec) -> int:
         index = self._peer_index.get(spec)
@@ -678,18 +686,21 @@ class Connection(asyncio.BufferedProtocol):
                     on_query(call_id, argument, payload)
                     continue
                 if message_type == RESPONSE:
-                    entry = outgoing.get(call_id)
+                    entry = outgoing.pop(call_id, None)
                     if type(entry) is tuple:  # An rpc call (RpcCall): _dispatch, inline.
-                        del outgoing[call_id]
                         spec, future = entry
-                        if spec._copy_payload or future.done():
+                        if spec._copy_payload:
                             on_rpc_response(spec, future, payload)
-                        else:
-                            try:
-                                future.set_result(spec.response_decoder.decode(payload))
-                            except (msgspec.MsgspecError, UnicodeDecodeError):
-                                on_rpc_response(spec, future, payload)  # It explains.
+                            continue
+                        try:
+                            future.set_result(spec.response_decoder.decode(payload))
+                        except (msgspec.MsgspecError, UnicodeDecodeError):
+                            on_rpc_response(spec, future, payload)  # It explains.
+                        except asyncio.InvalidStateError:
+                            pass  # Cancelled by its caller: nothing waits for it.
                         continue
+                    if entry is not None:  # A stream's: _dispatch has it.
+                        outgoing[call_id] = entry
                 self._leave()  # No task is current while other frames are dispatched.
                 self._dispatch(message_type, call_id, argument, payload)
                 on_query = self._on_query
@@ -905,6 +916,7 @@ class Connection(asyncio.BufferedProtocol):
         reason += self._liveness.stall_note(kind)
         self._close_reason = reason
         self._close_kind = kind
+        self._rpc_index.clear()
         self._handshake.stop()
         self._liveness.stop()
         if self._flush_handle is not None:
