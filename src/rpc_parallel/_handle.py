@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import types
 from collections.abc import Callable
+from threading import get_ident
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Self, TypeVar
 
 from ._builtins import (
@@ -33,6 +35,25 @@ from .rpc.connection import TranslateClosed
 from .rpc.frames import ErrorInfo
 from .rpc.functions import register_type
 from .rpc.transport import connect
+
+_pid = os.getpid()
+
+
+def _forked() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
+def _in_own_loop(connection: RpcConnection) -> bool:
+    """Whether the running loop is ``connection``'s: exact, but about 130 ns a call
+    (``asyncio.get_running_loop`` asks the kernel for the process id), so ``_run`` and
+    ``_submit`` ask it only when their cheap test (this thread made the connection, in
+    this process, and its loop is running) does not already say yes."""
+    return connection.loop is asyncio.get_running_loop()
+
 
 # Handles and connections are covariant: a WorkerHandle[Derived] runs every function of Base
 # (the functions are contravariant in their worker type), so it is a WorkerHandle[Base].
@@ -92,7 +113,13 @@ class _Runner(Generic[W_co]):
                 f"got {type(function).__qualname__}"
             ) from None
         connection = self._ready_connection() or await self._rpc_connection()
-        if connection.loop is not asyncio.get_running_loop():
+        # (Cheap and sure when true: the connection's thread, whose loop is running, in the
+        # process that made it. Else the exact check decides.)
+        if (
+            connection.thread != get_ident()
+            or connection.pid != _pid
+            or not connection.loop.is_running()
+        ) and not _in_own_loop(connection):
             raise self._other_loop(connection.loop)
         try:
             kind = spec.kind
@@ -125,7 +152,15 @@ class _Runner(Generic[W_co]):
         as ``run``'s. Cancelling the future does not cancel the call on the worker.
         """
         connection = self._ready_connection()
-        if connection is not None and connection.loop is not asyncio.get_running_loop():
+        if (
+            connection is not None
+            and (
+                connection.thread != get_ident()
+                or connection.pid != _pid
+                or not connection.loop.is_running()
+            )
+            and not _in_own_loop(connection)
+        ):
             raise self._other_loop(connection.loop)
         if connection is None or function.kind != "rpc":
             return asyncio.ensure_future(self._run(function, *args, **kwargs))

@@ -166,7 +166,6 @@ FAILED: Any = object()
 """What ``drive`` yields when the coroutine it was sent has raised (the error in the box)."""
 
 
-@types.coroutine
 def drive(box: list[Any]) -> Generator[Any, Any, None]:
     """Run each coroutine sent to it with ``yield from``: to its end, or its first suspension.
 
@@ -190,6 +189,10 @@ def drive(box: list[Any]) -> Generator[Any, Any, None]:
             box.append(error)
             signal = FAILED
         coroutine = yield signal
+
+
+# Marked in place (types.coroutine sets the code's flag): it may ``yield from`` a coroutine.
+types.coroutine(drive)
 
 
 @types.coroutine

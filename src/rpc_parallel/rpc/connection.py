@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import os
+import threading
 from collections.abc import (
     Awaitable,
     Callable,
@@ -129,6 +131,10 @@ class Connection(asyncio.BufferedProtocol):
         if not secret:
             raise ValueError("a connection needs a non-empty secret")
         self.loop = asyncio.get_running_loop()
+        self.thread = threading.get_ident()
+        """The thread whose running ``loop`` made the connection (read only)."""
+        self.pid = os.getpid()
+        """The process that made it (read only): a forked child's copy is not its own."""
         self.settings = settings or RpcSettings()
         self.is_client = is_client
         self.user_data: Any = None
