@@ -657,7 +657,8 @@ class Connection(asyncio.BufferedProtocol):
         try:
             self._process()
         finally:
-            self._leave()  # (The serving side's runner, current while calls ran inline.)
+            if self._serving._entered is not None:  # (Its runner, current while calls ran inline.)
+                self._leave()
             if self._flush_handle is _AFTER_READ:
                 self._flush_handle = None
             if self._out:
