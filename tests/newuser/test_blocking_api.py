@@ -177,6 +177,28 @@ async def test_the_other_loop_error_names_both_loops() -> None:
         assert await w.run(Bank.withdraw, 1) == 0  # fine in its own loop
 
 
+@pytest.mark.timeout(30)
+async def test_submit_from_another_loop_is_refused_and_works_in_its_own() -> None:
+    """``submit`` makes the same check per call, by a cheaper test first: another thread's
+    loop is refused, before any frame is written; this loop's calls go on."""
+    async with await Bank.spawn(5) as w:
+        def elsewhere() -> str:
+            async def use() -> None:
+                await w.submit(Bank.withdraw, 1)
+
+            try:
+                asyncio.run(use())
+            except rp.Error as error:
+                return str(error)
+            return "no error"
+
+        for _ in range(2):
+            text = await asyncio.to_thread(elsewhere)
+            assert "belongs to the event loop it was made in" in text, text
+        results = await asyncio.gather(*(w.submit(Bank.withdraw, 1) for _ in range(3)))
+        assert sorted(results) == [2, 3, 4]  # Nothing was withdrawn from the other loop.
+
+
 CTRL_C = """
 import pathlib
 import sys
