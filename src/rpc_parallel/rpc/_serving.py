@@ -447,6 +447,7 @@ class Serving:
 
     def _refuse(self, call_id: int, spec: FunctionSpec, error: ProtocolError) -> None:
         """A call whose arguments do not decode: answer (or report) the error."""
+        self.leave()  # (The layer above's on_one_way_error sees no task, as outside a read.)
         if spec.kind == "one_way":
             self._one_way_done()
             self._one_way_failed(spec, error)
