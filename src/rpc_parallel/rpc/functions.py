@@ -76,11 +76,17 @@ def _ext_hook(code: int, data: memoryview) -> Any:
     """MessagePack extension values: numpy arrays (codes 1 and 2, ``_arrays``)."""
     if code not in (1, 2):
         return msgspec.msgpack.Ext(code, bytes(data))
+    # msgspec passes a hook's exceptions through: a ValidationError is a refused value.
     try:
         from . import _arrays
     except ImportError:
-        raise TypeError("a numpy array arrived, but numpy is not installed here") from None
-    return _arrays.from_ext(code, data)
+        raise msgspec.ValidationError(
+            "a numpy array arrived, but numpy is not installed here"
+        ) from None
+    try:
+        return _arrays.from_ext(code, data)
+    except (ValueError, TypeError) as error:
+        raise msgspec.ValidationError(str(error)) from None
 
 
 def _is_numpy_type(cls: Any) -> bool:
