@@ -85,6 +85,9 @@ async def test_declared_dtype_is_checked_both_ways() -> None:
             await w.run(Arrays.wrong_result)
         message = str(refused.value)
         assert "result" in message and "float64" in message and "int32" in message
+        assert await w.run(Arrays.floating, np.ones(2, dtype=np.float16)) == "float16"
+        with pytest.raises(rp.ProtocolError, match="dtype floating, got an array of dtype int8"):
+            await w.run(Arrays.floating, np.ones(2, dtype=np.int8))  # type: ignore[arg-type]
         # Plain np.ndarray takes any dtype; the worker still serves.
         _same(await w.run(Arrays.echo, np.arange(3, dtype=np.int32)), np.arange(3, dtype=np.int32))
 

@@ -109,3 +109,40 @@ def test_malformed_in_band_arrays_are_refused() -> None:
     objects = len(header).to_bytes(4, "little") + header + bytes(8)
     with pytest.raises(rp.ProtocolError, match="cannot be received"):
         spec.decode_response(memoryview(msgspec.msgpack.encode(msgspec.msgpack.Ext(1, objects))))
+
+
+def test_only_segments_of_open_local_connections_are_taken() -> None:
+    sender, receiver = pair()
+    payload = make_encoder(sender).encode(np.ones(2**18))
+    decoder = make_decoder(np.ndarray)
+    receiver.close()  # the receiving side no longer knows this peer: a stale or foreign name
+    with pytest.raises(msgspec.ValidationError, match="not from the peer of an open connection"):
+        decoder.decode(payload)
+    sender.close()
+    assert not [name for name in ours() if sender._own in name]
+
+
+def test_a_message_that_fails_to_decode_releases_its_segments() -> None:
+    before = ours()
+    sender, receiver = pair()
+    spec = FunctionSpec("f", kind="rpc", parameters=[("n", int), ("a", np.ndarray)])
+    payload = make_encoder(sender).encode(("not an int", np.ones(2**18)))
+    assert len(ours() - before) == 1
+    with pytest.raises(rp.ProtocolError, match="argument 'n'"):
+        spec.decode_arguments(memoryview(payload))
+    assert ours() == before  # decoding never reached the array: released all the same
+    sender.close()
+    receiver.close()
+
+
+def test_an_encode_that_fails_halfway_discards_its_segments() -> None:
+    before = ours()
+    sender, receiver = pair()
+    mark = sender.mark
+    with pytest.raises(TypeError, match="cannot be sent"):
+        make_encoder(sender).encode((np.ones(2**18), np.ones(2**18), object()))
+    assert len(ours() - before) == 2
+    sender.discard_after(mark)  # what the connection does when a frame fails to encode
+    assert ours() == before
+    sender.close()
+    receiver.close()

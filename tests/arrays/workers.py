@@ -37,6 +37,10 @@ class Arrays(rp.Worker[None]):
                 bool(a.flags.writeable))
 
     @rp.rpc
+    async def floating(self, a: npt.NDArray[np.floating[Any]]) -> str:
+        return a.dtype.name
+
+    @rp.rpc
     async def total(self, a: npt.NDArray[np.float64]) -> np.float64:
         return a.sum()
 

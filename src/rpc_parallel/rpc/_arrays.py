@@ -39,7 +39,7 @@ from . import _segments
 from ._segments import Segments
 
 ARRAY = 1
-SHARED = 2
+SHARED = _segments.SHARED
 SHARED_MEMORY_THRESHOLD = 1 << 20
 """Arrays of at least this many bytes go through shared memory between local processes.
 Below it, a segment's system calls (create, map, unlink) cost more than copying through the
@@ -196,7 +196,7 @@ def _declared_scalar(expected: Any) -> type | None:
     inner = typing.get_args(dtype_argument)
     if typing.get_origin(dtype_argument) is not np.dtype or not inner:
         return None
-    scalar = inner[0]
+    scalar = typing.get_origin(inner[0]) or inner[0]  # np.floating[Any] -> np.floating
     return scalar if isinstance(scalar, type) and issubclass(scalar, np.generic) else None
 
 

@@ -27,9 +27,18 @@ import os
 import re
 import sys
 from pathlib import Path
+from typing import Any
+
+import msgspec
 
 SHM_DIRECTORY = Path("/dev/shm")
-NAME_PATTERN = re.compile(r"rpcp-[0-9a-f]{16}-[0-9]+")
+NAME_PATTERN = re.compile(r"rpcp-([0-9a-f]{16})-[0-9]+")
+SHARED = 2
+"""The MessagePack extension code of an array in a segment (its header ends with the name)."""
+
+_peer_tags: set[str] = set()
+"""The tags of the peers of this process's open same-host connections: the only segments a
+message may name (a peer on another host, or a closed connection's, names none)."""
 
 
 def available() -> bool:
@@ -59,6 +68,18 @@ class Segments:
         self._peer = peer_tag
         self._counter = 0
         self.closed = False
+        _peer_tags.add(peer_tag)
+
+    @property
+    def mark(self) -> int:
+        """How many segments this side has created; see ``discard_after``."""
+        return self._counter
+
+    def discard_after(self, mark: int) -> None:
+        """Unlink the segments created since ``mark`` (a message that failed to encode)."""
+        for number in range(mark + 1, self._counter + 1):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(SHM_DIRECTORY / f"rpcp-{self._own}-{number}")
 
     def create(self, size: int) -> tuple[str, mmap.mmap]:
         """A new segment of ``size`` bytes, mapped read-write; ``OSError`` if /dev/shm is
@@ -82,6 +103,7 @@ class Segments:
     def close(self) -> None:
         """Unlink every segment either side created on this connection and nobody took."""
         self.closed = True
+        _peer_tags.discard(self._peer)
         for tag in (self._own, self._peer):
             for path in SHM_DIRECTORY.glob(f"rpcp-{tag}-*"):
                 with contextlib.suppress(FileNotFoundError):
@@ -97,8 +119,14 @@ _POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 def take(name: str, size: int) -> mmap.mmap:
     """Map the segment ``name`` (at least ``size`` bytes) and unlink it: from now on the
     mapping is its only reference, and the memory goes when the mapping does."""
-    if NAME_PATTERN.fullmatch(name) is None:
+    match = NAME_PATTERN.fullmatch(name)
+    if match is None:
         raise SegmentError(f"{name!r} is not the name of an rpc_parallel segment")
+    if match.group(1) not in _peer_tags:
+        raise SegmentError(
+            f"shared-memory segment {name} is not from the peer of an open connection between "
+            "processes of this host"
+        )
     path = SHM_DIRECTORY / name
     try:
         fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
@@ -118,6 +146,28 @@ def take(name: str, size: int) -> mmap.mmap:
 
 def release(name: str) -> None:
     """Unlink the segment ``name`` of a message that will not be decoded (if it exists)."""
-    if NAME_PATTERN.fullmatch(name) is not None:
+    match = NAME_PATTERN.fullmatch(name)
+    if match is not None and match.group(1) in _peer_tags:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(SHM_DIRECTORY / name)
+
+
+def release_extension(code: int, data: memoryview) -> None:
+    """Unlink the segment a ``SHARED`` extension value names (see ``release_in``)."""
+    if code == SHARED:
+        with contextlib.suppress(msgspec.MsgspecError, ValueError, IndexError):
+            header = _HEADER_DECODER.decode(data)
+            if header and isinstance(header[-1], str):
+                release(header[-1])
+
+
+_HEADER_DECODER = msgspec.msgpack.Decoder(list[Any])
+_RELEASER = msgspec.msgpack.Decoder(ext_hook=release_extension)
+
+
+def release_in(payload: memoryview | bytes) -> None:
+    """Unlink the segments a message names, when it will not be decoded (a frame dropped,
+    or one that failed to decode before reaching them). Never raises."""
+    if _peer_tags:
+        with contextlib.suppress(msgspec.MsgspecError, ValueError, RecursionError):
+            _RELEASER.decode(payload)

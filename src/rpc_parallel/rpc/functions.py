@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from . import _segments
 from ._segments import Segments
 from .errors import ProtocolError
 
@@ -80,6 +81,7 @@ def _ext_hook(code: int, data: memoryview) -> Any:
     try:
         from . import _arrays
     except ImportError:
+        _segments.release_extension(code, data)
         raise msgspec.ValidationError(
             "a numpy array arrived, but numpy is not installed here"
         ) from None
@@ -353,8 +355,10 @@ class FunctionSpec:
                 bytes(payload) if self._copy_payload else payload
             )
         except msgspec.ValidationError as error:
+            _segments.release_in(payload)  # arrays in segments that decoding did not reach
             raise ProtocolError(self._describe_argument_error(str(error))) from None
         except (msgspec.DecodeError, UnicodeDecodeError) as error:
+            _segments.release_in(payload)
             raise ProtocolError(f"{self.name}: malformed arguments: {error}") from None
 
     def decode_response(self, payload: memoryview) -> Any:
@@ -367,10 +371,12 @@ class FunctionSpec:
         try:
             return decoder.decode(bytes(payload) if self._copy_payload else payload)
         except msgspec.ValidationError as error:
+            _segments.release_in(payload)
             raise ProtocolError(
                 f"{self.name}: {what}: {error} (expected {self._expected(what)})"
             ) from None
         except (msgspec.DecodeError, UnicodeDecodeError) as error:
+            _segments.release_in(payload)
             raise ProtocolError(f"{self.name}: malformed {what}: {error}") from None
 
     def _expected(self, what: str) -> str:
