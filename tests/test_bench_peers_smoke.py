@@ -22,7 +22,7 @@ RUN = ROOT / "benchmarks" / "peers" / "run.py"
 SELECTED = ["rpc_parallel", "floor_asyncio", "floor_c", "mp_pool", "process_pool"]
 MUST_RUN = ["floor_asyncio", "mp_pool", "process_pool"]
 OPTIONAL = ["loky", "execnet", "ray", "dask_futures", "dask_actor"]
-WORKLOADS = ["spawn", "cluster_start", "latency", "inflight", "bandwidth", "map"]
+WORKLOADS = ["spawn", "cluster_start", "latency", "inflight", "bandwidth", "arrays", "map"]
 STATUSES = {"ok", "n/a", "error", "absent"}
 
 
@@ -98,7 +98,7 @@ def test_quick_run_writes_well_formed_results(tmp_path: Path) -> None:
                 assert e["ratio"] is None
 
     # Every steady-state workload was measured for the standard-library pool.
-    for wkey in ["spawn", "latency", "inflight", "bandwidth", "map"]:
+    for wkey in ["spawn", "latency", "inflight", "bandwidth", "arrays", "map"]:
         assert results[wkey]["mp_pool"]["status"] == "ok", results[wkey]["mp_pool"]
     assert results["cluster_start"]["mp_pool"]["status"] == "n/a"
     assert _num(results["latency"]["mp_pool"]["p99"])

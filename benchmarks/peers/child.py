@@ -38,6 +38,7 @@ class Ops(Protocol):
     def inflight(self, n: int) -> float: ...
     def echo(self, payload: bytes) -> float: ...
     def map(self, items: list[int]) -> float: ...
+    def array_echo(self, array: Any) -> float: ...
     def teardown(self) -> None: ...
 
 
@@ -74,6 +75,9 @@ class _Bridge:
 
     def map(self, items: list[int]) -> float:
         return float(self._run(self.peer.map(items)))
+
+    def array_echo(self, array: Any) -> float:
+        return float(self._run(self.peer.array_echo(array)))
 
     def teardown(self) -> None:
         self._run(self.peer.teardown())
@@ -153,6 +157,42 @@ def _err(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}".strip()
 
 
+def _rss(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def array_rounds(ops: Ops, setting: Setting, budget: float) -> tuple[list[float], float]:
+    """The array echo: GB/s of each round, and the highest peak RSS of a round over the RSS
+    before the array existed, as a multiple of the array size (VmHWM, reset per round)."""
+    try:
+        import numpy as np
+    except ImportError as exc:
+        raise Unsupported("numpy is not installed") from exc
+    import gc
+
+    size = setting.array_bytes
+    gc.collect()
+    base = _rss("VmRSS")
+    array = np.random.default_rng(0).random(size // 8)
+    ops.array_echo(array)  # warm-up
+    deadline = time.monotonic() + budget
+    rates: list[float] = []
+    peak = 0
+    while len(rates) < setting.array_reps:
+        gc.collect()
+        with open("/proc/self/clear_refs", "w") as file:
+            file.write("5")  # VmHWM := VmRSS
+        rates.append(2 * size / ops.array_echo(array) / 1e9)
+        peak = max(peak, _rss("VmHWM") - base)
+        if time.monotonic() > deadline:
+            break
+    return rates, peak / size
+
+
 def run_workloads(ops: Ops, peer: Peer | AsyncPeer, setting: Setting, rec: Recorder) -> None:
     dog = Watchdog(setting.workload_limit_s, rec)
     budget = setting.workload_budget_s
@@ -204,7 +244,7 @@ def run_workloads(ops: Ops, peer: Peer | AsyncPeer, setting: Setting, rec: Recor
         na("spawn")
 
     # --- steady state: 2 workers kept up for the remaining workloads ---
-    steady = [k for k in ("latency", "inflight", "bandwidth", "map") if k in supports]
+    steady = [k for k in ("latency", "inflight", "bandwidth", "map", "arrays") if k in supports]
     setup_error: str | None = None
     cluster_up = False
     with dog.phase("setup"):
@@ -243,7 +283,7 @@ def run_workloads(ops: Ops, peer: Peer | AsyncPeer, setting: Setting, rec: Recor
         fit = target if per_item <= 0 else int((allowed - fixed) / per_item)
         return max(min(10, target), min(target, fit)), time.monotonic() + budget
 
-    for key in ("latency", "inflight", "bandwidth", "map"):
+    for key in ("latency", "inflight", "bandwidth", "map", "arrays"):
         if key not in supports:
             na(key)
             continue
@@ -281,6 +321,9 @@ def run_workloads(ops: Ops, peer: Peer | AsyncPeer, setting: Setting, rec: Recor
                         if time.monotonic() > deadline:
                             break
                     ok(key, bw, size=size)
+                elif key == "arrays":
+                    rates, peak = array_rounds(ops, setting, budget)
+                    ok(key, rates, size=setting.array_bytes, peak_rss_over_array=peak)
                 else:
                     target = setting.map_items
 

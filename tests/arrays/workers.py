@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -73,10 +74,19 @@ class Arrays(rp.Worker[None]):
     async def filled(self, n: int, value: float) -> npt.NDArray[np.float64]:
         return np.full(n, value)
 
+    async def init_worker_state(self, _: None) -> None:
+        self.sent = 0
+
     @rp.pipe
     async def blocks(self, n: int, count: int) -> AsyncIterator[npt.NDArray[np.float64]]:
         for i in range(count):
+            self.sent = i + 1
             yield np.full(n, float(i))
+
+    @rp.rpc
+    async def yielded(self) -> int:
+        """How many items ``blocks`` has produced so far."""
+        return self.sent
 
     @rp.rpc
     async def hold(self, a: npt.NDArray[np.float64]) -> None:
@@ -92,3 +102,8 @@ class Arrays(rp.Worker[None]):
     @rp.rpc
     async def pid(self) -> int:
         return os.getpid()
+
+    @rp.rpc
+    async def stall(self, seconds: float) -> None:
+        """Blocks the worker's event loop (nothing it receives is read meanwhile)."""
+        time.sleep(seconds)

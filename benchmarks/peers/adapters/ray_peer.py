@@ -15,7 +15,7 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 import ray
 
-from .base import SpreadPeer, check
+from .base import SpreadPeer, check, check_array
 
 
 class _Actor:
@@ -38,6 +38,7 @@ class RayPeer(SpreadPeer):
         "cluster_start": "ray.init(num_cpus=2), local, 127.0.0.1, no dashboard",
         "spawn": "actor creation + first method call; cluster already up",
         "map": "one actor call per item over 2 actors (Ray has no chunked actor map)",
+        "arrays": "ray.put(array), then an actor method returning it; ray.get of the result",
     }
 
     def __init__(self) -> None:
@@ -100,6 +101,13 @@ class RayPeer(SpreadPeer):
         r = ray.get(self.actors[0].echo.remote(payload))
         dt = time.perf_counter() - t0
         check(len(r) == len(payload), "echo length")
+        return dt
+
+    def array_echo(self, array: Any) -> float:
+        t0 = time.perf_counter()
+        r = ray.get(self.actors[0].echo.remote(ray.put(array)))
+        dt = time.perf_counter() - t0
+        check_array(array, r)
         return dt
 
     def teardown(self) -> None:
