@@ -106,4 +106,4 @@ class Arrays(rp.Worker[None]):
     @rp.rpc
     async def stall(self, seconds: float) -> None:
         """Blocks the worker's event loop (nothing it receives is read meanwhile)."""
-        time.sleep(seconds)
+        time.sleep(seconds)  # noqa: ASYNC251 - on purpose
