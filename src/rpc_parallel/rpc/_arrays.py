@@ -27,6 +27,7 @@ value is accepted only if that type holds it exactly.
 
 from __future__ import annotations
 
+import contextlib
 import struct
 import typing
 from typing import Any
@@ -85,20 +86,24 @@ def to_wire(value: np.ndarray[Any, Any] | np.generic, segments: Segments | None)
 def _share(array: np.ndarray[Any, Any], segments: Segments, fortran: bool) -> str | None:
     """Copy ``array`` into a new segment; its name, or None if /dev/shm has no room."""
     try:
-        name, mapping = segments.create(array.nbytes)
+        name, mapping = segments.lend(array.nbytes)
     except OSError:
         return None  # /dev/shm is full or missing: the bytes go in band instead.
     try:
         target: np.ndarray[Any, Any] = np.ndarray(
-            array.shape, array.dtype, buffer=mapping, order="F" if fortran else "C"
+            array.shape, array.dtype, buffer=mapping, offset=_segments.DATA_OFFSET,
+            order="F" if fortran else "C",
         )
         np.copyto(target, array, casting="no")
         del target
     except BaseException:
-        _segments.release(name)
+        _segments.give_back(name)
         raise
     finally:
-        mapping.close()
+        # Unmapped here: the pages stay in the segment, not in this process. (After an
+        # error, the traceback may still hold a view: then the mapping goes with it.)
+        with contextlib.suppress(BufferError):
+            mapping.close()
     return name
 
 
@@ -134,7 +139,8 @@ def from_ext(code: int, data: memoryview) -> np.ndarray[Any, Any]:
             mapping = _segments.take(name, size)
         except OSError as error:
             raise ValueError(str(error)) from None
-        return np.ndarray(tuple(shape), dtype, buffer=mapping, order="F" if fortran else "C")
+        return np.ndarray(tuple(shape), dtype, buffer=mapping, offset=_segments.DATA_OFFSET,
+                          order="F" if fortran else "C")
     if len(data) < _LENGTH.size:
         raise ValueError("a truncated array")
     (length,) = _LENGTH.unpack_from(data, 0)

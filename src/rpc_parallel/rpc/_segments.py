@@ -3,29 +3,39 @@
 A segment is a file in ``/dev/shm`` (a tmpfs: the pages are memory, no disk), named
 ``rpcp-<16 hex digits>-<n>``. The 16 hex digits are the *sending* side's tag on one
 connection, derived from that side's handshake nonce, so both ends of a connection know the
-names either of them may create.
+names either of them may create. A segment starts with a 64-byte header whose first word
+says whether it is lent to the peer (``LENT``) or back with its owner (``FREE``); the data
+follows at ``DATA_OFFSET``.
 
-Lifecycle, so that nothing is left in ``/dev/shm``:
+Lifecycle, so that memory is reused and nothing is left in ``/dev/shm``:
 
-- the sender creates the file (owner-only, exclusive), fills it, and puts only its name,
-  dtype and shape in the message;
-- the receiver, when it decodes the message, maps the file and unlinks it at once; the
-  mapping (the received array's memory) lives on until the array is garbage;
-- a message that is never decoded (a response to a cancelled call, a frame after close) is
-  released by the receiver (``release``) or, at the latest, when the connection closes:
-  **both** ends then unlink every segment of **both** tags (``Segments.close``), so the side
-  that survives a crash cleans up after the one that died.
+- the sender *lends* a segment: it takes a free one of its own of the right size (or creates
+  one), marks it ``LENT``, copies the array in, unmaps it, and puts only its name, dtype and
+  shape in the message;
+- the receiver, when it decodes the message, maps the segment: the received array's memory
+  (no copy). When the last view of that memory is garbage, the receiver marks the segment
+  ``FREE`` again, and the sender may reuse it — its pages are already allocated, which is
+  most of the cost of a fresh segment;
+- a message that is never decoded (a response to a cancelled call, a frame dropped, a
+  message that failed to decode) is given back by the receiver (``release_in``); an encode
+  that fails halfway gives back what it lent (``discard_after``);
+- a side keeps a few free segments for reuse (``KEEP_FREE``, at most ``KEEP_FREE_BYTES``)
+  and unlinks the others; when a connection closes, **both** ends unlink every segment of
+  **both** tags (``Segments.close``), so the side that survives a crash cleans up after the
+  one that died.
 
 This module needs no numpy: it deals in bytes and names only.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import mmap
 import os
 import re
 import sys
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +45,12 @@ SHM_DIRECTORY = Path("/dev/shm")
 NAME_PATTERN = re.compile(r"rpcp-([0-9a-f]{16})-[0-9]+")
 SHARED = 2
 """The MessagePack extension code of an array in a segment (its header ends with the name)."""
+DATA_OFFSET = 64
+FREE, LENT = b"free\0\0\0\0", b"lent\0\0\0\0"
+KEEP_FREE = 4
+KEEP_FREE_BYTES = 1 << 30
+_PAGE = mmap.PAGESIZE
+_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 
 _peer_tags: set[str] = set()
 """The tags of the peers of this process's open same-host connections: the only segments a
@@ -56,53 +72,91 @@ class SegmentError(OSError):
 
 
 class Segments:
-    """The segments of one connection: creates this side's, unlinks both sides' at close.
+    """The segments of one connection: lends this side's, sweeps both sides' at close.
 
     ``own_tag`` names the segments this side creates, ``peer_tag`` those the peer creates.
     """
 
-    __slots__ = ("_counter", "_own", "_peer", "closed")
+    __slots__ = ("_counter", "_created", "_lent", "_own", "_peer", "_pool", "closed")
 
     def __init__(self, own_tag: str, peer_tag: str) -> None:
         self._own = own_tag
         self._peer = peer_tag
         self._counter = 0
+        self._created = 0  # names are never reused: a stale mapping must not free a new file
+        self._pool: dict[str, int] = {}  # name -> capacity (data bytes), oldest first
+        self._lent: collections.deque[tuple[int, str]] = collections.deque(maxlen=256)
         self.closed = False
         _peer_tags.add(peer_tag)
 
     @property
     def mark(self) -> int:
-        """How many segments this side has created; see ``discard_after``."""
+        """How many segments this side has lent; see ``discard_after``."""
         return self._counter
 
-    def discard_after(self, mark: int) -> None:
-        """Unlink the segments created since ``mark`` (a message that failed to encode)."""
-        for number in range(mark + 1, self._counter + 1):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(SHM_DIRECTORY / f"rpcp-{self._own}-{number}")
-
-    def create(self, size: int) -> tuple[str, mmap.mmap]:
-        """A new segment of ``size`` bytes, mapped read-write; ``OSError`` if /dev/shm is
-        full (the caller then sends the data in band)."""
+    def lend(self, size: int) -> tuple[str, mmap.mmap]:
+        """A segment for ``size`` bytes, marked lent and mapped read-write (the data at
+        ``DATA_OFFSET``); ``OSError`` if /dev/shm is full (then the array goes in band)."""
         if self.closed:
             raise SegmentError("the connection is closed")
+        name = self._reusable(size)
+        if name is None:
+            name = self._create(size)
+        mapping = _map(SHM_DIRECTORY / name, DATA_OFFSET + size)
+        mapping[:8] = LENT
         self._counter += 1
-        name = f"rpcp-{self._own}-{self._counter}"
+        self._lent.append((self._counter, name))
+        return name, mapping
+
+    def _reusable(self, size: int) -> str | None:
+        """A free segment of this side that fits ``size`` without wasting half of it."""
+        for name, capacity in self._pool.items():
+            if size <= capacity <= 2 * size + _PAGE and _state(name) == FREE:
+                return name
+        return None
+
+    def _create(self, size: int) -> str:
+        self._trim(size)
+        self._created += 1
+        name = f"rpcp-{self._own}-{self._created}"
         path = SHM_DIRECTORY / name
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
-            if size:
-                os.posix_fallocate(fd, 0, size)  # ENOSPC now, never SIGBUS on a later write
-            return name, mmap.mmap(fd, max(size, 1), flags=mmap.MAP_SHARED | _POPULATE)
+            # Allocated now: ENOSPC here, never SIGBUS on a later write.
+            os.posix_fallocate(fd, 0, DATA_OFFSET + size)
+            os.pwrite(fd, FREE, 0)
         except BaseException:
             os.unlink(path)
             raise
         finally:
             os.close(fd)
+        self._pool[name] = size
+        return name
+
+    def _trim(self, size: int) -> None:
+        """Unlink free segments beyond ``KEEP_FREE`` / ``KEEP_FREE_BYTES`` (counting the one
+        about to be made), oldest first."""
+        free = [(name, capacity) for name, capacity in self._pool.items() if _state(name) == FREE]
+        count, total = len(free) + 1, sum(c for _, c in free) + size
+        for name, capacity in free:
+            if count <= KEEP_FREE and total <= KEEP_FREE_BYTES:
+                break
+            del self._pool[name]
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(SHM_DIRECTORY / name)
+            count, total = count - 1, total - capacity
+
+    def discard_after(self, mark: int) -> None:
+        """Give back the segments lent since ``mark`` (a message that failed to encode)."""
+        for counter, name in self._lent:
+            if counter > mark:
+                give_back(name)
 
     def close(self) -> None:
-        """Unlink every segment either side created on this connection and nobody took."""
+        """Unlink every segment either side created on this connection. A mapping of one
+        (a received array) stays valid; its memory goes when the mapping does."""
         self.closed = True
+        self._pool.clear()
         _peer_tags.discard(self._peer)
         for tag in (self._own, self._peer):
             for path in SHM_DIRECTORY.glob(f"rpcp-{tag}-*"):
@@ -113,12 +167,40 @@ class Segments:
         return f"<Segments own={self._own} peer={self._peer}{' closed' if self.closed else ''}>"
 
 
-_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
+def _map(path: Path, size: int) -> mmap.mmap:
+    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+    try:
+        actual = os.fstat(fd).st_size
+        if actual < size:
+            raise SegmentError(f"shared-memory segment {path.name} holds {actual} bytes, "
+                               f"not {size}")
+        return mmap.mmap(fd, size, flags=mmap.MAP_SHARED | _POPULATE)
+    finally:
+        os.close(fd)
 
 
-def take(name: str, size: int) -> mmap.mmap:
-    """Map the segment ``name`` (at least ``size`` bytes) and unlink it: from now on the
-    mapping is its only reference, and the memory goes when the mapping does."""
+def _state(name: str) -> bytes | None:
+    try:
+        fd = os.open(SHM_DIRECTORY / name, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return None
+    try:
+        return os.pread(fd, 8, 0)
+    finally:
+        os.close(fd)
+
+
+def give_back(name: str) -> None:
+    """Mark the segment ``name`` free for its owner to reuse (if it still exists)."""
+    with contextlib.suppress(FileNotFoundError):
+        fd = os.open(SHM_DIRECTORY / name, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        try:
+            os.pwrite(fd, FREE, 0)
+        finally:
+            os.close(fd)
+
+
+def _checked(name: str) -> Path:
     match = NAME_PATTERN.fullmatch(name)
     if match is None:
         raise SegmentError(f"{name!r} is not the name of an rpc_parallel segment")
@@ -127,33 +209,34 @@ def take(name: str, size: int) -> mmap.mmap:
             f"shared-memory segment {name} is not from the peer of an open connection between "
             "processes of this host"
         )
-    path = SHM_DIRECTORY / name
+    return SHM_DIRECTORY / name
+
+
+def take(name: str, size: int) -> mmap.mmap:
+    """Map the lent segment ``name`` (``size`` data bytes at ``DATA_OFFSET``). When the
+    mapping is garbage (the last array viewing it is), the segment goes back to its owner."""
+    path = _checked(name)
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+        mapping = _map(path, DATA_OFFSET + size)
     except FileNotFoundError:
         raise SegmentError(
             f"shared-memory segment {name} is gone (its sender's connection closed)"
         ) from None
-    try:
-        os.unlink(path)
-        actual = os.fstat(fd).st_size
-        if actual < size:
-            raise SegmentError(f"shared-memory segment {name} holds {actual} bytes, not {size}")
-        return mmap.mmap(fd, max(size, 1), flags=mmap.MAP_SHARED | _POPULATE)
-    finally:
-        os.close(fd)
+    if mapping[:8] != LENT:
+        mapping.close()
+        raise SegmentError(f"shared-memory segment {name} is not lent (a stale message?)")
+    weakref.finalize(mapping, give_back, name)
+    return mapping
 
 
 def release(name: str) -> None:
-    """Unlink the segment ``name`` of a message that will not be decoded (if it exists)."""
-    match = NAME_PATTERN.fullmatch(name)
-    if match is not None and match.group(1) in _peer_tags:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(SHM_DIRECTORY / name)
+    """Give back the segment ``name`` of a message that will not be decoded."""
+    with contextlib.suppress(SegmentError):
+        give_back(_checked(name).name)
 
 
 def release_extension(code: int, data: memoryview) -> None:
-    """Unlink the segment a ``SHARED`` extension value names (see ``release_in``)."""
+    """Give back the segment a ``SHARED`` extension value names (see ``release_in``)."""
     if code == SHARED:
         with contextlib.suppress(msgspec.MsgspecError, ValueError, IndexError):
             header = _HEADER_DECODER.decode(data)
@@ -166,7 +249,7 @@ _RELEASER = msgspec.msgpack.Decoder(ext_hook=release_extension)
 
 
 def release_in(payload: memoryview | bytes) -> None:
-    """Unlink the segments a message names, when it will not be decoded (a frame dropped,
+    """Give back the segments a message names, when it will not be decoded (a frame dropped,
     or one that failed to decode before reaching them). Never raises."""
     if _peer_tags:
         with contextlib.suppress(msgspec.MsgspecError, ValueError, RecursionError):
