@@ -77,7 +77,7 @@ class Segments:
     ``own_tag`` names the segments this side creates, ``peer_tag`` those the peer creates.
     """
 
-    __slots__ = ("_counter", "_created", "_lent", "_own", "_peer", "_pool", "closed")
+    __slots__ = ("_counter", "_created", "_lent", "_own", "_peer", "_pool", "closed", "lent_bytes")
 
     def __init__(self, own_tag: str, peer_tag: str) -> None:
         self._own = own_tag
@@ -87,6 +87,8 @@ class Segments:
         self._pool: dict[str, int] = {}  # name -> capacity (data bytes), oldest first
         self._lent: collections.deque[tuple[int, str]] = collections.deque(maxlen=256)
         self.closed = False
+        self.lent_bytes = 0
+        """Data bytes lent so far: what a stream item's segments add to its cost."""
         _peer_tags.add(peer_tag)
 
     @property
@@ -104,6 +106,7 @@ class Segments:
             name = self._create(size)
         mapping = _map(SHM_DIRECTORY / name, DATA_OFFSET + size)
         mapping[:8] = LENT
+        self.lent_bytes += size
         self._counter += 1
         self._lent.append((self._counter, name))
         return name, mapping

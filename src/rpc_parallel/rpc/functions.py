@@ -370,14 +370,17 @@ class FunctionSpec:
     def _decode(self, decoder: msgspec.msgpack.Decoder[Any], payload: memoryview, what: str) -> Any:
         try:
             return decoder.decode(bytes(payload) if self._copy_payload else payload)
-        except msgspec.ValidationError as error:
-            _segments.release_in(payload)
-            raise ProtocolError(
-                f"{self.name}: {what}: {error} (expected {self._expected(what)})"
-            ) from None
-        except (msgspec.DecodeError, UnicodeDecodeError) as error:
-            _segments.release_in(payload)
-            raise ProtocolError(f"{self.name}: malformed {what}: {error}") from None
+        except (msgspec.MsgspecError, UnicodeDecodeError) as error:
+            raise self.decode_failure(error, payload, what) from None
+
+    def decode_failure(self, error: Exception, payload: memoryview, what: str = "result") -> ProtocolError:
+        """The ``ProtocolError`` for ``payload`` that failed to decode as ``what``; gives back
+        the shared-memory segments it names (decode each payload once: a segment is taken
+        the first time)."""
+        _segments.release_in(payload)
+        if isinstance(error, msgspec.ValidationError):
+            return ProtocolError(f"{self.name}: {what}: {error} (expected {self._expected(what)})")
+        return ProtocolError(f"{self.name}: malformed {what}: {error}")
 
     def _expected(self, what: str) -> str:
         return type_name(self.response if what == "result" else self.item)
