@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import time
 from collections.abc import AsyncIterator
@@ -98,6 +99,12 @@ class Arrays(rp.Worker[None]):
         """Answers after its caller has given up: the answer's segment is not taken."""
         await asyncio.sleep(0.5)
         return np.ones(n)
+
+    @rp.rpc
+    async def collect(self) -> int:
+        """Runs the worker's garbage collector (a cancelled call's arguments sit in a
+        reference cycle with its CancelledError until it runs)."""
+        return gc.collect()
 
     @rp.rpc
     async def pid(self) -> int:

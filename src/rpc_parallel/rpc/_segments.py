@@ -52,6 +52,9 @@ KEEP_FREE_BYTES = 1 << 30
 _PAGE = mmap.PAGESIZE
 _POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 
+_open: set[Segments] = set()
+"""The segments of this process's open connections (``sweep_all``)."""
+
 _peer_tags: set[str] = set()
 """The tags of the peers of this process's open same-host connections: the only segments a
 message may name (a peer on another host, or a closed connection's, names none)."""
@@ -90,6 +93,7 @@ class Segments:
         self.lent_bytes = 0
         """Data bytes lent so far: what a stream item's segments add to its cost."""
         _peer_tags.add(peer_tag)
+        _open.add(self)
 
     @property
     def mark(self) -> int:
@@ -161,6 +165,7 @@ class Segments:
         self.closed = True
         self._pool.clear()
         _peer_tags.discard(self._peer)
+        _open.discard(self)
         for tag in (self._own, self._peer):
             for path in SHM_DIRECTORY.glob(f"rpcp-{tag}-*"):
                 with contextlib.suppress(FileNotFoundError):
@@ -168,6 +173,13 @@ class Segments:
 
     def __repr__(self) -> str:
         return f"<Segments own={self._own} peer={self._peer}{' closed' if self.closed else ''}>"
+
+
+def sweep_all() -> None:
+    """Unlink the segments of every open connection of this process: for a process about
+    to end without closing them (a worker whose master is gone). Any thread."""
+    for segments in list(_open):
+        segments.close()
 
 
 def _map(path: Path, size: int) -> mmap.mmap:
