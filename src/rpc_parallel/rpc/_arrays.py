@@ -27,7 +27,6 @@ value is accepted only if that type holds it exactly.
 
 from __future__ import annotations
 
-import contextlib
 import struct
 import typing
 from typing import Any
@@ -77,34 +76,18 @@ def to_wire(value: np.ndarray[Any, Any] | np.generic, segments: Segments | None)
         array = np.ascontiguousarray(array)  # a strided view: its elements, made contiguous
     header = [npy_format.dtype_to_descr(array.dtype), list(array.shape), bool(fortran)]
     if segments is not None and array.nbytes >= SHARED_MEMORY_THRESHOLD and not segments.closed:
-        name = _share(array, segments, fortran)
+        name = _share(array, segments)
         if name is not None:
             return msgspec.msgpack.Ext(SHARED, _HEADER_ENCODER.encode([*header, name]))
     return _in_band(array, header)
 
 
-def _share(array: np.ndarray[Any, Any], segments: Segments, fortran: bool) -> str | None:
-    """Copy ``array`` into a new segment; its name, or None if /dev/shm has no room."""
+def _share(array: np.ndarray[Any, Any], segments: Segments) -> str | None:
+    """Lend a segment holding ``array``'s bytes; its name, or None if /dev/shm has no room."""
     try:
-        name, mapping = segments.lend(array.nbytes)
+        return segments.lend(_raw_bytes(array))
     except OSError:
         return None  # /dev/shm is full or missing: the bytes go in band instead.
-    try:
-        target: np.ndarray[Any, Any] = np.ndarray(
-            array.shape, array.dtype, buffer=mapping, offset=_segments.DATA_OFFSET,
-            order="F" if fortran else "C",
-        )
-        np.copyto(target, array, casting="no")
-        del target
-    except BaseException:
-        _segments.give_back(name)
-        raise
-    finally:
-        # Unmapped here: the pages stay in the segment, not in this process. (After an
-        # error, the traceback may still hold a view: then the mapping goes with it.)
-        with contextlib.suppress(BufferError):
-            mapping.close()
-    return name
 
 
 def _in_band(array: np.ndarray[Any, Any], header: list[Any]) -> msgspec.msgpack.Ext:
@@ -136,11 +119,12 @@ def from_ext(code: int, data: memoryview) -> np.ndarray[Any, Any]:
         dtype = _dtype(descr)
         size = _size(dtype, shape)
         try:
-            mapping = _segments.take(name, size)
+            memory = _segments.take(name, size)
         except OSError as error:
             raise ValueError(str(error)) from None
-        return np.ndarray(tuple(shape), dtype, buffer=mapping, offset=_segments.DATA_OFFSET,
-                          order="F" if fortran else "C")
+        # The array's base is ``memory`` (numpy keeps it alive as long as any view).
+        flat: np.ndarray[Any, Any] = np.asarray(memory).view(dtype)
+        return flat.reshape(tuple(shape), order="F" if fortran else "C")
     if len(data) < _LENGTH.size:
         raise ValueError("a truncated array")
     (length,) = _LENGTH.unpack_from(data, 0)

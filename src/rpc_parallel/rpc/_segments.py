@@ -10,12 +10,14 @@ follows at ``DATA_OFFSET``.
 Lifecycle, so that memory is reused and nothing is left in ``/dev/shm``:
 
 - the sender *lends* a segment: it takes a free one of its own of the right size (or creates
-  one), marks it ``LENT``, copies the array in, unmaps it, and puts only its name, dtype and
-  shape in the message;
-- the receiver, when it decodes the message, maps the segment: the received array's memory
-  (no copy). When the last view of that memory is garbage, the receiver marks the segment
-  ``FREE`` again, and the sender may reuse it — its pages are already allocated, which is
-  most of the cost of a fresh segment;
+  one), marks it ``LENT`` and writes the array into it with ``pwrite`` (one copy, by the
+  kernel: the sender never maps it, so it adds nothing to the sender's memory), and puts
+  only its name, dtype and shape in the message;
+- the receiver, when it decodes the message, maps the segment (once: the mapping is kept
+  for the next time the segment comes, as filling page tables costs as much as copying):
+  the received array's memory, no copy. When the last view of that array is garbage, the
+  receiver marks the segment ``FREE`` again, and the sender may reuse it — its pages are
+  already allocated, which is most of the cost of a fresh segment;
 - a message that is never decoded (a response to a cancelled call, a frame dropped, a
   message that failed to decode) is given back by the receiver (``release_in``); an encode
   that fails halfway gives back what it lent (``discard_after``);
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import ctypes
 import mmap
 import os
 import re
@@ -100,20 +103,30 @@ class Segments:
         """How many segments this side has lent; see ``discard_after``."""
         return self._counter
 
-    def lend(self, size: int) -> tuple[str, mmap.mmap]:
-        """A segment for ``size`` bytes, marked lent and mapped read-write (the data at
-        ``DATA_OFFSET``); ``OSError`` if /dev/shm is full (then the array goes in band)."""
+    def lend(self, data: memoryview) -> str:
+        """The name of a segment holding ``data`` (bytes), marked lent; ``OSError`` if
+        /dev/shm is full (then the array goes in band)."""
         if self.closed:
             raise SegmentError("the connection is closed")
+        size = data.nbytes
         name = self._reusable(size)
         if name is None:
             name = self._create(size)
-        mapping = _map(SHM_DIRECTORY / name, DATA_OFFSET + size)
-        mapping[:8] = LENT
+        fd = os.open(SHM_DIRECTORY / name, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        try:
+            written = 0
+            while written < size:  # (one call writes at most about 2 GiB)
+                written += os.pwrite(fd, data[written:], DATA_OFFSET + written)
+            os.pwrite(fd, LENT, 0)
+        except BaseException:
+            give_back(name)
+            raise
+        finally:
+            os.close(fd)
         self.lent_bytes += size
         self._counter += 1
         self._lent.append((self._counter, name))
-        return name, mapping
+        return name
 
     def _reusable(self, size: int) -> str | None:
         """A free segment of this side that fits ``size`` without wasting half of it."""
@@ -149,8 +162,7 @@ class Segments:
             if count <= KEEP_FREE and total <= KEEP_FREE_BYTES:
                 break
             del self._pool[name]
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(SHM_DIRECTORY / name)
+            _unlink(name)
             count, total = count - 1, total - capacity
 
     def discard_after(self, mark: int) -> None:
@@ -168,8 +180,9 @@ class Segments:
         _open.discard(self)
         for tag in (self._own, self._peer):
             for path in SHM_DIRECTORY.glob(f"rpcp-{tag}-*"):
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
+                _unlink(path.name)
+            for name in [n for n in _mapped if n.startswith(f"rpcp-{tag}-")]:
+                _mapped.pop(name, None)  # arrays still using one keep it mapped
 
     def __repr__(self) -> str:
         return f"<Segments own={self._own} peer={self._peer}{' closed' if self.closed else ''}>"
@@ -182,16 +195,52 @@ def sweep_all() -> None:
         segments.close()
 
 
-def _map(path: Path, size: int) -> mmap.mmap:
-    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
-    try:
-        actual = os.fstat(fd).st_size
-        if actual < size:
-            raise SegmentError(f"shared-memory segment {path.name} holds {actual} bytes, "
-                               f"not {size}")
-        return mmap.mmap(fd, size, flags=mmap.MAP_SHARED | _POPULATE)
-    finally:
-        os.close(fd)
+def _unlink(name: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(SHM_DIRECTORY / name)
+
+
+class _Mapping:
+    """A peer's segment mapped in this process, kept while the segment exists."""
+
+    __slots__ = ("address", "anchor", "mapping", "size")
+
+    def __init__(self, path: Path) -> None:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+        try:
+            self.size = os.fstat(fd).st_size
+            self.mapping = mmap.mmap(fd, self.size, flags=mmap.MAP_SHARED | _POPULATE)
+        finally:
+            os.close(fd)
+        self.anchor = ctypes.c_char.from_buffer(self.mapping)
+        self.address = ctypes.addressof(self.anchor)
+
+
+_mapped: dict[str, _Mapping] = {}
+"""Segments of peers mapped here, by name: mapped once, reused each time one comes again."""
+
+
+class Lent:
+    """The memory of one received array: numpy reads it through ``__array_interface__`` and
+    keeps this object as the array's base, so it lives as long as any view of the array;
+    then the segment is given back."""
+
+    __slots__ = ("__array_interface__", "__weakref__", "_mapping")
+
+    def __init__(self, mapping: _Mapping, size: int) -> None:
+        self._mapping = mapping
+        self.__array_interface__ = {
+            "version": 3, "shape": (size,), "typestr": "|u1",
+            "data": (mapping.address + DATA_OFFSET, False),
+        }
+
+
+def _forget_gone() -> None:
+    """Drop the mappings of segments their owners have unlinked (their memory goes with
+    the last array using it)."""
+    for name in list(_mapped):
+        if not os.path.exists(SHM_DIRECTORY / name):
+            _mapped.pop(name, None)
 
 
 def _state(name: str) -> bytes | None:
@@ -227,21 +276,33 @@ def _checked(name: str) -> Path:
     return SHM_DIRECTORY / name
 
 
-def take(name: str, size: int) -> mmap.mmap:
-    """Map the lent segment ``name`` (``size`` data bytes at ``DATA_OFFSET``). When the
-    mapping is garbage (the last array viewing it is), the segment goes back to its owner."""
+def take(name: str, size: int) -> Lent:
+    """The ``size`` data bytes of the lent segment ``name``, as memory numpy can view. When
+    the last view is garbage, the segment goes back to its owner."""
     path = _checked(name)
-    try:
-        mapping = _map(path, DATA_OFFSET + size)
-    except FileNotFoundError:
-        raise SegmentError(
-            f"shared-memory segment {name} is gone (its sender's connection closed)"
-        ) from None
-    if mapping[:8] != LENT:
-        mapping.close()
+    mapped = _mapped.get(name)
+    if mapped is None or mapped.size < DATA_OFFSET + size:
+        _forget_gone()
+        try:
+            mapped = _Mapping(path)
+        except FileNotFoundError:
+            raise SegmentError(
+                f"shared-memory segment {name} is gone (its sender's connection closed)"
+            ) from None
+        _mapped[name] = mapped
+    if mapped.size < DATA_OFFSET + size:
+        raise SegmentError(f"shared-memory segment {name} holds {mapped.size} bytes, "
+                           f"not {DATA_OFFSET + size}")
+    if mapped.mapping[:8] != LENT:
         raise SegmentError(f"shared-memory segment {name} is not lent (a stale message?)")
-    weakref.finalize(mapping, give_back, name)
-    return mapping
+    lent = Lent(mapped, size)
+    weakref.finalize(lent, _returned, mapped.mapping)
+    return lent
+
+
+def _returned(mapping: mmap.mmap) -> None:
+    with contextlib.suppress(ValueError):  # (closed)
+        mapping[:8] = FREE
 
 
 def release(name: str) -> None:
