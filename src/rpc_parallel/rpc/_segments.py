@@ -83,12 +83,14 @@ class Segments:
     ``own_tag`` names the segments this side creates, ``peer_tag`` those the peer creates.
     """
 
-    __slots__ = ("_counter", "_created", "_lent", "_own", "_peer", "_pool", "closed", "lent_bytes")
+    __slots__ = ("_created", "_lent", "_own", "_peer", "_pool", "closed", "lent_bytes", "mark")
 
     def __init__(self, own_tag: str, peer_tag: str) -> None:
         self._own = own_tag
         self._peer = peer_tag
-        self._counter = 0
+        self.mark = 0
+        """How many segments this side has lent: a connection notes it before encoding a
+        message, and gives back what was lent since if the encoding fails (``discard_after``)."""
         self._created = 0  # names are never reused: a stale mapping must not free a new file
         self._pool: dict[str, int] = {}  # name -> capacity (data bytes), oldest first
         self._lent: collections.deque[tuple[int, str]] = collections.deque(maxlen=256)
@@ -97,11 +99,6 @@ class Segments:
         """Data bytes lent so far: what a stream item's segments add to its cost."""
         _peer_tags.add(peer_tag)
         _open.add(self)
-
-    @property
-    def mark(self) -> int:
-        """How many segments this side has lent; see ``discard_after``."""
-        return self._counter
 
     def lend(self, data: memoryview) -> str:
         """The name of a segment holding ``data`` (bytes), marked lent; ``OSError`` if
@@ -124,8 +121,8 @@ class Segments:
         finally:
             os.close(fd)
         self.lent_bytes += size
-        self._counter += 1
-        self._lent.append((self._counter, name))
+        self.mark += 1
+        self._lent.append((self.mark, name))
         return name
 
     def _reusable(self, size: int) -> str | None:
