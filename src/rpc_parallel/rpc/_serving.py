@@ -1,25 +1,36 @@
 """The serving side of a connection: what it serves and how an implementation runs.
 
-``Implementation`` (a served function: its spec and handler, and how it runs: on the loop, or
-in a thread), ``ServedStream`` (the serving side of a stream call), ``error_info`` (an
-exception as an ERROR frame carries it), and the helpers that run a coroutine's first step
-inline (``first_step`` / ``resume``) or iterate a plain generator in a thread. Imports
-nothing of ``connection``.
+``Serving`` (a connection's serving side: the peer's calls in progress, the runner that
+serves rpc calls without a task per call, one-way acknowledgements), ``Implementation`` (a
+served function: its spec and handler, and how it runs: on the loop, or in a thread),
+``ServedStream`` (the serving side of a stream call), ``error_info`` (an exception as an
+ERROR frame carries it), and the helpers that run a coroutine's first step inline
+(``first_step`` / ``resume``) or iterate a plain generator in a thread. Imports nothing of
+``connection``: ``Serving`` knows it as a ``ServingOwner``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import inspect
 import types
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Generator
+from collections import deque
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Generator
 from concurrent.futures import Executor
-from typing import Any
+from typing import Any, Protocol
 
-from .errors import ProtocolError
+from ._calling import cannot_send
+from ._compat import enter_task as _enter_task  # What Python 3.12's eager tasks use.
+from ._compat import leave_task as _leave_task
+from .errors import ConnectionClosed, ProtocolError
 from .frames import (
+    CREDIT,
+    END,
+    ERROR,
     ERROR_TEXT_LIMIT,
+    RESPONSE,
     ErrorInfo,
     MenuEntry,
     remote_error_info,
@@ -27,7 +38,7 @@ from .frames import (
     text_of,
 )
 from .functions import FunctionSpec
-from .streams import Credit, ReaderState
+from .streams import Credit, PipeReader, ReaderState, StreamOwner
 
 
 class Implementation:
@@ -165,3 +176,397 @@ async def iterate_in_thread(
         close = getattr(iterator, "close", None)
         if close is not None:
             close()
+
+
+OneWayErrorHandler = Callable[[FunctionSpec, BaseException], None]
+
+
+class ServingOwner(StreamOwner, Protocol):
+    """What the serving side needs of its connection (``Connection``)."""
+
+    _close_reason: str | None
+    _out: bytearray
+    _error_text_limit: int
+
+    def _write(self, message_type: int, call_id: int, argument: int, value: Any = ...) -> int:
+        """Append one frame to the outgoing buffer; return the payload size."""
+        ...
+
+    def _flush(self) -> None:
+        """Write the outgoing buffer now."""
+
+    async def _send_item(
+        self, spec: FunctionSpec, call_id: int, item: Any, credit: Credit, serving: bool = False
+    ) -> bool:
+        """Send one stream item once credit allows; False if the stream has stopped."""
+        ...
+
+
+class Serving:
+    """The serving side of one connection: runs the peer's calls and answers them.
+
+    ``incoming`` maps the call id of each rpc or stream call in progress to what serves it
+    (a task, or a ``ServedStream``); the connection reads it on the per-frame path (items,
+    credit, END and ABORT for served streams), so it is one dict for the connection's life,
+    never replaced. rpc calls to coroutine implementations need no task of their own: the
+    runner (``_run_queued``) serves them in turn, and an idle runner lends itself to a call
+    that arrives (``_serve_inline``). Everything this side writes after the connection has
+    closed is discarded by the connection's flush, so answers need not check for it.
+    """
+
+    def __init__(
+        self,
+        owner: ServingOwner,
+        implementations: list[Implementation],
+        context: contextvars.Context,
+        on_one_way_error: OneWayErrorHandler | None,
+    ) -> None:
+        self._owner = owner
+        self.loop = owner.loop
+        self._write = owner._write  # Bound once: the per-call path makes no extra hop.
+        self._served = implementations
+        self._context = context
+        self._on_one_way_error = on_one_way_error
+        self.incoming: dict[int, Any] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()  # The runners.
+        self._one_way_tasks: set[asyncio.Task[Any]] = set()
+        """One-way calls received. Closing from this side cancels them; one that arrived
+        before the peer closed or vanished is still served, for up to heartbeat_timeout."""
+        self._one_way_finished = 0  # Served, not yet acknowledged.
+        # rpc calls to coroutine implementations wait here for the runner task (_run_queued).
+        self._queued: deque[tuple[int, Implementation, tuple[Any, ...]]] = deque()
+        self._runner: asyncio.Task[None] | None = None
+        self._runner_idle: asyncio.Future[Any] | None = None  # Set to wake an idle runner.
+
+    def menu(self) -> list[MenuEntry]:
+        """What this side serves, as its MENU frame lists it."""
+        return [i.menu_entry() for i in self._served]
+
+    # Per-frame hot path: kept as one function on purpose (longer than the ~40-line rule);
+    # splitting it into steps adds a Python call per frame, which the benchmarks measure.
+    def on_query(self, call_id: int, index: int, payload: memoryview) -> None:
+        """A QUERY frame: decode the arguments and start serving the call."""
+        try:
+            implementation: Implementation = self._served[index]
+        except IndexError:
+            if call_id:
+                self._write(ERROR, call_id, 0,
+                            ErrorInfo("protocol", "ProtocolError", f"no function at index {index}", ""))
+            else:
+                self._one_way_done()
+            return
+        spec = implementation.spec
+        kind = spec.kind
+        try:
+            args = spec.decode_arguments(payload)
+        except ProtocolError as error:
+            if kind == "one_way":
+                self._one_way_done()
+                self._one_way_failed(spec, error)
+            elif call_id:
+                self._respond_error(call_id, error)
+            return
+        if kind == "rpc" and not implementation.in_thread:
+            # No task per call: see _serve_inline and _run_queued.
+            if (
+                self._runner_idle is not None
+                and implementation.starts_nothing
+                and self._serve_inline(call_id, implementation, args, self._runner_idle)
+            ):
+                return
+            self._queued.append((call_id, implementation, args))
+            if self._runner is None:
+                self._start_runner()
+            elif self._runner_idle is not None:
+                if not self._runner_idle.done():
+                    self._runner_idle.set_result(None)
+                self._runner_idle = None
+            return
+        self._start_task(call_id, implementation, args)
+
+    def _start_task(self, call_id: int, implementation: Implementation, args: tuple[Any, ...]) -> None:
+        """Serve a call in a task of its own: an rpc in a thread, a one-way call, a stream."""
+        context = self._context.copy()
+        kind = implementation.spec.kind
+        loop = self.loop
+        if kind == "rpc":
+            self.incoming[call_id] = loop.create_task(
+                self._answer(call_id, implementation, self._run(implementation, args)),
+                context=context,
+            )
+        elif kind == "one_way":
+            task = loop.create_task(self._serve_one_way(implementation, args), context=context)
+            self._one_way_tasks.add(task)
+            task.add_done_callback(self._one_way_done)
+        elif kind == "reverse_pipe":
+            served = ServedStream(None, ReaderState(self._owner, call_id, implementation.spec))
+            self.incoming[call_id] = served
+            self._write(CREDIT, call_id, self._owner.settings.stream_window)
+            served.task = loop.create_task(
+                self._serve_reverse_pipe(call_id, implementation, args, served), context=context
+            )
+        else:
+            served = ServedStream(Credit(loop), None)
+            self.incoming[call_id] = served
+            served.task = loop.create_task(
+                self._serve_stream(call_id, implementation, args, served), context=context
+            )
+
+    async def _run(self, implementation: Implementation, args: tuple[Any, ...]) -> Any:
+        if implementation.in_thread:
+            function = functools.partial(
+                contextvars.copy_context().run, implementation.handler, *args
+            )
+            return await self.loop.run_in_executor(implementation.executor, function)
+        return await implementation.handler(*args)
+
+    async def _answer(self, call_id: int, implementation: Implementation, call: Awaitable[Any]) -> None:
+        """Await a served rpc call and send its result or error (unless it was abandoned)."""
+        try:
+            result = await call
+        except asyncio.CancelledError:
+            self.incoming.pop(call_id, None)
+            raise
+        except Exception as error:
+            self.incoming.pop(call_id, None)
+            self._respond_error(call_id, error)
+            return
+        if self.incoming.pop(call_id, None) is not None:
+            self._respond(implementation.spec, call_id, result)
+
+    def _serve_inline(
+        self,
+        call_id: int,
+        implementation: Implementation,
+        args: tuple[Any, ...],
+        idle: asyncio.Future[Any],
+    ) -> bool:
+        """Run an rpc call's first step now, with the idle runner as the current task.
+
+        Most calls return without waiting: answered here, as fast as a raw protocol, without
+        a loop iteration. One that waits is handed to the runner, which becomes its task (the
+        task ``asyncio.current_task()``, ``asyncio.timeout`` and task groups saw in the first
+        step). False if this cannot be done here (the call is then queued).
+        """
+        runner = self._runner
+        assert runner is not None
+        try:
+            _enter_task(self.loop, runner)
+        except RuntimeError:  # Called from inside a task.
+            return False
+        context = self._context.copy()
+        try:
+            coroutine = implementation.handler(*args)
+            waiting = context.run(coroutine.send, None)
+        except StopIteration as done:
+            self._respond(implementation.spec, call_id, done.value)
+            return True
+        except (Exception, asyncio.CancelledError) as error:
+            self._respond_error(call_id, error)
+            return True
+        finally:
+            _leave_task(self.loop, runner)
+        self._runner = self._runner_idle = None
+        self.incoming[call_id] = runner
+        idle.set_result((call_id, implementation, coroutine, waiting, context))
+        return True
+
+    def _start_runner(self) -> None:
+        runner = self.loop.create_task(self._run_queued(), context=self._context.copy())
+        self._runner = runner
+        self._tasks.add(runner)  # (It takes itself out when it ends.)
+
+    # Per-frame hot path: kept as one function on purpose (longer than the ~40-line rule);
+    # splitting it into steps adds a Python call per frame, which the benchmarks measure.
+    async def _run_queued(self) -> None:
+        """Run queued rpc calls one after the other, each in a context of its own.
+
+        Calls that return without waiting cost no task and no loop iteration of their own,
+        and their responses leave in one write; then the runner waits for more (and lends
+        itself to _serve_inline). A call that has to wait keeps this task as its task to the
+        end (``asyncio.current_task()``, ``asyncio.timeout`` and task groups see one task
+        for the whole call, as with a task per call; ABORT cancels it), and a new runner
+        takes the rest of the queue.
+        """
+        task = asyncio.current_task()
+        assert task is not None
+        queue = self._queued
+        base = self._context
+        owner = self._owner
+        try:
+            while owner._close_reason is None:
+                if not queue:
+                    if owner._out:
+                        owner._flush()  # Now, rather than one loop iteration later.
+                    idle = self._runner_idle = self.loop.create_future()
+                    try:
+                        job = await idle
+                    except asyncio.CancelledError:
+                        if not idle.done() or idle.cancelled() or idle.result() is None:
+                            raise
+                        # Cancelled once _serve_inline had handed over a call: pass the
+                        # cancellation on to it.
+                        job = idle.result()
+                        task.uncancel()
+                        task.cancel()
+                    if job is None:
+                        continue
+                    call_id, implementation, awaitable, waiting, context = job
+                else:
+                    call_id, implementation, args = queue.popleft()
+                    context = base.copy()
+                    try:
+                        if implementation.starts_nothing:
+                            awaitable = implementation.handler(*args)
+                            waiting = context.run(awaitable.send, None)
+                        else:
+                            awaitable, waiting = context.run(
+                                first_step, implementation.handler, args
+                            )
+                    except StopIteration as done:
+                        self._respond(implementation.spec, call_id, done.value)
+                        continue
+                    except (Exception, asyncio.CancelledError) as error:
+                        # A CancelledError here comes from the implementation itself
+                        # (nothing has cancelled this task): answer it, and go on.
+                        self._respond_error(call_id, error)
+                        continue
+                    self._runner = None
+                    if queue:
+                        self._start_runner()
+                    self.incoming[call_id] = task
+                # The call waits: this task is its task from now on.
+                if waiting is not NOT_STARTED:
+                    awaitable = resume(awaitable, waiting, context)
+                await self._answer(call_id, implementation, awaitable)
+                return
+        finally:
+            self._tasks.discard(task)
+            if self._runner is task:
+                self._runner = self._runner_idle = None
+                queue.clear()  # (Closed: these calls are not run.)
+
+    def _respond(self, spec: FunctionSpec, call_id: int, result: Any) -> None:
+        try:
+            self._write(RESPONSE, call_id, 0, result)
+        except Exception as error:  # TypeError, MessageTooLarge, or a register_type hook's
+            self._respond_error(call_id, cannot_send(spec, "result", error, serving=True))
+
+    def _respond_error(self, call_id: int, error: BaseException) -> None:
+        """Answer a call with ``error``; never fails: texts are made safe and cut to fit the
+        message limit, and if the record still cannot be sent (a ``register_type`` hook, say)
+        a bare substitute naming the type is sent instead."""
+        owner = self._owner
+        if owner._close_reason is None:
+            try:
+                self._write(ERROR, call_id, 0, error_info(error, owner._error_text_limit))
+            except Exception as failure:
+                self._write(ERROR, call_id, 0, unsendable_error_info(error, failure))
+
+    async def _serve_one_way(self, implementation: Implementation, args: tuple[Any, ...]) -> None:
+        try:
+            await self._run(implementation, args)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            self._one_way_failed(implementation.spec, error)
+
+    def _one_way_failed(self, spec: FunctionSpec, error: BaseException) -> None:
+        if self._on_one_way_error is not None:
+            self._on_one_way_error(spec, error)
+        else:
+            self.loop.call_exception_handler(
+                {"message": f"one-way function {spec.name} failed", "exception": error}
+            )
+
+    def _one_way_done(self, task: asyncio.Task[Any] | None = None) -> None:
+        """A one-way call has been served (or refused): acknowledge it soon, with others."""
+        if task is not None:
+            self._one_way_tasks.discard(task)
+        if self._one_way_finished == 0:
+            self.loop.call_soon(self._acknowledge_one_way)
+        self._one_way_finished += 1
+
+    def _acknowledge_one_way(self) -> None:
+        count, self._one_way_finished = self._one_way_finished, 0
+        if count and self._owner._close_reason is None:
+            self._write(CREDIT, 0, count)
+
+    def _still_serving(self, call_id: int, served: ServedStream) -> bool:
+        """Whether ``served`` still serves ``call_id`` (not abandoned, not closed)."""
+        return self.incoming.get(call_id) is served
+
+    def _forget(self, call_id: int, served: ServedStream) -> None:
+        if self.incoming.get(call_id) is served:
+            del self.incoming[call_id]
+
+    async def _serve_stream(
+        self, call_id: int, implementation: Implementation, args: tuple[Any, ...], served: ServedStream
+    ) -> None:
+        spec = implementation.spec
+        credit = served.credit
+        assert credit is not None
+        owner = self._owner
+        iterator: Any = None
+        try:
+            if spec.kind == "state":
+                initial, updates = await self._run(implementation, args)
+                self._respond(spec, call_id, initial)
+            else:
+                updates = implementation.handler(*args)
+            iterator = as_async_iterator(updates, self.loop, implementation.executor)
+            async for item in iterator:
+                if not await owner._send_item(spec, call_id, item, credit, serving=True):
+                    return
+            if owner._close_reason is None and self._still_serving(call_id, served):
+                self._write(END, call_id, 0)
+        except (asyncio.CancelledError, ConnectionClosed):
+            pass
+        except Exception as error:
+            if self._still_serving(call_id, served):
+                self._respond_error(call_id, error)
+        finally:
+            self._forget(call_id, served)
+            close = getattr(iterator, "aclose", None)
+            if close is not None:
+                await close()
+
+    async def _serve_reverse_pipe(
+        self, call_id: int, implementation: Implementation, args: tuple[Any, ...], served: ServedStream
+    ) -> None:
+        reader = served.reader
+        assert reader is not None
+        try:
+            result = await implementation.handler(*args, PipeReader(reader))
+        except asyncio.CancelledError:
+            pass
+        except Exception as error:
+            if self._still_serving(call_id, served):
+                self._respond_error(call_id, error)
+        else:
+            if self._still_serving(call_id, served):
+                self._respond(implementation.spec, call_id, result)
+        finally:
+            self._forget(call_id, served)
+            reader._end()
+
+    def end(self, closing_here: bool, grace: float) -> list[asyncio.Task[Any]]:
+        """The connection closed: cancel what serves the peer's calls (one-way calls the
+        peer sent before it went run on, for up to ``grace`` seconds); return every task
+        still to wait for."""
+        incoming = list(self.incoming.values())
+        self.incoming.clear()
+        tasks = [*self._tasks, *self._one_way_tasks]
+        one_way = list(self._one_way_tasks)
+        if closing_here:
+            for task in one_way:
+                task.cancel()
+        elif one_way:
+            # Sent before the peer closed or vanished: they run, within a bound.
+            self.loop.call_later(grace, cancel_all, one_way)
+        for served in incoming:
+            served.cancel()
+            tasks.append(served if isinstance(served, asyncio.Task) else served.task)
+        for task in self._tasks:
+            task.cancel()
+        return [t for t in tasks if t is not None]

@@ -1,20 +1,19 @@
-"""One authenticated, multiplexed RPC connection (either end).
+"""One authenticated, multiplexed RPC connection (either end): the per-frame path.
 
-The protocol object owns everything that belongs to the connection: calls in flight in both
-directions, the tasks that serve the peer's calls, the heartbeat timer. ``close()`` ends all of
-them; ``wait_closed()`` returns once they have ended.
+The protocol object receives and dispatches frames, writes them, and starts calls; each other
+concern is a part it owns, in a module of its own: ``Handshake`` (``_handshake``: the steps
+before the connection is live), ``Serving`` (``_serving``: the peer's calls, served),
+``Liveness`` (``_liveness``: heartbeats and stalls) and ``Calling`` (``_calling``: the calls
+in flight, how they fail when the connection is lost). ``close()`` ends all of them; ``wait_closed()`` returns once they have
+ended. The parts know the connection only through small owner protocols, so none of them
+imports this module.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
-import functools
-import os
-from collections import deque
 from collections.abc import (
-    AsyncIterable,
     Awaitable,
     Callable,
     Iterable,
@@ -25,21 +24,18 @@ from typing import Any, TypeVar
 import msgspec
 
 from . import frames
-from ._calling import UNENCODABLE, ReversePipeCall, RpcCall, cannot_send, error_from_info
-from ._compat import enter_task as _enter_task  # What Python 3.12's eager tasks use.
-from ._compat import leave_task as _leave_task
-from ._handshake import prove, verify
-from ._serving import (
-    NOT_STARTED,
-    Implementation,
-    ServedStream,
-    as_async_iterator,
-    cancel_all,
-    error_info,
-    first_step,
-    resume,
-    unsendable_error_info,
+from ._calling import (
+    ONE_WAY_WINDOW,
+    UNENCODABLE,
+    Calling,
+    ReversePipeCall,
+    RpcCall,
+    cannot_send,
+    error_from_info,
 )
+from ._handshake import Handshake, HandshakeViolation
+from ._liveness import Liveness
+from ._serving import Implementation, ServedStream, Serving
 from .errors import (
     CloseKind,
     ConnectionClosed,
@@ -63,12 +59,13 @@ from .frames import (
     MENU,
     QUERY,
     RESPONSE,
-    ErrorInfo,
     MenuEntry,
 )
 from .functions import ENCODER, FunctionSpec
 from .settings import ENVELOPE, PREAUTH_MAX_MESSAGE_SIZE, RpcSettings
 from .streams import ITEM_OVERHEAD, Credit, PipeReader, ReaderState
+
+__all__ = ["ONE_WAY_WINDOW", "Connection", "TranslateClosed", "current_connection"]
 
 T = TypeVar("T")
 
@@ -94,26 +91,6 @@ _LARGE_FIRST_CHUNK = 1024 * 1024  # A large frame's buffer starts at this, and d
 _FLUSH_AT = 256 * 1024
 _ZERO_HEADER = bytes(HEADER_SIZE)
 _NO_PAYLOAD: Any = object()
-ONE_WAY_WINDOW = 1024
-"""One-way calls a caller may have sent and not yet seen finished, per connection: the
-serving side acknowledges each one-way call when it has finished (CREDIT on call id 0, the
-argument counting them), and ``one_way`` waits while this many are unacknowledged. So a
-slow one-way function holds at most this many calls in progress on the serving side."""
-
-
-async def _close_stream(stream: Any) -> None:
-    """Close a reverse pipe's stream the call took (its ``finally`` runs now, not whenever the
-    garbage collector gets to it): the call is over, however it ended."""
-    try:
-        aclose = getattr(stream, "aclose", None)
-        if aclose is not None:
-            await aclose()
-        else:
-            close = getattr(stream, "close", None)
-            if close is not None:
-                close()
-    except Exception:  # Already running elsewhere, or its finally failed: not this call's.
-        pass
 
 
 class Connection(asyncio.BufferedProtocol):
@@ -141,44 +118,48 @@ class Connection(asyncio.BufferedProtocol):
         self.user_data: Any = None
         """Free for the layer above (the worker layer keeps connection state here)."""
         self.peer_menu: dict[str, MenuEntry] = {}
-        self._translate_lost = translate_closed
-        self._translating: asyncio.Task[None] | None = None
-        self._secret = secret
-        self._served = list(implementations)
-        self._on_one_way_error = on_one_way_error
         self._on_ready = on_ready
         self._on_made = on_made
-        self._context = contextvars.copy_context()
-        self._context.run(current_connection.set, self)
         self._transport: asyncio.Transport | None = None
+        self._ready: asyncio.Future[None] = self.loop.create_future()
+        self._handshake = Handshake(secret, is_client)
+        self._liveness = Liveness(self)
+        self._received = False  # Anything read since the last heartbeat tick (_liveness).
+        self._init_calling(translate_closed)
+        self._init_sending()
+        self._init_receiving()
+        self._init_closing()
+        context = contextvars.copy_context()
+        context.run(current_connection.set, self)
+        self._serving = Serving(self, list(implementations), context, on_one_way_error)
+        # The per-frame path reaches the serving side without a hop: its dict and its entry.
+        self._incoming = self._serving.incoming
+        self._on_query = self._serving.on_query
+
+    def _init_calling(self, translate_closed: TranslateClosed | None) -> None:
+        """The calls this side makes: ids, the peer's menu positions, the calling side."""
         self._peer_index: dict[FunctionSpec, int] = {}
         self._peer_positions: dict[tuple[str, int], int] = {}
-        self._next_id = 1 if is_client else 2
-        self._id_parity = 1 if is_client else 0
-        self._outgoing: dict[int, Any] = {}
-        self._incoming: dict[int, Any] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._dropped: list[ReaderState] = []
-        """Streams whose reader was garbage collected: aborted before the next call is sent."""
-        self._one_way_tasks: set[asyncio.Task[Any]] = set()
-        """One-way calls received. Closing from this side cancels them; one that arrived
-        before the peer closed or vanished is still served, for up to heartbeat_timeout."""
-        self._one_way_unacknowledged = 0  # Sent, not yet acknowledged (calling side).
-        self._one_way_room: asyncio.Future[None] | None = None  # Set when some are.
-        self._one_way_finished = 0  # Served, not yet acknowledged (serving side).
-        # rpc calls to coroutine implementations wait here for the runner task (_run_queued).
-        self._queued: deque[tuple[int, Implementation, tuple[Any, ...]]] = deque()
-        self._runner: asyncio.Task[None] | None = None
-        self._runner_idle: asyncio.Future[None] | None = None  # Set to wake an idle runner.
-        # Sending.
+        self._next_id = 1 if self.is_client else 2
+        self._id_parity = 1 if self.is_client else 0
+        calling = self._calling = Calling(self, translate_closed)
+        # The per-frame and per-call paths reach the calling side without a hop.
+        self._outgoing = calling.outgoing
+        self._dropped = calling.dropped
+        self._abort_dropped = calling.abort_dropped
+        self._one_way = calling.one_way
+        self._one_way_acknowledged = calling.one_way.acknowledged
+
+    def _init_sending(self) -> None:
+        """The outgoing buffer, its flush, and the transport's pause-writing signal."""
         self._out = bytearray()
         self._flush_handle: asyncio.Handle | None = None
         self._writable: asyncio.Future[None] | None = None
         self.writing_paused = False
         """True while the transport's buffer is over its high-water mark (read only):
         senders then ``await wait_writable()``, as ``call`` does after ``start_call``."""
-        self._init_receiving()
-        self._init_lifecycle()
+        self._send_limit = self.settings.max_message_size + ENVELOPE
+        self._error_text_limit = frames.text_limit(self.settings.max_message_size)
 
     def _init_receiving(self) -> None:
         """The receive buffer and the state of a large frame being read."""
@@ -193,26 +174,14 @@ class Connection(asyncio.BufferedProtocol):
         self._large_filled = 0
         self._large_size = 0  # The whole frame's payload; _large holds what has arrived.
         self._limit = PREAUTH_MAX_MESSAGE_SIZE
-        self._send_limit = self.settings.max_message_size + ENVELOPE
-        self._error_text_limit = frames.text_limit(self.settings.max_message_size)
 
-    def _init_lifecycle(self) -> None:
-        """Handshake, liveness and closing state."""
-        self._nonce = os.urandom(32)
-        self._peer_nonce: bytes | None = None
-        self._authenticated = False
-        self._ready: asyncio.Future[None] = self.loop.create_future()
-        self._handshake_timer: asyncio.TimerHandle | None = None
-        self._heartbeat_timer: asyncio.TimerHandle | None = None
-        self._received = False
-        self._last_heard = 0.0
-        self._heartbeat_due = 0.0  # When the heartbeat timer should fire.
-        self._stall: tuple[float, float] | None = None  # (when, seconds): this loop's last.
-        # Closing.
+    def _init_closing(self) -> None:
+        """Why and how the connection closed, and the futures that tell it."""
         self._close_reason: str | None = None
         self._close_kind: CloseKind | None = None
         self._closing_here = False
         self._peer_close_reason: str | None = None
+        self._finisher: asyncio.Task[None] | None = None
         self._lost: asyncio.Future[None] = self.loop.create_future()
         self._closed: asyncio.Future[str] = self.loop.create_future()
 
@@ -294,9 +263,7 @@ class Connection(asyncio.BufferedProtocol):
     async def translate_closed(self, error: ConnectionClosed, function: str) -> BaseException:
         """The error a call of ``function`` fails with when the connection ends with ``error``:
         what the ``translate_closed`` given at construction makes of it, else ``error``."""
-        if self._translate_lost is None:
-            return error
-        return (await self._translate_lost(self, error))(function)
+        return await self._calling.translate_closed(error, function)
 
     def check_menu(self, specs: Iterable[FunctionSpec]) -> None:
         """Raise ``ProtocolError`` naming every spec the peer lacks or types differently."""
@@ -346,12 +313,11 @@ class Connection(asyncio.BufferedProtocol):
         self._expect_kind(spec, "one_way")
         index = self._index_of(spec)
         bound = spec.bind(args, kwargs)
-        while self._one_way_unacknowledged >= ONE_WAY_WINDOW and self._close_reason is None:
-            if self._one_way_room is None:
-                self._one_way_room = self.loop.create_future()
-            await asyncio.shield(self._one_way_room)
+        window = self._one_way
+        while window.full and self._close_reason is None:
+            await window.wait()
         self._send_query(spec, 0, index, bound)
-        self._one_way_unacknowledged += 1
+        window.unacknowledged += 1
         if self.writing_paused:
             await self.wait_writable()
 
@@ -369,7 +335,7 @@ class Connection(asyncio.BufferedProtocol):
         credit = Credit(self.loop)
         self._send_query(spec, call_id, index, bound[:-1])
         self._outgoing[call_id] = ReversePipeCall(spec, future, credit)
-        pump = self.loop.create_task(self._pump(spec, call_id, bound[-1], credit, future))
+        pump = self.loop.create_task(self._calling.pump(spec, call_id, bound[-1], credit, future))
         try:
             return await future
         except asyncio.CancelledError:
@@ -467,39 +433,6 @@ class Connection(asyncio.BufferedProtocol):
         except UNENCODABLE as error:
             raise cannot_send(spec, "arguments", error, arguments=args) from None
 
-    async def _pump(
-        self,
-        spec: FunctionSpec,
-        call_id: int,
-        stream: AsyncIterable[Any] | Iterable[Any],
-        credit: Credit,
-        future: asyncio.Future[Any],
-    ) -> None:
-        """Send a reverse pipe's items as credit allows, then END."""
-        try:
-            if isinstance(stream, AsyncIterable):
-                async for item in stream:
-                    if not await self._send_item(spec, call_id, item, credit):
-                        return
-            else:
-                for item in stream:
-                    if not await self._send_item(spec, call_id, item, credit):
-                        return
-            if not credit.stopped and self._close_reason is None:
-                self._write(END, call_id, 0)
-        except (ConnectionClosed, asyncio.CancelledError):
-            raise
-        except BaseException as error:
-            # The caller's stream failed: stop the remote call and fail this one.
-            if call_id in self._outgoing:
-                self.abandon(call_id)
-                if not future.done():
-                    future.set_exception(error)
-            if not isinstance(error, Exception):
-                raise
-        finally:
-            await _close_stream(stream)
-
     async def _send_item(
         self, spec: FunctionSpec, call_id: int, item: Any, credit: Credit, serving: bool = False
     ) -> bool:
@@ -536,17 +469,8 @@ class Connection(asyncio.BufferedProtocol):
             self._write(ABORT, call_id, 0)
 
     def _reader_dropped(self, state: ReaderState) -> None:
-        """Called by the garbage collector (any thread, possibly in the middle of a write):
-        only note it, and have the loop abort the stream; a call sent before then aborts it
-        first (so the peer sees the ABORT before anything sent after the drop)."""
-        self._dropped.append(state)
-        with contextlib.suppress(RuntimeError):  # A closed loop: nothing is left to free.
-            self.loop.call_soon_threadsafe(self._abort_dropped)
-
-    def _abort_dropped(self) -> None:
-        dropped = self._dropped
-        while dropped:
-            dropped.pop()._abort()
+        """A stream's reader is garbage (any thread): see ``Calling.reader_dropped``."""
+        self._calling.reader_dropped(state)
 
     def _write(self, message_type: int, call_id: int, argument: int, value: Any = _NO_PAYLOAD) -> int:
         """Append one frame to the outgoing buffer; return the payload size."""
@@ -613,8 +537,8 @@ class Connection(asyncio.BufferedProtocol):
         self._transport = transport  # type: ignore[assignment]
         if self._on_made is not None:
             self._on_made(self)
-        self._write(HELLO, 0, 0, frames.Hello(frames.MAGIC, frames.PROTOCOL_VERSION, self._nonce))
-        self._handshake_timer = self.loop.call_later(
+        self._write(HELLO, 0, 0, self._handshake.hello())
+        self._handshake.timer = self.loop.call_later(
             self.settings.handshake_timeout, self._handshake_timed_out
         )
 
@@ -629,7 +553,7 @@ class Connection(asyncio.BufferedProtocol):
     def _compact(self) -> None:
         """Move the unread bytes to the front; once authenticated, grow a small buffer."""
         start, end = self._start, self._end
-        if self._authenticated and self._capacity < _RECEIVE_BUFFER_SIZE:
+        if self._capacity < _RECEIVE_BUFFER_SIZE and self._handshake.authenticated:
             self._buffer = bytearray(_RECEIVE_BUFFER_SIZE)
             self._buffer[: end - start] = self._view[start:end]
             self._view = memoryview(self._buffer)
@@ -714,7 +638,7 @@ class Connection(asyncio.BufferedProtocol):
     def _frame_too_large(self, length: int) -> None:
         if length < LENGTH_OVERHEAD:
             self._protocol_violation(f"malformed frame (length field {length})")
-        elif not self._authenticated:
+        elif not self._handshake.authenticated:
             self._protocol_violation(
                 f"a frame of {length} bytes before authentication exceeds the limit of "
                 f"{PREAUTH_MAX_MESSAGE_SIZE} bytes (not an rpc_parallel peer?)"
@@ -781,12 +705,8 @@ class Connection(asyncio.BufferedProtocol):
                 served = self._incoming.get(call_id)
                 if served is not None:
                     served.cancel()
-        elif message_type == HELLO:
-            self._on_hello(payload)
-        elif message_type == AUTH:
-            self._on_auth(payload)
-        elif message_type == MENU:
-            self._on_menu(payload)
+        elif HELLO <= message_type <= MENU:
+            self._on_handshake(message_type, payload)
         elif message_type == CLOSE:
             try:
                 reason = frames.REASON_DECODER.decode(payload)
@@ -799,27 +719,6 @@ class Connection(asyncio.BufferedProtocol):
         else:
             self._protocol_violation(f"unknown message type {message_type}")
 
-    def _one_way_acknowledged(self, count: int) -> None:
-        self._one_way_unacknowledged = max(0, self._one_way_unacknowledged - count)
-        room = self._one_way_room
-        if room is not None:
-            self._one_way_room = None
-            if not room.done():
-                room.set_result(None)
-
-    def _one_way_done(self, task: asyncio.Task[Any] | None = None) -> None:
-        """A one-way call has been served (or refused): acknowledge it soon, with others."""
-        if task is not None:
-            self._one_way_tasks.discard(task)
-        if self._one_way_finished == 0:
-            self.loop.call_soon(self._acknowledge_one_way)
-        self._one_way_finished += 1
-
-    def _acknowledge_one_way(self) -> None:
-        count, self._one_way_finished = self._one_way_finished, 0
-        if count and self._close_reason is None:
-            self._write(CREDIT, 0, count)
-
     def _on_error(self, call_id: int, payload: memoryview) -> None:
         entry = self._outgoing.pop(call_id, None)
         if entry is None:
@@ -831,355 +730,28 @@ class Connection(asyncio.BufferedProtocol):
             return
         entry._fail(error_from_info(entry.spec, info))
 
-    # ------------------------------------------------------------------ serving
-
-    # Per-frame hot path: kept as one function on purpose (longer than the ~40-line rule);
-    # splitting it into steps adds a Python call per frame, which the benchmarks measure.
-    def _on_query(self, call_id: int, index: int, payload: memoryview) -> None:
-        try:
-            implementation: Implementation = self._served[index]
-        except IndexError:
-            if call_id:
-                self._write(ERROR, call_id, 0,
-                            ErrorInfo("protocol", "ProtocolError", f"no function at index {index}", ""))
-            else:
-                self._one_way_done()
-            return
-        spec = implementation.spec
-        kind = spec.kind
-        try:
-            args = spec.decode_arguments(payload)
-        except ProtocolError as error:
-            if kind == "one_way":
-                self._one_way_done()
-                self._one_way_failed(spec, error)
-            elif call_id:
-                self._respond_error(call_id, error)
-            return
-        if kind == "rpc" and not implementation.in_thread:
-            # No task per call: see _serve_inline and _run_queued.
-            if (
-                self._runner_idle is not None
-                and implementation.starts_nothing
-                and self._serve_inline(call_id, implementation, args, self._runner_idle)
-            ):
-                return
-            self._queued.append((call_id, implementation, args))
-            if self._runner is None:
-                self._start_runner()
-            elif self._runner_idle is not None:
-                if not self._runner_idle.done():
-                    self._runner_idle.set_result(None)
-                self._runner_idle = None
-            return
-        context = self._context.copy()
-        if kind == "rpc":
-            self._incoming[call_id] = self.loop.create_task(
-                self._serve_rpc(call_id, implementation, args), context=context
-            )
-        elif kind == "one_way":
-            task = self.loop.create_task(self._serve_one_way(implementation, args), context=context)
-            self._one_way_tasks.add(task)
-            task.add_done_callback(self._one_way_done)
-        else:
-            served = ServedStream(
-                Credit(self.loop) if kind != "reverse_pipe" else None,
-                ReaderState(self, call_id, spec) if kind == "reverse_pipe" else None,
-            )
-            self._incoming[call_id] = served
-            if kind == "reverse_pipe":
-                self._write(CREDIT, call_id, self.settings.stream_window)
-                served.task = self.loop.create_task(
-                    self._serve_reverse_pipe(call_id, implementation, args, served), context=context
-                )
-            else:
-                served.task = self.loop.create_task(
-                    self._serve_stream(call_id, implementation, args, served), context=context
-                )
-
-    async def _run(self, implementation: Implementation, args: tuple[Any, ...]) -> Any:
-        if implementation.in_thread:
-            function = functools.partial(
-                contextvars.copy_context().run, implementation.handler, *args
-            )
-            return await self.loop.run_in_executor(implementation.executor, function)
-        return await implementation.handler(*args)
-
-    async def _serve_rpc(self, call_id: int, implementation: Implementation, args: tuple[Any, ...]) -> None:
-        await self._answer(call_id, implementation, self._run(implementation, args))
-
-    async def _answer(self, call_id: int, implementation: Implementation, call: Awaitable[Any]) -> None:
-        """Await a served rpc call and send its result or error (unless it was abandoned)."""
-        try:
-            result = await call
-        except asyncio.CancelledError:
-            self._incoming.pop(call_id, None)
-            raise
-        except Exception as error:
-            self._incoming.pop(call_id, None)
-            self._respond_error(call_id, error)
-            return
-        if self._incoming.pop(call_id, None) is not None:
-            self._respond(implementation.spec, call_id, result)
-
-    def _serve_inline(
-        self,
-        call_id: int,
-        implementation: Implementation,
-        args: tuple[Any, ...],
-        idle: asyncio.Future[Any],
-    ) -> bool:
-        """Run an rpc call's first step now, with the idle runner as the current task.
-
-        Most calls return without waiting: answered here, as fast as a raw protocol, without
-        a loop iteration. One that waits is handed to the runner, which becomes its task (the
-        task ``asyncio.current_task()``, ``asyncio.timeout`` and task groups saw in the first
-        step). False if this cannot be done here (the call is then queued).
-        """
-        runner = self._runner
-        assert runner is not None
-        try:
-            _enter_task(self.loop, runner)
-        except RuntimeError:  # Called from inside a task.
-            return False
-        context = self._context.copy()
-        try:
-            coroutine = implementation.handler(*args)
-            waiting = context.run(coroutine.send, None)
-        except StopIteration as done:
-            self._respond(implementation.spec, call_id, done.value)
-            return True
-        except (Exception, asyncio.CancelledError) as error:
-            self._respond_error(call_id, error)
-            return True
-        finally:
-            _leave_task(self.loop, runner)
-        self._runner = self._runner_idle = None
-        self._incoming[call_id] = runner
-        idle.set_result((call_id, implementation, coroutine, waiting, context))
-        return True
-
-    def _start_runner(self) -> None:
-        runner = self.loop.create_task(self._run_queued(), context=self._context.copy())
-        self._runner = runner
-        self._tasks.add(runner)  # (It takes itself out when it ends.)
-
-    # Per-frame hot path: kept as one function on purpose (longer than the ~40-line rule);
-    # splitting it into steps adds a Python call per frame, which the benchmarks measure.
-    async def _run_queued(self) -> None:
-        """Run queued rpc calls one after the other, each in a context of its own.
-
-        Calls that return without waiting cost no task and no loop iteration of their own,
-        and their responses leave in one write; then the runner waits for more (and lends
-        itself to _serve_inline). A call that has to wait keeps this task as its task to the
-        end (``asyncio.current_task()``, ``asyncio.timeout`` and task groups see one task
-        for the whole call, as with a task per call; ABORT cancels it), and a new runner
-        takes the rest of the queue.
-        """
-        task = asyncio.current_task()
-        assert task is not None
-        queue = self._queued
-        base = self._context
-        try:
-            while self._close_reason is None:
-                if not queue:
-                    if self._out:
-                        self._flush()  # Now, rather than one loop iteration later.
-                    idle = self._runner_idle = self.loop.create_future()
-                    try:
-                        job = await idle
-                    except asyncio.CancelledError:
-                        if not idle.done() or idle.cancelled() or idle.result() is None:
-                            raise
-                        # Cancelled once _serve_inline had handed over a call: pass the
-                        # cancellation on to it.
-                        job = idle.result()
-                        task.uncancel()
-                        task.cancel()
-                    if job is None:
-                        continue
-                    call_id, implementation, awaitable, waiting, context = job
-                else:
-                    call_id, implementation, args = queue.popleft()
-                    context = base.copy()
-                    try:
-                        if implementation.starts_nothing:
-                            awaitable = implementation.handler(*args)
-                            waiting = context.run(awaitable.send, None)
-                        else:
-                            awaitable, waiting = context.run(
-                                first_step, implementation.handler, args
-                            )
-                    except StopIteration as done:
-                        self._respond(implementation.spec, call_id, done.value)
-                        continue
-                    except (Exception, asyncio.CancelledError) as error:
-                        # A CancelledError here comes from the implementation itself
-                        # (nothing has cancelled this task): answer it, and go on.
-                        self._respond_error(call_id, error)
-                        continue
-                    self._runner = None
-                    if queue:
-                        self._start_runner()
-                    self._incoming[call_id] = task
-                # The call waits: this task is its task from now on.
-                if waiting is not NOT_STARTED:
-                    awaitable = resume(awaitable, waiting, context)
-                await self._answer(call_id, implementation, awaitable)
-                return
-        finally:
-            self._tasks.discard(task)
-            if self._runner is task:
-                self._runner = self._runner_idle = None
-                queue.clear()  # (Closed: these calls are not run.)
-
-    def _respond(self, spec: FunctionSpec, call_id: int, result: Any) -> None:
-        if self._close_reason is not None:
-            return
-        try:
-            self._write(RESPONSE, call_id, 0, result)
-        except Exception as error:  # TypeError, MessageTooLarge, or a register_type hook's
-            self._respond_error(call_id, cannot_send(spec, "result", error, serving=True))
-
-    def _respond_error(self, call_id: int, error: BaseException) -> None:
-        """Answer a call with ``error``; never fails: texts are made safe and cut to fit the
-        message limit, and if the record still cannot be sent (a ``register_type`` hook, say)
-        a bare substitute naming the type is sent instead."""
-        if self._close_reason is None:
-            try:
-                self._write(ERROR, call_id, 0, error_info(error, self._error_text_limit))
-            except Exception as failure:
-                self._write(ERROR, call_id, 0, unsendable_error_info(error, failure))
-
-    async def _serve_one_way(self, implementation: Implementation, args: tuple[Any, ...]) -> None:
-        try:
-            await self._run(implementation, args)
-        except asyncio.CancelledError:
-            raise
-        except Exception as error:
-            self._one_way_failed(implementation.spec, error)
-
-    def _one_way_failed(self, spec: FunctionSpec, error: BaseException) -> None:
-        if self._on_one_way_error is not None:
-            self._on_one_way_error(spec, error)
-        else:
-            self.loop.call_exception_handler(
-                {"message": f"one-way function {spec.name} failed", "exception": error}
-            )
-
-    async def _serve_stream(
-        self, call_id: int, implementation: Implementation, args: tuple[Any, ...], served: ServedStream
-    ) -> None:
-        spec = implementation.spec
-        credit = served.credit
-        assert credit is not None
-        iterator: Any = None
-        try:
-            if spec.kind == "state":
-                initial, updates = await self._run(implementation, args)
-                self._respond(spec, call_id, initial)
-            else:
-                updates = implementation.handler(*args)
-            iterator = as_async_iterator(updates, self.loop, implementation.executor)
-            async for item in iterator:
-                if not await self._send_item(spec, call_id, item, credit, serving=True):
-                    return
-            if self._close_reason is None and self._incoming.get(call_id) is served:
-                self._write(END, call_id, 0)
-        except (asyncio.CancelledError, ConnectionClosed):
-            pass
-        except Exception as error:
-            if self._incoming.get(call_id) is served:
-                self._respond_error(call_id, error)
-        finally:
-            if self._incoming.get(call_id) is served:
-                del self._incoming[call_id]
-            close = getattr(iterator, "aclose", None)
-            if close is not None:
-                await close()
-
-    async def _serve_reverse_pipe(
-        self, call_id: int, implementation: Implementation, args: tuple[Any, ...], served: ServedStream
-    ) -> None:
-        reader = served.reader
-        assert reader is not None
-        try:
-            result = await implementation.handler(*args, PipeReader(reader))
-        except asyncio.CancelledError:
-            pass
-        except Exception as error:
-            if self._incoming.get(call_id) is served:
-                self._respond_error(call_id, error)
-        else:
-            if self._incoming.get(call_id) is served:
-                self._respond(implementation.spec, call_id, result)
-        finally:
-            if self._incoming.get(call_id) is served:
-                del self._incoming[call_id]
-            reader._end()
-
     # ------------------------------------------------------------------ handshake
 
-    def _on_hello(self, payload: memoryview) -> None:
-        if self._peer_nonce is not None:
-            self._protocol_violation("a second HELLO")
-            return
+    def _on_handshake(self, message_type: int, payload: memoryview) -> None:
+        """A HELLO, AUTH or MENU frame: the ``Handshake`` checks it; this sends the reply."""
+        handshake = self._handshake
         try:
-            hello = frames.HELLO_DECODER.decode(payload)
-        except (msgspec.MsgspecError, UnicodeDecodeError):
-            self._protocol_violation("handshake: malformed HELLO (not an rpc_parallel peer?)")
-            return
-        if hello.magic != frames.MAGIC:
-            self._protocol_violation(f"handshake: wrong magic {hello.magic[:40]!r} (not an rpc_parallel peer)")
-            return
-        if hello.version != frames.PROTOCOL_VERSION:
-            self._protocol_violation(
-                f"handshake: the peer speaks protocol version {hello.version}, "
-                f"this side speaks {frames.PROTOCOL_VERSION}"
-            )
-            return
-        if len(hello.nonce) != 32:
-            self._protocol_violation("handshake: malformed nonce")
-            return
-        self._peer_nonce = hello.nonce
-        role = b"client" if self.is_client else b"server"
-        self._write(AUTH, 0, 0, prove(self._secret, role, hello.nonce, self._nonce))
+            if message_type == HELLO:
+                self._write(AUTH, 0, 0, handshake.on_hello(payload))
+            elif message_type == AUTH:
+                handshake.on_auth(payload)
+                self._limit = self.settings.max_message_size + ENVELOPE
+                self._write(MENU, 0, 0, self._serving.menu())
+            else:
+                self._became_ready(handshake.on_menu(payload))
+        except HandshakeViolation as violation:
+            self._protocol_violation(str(violation))
 
-    def _on_auth(self, payload: memoryview) -> None:
-        if self._peer_nonce is None or self._authenticated:
-            self._protocol_violation("handshake: AUTH out of order")
-            return
-        try:
-            proof = frames.AUTH_DECODER.decode(payload)
-        except (msgspec.MsgspecError, UnicodeDecodeError):
-            self._protocol_violation("handshake: malformed AUTH")
-            return
-        peer_role = b"server" if self.is_client else b"client"
-        if not verify(self._secret, peer_role, self._nonce, self._peer_nonce, proof):
-            self._protocol_violation(
-                "authentication failed: the peer does not hold this application's secret"
-            )
-            return
-        self._authenticated = True
-        self._limit = self.settings.max_message_size + ENVELOPE
-        self._write(MENU, 0, 0, [i.menu_entry() for i in self._served])
-
-    def _on_menu(self, payload: memoryview) -> None:
-        if not self._authenticated or self._ready.done():
-            self._protocol_violation("handshake: MENU out of order")
-            return
-        try:
-            menu = frames.MENU_DECODER.decode(payload)
-        except (msgspec.MsgspecError, UnicodeDecodeError):
-            self._protocol_violation("handshake: malformed MENU")
-            return
+    def _became_ready(self, menu: list[MenuEntry]) -> None:
         self.peer_menu = {entry.name: entry for entry in menu}
         self._peer_positions = {(e.name, e.version): i for i, e in enumerate(menu)}
-        if self._handshake_timer is not None:
-            self._handshake_timer.cancel()
         self._ready.set_result(None)
-        self._last_heard = self.loop.time()
-        self._arm_heartbeat(self.settings.heartbeat_interval)
+        self._liveness.start()
         if self._on_ready is not None:
             self._on_ready(self)
 
@@ -1188,81 +760,16 @@ class Connection(asyncio.BufferedProtocol):
             f"handshake timeout: no complete handshake within {self.settings.handshake_timeout:g} s"
         )
 
-    def _arm_heartbeat(self, delay: float) -> None:
-        self._heartbeat_due = self.loop.time() + delay
-        self._heartbeat_timer = self.loop.call_later(delay, self._heartbeat)
-
-    def _heartbeat(self) -> None:
-        """Every heartbeat_interval: send a heartbeat; judge the peer by what was heard.
-
-        A timer that fires late means this side's event loop was blocked (stalled): then
-        the silence is this side's doing, so the peer is not judged now; the stall is noted
-        (and named in the reason if the connection then ends) and the peer gets a full
-        heartbeat_timeout from now."""
-        now = self.loop.time()
-        late = now - self._heartbeat_due
-        if late >= max(self.settings.heartbeat_interval, 0.5):
-            self._stall = (now, late)
-            self._received = False
-            self._last_heard = now
-        elif self._received:
-            self._received = False
-            self._last_heard = now
-        elif now - self._last_heard >= self.settings.heartbeat_timeout:
-            self._close(self._silence_reason(now - self._last_heard), "heartbeat_timeout")
-            if self._transport is not None:
-                self._transport.abort()
-            return
-        self._write(HEARTBEAT, 0, 0)
-        self._arm_heartbeat(self.settings.heartbeat_interval)
-
-    def _silence_reason(self, silent: float) -> str:
-        """Why the peer is declared dead: how long it was silent, what that can mean, and
-        which of its functions were running for this side."""
-        running = sorted({entry.spec.name for entry in self._outgoing.values()})
-        text = (
-            f"heartbeat timeout: nothing heard from the peer for {silent:.1f} s "
-            f"(heartbeat_timeout {self.settings.heartbeat_timeout:g} s): its process is "
-            "stopped or hung, or its event loop is blocked (stalled: an async def that does "
-            "not await, or a plain def holding the GIL in one long C call)"
-        )
-        if running:
-            text += f"; it was running {', '.join(running[:5])}"
-            if len(running) > 5:
-                text += f" and {len(running) - 5} more"
-        return text
-
     def recent_stall(self) -> float | None:
         """For how many seconds this side's event loop was blocked, if it was lately
         (a heartbeat timer that fired, or is due, that late): the peer may have given up
         on this side for its silence. None if it was not."""
-        now = self.loop.time()
-        if self._heartbeat_timer is not None and self._close_reason is None:
-            late = now - self._heartbeat_due
-            if late >= max(self.settings.heartbeat_interval, 0.5):
-                self._stall = (now, late)  # Due, not yet run: the loop is just back.
-        if self._stall is None:
-            return None
-        when, seconds = self._stall
-        if now - when > self.settings.heartbeat_timeout + seconds:
-            return None
-        return seconds
+        return self._liveness.recent_stall()
 
-    def _stall_note(self, kind: CloseKind) -> str:
-        """For a connection lost or closed by the peer: this side's recent stall, if it was
-        long enough for the peer to give up on this side."""
-        seconds = self.recent_stall()
-        settings = self.settings
-        if (
-            kind == "closed_here" or seconds is None
-            or seconds + settings.heartbeat_interval < settings.heartbeat_timeout
-        ):
-            return ""
-        return (
-            f" (this side's event loop was blocked (stalled) for {seconds:.1f} s, so this "
-            f"side sent no heartbeats for that long; heartbeat_timeout is "
-            f"{self.settings.heartbeat_timeout:g} s)"
-        )
+    def _peer_silent(self, reason: str) -> None:
+        self._close(reason, "heartbeat_timeout")
+        if self._transport is not None:
+            self._transport.abort()
 
     # ------------------------------------------------------------------ closing
 
@@ -1286,69 +793,22 @@ class Connection(asyncio.BufferedProtocol):
     def _shutdown(self, reason: str, kind: CloseKind) -> None:
         if self._close_reason is not None:
             return
-        reason += self._stall_note(kind)
+        reason += self._liveness.stall_note(kind)
         self._close_reason = reason
         self._close_kind = kind
-        for timer in (self._handshake_timer, self._heartbeat_timer, self._flush_handle):
-            if timer is not None:
-                timer.cancel()
-        self._flush_handle = None
+        self._handshake.stop()
+        self._liveness.stop()
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
         if not self._ready.done():
             self._ready.set_exception(HandshakeError(reason))
             self._ready.exception()  # Retrieved here; wait_ready() re-raises it.
-        self._one_way_acknowledged(0)  # A waiting one_way() sees the connection closed.
-        self._fail_outgoing(reason, kind)
-        self._end_incoming()
-
-    def _fail_outgoing(self, reason: str, kind: CloseKind) -> None:
-        """Fail every call this side made: with ``ConnectionClosed``, or with what the
-        layer above's ``translate_closed`` makes of it."""
-        outgoing, self._outgoing = self._outgoing, {}
-        translated = []
-        for entry in outgoing.values():
-            if type(entry) is ReversePipeCall:
-                entry.credit.stop()
-            if self._translate_lost is not None and type(entry) is not ReaderState:
-                translated.append(entry)
-            else:
-                entry._fail(ConnectionClosed(reason, kind))
-        if translated:
-            self._translating = self.loop.create_task(
-                self._fail_translated(translated, ConnectionClosed(reason, kind))
-            )
-
-    def _end_incoming(self) -> None:
-        """Cancel what serves the peer's calls (one-way calls the peer sent before it went
-        run on, within a bound); ``wait_closed`` returns once all of it has ended."""
-        incoming, self._incoming = self._incoming, {}
-        tasks = [*self._tasks, *self._one_way_tasks]
-        one_way = list(self._one_way_tasks)
-        if self._closing_here:
-            for task in one_way:
-                task.cancel()
-        elif one_way:
-            # Sent before the peer closed or vanished: they run, within a bound.
-            self.loop.call_later(self.settings.heartbeat_timeout, cancel_all, one_way)
-        for served in incoming.values():
-            served.cancel()
-            tasks.append(served if isinstance(served, asyncio.Task) else served.task)
-        for task in self._tasks:
-            task.cancel()
+        self._calling.fail_all(reason, kind)
+        # What serves the peer's calls is cancelled; wait_closed returns once it has ended.
+        tasks = self._serving.end(self._closing_here, self.settings.heartbeat_timeout)
         self.resume_writing()
-        finisher = self.loop.create_task(self._finish_close([t for t in tasks if t is not None]))
-        self._tasks.add(finisher)
-
-    async def _fail_translated(self, calls: list[RpcCall], error: ConnectionClosed) -> None:
-        """Fail calls in flight with the error the layer above makes of the lost connection."""
-        assert self._translate_lost is not None
-        try:
-            make = await self._translate_lost(self, error)
-        except BaseException:
-            for call in calls:
-                call._fail(ConnectionClosed(error.reason, error.kind))
-            raise
-        for call in calls:
-            call._fail(make(call.spec.name))
+        self._finisher = self.loop.create_task(self._finish_close(tasks))
 
     async def _finish_close(self, tasks: list[asyncio.Task[Any]]) -> None:
         if tasks:
@@ -1357,3 +817,4 @@ class Connection(asyncio.BufferedProtocol):
             await self._lost
         assert self._close_reason is not None
         self._closed.set_result(self._close_reason)
+

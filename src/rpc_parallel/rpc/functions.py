@@ -300,6 +300,15 @@ class FunctionSpec:
         self._copy_payload = any(
             _mentions_memoryview(a) for a in (*annotations, self.response, self.item)
         )
+        self.signature = self._signature_text()
+        self.digest = self._type_digest(annotations)
+        self.stream_parameter = stream_parameter if kind == "reverse_pipe" else None
+        self._signature_binder = self._binder()
+        self._fast_arity = len(self._signature_binder.parameters)
+
+    def _signature_text(self) -> str:
+        """The signature as people read it, e.g. ``rpc (x: int) -> str``."""
+        kind = self.kind
         parameter_text = ", ".join(f"{p.name}: {type_name(p.annotation)}" for p in self.parameters)
         result_text = {
             "rpc": type_name(self.response),
@@ -310,13 +319,19 @@ class FunctionSpec:
         }[kind]
         if kind == "reverse_pipe":
             parameter_text += (", " if parameter_text else "") + f"stream[{type_name(self.item)}]"
-        self.signature = f"{kind} ({parameter_text}) -> {result_text}"
+        return f"{kind} ({parameter_text}) -> {result_text}"
+
+    def _type_digest(self, annotations: list[Any]) -> str:
+        """A short hash of the kind and the wire schema of every type the function carries:
+        both sides' menus compare it."""
         digest_source = "\n".join(
-            [kind, *(_schema_text(a) for a in annotations), _schema_text(self.response),
+            [self.kind, *(_schema_text(a) for a in annotations), _schema_text(self.response),
              _schema_text(self.item)]
         )
-        self.digest = hashlib.sha256(digest_source.encode()).hexdigest()[:16]
-        self.stream_parameter = stream_parameter if kind == "reverse_pipe" else None
+        return hashlib.sha256(digest_source.encode()).hexdigest()[:16]
+
+    def _binder(self) -> inspect.Signature:
+        """The signature ``bind`` checks calls against (a reverse pipe's stream last)."""
         binder_parameters = [
             inspect.Parameter(p.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=p.default)
             for p in self.parameters
@@ -325,8 +340,7 @@ class FunctionSpec:
             binder_parameters.append(
                 inspect.Parameter(self.stream_parameter, inspect.Parameter.POSITIONAL_OR_KEYWORD)
             )
-        self._fast_arity = len(binder_parameters)
-        self._signature_binder = inspect.Signature(binder_parameters)
+        return inspect.Signature(binder_parameters)
 
     def __repr__(self) -> str:
         return f"<FunctionSpec {self.name} v{self.version}: {self.signature}>"
@@ -479,14 +493,35 @@ def check_declared_types(function: Callable[..., Any], *, skip_first: bool = Fal
 def describe_callable(
     function: Callable[..., Any], *, kind: Kind, skip_first: bool = False
 ) -> dict[str, Any]:
-    """Parameters, response and item types of ``function`` for a spec of ``kind``."""
+    """Parameters, response and item types of ``function`` for a spec of ``kind`` (the
+    keyword arguments of ``FunctionSpec`` beyond name, kind and version)."""
     where = getattr(function, "__qualname__", repr(function))
     try:
         hints = typing.get_type_hints(function)
     except Exception as error:
         raise UnresolvedAnnotation(_unresolved(function, where, error)) from error
-    signature = inspect.signature(function)
-    parameters = list(signature.parameters.values())
+    parameters = _annotated_parameters(function, hints, where, skip_first)
+    if "return" not in hints:
+        raise TypeError(f"{where}: the return type must be annotated")
+    returned = hints["return"]
+    _check_sendable(returned, where, "the result")
+    if kind == "reverse_pipe":
+        if not parameters:
+            raise TypeError(f"{where}: a reverse pipe takes the stream as its last parameter")
+        stream = parameters.pop()
+        item = _stream_item(stream.annotation, f"{where}: the stream parameter {stream.name!r}")
+        return {"parameters": parameters, "response": returned, "item": item,
+                "stream_parameter": stream.name}
+    response, item = _result_types(kind, returned, where)
+    return {"parameters": parameters, "response": response, "item": item}
+
+
+def _annotated_parameters(
+    function: Callable[..., Any], hints: dict[str, Any], where: str, skip_first: bool
+) -> list[Parameter]:
+    """``function``'s parameters with their resolved types; each must be annotated with a
+    type that can be sent (no ``*args``, no ``**kwargs``)."""
+    parameters = list(inspect.signature(function).parameters.values())
     if skip_first:
         parameters = parameters[1:]
     result: list[Parameter] = []
@@ -497,34 +532,24 @@ def describe_callable(
             raise TypeError(f"{where}: parameter {parameter.name!r} has no type annotation")
         _check_sendable(hints[parameter.name], where, f"parameter {parameter.name!r}")
         result.append(Parameter(parameter.name, hints[parameter.name], parameter.default))
-    if "return" not in hints:
-        raise TypeError(f"{where}: the return type must be annotated")
-    _check_sendable(hints["return"], where, "the result")
-    returned = hints["return"]
-    response: Any = None
-    item: Any = None
+    return result
+
+
+def _result_types(kind: Kind, returned: Any, where: str) -> tuple[Any, Any]:
+    """The response and item types a function of ``kind`` (not a reverse pipe) declares by
+    its return annotation ``returned``."""
     if kind == "rpc":
-        response = returned
-    elif kind == "pipe":
-        item = _stream_item(returned, f"{where}: the result of a pipe")
-    elif kind == "state":
+        return returned, None
+    if kind == "pipe":
+        return None, _stream_item(returned, f"{where}: the result of a pipe")
+    if kind == "state":
         arguments = typing.get_args(returned)
         if typing.get_origin(returned) is not tuple or len(arguments) != 2:
             raise TypeError(
                 f"{where}: a state function returns tuple[S, AsyncIterator[U]], "
                 f"got {type_name(returned)}"
             )
-        response = arguments[0]
-        item = _stream_item(arguments[1], f"{where}: the updates of a state function")
-    elif kind == "one_way":
-        if returned is not None and returned is not type(None):
-            raise TypeError(f"{where}: a one-way function returns None")
-    elif kind == "reverse_pipe":
-        if not result:
-            raise TypeError(f"{where}: a reverse pipe takes the stream as its last parameter")
-        stream = result.pop()
-        item = _stream_item(stream.annotation, f"{where}: the stream parameter {stream.name!r}")
-        response = returned
-        return {"parameters": result, "response": response, "item": item,
-                "stream_parameter": stream.name}
-    return {"parameters": result, "response": response, "item": item}
+        return arguments[0], _stream_item(arguments[1], f"{where}: the updates of a state function")
+    if kind == "one_way" and returned is not None and returned is not type(None):
+        raise TypeError(f"{where}: a one-way function returns None")
+    return None, None
