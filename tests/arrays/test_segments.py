@@ -185,6 +185,11 @@ def test_malformed_in_band_arrays_are_refused() -> None:
         with pytest.raises(rp.ProtocolError, match=message):
             spec.decode_response(memoryview(msgspec.msgpack.encode(
                 msgspec.msgpack.Ext(_arrays.ARRAY, data))))
+    for descr in (["x"], [[1, 2, 3, 4]], "not a dtype", {"a": 1}):
+        header = msgspec.msgpack.encode([descr, [1], False])
+        data = len(header).to_bytes(4, "little") + header + bytes(8)
+        with pytest.raises(rp.ProtocolError, match="invalid dtype"):
+            spec.decode_response(memoryview(msgspec.msgpack.encode(msgspec.msgpack.Ext(1, data))))
     header = msgspec.msgpack.encode(["|O", [1], False])
     objects = len(header).to_bytes(4, "little") + header + bytes(8)
     with pytest.raises(rp.ProtocolError, match="cannot be received"):

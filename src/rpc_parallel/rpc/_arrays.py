@@ -42,8 +42,8 @@ ARRAY = 1
 SHARED = _segments.SHARED
 SHARED_MEMORY_THRESHOLD = 1 << 20
 """Arrays of at least this many bytes go through shared memory between local processes.
-Below it, a segment's system calls (create, map, unlink) cost more than copying through the
-socket (decision 0022)."""
+Below it, a segment's system calls (open, pwrite, the state word on both sides) cost about
+as much as copying through the socket (decision 0022)."""
 
 _LENGTH = struct.Struct("<I")
 _HEADER_ENCODER = msgspec.msgpack.Encoder()
@@ -143,8 +143,8 @@ def from_ext(code: int, data: memoryview) -> np.ndarray[Any, Any]:
 def _dtype(descr: Any) -> np.dtype[Any]:
     try:
         dtype = npy_format.descr_to_dtype(descr)
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"an array with an invalid dtype {descr!r}: {error}") from None
+    except Exception as error:  # whatever a malformed description makes numpy raise
+        raise ValueError(f"an array with an invalid dtype {repr(descr)[:200]}: {error}") from None
     if dtype.hasobject:
         raise ValueError(f"arrays of dtype {dtype} cannot be received (Python objects)")
     return dtype
