@@ -1,6 +1,6 @@
 """Workers as Slurm job steps: spawn 8 and get one result from each, in one run.
 
-    .venv/bin/python benchmarks/slurm.py [--rounds N] [--dask PYTHON]
+    .venv/bin/python benchmarks/slurm.py [--rounds N | --quick] [--cold] [--dask PYTHON]
 
 Needs root and Debian's Slurm packages: it starts the test harness's single-node cluster
 (``tests/harness/slurm.py``: 8 CPUs advertised, partition ``debug``) and stops it after.
@@ -14,8 +14,16 @@ Inside one allocation of 8 tasks (``salloc -n8``) it times, per round:
   fewer cores than workers this, not ``srun``, is the floor;
 * ``rp.Slurm()``: 8 workers spawned at once as steps, one call on each.
 
-The target is ``rp.Slurm`` <= 1.5 x (8 x ``srun true`` + a local spawn), medians over the
-rounds. Outside the allocation it times ``rp.Slurm()`` spawning 8 workers as jobs of
+The target is ``rp.Slurm`` <= 1.5 x (8 x ``srun true`` + a local spawn): the ratio is taken
+in each round (its four timings back to back) and the median over the rounds is reported,
+with the range, so that a burst of load from elsewhere moves one round, not the result.
+
+Bytecode: every process of the run reads and writes compiled modules under a private
+``PYTHONPYCACHEPREFIX`` (warmed once before timing), even when the environment says
+``PYTHONDONTWRITEBYTECODE``, as an installed package has its bytecode. Without it each
+worker compiles rpc_parallel's sources as it starts, which doubles its CPU time; on a
+machine with fewer cores than workers that CPU time *is* the spawn time, and it was the
+main reason the ratio moved between runs (from 1.14 to 1.87). Outside the allocation it times ``rp.Slurm()`` spawning 8 workers as jobs of
 their own (one run). With ``--dask PYTHON`` (an interpreter that has dask-jobqueue), it also
 times dask-jobqueue's ``SLURMCluster`` scaling to 8 single-core workers (jobs of their own,
 as dask-jobqueue submits them) and getting one result from each. Writes
@@ -28,6 +36,7 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -44,6 +53,16 @@ class Probe(rp.Worker[int]):
     @rp.rpc
     async def add(self, x: int) -> int:
         return x + 1
+
+    @rp.rpc
+    async def cpu_seconds(self) -> float:
+        """CPU time this worker has used since its interpreter started."""
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
+
+WORKER_CPU: list[float] = []
+"""Each step worker's CPU time up to its first result (asked after the timing)."""
 
 
 def _srun_true_8() -> float:
@@ -81,6 +100,7 @@ async def _slurm_8() -> float:
     results = await asyncio.gather(*(w.run(Probe.add, i) for i, w in enumerate(workers)))
     elapsed = time.perf_counter() - started
     assert results == [i + 1 for i in range(8)]
+    WORKER_CPU.extend(await asyncio.gather(*(w.run(Probe.cpu_seconds) for w in workers)))
     for worker in workers:
         await worker.close()
     await _steps_gone()
@@ -106,11 +126,13 @@ async def _inner(rounds: int) -> dict[str, list[float]]:
     times: dict[str, list[float]] = {"srun_true_x8": [], "local_spawn": [], "slurm_x8": [],
                                      "srun_python_import_x8": []}
     await _slurm_8()  # warm-up: the master's TLS identity and server, the page cache
+    WORKER_CPU.clear()
     for _ in range(rounds):
         times["srun_true_x8"].append(await asyncio.to_thread(_srun_true_8))
         times["srun_python_import_x8"].append(await asyncio.to_thread(_srun_import_8))
         times["local_spawn"].append(await _local_spawn())
         times["slurm_x8"].append(await _slurm_8())
+    times["worker_cpu"] = WORKER_CPU
     return times
 
 
@@ -145,8 +167,7 @@ print(json.dumps(elapsed))
 """
 
 
-def _dask(python: str, cluster: object, directory: Path) -> float:
-    env = dict(cluster.env)  # type: ignore[attr-defined]
+def _dask(python: str, env: dict[str, str], directory: Path) -> float:
     result = subprocess.run([python, "-c", _DASK, str(directory)], env=env, capture_output=True,
                             text=True, timeout=600, cwd=directory)
     if result.returncode != 0:
@@ -163,18 +184,32 @@ def _outside(env: dict[str, str]) -> float:
     return float(json.loads(result.stdout.strip().splitlines()[-1]))
 
 
+def _round_ratios(times: dict[str, list[float]]) -> list[float]:
+    """Each round's rp.Slurm time over that round's floor (8 x srun true + local spawn)."""
+    return [slurm / (srun + local) for slurm, srun, local in
+            zip(times["slurm_x8"], times["srun_true_x8"], times["local_spawn"], strict=True)]
+
+
 def _report(times: dict[str, list[float]], jobs: float, dask: float | None) -> dict[str, object]:
     median = {name: statistics.median(values) for name, values in times.items()}
-    floor = median["srun_true_x8"] + median["local_spawn"]
-    ratio = median["slurm_x8"] / floor
+    ratios = _round_ratios(times)
+    ratio = statistics.median(ratios)
+    print(f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; "
+          f"{len(ratios)} rounds, medians:")
     print(f"8 x srun true            {median['srun_true_x8'] * 1000:8.1f} ms")
     print(f"local spawn + 1 call     {median['local_spawn'] * 1000:8.1f} ms")
     print(f"rp.Slurm: 8 steps + call {median['slurm_x8'] * 1000:8.1f} ms")
-    print(f"ratio to (8 x srun true + local spawn): {ratio:.2f} (target <= 1.5)")
+    print(f"ratio to (8 x srun true + local spawn): {ratio:.2f} (target <= 1.5; rounds "
+          f"{min(ratios):.2f}-{max(ratios):.2f})")
+    cpu = median["worker_cpu"]
+    print(f"CPU of one step worker to its first result {cpu * 1000:6.1f} ms; 8 of them on "
+          f"{os.cpu_count()} cores need at least {8 * cpu / (os.cpu_count() or 1) * 1000:.0f} ms "
+          "(the floor on a quiet machine)")
     imports = median["srun_python_import_x8"]
     print(f"8 x srun python -c 'import rpc_parallel._worker_main' at once {imports * 1000:8.1f} ms"
           f" (rp.Slurm / this = {median['slurm_x8'] / imports:.2f})")
     result: dict[str, object] = {"rounds": times, "median_s": median, "ratio": ratio,
+                                 "round_ratios": ratios,
                                  "ratio_to_interpreter_floor": median["slurm_x8"] / imports}
     print(f"rp.Slurm outside an allocation: 8 jobs + call {jobs * 1000:8.1f} ms")
     result["slurm_jobs_x8_s"] = jobs
@@ -186,9 +221,25 @@ def _report(times: dict[str, list[float]], jobs: float, dask: float | None) -> d
     return result
 
 
+def _with_bytecode(env: dict[str, str], directory: Path, dask: str | None) -> None:
+    """Every process of the run keeps compiled modules under ``directory`` (as an installed
+    package has them); one import of each side writes them before anything is timed."""
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env["PYTHONPYCACHEPREFIX"] = str(directory)
+    warm = [(sys.executable, "import rpc_parallel._worker_main")]
+    if dask:
+        warm.append((dask, "import dask_jobqueue, distributed.cli.dask_worker"))
+    for python, code in warm:
+        subprocess.run([python, "-c", code], env=env, check=True, timeout=300, cwd=ROOT)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="2 rounds (a smoke test)")
+    parser.add_argument("--cold", action="store_true",
+                        help="no private bytecode cache: workers compile their sources "
+                             "when the environment says PYTHONDONTWRITEBYTECODE")
     parser.add_argument("--dask", metavar="PYTHON", help="an interpreter with dask-jobqueue")
     parser.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--jobs", action="store_true", help=argparse.SUPPRESS)
@@ -207,16 +258,25 @@ def main() -> None:
     with SlurmCluster() as cluster:
         env = {**cluster.env, "PYTHONPATH": os.pathsep.join(sys.path[:2]),
                "RPC_PARALLEL_SLURM_DIR": str(cluster.directory / "rp")}
-        inner = subprocess.run(
+        if not args.cold:
+            _with_bytecode(env, cluster.directory / "pycache", args.dask)
+        if args.quick:
+            args.rounds = 2
+        run = subprocess.run(
             ["salloc", "-N1", "-n8", "-t10", sys.executable, __file__, "--inner",
              "--rounds", str(args.rounds)],
             env=env, capture_output=True, text=True, timeout=900, cwd=ROOT)
-        if inner.returncode != 0:
-            raise SystemExit(f"the run inside salloc failed:\n{inner.stderr[-3000:]}")
-        times = json.loads(inner.stdout.strip().splitlines()[-1])
+        if run.returncode != 0:
+            raise SystemExit(f"the run inside salloc failed:\n{run.stderr[-3000:]}")
+        times = json.loads(run.stdout.strip().splitlines()[-1])
         jobs = _outside(env)
-        dask = _dask(args.dask, cluster, cluster.directory) if args.dask else None
+        dask = _dask(args.dask, {k: v for k, v in env.items() if k != "PYTHONPATH"},
+                     cluster.directory) if args.dask else None
+    cache = "as the environment says" if args.cold else "a private cache, warmed before timing"
+    print(f"bytecode: {cache} (PYTHONDONTWRITEBYTECODE="
+          f"{os.environ.get('PYTHONDONTWRITEBYTECODE', 'unset')} here)")
     result = _report(times, jobs, dask)
+    result["bytecode"] = "cold" if args.cold else "cached"
     out = ROOT / "benchmarks" / "results" / "slurm.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out.relative_to(ROOT)}")

@@ -7,6 +7,9 @@ environment for client commands sets ``SLURM_CONF`` (``/etc/slurm`` is not touch
 concurrent runs never meet. ``stop()`` cancels every job, stops the daemons (a zombie counts
 as dead), kills anything still mentioning the directory and removes it.
 
+Two partitions over the node: ``debug`` (the default) and ``urgent``, of a higher priority
+tier, whose jobs preempt (cancel) the ``debug`` jobs holding the CPUs they need.
+
 Pitfalls (found running it here): steps sharing one allocation need ``--exact`` (a plain
 ``srun -n1`` takes every CPU and the next step waits forever); advertising more CPUs than the
 machine has needs ``SlurmdParameters=config_overrides``; bound every ``srun``/``sbatch``.
@@ -26,6 +29,9 @@ from . import _proc
 
 NODE = "localhost"
 PARTITION = "debug"
+URGENT = "urgent"
+"""A partition of a higher priority tier: its jobs preempt (cancel) the default partition's
+jobs they need the CPUs of (``PreemptType=preempt/partition_prio``, ``PreemptMode=CANCEL``)."""
 COMMAND_TIMEOUT = 60.0
 """Default bound on one ``srun``/``sbatch``/``squeue`` call."""
 
@@ -115,7 +121,7 @@ class SlurmCluster:
         self.conf.write_text(_CONF.format(
             d=d, node=NODE, cpus=self.cpus, memory=max(total_kib // 1024 - 512, 256),
             cluster=f"rp{os.getpid()}", ctld_port=_proc.free_tcp_port(""),
-            slurmd_port=_proc.free_tcp_port(""), partition=PARTITION))
+            slurmd_port=_proc.free_tcp_port(""), partition=PARTITION, urgent=URGENT))
 
     def _wait_ready(self, timeout: float) -> None:
         def node_up() -> bool:
@@ -123,7 +129,8 @@ class SlurmCluster:
                 if daemon.poll() is not None:
                     raise RuntimeError(f"{daemon.args!r} exited with {daemon.returncode}: "
                                        f"{self.logs()}")
-            result = self.command(["sinfo", "-h", "-o", "%T"], timeout=10, check=False)
+            result = self.command(["sinfo", "-h", "-p", PARTITION, "-o", "%T"], timeout=10,
+                                  check=False)
             return result.stdout.strip() in ("idle", "mixed", "allocated")
 
         try:
@@ -193,5 +200,8 @@ SlurmdPidFile={d}/run/slurmd.pid
 SlurmctldLogFile={d}/log/slurmctld.log
 SlurmdLogFile={d}/log/slurmd.log
 NodeName={node} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory} State=UNKNOWN
-PartitionName={partition} Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+PreemptType=preempt/partition_prio
+PreemptMode=CANCEL
+PartitionName={partition} Nodes=ALL Default=YES MaxTime=INFINITE State=UP PriorityTier=1
+PartitionName={urgent} Nodes=ALL MaxTime=INFINITE State=UP PriorityTier=10
 """

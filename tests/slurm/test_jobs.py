@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,33 +15,10 @@ import pytest
 import rpc_parallel as rp
 from rpc_parallel._state import process
 from rpc_parallel.launch import _slurm_job
-from tests.harness.slurm import SlurmCluster
+from tests.harness.slurm import PARTITION, URGENT, SlurmCluster
 
-from .support import ROOT, master_env, python, tls_link, until, wait_for, wait_queue_empty
+from .support import ROOT, master_env, python, tls_link, until, wait_for
 from .workers import Fragile, Node, every_kind, expected
-
-
-@pytest.fixture
-def outside(slurm_cluster: SlurmCluster, tmp_path: Path) -> Iterator[SlurmCluster]:
-    """Not inside an allocation; the master's private job directory under ``tmp_path``;
-    afterwards the queue is empty and the directory holds nothing."""
-    saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("SLURM_JOB")}
-    os.environ[_slurm_job.DIRECTORY_VARIABLE] = str(tmp_path)
-    try:
-        yield slurm_cluster
-    finally:
-        os.environ.update(saved)
-        os.environ.pop(_slurm_job.DIRECTORY_VARIABLE, None)
-        try:
-            wait_queue_empty(slurm_cluster, 20)
-            jobs = []
-        except AssertionError:
-            jobs = slurm_cluster.jobs()
-            slurm_cluster.command(["scancel", *jobs], check=False)
-            wait_queue_empty(slurm_cluster)
-        _slurm_job.remove_private_directory()
-        assert not jobs, f"jobs left in the queue: {jobs}"
-        assert list(tmp_path.iterdir()) == []
 
 
 def _job_of(cluster: SlurmCluster, name: str) -> str:
@@ -235,3 +211,38 @@ async def test_a_jobs_output_is_forwarded_with_its_name(
                 and f"[{handle.name}] err: hello" in seen["err"]
 
         await until(both, 10, "the job's output through its files")
+
+
+@pytest.mark.parametrize("mode", ["CANCEL", "REQUEUE"])
+async def test_a_preempted_job_is_worker_died_with_slurms_state(
+    outside: SlurmCluster, mode: str,
+) -> None:
+    """The worker's job runs in the default partition; a job of the higher priority tier
+    that needs every CPU preempts it: the call in flight fails with ``WorkerDied`` naming
+    the state, and nothing of the worker stays in the queue. Where the cluster requeues
+    preempted jobs (``REQUEUE``), the worker's job (``--no-requeue``) ends all the same."""
+    outside.command(["scontrol", "update", f"PartitionName={PARTITION}", f"PreemptMode={mode}"])
+    try:
+        await _preempted(outside)
+    finally:
+        outside.command(["scontrol", "update", f"PartitionName={PARTITION}",
+                         "PreemptMode=CANCEL"])
+
+
+async def _preempted(outside: SlurmCluster) -> None:
+    handle = await Node.spawn(0, how=rp.Slurm(partition=PARTITION))
+    job = _job_of(outside, handle.name)
+    call = asyncio.ensure_future(handle.run(Node.sleep, 120.0))
+    started = time.monotonic()
+    urgent = await asyncio.to_thread(outside.sbatch, [
+        f"--partition={URGENT}", f"-n{outside.cpus}", "-t5", "--wrap", "true",
+        "-o", "/dev/null"])
+    with pytest.raises(rp.WorkerDied) as caught:
+        await asyncio.wait_for(call, 60)
+    assert time.monotonic() - started < 45  # the scheduler's cadence, not the call's 120 s
+    text = str(caught.value)
+    assert f"Slurm job {job} PREEMPTED" in text, text
+    await handle.close()
+    await until(lambda: job not in outside.jobs(), 20, "the preempted job to leave the queue")
+    state = outside.command(["scontrol", "show", "job", "-o", str(urgent)]).stdout
+    assert "JobState=RUNNING" in state or "JobState=COMPLETED" in state, state

@@ -18,7 +18,7 @@ import pytest
 
 import rpc_parallel as rp
 from rpc_parallel._master import current_master
-from tests.harness.slurm import SlurmCluster
+from tests.harness.slurm import URGENT, SlurmCluster
 
 from .support import (
     ROOT,
@@ -226,3 +226,28 @@ async def test_a_steps_output_is_forwarded_with_its_name(
                     and f"[{handle.name}] err: hi" in seen["err"]
 
             await until(both, 10, "the step's output through srun")
+
+
+async def test_a_preempted_allocation_is_worker_died_with_slurms_words(
+    slurm_cluster: SlurmCluster,
+) -> None:
+    """The allocation is in the default partition; a job of the higher priority tier that
+    needs every CPU preempts it: the step's call fails with ``WorkerDied`` naming the
+    preemption, and the allocation leaves the queue."""
+    with allocation(slurm_cluster, 2) as job_id:
+        handle = await Node.spawn(0, how=rp.Slurm())
+        place = await handle.run(Node.where)
+        call = asyncio.ensure_future(handle.run(Node.sleep, 120.0))
+        started = time.monotonic()
+        await asyncio.to_thread(slurm_cluster.sbatch, [
+            f"--partition={URGENT}", f"-n{slurm_cluster.cpus}", "-t5", "--wrap", "true",
+            "-o", "/dev/null"])
+        with pytest.raises(rp.WorkerDied) as caught:
+            await asyncio.wait_for(call, 60)
+        assert time.monotonic() - started < 45
+        text = str(caught.value)
+        # The step's own state is CANCELLED; srun says why (the job's state is PREEMPTED).
+        assert f"Slurm step {job_id}.{place.step_id} CANCELLED due to preemption" in text, text
+        await handle.close()
+        await until(lambda: job_id not in slurm_cluster.jobs(), 20,
+                    "the preempted allocation to leave the queue")

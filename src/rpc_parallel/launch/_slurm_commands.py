@@ -33,6 +33,16 @@ _NEVER_REASONS = frozenset({
 _NEVER_PATTERN = re.compile(r"Max\w*PerJob|MaxWallDurationPerJobLimit|MinCpuPerJob")
 
 
+_REFUSED = "rpc_parallel bundle: "
+
+
+def bundle_refusal(stderr: str) -> str | None:
+    """The bootstrap's refusal of a shipped bundle on the node (``Slurm(executable=...)``),
+    from the worker's stderr: the file that differs, or both sides' Pythons."""
+    lines = [line for line in stderr.splitlines() if line.startswith(_REFUSED)]
+    return f"the node refused the bundle: {lines[-1].removeprefix(_REFUSED)}" if lines else None
+
+
 def never_starts(reason: str) -> bool:
     """A pending reason the scheduler will not resolve by waiting: the job as submitted
     exceeds a partition or QOS limit, names an account or QOS it may not use, or is held."""

@@ -31,7 +31,15 @@ from typing import IO
 
 from ..errors import SpawnError
 from ._launcher import CONFIG_FILE_VARIABLE, LaunchRequest
-from ._slurm_commands import FINAL_STATES, JobEnd, cancel, job_end, never_starts, run
+from ._slurm_commands import (
+    FINAL_STATES,
+    JobEnd,
+    bundle_refusal,
+    cancel,
+    job_end,
+    never_starts,
+    run,
+)
 from ._slurm_watchdog import Watchdog
 from .redirection import DevNull, FileAppend, FileTruncate, Forward, Redirection
 
@@ -62,14 +70,17 @@ class _Files:
     config: Path
     stdout: Path
     stderr: Path
+    boot: Path
+    """A bundle's bootstrap, the job's stdin (``Slurm(executable=...)``; no secret in it)."""
 
     @classmethod
     def make(cls, directory: Path, name: str) -> _Files:
         stem = f"{''.join(c if c.isalnum() or c in '-_.' else '_' for c in name)}-{uuid.uuid4().hex}"
-        return cls(directory / f"{stem}.config", directory / f"{stem}.out", directory / f"{stem}.err")
+        return cls(directory / f"{stem}.config", directory / f"{stem}.out",
+                   directory / f"{stem}.err", directory / f"{stem}.boot")
 
     def remove(self) -> None:
-        for path in (self.config, self.stdout, self.stderr):
+        for path in (self.config, self.stdout, self.stderr, self.boot):
             with contextlib.suppress(OSError):
                 path.unlink()
 
@@ -163,7 +174,11 @@ class JobProcess:
         return "".join(self._tail)[-8000:]
 
     def explain_end(self) -> str | None:
-        return None if self.end is None else self.end.describe()
+        """Slurm's state, reason and exit code, and a shipped bundle's refusal on the node."""
+        if self.end is None:
+            return None
+        refusal = bundle_refusal(self.stderr_tail())
+        return self.end.describe() + (f"; {refusal}" if refusal else "")
 
     def start_forwarding(self) -> None:
         stdout = self.files.stdout if isinstance(self.redirect_stdout, Forward) else None
@@ -303,6 +318,8 @@ class JobOptions:
     sbatch_args: Sequence[str]
     queue_timeout: float | None
     redirect_stdout: Redirection
+    boot: bytes | None = None
+    """A bundle's bootstrap: the job reads it on stdin, from a file, before anything else."""
 
 
 def _check_cwd(request: LaunchRequest) -> None:
@@ -321,11 +338,16 @@ async def submit(request: LaunchRequest, options: JobOptions) -> JobProcess:
            CONFIG_FILE_VARIABLE: str(files.config)}
     for variable in [v for v in env if v.startswith("SLURM_") and v != "SLURM_CONF"]:
         del env[variable]  # a job of its own: nothing of an enclosing job leaks in
-    script = f"#!/bin/sh\nexec {shlex.join(request.command)}\n".encode()
+    script = _script(request.command, files, options.boot)
     # sbatch's working directory is the job's.
-    result = await run(_sbatch_argv(options, request.name, files), input=script, env=env,
-                       cwd=request.cwd)
+    try:
+        result = await run(_sbatch_argv(options, request.name, files), input=script, env=env,
+                           cwd=request.cwd)
+    except BaseException:
+        files.remove()
+        raise
     if result.returncode != 0:
+        files.remove()
         raise SpawnError(f"sbatch refused the job of worker {request.name}: "
                          f"{result.stderr.strip() or result.stdout.strip()}")
     job_id = result.stdout.strip().split(";")[0]
@@ -342,6 +364,19 @@ async def submit(request: LaunchRequest, options: JobOptions) -> JobProcess:
     return job
 
 
+def _script(command: Sequence[str], files: _Files, boot: bytes | None) -> bytes:
+    """The job script: ``exec`` the worker's command (its stdin the bootstrap file, if any)."""
+    line = f"exec {shlex.join(command)}"
+    if boot is not None:
+        fd = os.open(files.boot, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, boot)
+        finally:
+            os.close(fd)
+        line += f" <{shlex.quote(str(files.boot))}"
+    return f"#!/bin/sh\n{line}\n".encode()
+
+
 async def _wait_running(job: JobProcess, queue_timeout: float | None) -> None:
     """Until the job runs; ``SpawnError`` with the scheduler's reason if it cannot."""
     loop = asyncio.get_running_loop()
@@ -350,7 +385,7 @@ async def _wait_running(job: JobProcess, queue_timeout: float | None) -> None:
         if job.end is not None:
             await job.drain_output(1.0)
             raise SpawnError(f"the job of worker {job.name} ended before it ran: "
-                             f"{job.end.describe()}", stderr_tail=job.stderr_tail())
+                             f"{job.explain_end()}", stderr_tail=job.stderr_tail())
         if job.state == "PENDING" and never_starts(job.reason):
             raise SpawnError(
                 f"Slurm job {job.job_id} of worker {job.name} can never start: the scheduler "

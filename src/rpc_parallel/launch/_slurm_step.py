@@ -20,7 +20,7 @@ from typing import IO, Any
 from ..errors import SpawnError
 from . import _process
 from ._launcher import LaunchRequest
-from ._slurm_commands import cancel
+from ._slurm_commands import bundle_refusal, cancel
 from .redirection import Redirection
 
 _LAUNCHING = re.compile(r"^srun: launching StepId=(\d+\.\d+)")
@@ -103,8 +103,10 @@ class StepProcess(_process.WorkerProcess):
         return _VERBOSE.match(text) is None
 
     def explain_end(self) -> str | None:
-        """Slurm's own words when it ended the step (``CANCELLED``, ``DUE TO TIME LIMIT``)."""
-        return self._ended
+        """Slurm's own words when it ended the step (``CANCELLED``, ``DUE TO TIME LIMIT``),
+        and a shipped bundle's refusal on the node."""
+        parts = [part for part in (self._ended, bundle_refusal(self.stderr_tail())) if part]
+        return "; ".join(parts) or None
 
     def _as_process(self, returncode: int | None) -> int | None:
         """srun's ``128 + N`` for a task killed by signal N, as a process's ``-N``."""
@@ -162,13 +164,17 @@ class StepProcess(_process.WorkerProcess):
 
 
 async def start_step(
-    request: LaunchRequest, srun_argv: Sequence[str], bound: float, job_id: str
+    request: LaunchRequest, srun_argv: Sequence[str], bound: float, job_id: str,
+    boot: bytes | None = None,
 ) -> StepProcess:
     """Start ``request.command`` as a step of allocation ``job_id`` under ``srun_argv``;
-    returns once the step exists (the spawn's ``connection_timeout`` starts then)."""
+    returns once the step exists (the spawn's ``connection_timeout`` starts then). ``boot``
+    (a bundle's bootstrap) goes first on its stdin, before the configuration."""
     command = [*srun_argv, *request.command]
     started = await _process.start(replace(request, command=command), StepProcess)
     assert isinstance(started, StepProcess)
+    if boot is not None and started.stdin is not None:
+        started.stdin.write(boot)  # srun forwards it to the task once the step runs
     started.where = f" in allocation {job_id}"
     try:
         await started.wait_started(bound, job_id)

@@ -8,6 +8,11 @@ both cases ``launch`` returns once the step or job *runs*, so the spawn's
 ``connection_timeout`` covers only the worker's start; the wait for resources before that
 is bounded by ``queue_timeout``. docs/decisions/0016 explains the choices.
 
+With ``executable=`` (an ``rp.RemoteExecutable`` at a path every node sees, a shared file
+system), the worker runs from that bundle under an isolated interpreter instead of the
+master's: the bundle's bootstrap goes first on the step's stdin (or, for a job, comes from a
+file in the private directory), checks every file on the node, then runs the worker.
+
 ``slurm_allocation()`` reads the current allocation (nodes, CPUs and tasks per node) for
 code that sizes a pool from it.
 """
@@ -19,8 +24,10 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
+from ..errors import SpawnError
 from ._launcher import ConnectBack, LaunchedProcess, LaunchRequest
 from ._slurm_env import SlurmAllocation, expand_counts, expand_hostlist, slurm_allocation
+from .executable import RemoteExecutable
 from .options import Local
 
 __all__ = ["Slurm", "SlurmAllocation", "expand_counts", "expand_hostlist", "slurm_allocation"]
@@ -52,8 +59,15 @@ class Slurm:
     ``cpus_per_task``, ``mem``, ``gres``, ``nodelist`` apply to both; ``partition``,
     ``time``, ``account``, ``qos`` and ``sbatch_args`` to jobs; ``srun_args`` to steps.
     ``queue_timeout`` bounds the wait for resources (a pending job; a step waiting for free
-    CPUs of the allocation, 10 s when None). The worker runs the master's interpreter
-    (``sys.executable``): the nodes are assumed to share the master's files.
+    CPUs of the allocation, 10 s when None).
+
+    Without ``executable`` the worker runs the master's interpreter (``sys.executable``,
+    or ``python``: then of the master's Python version, as it imports the master's packages)
+    with the master's ``rpc_parallel`` and import path: the nodes are assumed to share the
+    master's files. With ``executable`` (an ``rp.RemoteExecutable`` whose directory every
+    node sees at the same path), the worker runs from that bundle under ``executable.python``
+    (at the same path on the nodes), isolated from any installed package; the bundle is
+    checked on the node before each worker starts.
     """
 
     partition: str | None = None
@@ -67,9 +81,11 @@ class Slurm:
     srun_args: Sequence[str] = ()
     sbatch_args: Sequence[str] = ()
     queue_timeout: float | None = None
+    executable: RemoteExecutable | None = None
+    python: str | None = None
 
     def __post_init__(self) -> None:
-        for name in ("partition", "time", "account", "qos", "mem", "gres", "nodelist"):
+        for name in ("partition", "time", "account", "qos", "mem", "gres", "nodelist", "python"):
             _check_text(name, getattr(self, name))
         if isinstance(self.cpus_per_task, bool) or not isinstance(self.cpus_per_task, int) \
                 or self.cpus_per_task < 1:
@@ -82,6 +98,15 @@ class Slurm:
                                     or timeout <= 0):
             raise ValueError(f"Slurm(queue_timeout=...) must be positive seconds or None, got "
                              f"{timeout!r}")
+        if self.executable is not None and not isinstance(self.executable, RemoteExecutable):
+            raise TypeError(f"Slurm(executable=...) takes an rp.RemoteExecutable, got "
+                            f"{self.executable!r}")
+        if self.executable is not None and self.python is not None:
+            # The worker's import path names the standard library of the bundle's python.
+            raise ValueError(
+                "Slurm(executable=..., python=...): give the interpreter to the executable "
+                "instead (RemoteExecutable.existing_on_host(host, exe.path, python=...)), "
+                "which asks that python for its standard library")
 
     @property
     def needs_network(self) -> bool:
@@ -103,24 +128,57 @@ class Slurm:
     def can_use_prestarted(self) -> bool:
         return False
 
+    def _local(self) -> Local:
+        """The worker's command as a local worker's, run on the node."""
+        exe = self.executable
+        if exe is not None:
+            # The bundle's isolated stub; it ignores its arguments (the bootstrap on its
+            # stdin gets the worker's), which are there for ``ps``, as for any worker.
+            return Local(command=exe.python_argv())
+        return Local() if self.python is None else Local(python=self.python)
+
     def worker_command(self, name: str) -> list[str]:
-        """A local worker's command (the master's interpreter): the nodes share its files."""
-        return Local().worker_command(name)
+        return self._local().worker_command(name)
+
+    def worker_paths(
+        self, sys_path: list[str], main_path: str | None
+    ) -> tuple[list[str], str | None]:
+        """The master's paths (shared files), or the bundle's import path and its copy of the
+        main script."""
+        exe = self.executable
+        if exe is None:
+            return sys_path, main_path
+        if main_path is None:
+            return exe.sys_path, None
+        shipped = exe.remote_file(main_path)
+        if shipped is None:
+            raise SpawnError(f"the main script {main_path} is not in the bundle at {exe.path}: "
+                             "copy the executable from this program")
+        return exe.sys_path, shipped
+
+    def _boot_input(self, name: str) -> bytes | None:
+        """With a bundle: what the worker reads first on stdin (verify, then run)."""
+        exe = self.executable
+        if exe is None:
+            return None
+        return exe.boot_input(Local(command=[]).worker_command(name))
 
     async def launch(self, request: LaunchRequest) -> LaunchedProcess:
         # Imported here: every worker process imports this package, few need these.
         from ._slurm_job import JobOptions, submit
         from ._slurm_step import start_step
 
-        request = replace(request, env=_worker_env(request.env))
+        if self.executable is None:
+            request = replace(request, env=_worker_env(request.env))
+        boot = self._boot_input(request.name)
         job_id = os.environ.get("SLURM_JOB_ID")
         if job_id:
             return await start_step(request, self.srun_argv(request.name), self._step_wait(),
-                                    job_id)
+                                    job_id, boot)
         return await submit(request, JobOptions(
             cpus_per_task=self.cpus_per_task, flags=self._job_flags(),
             sbatch_args=self.sbatch_args, queue_timeout=self.queue_timeout,
-            redirect_stdout=request.redirect_stdout,
+            redirect_stdout=request.redirect_stdout, boot=boot,
         ))
 
     def _step_wait(self) -> int:
