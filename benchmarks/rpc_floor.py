@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import importlib
 import json
 import os
@@ -50,7 +51,8 @@ rpc = importlib.import_module("rpc_parallel.rpc")
 SECRET = b"rpc_floor benchmark secret"
 ECHO_SIZE = 16 * 1024 * 1024
 IN_FLIGHT = 256
-TARGETS = {"latency": 1.25, "pinned_latency": 1.25, "throughput": 0.6, "bandwidth": 0.8}
+TARGETS = {"latency": 1.2, "pinned_latency": 1.25, "throughput": 0.8, "bandwidth": 0.8}
+"""ours/floor targets; latency and throughput are issue 13's (Unix sockets, same run)."""
 
 # ---------------------------------------------------------------------------- the floor
 
@@ -299,11 +301,9 @@ async def connect(server: ServerProcess) -> Client:
         else:
             conn = await rpc.connect_unix(server.address, secret=SECRET)
 
-        def start(value: Any) -> asyncio.Future[Any]:
-            future: asyncio.Future[Any] = conn.call_future(
-                ECHO if type(value) is bytes else ADD, value
-            )
-            return future
+        # Only measure_throughput starts calls this way, always of ``add`` (as the floor's
+        # ``call`` is its protocol's bound method, not a wrapper).
+        start: StartCall = functools.partial(conn.call_future, ADD)
 
         async def call(value: Any) -> Any:
             return await conn.call(ECHO if type(value) is bytes else ADD, value)
@@ -527,6 +527,20 @@ def print_table(summary: dict[str, Any]) -> None:
               f"{fmt(entry['ours']):>12}{ratio_text:>12}{target_text:>10}{met:>6}")
 
 
+def print_issue_13(summaries: list[dict[str, Any]]) -> None:
+    """Issue 13's two call ratios, from this run's Unix-socket rounds."""
+    for summary in summaries:
+        if summary["transport"] != "unix":
+            continue
+        ratios = summary["ratios"]
+        for key, label in (("throughput", f"throughput, {IN_FLIGHT} in flight"),
+                           ("latency", "sequential latency")):
+            if key in ratios:
+                r = ratios[key]
+                print(f"issue 13, Unix sockets: {label}: {r['ratio']:.2f}x the floor "
+                      f"(target {r['target_text']}) {'ok' if r['met'] else 'MISS'}")
+
+
 async def benchmark(transports: list[str], plan: Plan) -> list[dict[str, Any]]:
     summaries = []
     with tempfile.TemporaryDirectory(prefix="rpc_floor.") as directory:
@@ -571,6 +585,7 @@ def main() -> None:
     elapsed = time.perf_counter() - began
     print(f"\nbandwidth counts payload bytes out and back; its reference is the better of floor "
           f"and streams.\n{plan.rounds} round(s), medians shown; {elapsed:.0f} s in all.")
+    print_issue_13(summaries)
     report = {
         "benchmark": "rpc_floor",
         "quick": args.quick,

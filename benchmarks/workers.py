@@ -2,7 +2,9 @@
 
     .venv/bin/python benchmarks/workers.py [--quick]
 
-Prints a table and the ratios against the issue's targets; writes
+Prints a table and the ratios against the issue's targets (issue 13's two call ratios, the
+throughput with 256 in flight and the sequential latency against the floor over Unix sockets,
+come from alternating rounds of ours and the floor in this run); writes
 benchmarks/results/workers.json. The floor is the raw asyncio/uvloop + msgspec ping-pong of
 benchmarks/rpc_floor.py, started as a separate process like a worker.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import multiprocessing
 import os
@@ -59,19 +62,20 @@ def percentile(values: list[float], fraction: float) -> float:
 # ------------------------------------------------------------------ rpc_parallel
 
 
-async def ours_spawn_to_first_result(rounds: int, prestarted: bool) -> float:
+async def ours_spawn_to_first_result(rounds: int, prestarted: bool) -> list[float]:
     """Spawn, first result, close; median in ms.
 
-    ``prestarted``: with a pre-started process ready (start_app keeps one per class; the
-    pause between spawns gives it time to finish importing). Otherwise every spawn starts
-    an interpreter (RPC_PARALLEL_PRESTART=0).
+    ``prestarted``: a fork of the fork server (start_app starts one template per
+    interpreter, import path and main script with the first spawn; the first spawn, which
+    starts it, is not counted). Otherwise every spawn starts an interpreter
+    (RPC_PARALLEL_PRESTART=0).
     """
     os.environ["RPC_PARALLEL_PRESTART"] = "1" if prestarted else "0"
     times = []
     try:
         for _ in range(rounds + (1 if prestarted else 0)):
             if prestarted:
-                await asyncio.sleep(0.5)  # an application's pause between spawns
+                await asyncio.sleep(0.1)  # an application's pause between spawns
             started = time.perf_counter()
             async with await Echo.spawn(None) as worker:
                 await worker.run(Echo.add, 1)
@@ -79,8 +83,18 @@ async def ours_spawn_to_first_result(rounds: int, prestarted: bool) -> float:
     finally:
         os.environ.pop("RPC_PARALLEL_PRESTART", None)
     if prestarted:
-        times = times[1:]  # The first spawn of the class has nothing pre-started.
-    return statistics.median(times) * 1000
+        times = times[1:]  # The first spawn starts the fork server's template.
+    return [t * 1000 for t in times]
+
+
+async def ours_burst(count: int) -> float:
+    """``count`` workers spawned at once with ``asyncio.gather``, one call each, all closed;
+    seconds (forks of the fork server, whose template is already running)."""
+    started = time.perf_counter()
+    workers = await asyncio.gather(*(Echo.spawn(None) for _ in range(count)))
+    await asyncio.gather(*(worker.run(Echo.add, i) for i, worker in enumerate(workers)))
+    await asyncio.gather(*(worker.close() for worker in workers))
+    return time.perf_counter() - started
 
 
 async def ours_latency(worker: rp.WorkerHandle[Echo], calls: int) -> tuple[float, float]:
@@ -137,6 +151,33 @@ def pool_spawn_to_first_result(rounds: int, method: str) -> float:
     return statistics.median(times) * 1000
 
 
+def pool_burst(count: int) -> float:
+    """``multiprocessing.get_context("fork").Pool(count)`` started, one task per process
+    (``chunksize=1``), closed and joined; seconds."""
+    started = time.perf_counter()
+    with multiprocessing.get_context("fork").Pool(count) as pool:
+        pool.map(pool_add, range(count), chunksize=1)
+        pool.close()
+        pool.join()
+    return time.perf_counter() - started
+
+
+async def burst_figures(count: int, rounds: int) -> dict[str, Any]:
+    """Our burst and the Pool's, interleaved round by round; medians in ms."""
+    os.environ["RPC_PARALLEL_PRESTART"] = "1"
+    try:
+        await ours_burst(2)  # the template is running, as after an application's first spawn
+        ours, pool = [], []
+        for _ in range(rounds):
+            ours.append(await ours_burst(count))
+            pool.append(pool_burst(count))
+    finally:
+        os.environ.pop("RPC_PARALLEL_PRESTART", None)
+    return {"ours_ms": statistics.median(ours) * 1000, "pool_ms": statistics.median(pool) * 1000,
+            "ours_all_ms": [round(t * 1000, 1) for t in ours],
+            "pool_all_ms": [round(t * 1000, 1) for t in pool]}
+
+
 def pool_latency(pool: Any, calls: int) -> tuple[float, float]:
     for i in range(200):
         pool.apply(pool_add, (i,))
@@ -190,6 +231,41 @@ async def floor_figures(plan: rpc_floor.Plan) -> dict[str, float]:
             "throughput_calls_per_s": throughput, "bandwidth_gb_per_s": bandwidth}
 
 
+async def versus_floor(
+    worker: rp.WorkerHandle[Echo], plan: rpc_floor.Plan, rounds: int
+) -> dict[str, float]:
+    """Issue 13's two call figures, through the public API and for the floor, measured the
+    same way (rpc_floor's: sequential round trips; 256 calls kept in flight with a new one
+    started as each finishes, ``submit`` for ours), in alternating rounds, over Unix sockets."""
+    samples = {"ours": rpc_floor.Samples(), "floor": rpc_floor.Samples()}
+    with tempfile.TemporaryDirectory() as directory:
+        server = rpc_floor.ServerProcess.start("floor", "unix", directory)
+        try:
+            floor = await rpc_floor.connect(server)
+            ours = rpc_floor.Client(
+                functools.partial(worker.run, Echo.add),
+                functools.partial(worker.submit, Echo.add),
+                lambda: None,
+            )
+            for round_number in range(rounds):
+                order = [("ours", ours), ("floor", floor)]
+                if round_number % 2:
+                    order.reverse()
+                for name, client in order:
+                    median, _ = await rpc_floor.measure_latency(client, plan.latency_calls)
+                    samples[name].add("latency_us", median)
+                    samples[name].add("throughput", await rpc_floor.measure_throughput(
+                        client, plan.throughput_seconds))
+            floor.close()
+        finally:
+            server.stop()
+    figures = {f"{name}_{key}": value for name, s in samples.items()
+               for key in ("latency_us", "throughput") if (value := s.median(key)) is not None}
+    figures["latency_ratio"] = figures["ours_latency_us"] / figures["floor_latency_us"]
+    figures["throughput_ratio"] = figures["ours_throughput"] / figures["floor_throughput"]
+    return figures
+
+
 # ------------------------------------------------------------------ the run
 
 
@@ -199,9 +275,15 @@ async def run(quick: bool) -> dict[str, Any]:
     seconds = 0.2 if quick else 1.0
     results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0],
                                            "uvloop": uvloop_available()}}
+    burst_count = 20 if quick else 100
+    burst = await burst_figures(burst_count, 1 if quick else 3)
+    results["burst"] = {"workers": burst_count, **burst}
     ours: dict[str, float] = {}
-    ours["spawn_to_first_result_ms"] = await ours_spawn_to_first_result(rounds, prestarted=True)
-    ours["spawn_to_first_result_ms_cold"] = await ours_spawn_to_first_result(rounds, False)
+    forked = await ours_spawn_to_first_result(3 if quick else 15, prestarted=True)
+    ours["spawn_to_first_result_ms"] = statistics.median(forked)
+    ours["spawn_to_first_result_ms_best"] = min(forked)
+    ours["spawn_to_first_result_ms_cold"] = statistics.median(
+        await ours_spawn_to_first_result(rounds, False))
     async with await Echo.spawn(None) as first, await Echo.spawn(None) as second:
         ours["latency_median_us"], ours["latency_p99_us"] = await ours_latency(first, calls)
         ours["throughput_run_calls_per_s"] = await ours_throughput([first, second], seconds, False)
@@ -209,7 +291,10 @@ async def run(quick: bool) -> dict[str, Any]:
             [first, second], seconds, True
         )
         ours["bandwidth_gb_per_s"] = await ours_bandwidth(first, seconds)
+        versus = await versus_floor(first, rpc_floor.QUICK if quick else rpc_floor.FULL,
+                                    rounds=2 if quick else 5)
     results["rpc_parallel"] = ours
+    results["versus_floor"] = versus
 
     pool: dict[str, float] = {}
     pool["spawn_to_first_result_ms_fork"] = pool_spawn_to_first_result(rounds, "fork")
@@ -230,17 +315,26 @@ async def run(quick: bool) -> dict[str, Any]:
         "throughput_vs_pool_apply_async (target >= 5)":
             best_throughput / pool["throughput_apply_async_calls_per_s"],
         "bandwidth_vs_pool (target >= 2)": ours["bandwidth_gb_per_s"] / pool["bandwidth_gb_per_s"],
-        "spawn_to_first_result_ms, pre-started (target <= 80)": ours["spawn_to_first_result_ms"],
+        f"burst_{burst_count}_vs_fork_pool (target <= 2)": burst["ours_ms"] / burst["pool_ms"],
+        "spawn_to_first_result_ms, forked (target <= 15)": ours["spawn_to_first_result_ms"],
+        "spawn_to_first_result_ms, forked, best round": ours["spawn_to_first_result_ms_best"],
         "spawn_to_first_result_ms, cold (target <= 80)": ours["spawn_to_first_result_ms_cold"],
         "latency_vs_floor": ours["latency_median_us"] / results["floor"]["latency_median_us"],
         "throughput_vs_floor": best_throughput / results["floor"]["throughput_calls_per_s"],
         "bandwidth_vs_floor": ours["bandwidth_gb_per_s"] / results["floor"]["bandwidth_gb_per_s"],
+        "issue 13: throughput, 256 in flight, vs floor (target >= 0.8)":
+            versus["throughput_ratio"],
+        "issue 13: sequential latency vs floor (target <= 1.2)": versus["latency_ratio"],
     }
     return results
 
 
 def print_results(results: dict[str, Any]) -> None:
-    for section in ("rpc_parallel", "multiprocessing_pool", "floor"):
+    burst = results["burst"]
+    print(f"\nburst of {burst['workers']} workers, one call each (ms, interleaved rounds)")
+    print(f"  rpc_parallel (forked)  {burst['ours_all_ms']}")
+    print(f"  Pool(fork)             {burst['pool_all_ms']}")
+    for section in ("rpc_parallel", "multiprocessing_pool", "floor", "versus_floor"):
         print(f"\n{section}")
         for key, value in results[section].items():
             print(f"  {key:40s} {value:12.2f}")

@@ -1,4 +1,5 @@
-"""``python -m rpc_parallel worker <name> child-of <pid>@<host>``: a worker process."""
+"""``python -m rpc_parallel worker <name> child-of <pid>@<host>``: a worker process;
+``python -m rpc_parallel fork-server child-of <pid>@<host>``: a fork server's template."""
 
 import sys
 
@@ -6,6 +7,11 @@ if len(sys.argv) > 1 and sys.argv[1] == "worker":
     from ._worker_main import main
 
     main()
+elif len(sys.argv) > 1 and sys.argv[1] == "fork-server":
+    from ._worker_main import main, preload
+    from .launch._fork_template import serve
+
+    serve(preload, lambda: main(forked=True))
 else:
     sys.stderr.write(
         "usage: python -m rpc_parallel worker NAME child-of PID@HOST\n"

@@ -17,16 +17,6 @@ ShutdownOn = Literal["connection_closed", "heartbeat_timeout", "called_shutdown"
 SHUTDOWN_MODES: tuple[ShutdownOn, ...] = ("connection_closed", "heartbeat_timeout", "called_shutdown")
 
 
-class Preload(msgspec.Struct, frozen=True, kw_only=True, tag="preload"):
-    """Sent to a pre-started process: import the worker's module now, the rest comes later."""
-
-    module: str
-    main_path: str | None
-    sys_path: list[str]
-    argv: list[str] = []
-    """The master's ``sys.argv``, the worker's while it imports (as multiprocessing does)."""
-
-
 class Network(msgspec.Struct, frozen=True, kw_only=True):
     """A worker's part in the application's network (TCP + TLS between hosts).
 
@@ -92,7 +82,7 @@ class LogRecord(msgspec.Struct, frozen=True, kw_only=True):
 
 
 CONFIG_ENCODER = msgspec.msgpack.Encoder()
-CONFIG_DECODER = msgspec.msgpack.Decoder(Preload | WorkerConfig)
+CONFIG_DECODER = msgspec.msgpack.Decoder(WorkerConfig)
 
 # Served by the master, called by its workers over their link.
 REGISTER = FunctionSpec(

@@ -131,7 +131,9 @@ class _Runner(Generic[W_co]):
             return asyncio.ensure_future(self._run(function, *args, **kwargs))
         spec = function._spec or function.spec
         try:
-            return connection.start_call(spec, spec.bind(args, kwargs))[0]
+            if kwargs:
+                args = spec.bind(args, kwargs)
+            return connection.call_future(spec, *args)
         except ConnectionClosed as error:
             return asyncio.ensure_future(self._raise_translated(error, spec.name))
 

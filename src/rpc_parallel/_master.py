@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from ._builtins import INITIALIZING, REGISTER, WORKER_FAILED, Network, Registration
 from ._network import LISTEN_HOST, MASTER_HOST, network_config
-from ._prestart import Prestarted
+from ._prestart import WarmProcesses
 from ._sockets import remove_socket_directory, serve_in_temporary_directory
 from ._state import process
 from .errors import ConnectionClosed, ProtocolError
@@ -51,8 +51,8 @@ class Master:
         self.network_server: Server | None = None
         """TCP + TLS on ``LISTEN_HOST``: started when a remote worker is first spawned."""
         self._starting: asyncio.Lock = asyncio.Lock()
-        self.prestarted = Prestarted()
-        """Processes started ahead of the next spawn of a worker class."""
+        self.warm = WarmProcesses()
+        """Where a spawn gets a process without starting an interpreter (the fork servers)."""
         self._closing = False
         self.guard: AsyncGenerator[None, None] | None = None
         """Closes this master when its event loop ends (``_until_the_loop_ends``)."""
@@ -135,12 +135,13 @@ class Master:
         task.add_done_callback(self.supervisors.discard)
 
     async def close(self) -> None:
-        """Close every worker link (workers not in called_shutdown mode exit) and the server."""
-        await self.prestarted.close()
+        """Close every worker link (workers not in called_shutdown mode exit), then the
+        fork servers (after the workers: their forked workers die with them), the server."""
         for handle in list(self.handles.values()):
             await handle._master_exiting()
         if self.supervisors:
             await asyncio.wait(list(self.supervisors), timeout=10.0)
+        await self.warm.close()
         if self.network_server is not None:
             self.network_server.close()
             await self.network_server.wait_closed()
@@ -171,15 +172,15 @@ def current_master() -> Master:
 async def _until_the_loop_ends(master: Master) -> AsyncGenerator[None, None]:
     """An async generator the event loop closes when it ends (``asyncio.run`` and its
     runners call ``shutdown_asyncgens``): a loop that ends without ``close()`` of its
-    handles (nor ``start_app``'s end) still closes the master's servers and its pre-started
-    processes (the supervisors, cancelled first, end and reap the workers)."""
+    handles (nor ``start_app``'s end) still closes the master's servers and its fork
+    servers (the supervisors, cancelled first, end and reap the workers)."""
     try:
         yield
     finally:
         # The loop's tasks are cancelled by now (each supervisor has ended its worker): stop
-        # the pre-started processes, close the servers, and wait for nothing else.
+        # the fork servers, close the servers, and wait for nothing else.
         with contextlib.suppress(Exception, asyncio.CancelledError):
-            await asyncio.wait_for(master.prestarted.close(), timeout=5.0)
+            await asyncio.wait_for(master.warm.close(), timeout=5.0)
         if master.network_server is not None:
             master.network_server.close("the master's event loop ended")
             master.network_server = None

@@ -1,84 +1,135 @@
-"""Pre-started worker processes: one process per worker class started ahead of the next
-spawn of that class, so the spawn skips the interpreter's start and the imports.
+"""Warm processes: where a spawn gets a worker process without starting an interpreter.
 
-Only for the default local launch (``Launcher.can_use_prestarted``). Imports the launch
-seam; the master owns one ``Prestarted``.
+The one seam for pre-starting (decisions 0010 and 0021): a spawn whose launcher says
+``can_use_prestarted`` and whose options a forked process can honour asks ``take``; the
+answer is a fork of the fork server (``launch._fork_server``) of the master's interpreter,
+import path, main script, environment and working directory, or None, and then the spawn
+starts the worker the ordinary way. One template per such key, started by the first spawn
+that needs it (concurrent spawns wait for the same one); a dead one is replaced by the
+next spawn; one that cannot start is not tried again by this master.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import sys
-import uuid
+from dataclasses import dataclass
 
-from ._builtins import CONFIG_ENCODER, Preload
-from .launch import Forward, LaunchedProcess, LaunchRequest, Local
+from .launch import LaunchedProcess, Redirection
+from .launch._fork_server import ForkServer
 
 ClassKey = tuple[str, str, str | None]
 """(module, qualname, main script path) of a worker class."""
 
+ServerKey = tuple[str, tuple[str, ...], str | None, int, str]
+"""(interpreter, import path, main script path, hash of the environment, working
+directory)."""
 
-class Prestarted:
-    """The pre-started processes of one master, by worker class."""
+SWITCH = "RPC_PARALLEL_PRESTART"
+"""``0``: no warm processes; every spawn starts an interpreter."""
+
+
+def supported() -> bool:
+    """Whether this platform has what the fork server needs (Linux: pidfds, SCM_RIGHTS,
+    the parent-death signal) and the user has not turned warm processes off."""
+    return (sys.platform == "linux" and hasattr(os, "pidfd_open")
+            and os.environ.get(SWITCH, "1") != "0")
+
+
+@dataclass(frozen=True)
+class WarmRequest:
+    """A spawn's request for a warm process."""
+
+    key: ClassKey
+    name: str
+    cwd: str | None
+    redirect_stdout: Redirection
+    redirect_stderr: Redirection
+    timeout: float
+    """Bounds the wait for the fork (the spawn's ``connection_timeout``)."""
+
+
+class WarmProcesses:
+    """The fork servers of one master, by ``ServerKey``."""
 
     def __init__(self) -> None:
-        self._starting: dict[ClassKey, asyncio.Future[LaunchedProcess | None]] = {}
+        self._servers: dict[ServerKey, asyncio.Future[ForkServer | None]] = {}
+        self._retired: list[ForkServer] = []
+        """Tainted templates: they fork no more, and live on to reap what they forked."""
+        self._unforkable: set[tuple[str, str | None]] = set()
+        """Modules whose import starts a thread: their workers start as new processes."""
         self._closed = False
 
-    async def take(self, key: ClassKey) -> LaunchedProcess | None:
-        """A pre-started process for this worker class, if one was started and is alive.
+    async def take(self, request: WarmRequest) -> LaunchedProcess | None:
+        """A forked worker for this request, or None (start one the ordinary way)."""
+        module, _, main_path = request.key
+        if self._closed or (module, main_path) in self._unforkable:
+            return None
+        key = _server_key(main_path)
+        try:  # A template still starting after the spawn's own bound: not this spawn's.
+            server = await asyncio.wait_for(self._server(key), request.timeout / 2)
+        except TimeoutError:
+            return None
+        if server is None:
+            return None
+        worker = await server.fork(
+            name=request.name, module=module, main_path=main_path,
+            cwd=request.cwd if request.cwd is not None else os.getcwd(),
+            redirect_stdout=request.redirect_stdout, redirect_stderr=request.redirect_stderr,
+            timeout=request.timeout,
+        )
+        if server.tainted:
+            self._unforkable.add((module, main_path))
+            self._retire(key, server)
+        return worker
 
-        It may still be importing; the spawn's configuration waits in its stdin meanwhile.
-        """
-        starting = self._starting.pop(key, None)
+    def _retire(self, key: ServerKey, server: ForkServer) -> None:
+        """Stop forking from ``server``; the next spawn starts a new template."""
+        starting = self._servers.get(key)
+        if starting is not None and starting.done() and starting.result() is server:
+            del self._servers[key]
+            self._retired.append(server)
+
+    async def _server(self, key: ServerKey) -> ForkServer | None:
+        """The live template of ``key``: the one running, or a new one (a dead one is
+        replaced; one that could not start stays None)."""
+        starting = self._servers.get(key)
+        if starting is not None and starting.done():
+            server = starting.result()
+            if server is None or server.usable:
+                return server
+            await server.close()
+            starting = None
         if starting is None:
-            return None
-        try:
-            worker = await asyncio.shield(starting)
-        except asyncio.CancelledError:
-            starting.add_done_callback(_release)  # The spawn was cancelled: let it exit.
-            raise
-        if worker is not None and worker.returncode is not None:
-            worker.close_pipes()
-            return None
-        return worker
-
-    def start(self, key: ClassKey) -> None:
-        """Start one process for the next spawn of this class in the background: it
-        imports rpc_parallel and the class's module, then waits for its configuration."""
-        if self._closed or key in self._starting:
-            return
-        self._starting[key] = asyncio.ensure_future(self._start(key))
-
-    async def _start(self, key: ClassKey) -> LaunchedProcess | None:
-        module, qualname, main_path = key
-        name = f"{qualname.rpartition('.')[2]}-{uuid.uuid4().hex[:8]}"
-        try:
-            how = Local()
-            worker = await how.launch(LaunchRequest(
-                name=name, command=how.worker_command(name), env=None, cwd=None,
-                redirect_stdout=Forward(), redirect_stderr=Forward(), new_session=True,
-            ))
-        except Exception:
-            return None  # The next spawn of this class starts cold and says what is wrong.
-        await worker.send(CONFIG_ENCODER.encode(
-            Preload(module=module, main_path=main_path, sys_path=list(sys.path),
-                    argv=list(sys.argv))
-        ))
-        return worker
+            starting = self._servers[key] = asyncio.ensure_future(_start(key))
+        return await asyncio.shield(starting)
 
     async def close(self) -> None:
-        """End every pre-started process (end of file on stdin: it exits), reaped."""
+        """End every template (their workers, if any are left, die with them)."""
         self._closed = True
-        starting, self._starting = list(self._starting.values()), {}
-        started = [w for w in await asyncio.gather(*starting) if w is not None]
-        for worker in started:
-            worker.close_pipes()
-        for worker in started:
-            await worker.stop(grace=2.0)
+        starting, self._servers = list(self._servers.values()), {}
+        retired, self._retired = self._retired, []
+        for server in [*await asyncio.gather(*starting), *retired]:
+            if server is not None:
+                await server.close()
 
 
-def _release(starting: asyncio.Future[LaunchedProcess | None]) -> None:
-    worker = None if starting.cancelled() else starting.result()
-    if worker is not None:
-        worker.close_pipes()  # End of file on stdin: an unclaimed process exits.
+async def _start(key: ServerKey) -> ForkServer | None:
+    python, sys_path, _, _, cwd = key
+    try:
+        return await ForkServer.start(python, list(sys_path), list(sys.argv), cwd, os.environ)
+    except (OSError, TimeoutError, EOFError) as error:
+        with contextlib.suppress(Exception):
+            sys.stderr.write(f"rpc_parallel: cannot start the fork server ({error}); "
+                             "workers start as new processes\n")
+        return None
+
+
+def _server_key(main_path: str | None) -> ServerKey:
+    """What a template shares with the workers it forks: a change to any of these (the
+    master changed ``os.environ``, ``sys.path`` or its directory) needs another one."""
+    raw = getattr(os.environ, "_data", None)  # the bytes behind os.environ: no decoding
+    items = raw.items() if isinstance(raw, dict) else os.environ.items()
+    return (sys.executable, tuple(sys.path), main_path, hash(frozenset(items)), os.getcwd())

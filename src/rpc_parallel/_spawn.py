@@ -1,9 +1,10 @@
 """The spawn pipeline: from a worker class, an init argument and ``SpawnOptions`` to a
 registered, supervised worker and its handle.
 
-Steps: check the request (``_Prepared``), take a pre-started process or launch one through
-the ``Launcher`` (``_start_process``), send its configuration, wait for it to register with
-the master (``_await_registration``), check what it serves, make its handle. On any failure
+Steps: check the request (``_Prepared``), take a warm process (a fork of the fork server)
+or launch one through the ``Launcher`` (``_start_process``), send its configuration, wait
+for it to register with the master (``_await_registration``), check what it serves, make its
+handle. On any failure
 the process is killed and reaped. Imports the handle, the supervisor, the master and the
 launch seam; knows worker classes only by the ``WorkerClass`` protocol.
 """
@@ -17,6 +18,7 @@ import socket
 import sys
 import time
 import uuid
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, NoReturn, Protocol
@@ -27,7 +29,7 @@ from ._builtins import CONFIG_ENCODER, SHUTDOWN_MODES, Registration, ShutdownOn,
 from ._functions import Function
 from ._handle import WorkerHandle
 from ._master import Master, current_master
-from ._prestart import ClassKey
+from ._prestart import ClassKey, WarmRequest, supported
 from ._state import State, process
 from ._supervisor import OnFailure, Supervisor, describe_exit
 from .errors import ProtocolError, SpawnError
@@ -78,7 +80,7 @@ class SpawnOptions:
     init_timeout: float | None = None
     """Bounds ``init_worker_state`` (none by default: heavy loading belongs there)."""
     foreground: bool = False
-    """``spawn_in_foreground``: the caller's process group, no pre-started process."""
+    """``spawn_in_foreground``: the caller's process group, no warm process."""
 
 
 async def spawn(
@@ -154,14 +156,17 @@ class _Prepared:
     def default_name(self) -> str:
         return self.options.name or f"{self.cls.__name__}-{self.worker_id[:8]}"
 
-    def may_use_prestarted(self) -> bool:
+    def may_use_warm(self) -> bool:
+        """Whether a fork of the fork server can be this worker (decision 0021): a master
+        under ``start_app``, the default local launch, and options a fork can honour. Not
+        ``env`` (variables read at start-up or import would not apply), ``name`` (``ps``
+        would not show it), ``called_shutdown`` (it dies with the fork server, which ends
+        with the master), nor ``spawn_in_foreground`` (the caller's process group)."""
         options = self.options
         return (
-            process().state is State.MASTER
-            and os.environ.get("RPC_PARALLEL_PRESTART", "1") != "0"
+            process().state is State.MASTER and supported()
             and not options.foreground and options.name is None and options.env is None
-            and options.cwd is None and options.how.can_use_prestarted
-            and isinstance(options.redirect_stdout, Forward)
+            and options.shutdown_on != "called_shutdown" and options.how.can_use_prestarted
         )
 
     async def config(self, name: str, master: Master) -> WorkerConfig:
@@ -181,15 +186,18 @@ class _Prepared:
 
 
 async def _start_process(prepared: _Prepared, master: Master) -> tuple[LaunchedProcess, str]:
-    """A pre-started process of the class if there is one, else a new one from the launcher."""
+    """A warm process (forked) when the spawn allows one, else a new one from the launcher."""
     options = prepared.options
-    if prepared.may_use_prestarted():
-        worker = await master.prestarted.take(prepared.key)
-        master.prestarted.start(prepared.key)  # Ready, or nearly, by the next spawn.
-        if worker is not None:
-            worker.redirect_stderr = options.redirect_stderr
-            return worker, worker.name
     name = prepared.default_name()
+    if prepared.may_use_warm():
+        worker = await master.warm.take(WarmRequest(
+            key=prepared.key, name=name,
+            cwd=None if options.cwd is None else os.fspath(options.cwd),
+            redirect_stdout=options.redirect_stdout, redirect_stderr=options.redirect_stderr,
+            timeout=options.connection_timeout,
+        ))
+        if worker is not None:
+            return worker, name
     command = options.how.worker_command(name)
     worker = await options.how.launch(LaunchRequest(
         name=name, command=command, env=options.env,
@@ -305,9 +313,16 @@ def _check_timeouts(options: SpawnOptions) -> None:
         raise ValueError(f"init_timeout must be positive or None, got {options.init_timeout!r}")
 
 
+_CONSTRUCTIBLE: weakref.WeakSet[type] = weakref.WeakSet()
+"""Classes whose constructor takes no arguments (checked once: ``inspect.signature`` of a
+class costs a third of a millisecond, as much as the rest of a spawn's checks)."""
+
+
 def _check_constructor(cls: WorkerClass) -> None:
     """A worker is constructed with no arguments; a Ray-style ``__init__(self, arg)`` gets
     a hint to take the argument in ``init_worker_state``."""
+    if cls in _CONSTRUCTIBLE:
+        return
     try:
         inspect.signature(cls).bind()
     except TypeError:
@@ -321,6 +336,7 @@ def _check_constructor(cls: WorkerClass) -> None:
         ) from None
     except ValueError:
         pass  # No signature to check.
+    _CONSTRUCTIBLE.add(cls)
 
 
 async def _abort(

@@ -26,7 +26,6 @@ from ._builtins import (
     INITIALIZING,
     REGISTER,
     WORKER_FAILED,
-    Preload,
     Registration,
     WorkerConfig,
 )
@@ -64,26 +63,13 @@ def _read_exactly(fd: int, size: int) -> bytes:
     return b"".join(chunks)
 
 
-def read_message(fd: int = 0) -> Preload | WorkerConfig:
+def read_config(fd: int = 0) -> WorkerConfig:
+    """The configuration: a 4-byte little-endian length, then its MessagePack encoding."""
     length = int.from_bytes(_read_exactly(fd, 4), "little")
     if length > 64 * 1024 * 1024:
         raise ValueError(f"worker configuration of {length} bytes is not plausible")
-    message: Preload | WorkerConfig = CONFIG_DECODER.decode(_read_exactly(fd, length))
-    return message
-
-
-def read_config(fd: int = 0) -> WorkerConfig:
-    """The configuration, after importing what a ``Preload`` before it names."""
-    while True:
-        message = read_message(fd)
-        if isinstance(message, WorkerConfig):
-            return message
-        sys.path[:] = message.sys_path
-        _use_argv(message.argv)
-        try:
-            _import_module(message.module, message.main_path)
-        except BaseException as error:
-            _die(error, f"rpc_parallel worker: cannot import {message.module}", 3)
+    config: WorkerConfig = CONFIG_DECODER.decode(_read_exactly(fd, length))
+    return config
 
 
 def read_config_file(path: str, timeout: float = 120.0) -> WorkerConfig:
@@ -150,6 +136,30 @@ def _import_module(name: str, main_path: str | None) -> Any:
     sys.modules["__main__"] = module
     process().importing_for_worker = False
     return module
+
+
+def preload(module: str, main_path: str | None) -> None:
+    """Import a worker class's module in a fork server's template, ahead of its forks (and
+    uvloop, which every worker's loop uses). A module that fails to import leaves nothing
+    half-imported behind: the forked child imports it again and reports the failure
+    exactly as an exec'd worker does."""
+    with contextlib.suppress(ImportError):
+        import uvloop  # noqa: F401
+    main_module = sys.modules.get("__main__")
+    try:
+        imported = _import_module(module, main_path)
+    except BaseException:
+        process().importing_for_worker = False
+        if main_path is not None:
+            sys.modules.pop("__mp_main__", None)
+            if main_module is not None:
+                sys.modules["__main__"] = main_module
+        return
+    for value in list(vars(imported).values()):  # the specs, made once for every fork
+        if isinstance(value, type) and issubclass(value, Worker):
+            with contextlib.suppress(Exception):
+                for function in value._rpc_parallel_functions.values():
+                    function.spec  # noqa: B018
 
 
 def import_worker_class(config: WorkerConfig) -> type[Worker[Any]]:
@@ -429,8 +439,10 @@ def _run_then_exit(coroutine: Coroutine[Any, Any, int]) -> int:
     return asyncio.Runner(loop_factory=new_event_loop).run(coroutine)
 
 
-def main() -> NoReturn:
-    """Entry point of a worker process."""
+def main(forked: bool = False) -> NoReturn:
+    """Entry point of a worker process. ``forked``: a fork server's child, which dies with
+    its template (the parent-death signal), and the template ends with the master: no
+    thread needs to watch stdin for the master's end."""
     os.environ.pop("RPC_PARALLEL_WORKER", None)
     config_file = os.environ.pop(CONFIG_FILE_VARIABLE, None)
     try:
@@ -439,7 +451,7 @@ def main() -> NoReturn:
         if config_file is not None:
             sys.stderr.write(f"rpc_parallel worker: {error}\n")
             os._exit(2)
-        os._exit(0)  # A pre-started process the master no longer needs.
+        os._exit(0)  # The master closed stdin (or died) before sending the configuration.
     except (ValueError, OSError) as error:
         sys.stderr.write(f"rpc_parallel worker: cannot read the configuration: {error}\n")
         os._exit(2)
@@ -454,7 +466,7 @@ def main() -> NoReturn:
         join(config.network)
     sys.path[:] = config.sys_path
     _use_argv(config.argv)
-    if config_file is None:  # Otherwise stdin is not the master's: heartbeats alone watch it.
+    if config_file is None and not forked:  # A config file: heartbeats alone watch the master.
         threading.Thread(target=_watch_stdin, args=(config.shutdown_on,), daemon=True).start()
     try:
         cls = import_worker_class(config)

@@ -3,7 +3,10 @@
 The namespace has its own address in a /30 of 10.213.0.0/16 that nothing on this machine
 uses, its own hostname (a UTS namespace around its sshd) and its own sshd on that address.
 A blackhole route for the /30 (metric 4242) keeps test traffic on the machine even when the
-link is down. ``partition()`` installs an nftables table that drops everything inside the
+link is down. Where the machine has IPv6, the link has IPv6 too: unique local addresses in
+a /64 of ``POOL6`` made from the /30 (so concurrent runs never collide), added without
+duplicate address detection so they work at once, with the same blackhole route; the sshd
+listens on both, and ``ssh_host6`` reaches it over IPv6. ``partition()`` installs an nftables table that drops everything inside the
 namespace (except its loopback); ``heal()`` removes it. Names carry this process's pid and a
 counter, so concurrent runs never collide. ``stop()`` kills every process in the namespace,
 deletes the namespace, the veth pair and the route, and removes the directory.
@@ -17,6 +20,7 @@ import ipaddress
 import itertools
 import json
 import os
+import socket
 import subprocess
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +29,8 @@ from . import _proc
 from .sshd import Sshd, SshHost
 
 POOL = ipaddress.IPv4Network("10.213.0.0/16")
+POOL6 = ipaddress.IPv6Network("fd52:7270:6172::/48")
+"""Unique local IPv6 prefix; the namespace for the /30 number N of ``POOL`` gets /64 N."""
 BLACKHOLE_METRIC = 4242
 _counter = itertools.count()
 _PARTITION = """\
@@ -74,16 +80,50 @@ def _setup_lock() -> Iterator[None]:
         os.close(fd)
 
 
+def _subnet6(subnet: ipaddress.IPv4Network) -> ipaddress.IPv6Network:
+    """The IPv6 /64 paired with ``subnet`` (one of ``POOL``'s /30s)."""
+    index = (int(subnet.network_address) - int(POOL.network_address)) >> 2
+    return ipaddress.IPv6Network((int(POOL6.network_address) + (index << 64), 64))
+
+
+def _ipv6_in_use(subnet: ipaddress.IPv6Network) -> bool:
+    routes = json.loads(_proc.run(["ip", "-j", "-6", "route", "show", "table", "all"]).stdout)
+    for route in routes:
+        dst = route.get("dst", "default")
+        if dst not in ("default", "") and subnet.overlaps(ipaddress.ip_network(dst, strict=False)):
+            return True
+    return False
+
+
+@dataclass
+class SshHostOverIpv6(SshHost):
+    """The namespace's sshd reached at its IPv6 address: the same alias, keys and host key,
+    with ``HostName`` overridden (and the known host looked up under its IPv4 name)."""
+
+    overrides: list[str] = field(default_factory=list)
+
+    @property
+    def ssh_options(self) -> list[str]:
+        return [*super().ssh_options, *self.overrides]
+
+
 @dataclass
 class NamespaceHost:
-    """The namespace "host". ``address`` is its side of the link, ``host_address`` ours."""
+    """The namespace "host". ``address`` is its side of the link, ``host_address`` ours;
+    ``address6`` and ``host_address6`` the same in IPv6 (empty where the machine has none,
+    ``ipv6_missing`` then says why)."""
 
     name: str = ""
     hostname: str = ""
     subnet: ipaddress.IPv4Network | None = None
     host_address: str = ""
     address: str = ""
+    subnet6: ipaddress.IPv6Network | None = None
+    host_address6: str = ""
+    address6: str = ""
+    ipv6_missing: str = ""
     ssh: SshHost | None = None
+    ssh6: SshHostOverIpv6 | None = None
     _links: tuple[str, str] = ("", "")
     _sshd: Sshd | None = None
     _made: list[str] = field(default_factory=list)
@@ -92,6 +132,12 @@ class NamespaceHost:
     def ssh_host(self) -> SshHost:
         assert self.ssh is not None, "the namespace host is not started"
         return self.ssh
+
+    @property
+    def ssh_host6(self) -> SshHostOverIpv6:
+        """The namespace's sshd over IPv6 (``SSH_CONNECTION`` there has IPv6 addresses)."""
+        assert self.ssh6 is not None, f"the namespace host has no IPv6: {self.ipv6_missing}"
+        return self.ssh6
 
     def exec_argv(self, argv: Sequence[str]) -> list[str]:
         """``argv`` run inside the namespace (same files and users, its own network)."""
@@ -136,15 +182,51 @@ class NamespaceHost:
         _proc.run(["ip", "-n", self.name, "addr", "add", f"{ns_ip}/{prefix}", "dev", theirs])
         _proc.run(["ip", "-n", self.name, "link", "set", theirs, "up"])
         _proc.run(["ip", "-n", self.name, "link", "set", "lo", "up"])
+        self._make_ipv6()
+
+    def _make_ipv6(self) -> None:
+        """IPv6 on the link, if the machine has it (else ``ipv6_missing`` says why)."""
+        assert self.subnet is not None
+        subnet6 = _subnet6(self.subnet)
+        if not socket.has_ipv6 or not os.path.exists("/proc/net/if_inet6"):
+            self.ipv6_missing = "this machine has no IPv6"
+            return
+        if _ipv6_in_use(subnet6):
+            self.ipv6_missing = f"{subnet6} is routed on this machine already"
+            return
+        host_ip, ns_ip = str(subnet6[1]), str(subnet6[2])
+        ours, theirs = self._links
+        _proc.run(["ip", "-6", "route", "replace", "blackhole", str(subnet6),
+                   "metric", str(BLACKHOLE_METRIC)])
+        self.subnet6 = subnet6
+        self._made.append("route6")
+        try:
+            _proc.run(["ip", "addr", "add", f"{host_ip}/64", "dev", ours, "nodad"])
+            _proc.run(["ip", "-n", self.name, "addr", "add", f"{ns_ip}/64", "dev", theirs,
+                       "nodad"])
+        except RuntimeError as error:  # IPv6 turned off on the interfaces
+            self.ipv6_missing = f"IPv6 addresses cannot be added: {error}"
+            return
+        self.host_address6, self.address6 = host_ip, ns_ip
 
     def _start_sshd(self) -> None:
-        prefix = self.exec_argv(["unshare", "--uts", "--", "sh", "-c",
-                                 'hostname "$0" && exec "$@"', self.hostname])
+        # sshd's own argv (after the prefix) gets one more ListenAddress: the IPv6 one.
+        script = 'hostname "$0" && exec "$@"'
+        if self.address6:
+            script += f' -o "ListenAddress=[{self.address6}]:22"'
+        prefix = self.exec_argv(["unshare", "--uts", "--", "sh", "-c", script, self.hostname])
         self._sshd = Sshd(address=self.address, port=22, alias="rp-nshost", prefix=prefix)
-        self.ssh = self._sshd.start()
-        if self.ssh.hostname != self.hostname:
-            raise RuntimeError(f"namespace sshd reports hostname {self.ssh.hostname!r}, "
+        self.ssh = ssh = self._sshd.start()
+        if ssh.hostname != self.hostname:
+            raise RuntimeError(f"namespace sshd reports hostname {ssh.hostname!r}, "
                                f"expected {self.hostname!r}")
+        if self.address6:
+            self.ssh6 = SshHostOverIpv6(
+                ssh.alias, ssh.config, self.address6, ssh.port, ssh.user, ssh.directory,
+                ssh.hostname,
+                overrides=["-o", f"HostName={self.address6}", "-o", f"HostKeyAlias={self.address}"])
+            if self.ssh6.ssh("hostname", check=False).stdout.strip() != self.hostname:
+                raise RuntimeError(f"the namespace sshd does not answer on {self.address6}")
 
     def partition(self) -> None:
         """Drop every packet in and out of the namespace (loopback excepted)."""
@@ -170,6 +252,8 @@ class NamespaceHost:
         """Kill everything inside, delete the namespace, link and route, remove files."""
         if "netns" in self._made:
             self.heal()  # lets the ssh masters say goodbye instead of timing out
+        if self.ssh6 is not None:
+            self.ssh6.close_masters()
         if self._sshd is not None:
             self._sshd.stop()
         if "netns" in self._made:
@@ -179,6 +263,9 @@ class NamespaceHost:
             _proc.run(["ip", "link", "del", self._links[0]], timeout=10, check=False)
         if "route" in self._made:
             _proc.run(["ip", "route", "del", "blackhole", str(self.subnet), "metric",
+                       str(BLACKHOLE_METRIC)], timeout=10, check=False)
+        if "route6" in self._made:
+            _proc.run(["ip", "-6", "route", "del", "blackhole", str(self.subnet6), "metric",
                        str(BLACKHOLE_METRIC)], timeout=10, check=False)
         self._made.clear()
 

@@ -35,9 +35,12 @@ class Ran:
 
 
 def _is_worker(pid: int) -> bool:
+    """A worker process, exec'd or forked (a fork server's worker, or the template itself,
+    shows the template's command line)."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as file:
-            return b"rpc_parallel\0worker\0" in file.read()
+            argv = file.read()
+            return b"rpc_parallel\0worker\0" in argv or b"rpc_parallel\0fork-server\0" in argv
     except OSError:
         return False
 

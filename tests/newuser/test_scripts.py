@@ -118,12 +118,12 @@ ARGPARSE_TWICE = ARGPARSE.replace(
 
 @pytest.mark.timeout(60)
 async def test_prestarted_worker_imports_the_script_with_the_masters_argv(tmp_path: Path) -> None:
-    """Under start_app the second spawn takes a process that imported the script before its
-    configuration came: it had the master's argv already."""
+    """Under start_app a spawn is a fork of the fork server, which imported the script
+    before any configuration came: it had the master's argv already."""
     assert ARGPARSE_TWICE != ARGPARSE
     ran = await run_program(write_program(tmp_path, "cli.py", ARGPARSE_TWICE), "--count", "3")
     assert ran.returncode == 0, ran.err[-3000:]
     worker_argv, master_argv = eval(ran.out.strip().splitlines()[-1])
     assert worker_argv == master_argv and worker_argv[1:] == ["--count", "3"]
-    assert len(ran.workers_seen) >= 2
+    assert ran.workers_seen  # the fork server's template (its forks live too briefly to see)
     assert "usage:" not in ran.err and "cannot import" not in ran.err, ran.err[-3000:]

@@ -1,4 +1,4 @@
-"""Pre-started worker processes under ``start_app``: the second spawn of a class is warm.
+"""Warm processes under ``start_app``: default spawns are forks of the fork server.
 
 Each test runs a real master script (``start_app``) in a subprocess and checks what it
 prints and what is left in /proc afterwards.
@@ -27,19 +27,23 @@ class Counter(rp.Worker[int]):
         self.start = start
 
     @rp.rpc
-    async def facts(self) -> tuple[int, int, str]:
-        return self.start, os.getpid(), open("/proc/self/cmdline").read().replace("\\0", " ")
+    async def facts(self) -> tuple[int, int, str, int]:
+        command = open("/proc/self/cmdline").read().replace("\\0", " ")
+        return self.start, os.getpid(), command, os.getppid()
 
 
 async def main() -> None:
     names = set()
     for start in range(4):
         async with await Counter.spawn(start) as worker:
-            value, pid, command = await worker.run(Counter.facts)
+            value, pid, command, parent = await worker.run(Counter.facts)
             assert value == start, (value, start)
-            assert f"rpc_parallel worker {worker.name} child-of " in command, command
+            warm = os.environ.get("RPC_PARALLEL_PRESTART") != "0"
+            expected = "fork-server" if warm else f"worker {worker.name}"
+            assert f"rpc_parallel {expected} child-of " in command, command
+            assert (parent != os.getpid()) == warm
             names.add(worker.name)
-            print("worker", pid, worker.name, flush=True)
+            print("worker", pid, worker.name, parent, flush=True)
     assert len(names) == 4
     try:
         await Counter.spawn(-1)
@@ -47,9 +51,9 @@ async def main() -> None:
         print("spawn error:", "negative start" in str(error), flush=True)
     # Options a pre-started process cannot honour start a process of their own.
     async with await Counter.spawn(9, env={"MARK": "1"}, name="named") as worker:
-        value, pid, command = await worker.run(Counter.facts)
-        print("cold", value, "named child-of" in command, flush=True)
-    # Leave one pre-started process waiting; it must be gone when the master ends.
+        value, pid, command, parent = await worker.run(Counter.facts)
+        print("cold", value, "named child-of" in command, parent == os.getpid(), flush=True)
+    # The fork server waits for the next spawn; it must be gone when the master ends.
     async with await Counter.spawn(5) as worker:
         await worker.run(Counter.facts)
     for _ in range(200):
@@ -68,7 +72,7 @@ def _is_idle_worker(pid: int) -> bool:
             parent = int(file.read().rsplit(")", 1)[1].split()[1])
     except OSError:
         return False
-    return b"rpc_parallel\\0worker\\0Counter-" in command and parent == os.getpid()
+    return b"rpc_parallel\\0fork-server\\0" in command and parent == os.getpid()
 
 
 if __name__ == "__main__":
@@ -76,7 +80,7 @@ if __name__ == "__main__":
 '''
 
 
-async def test_repeated_spawns_use_prestarted_processes_and_leave_nothing(tmp_path: Path) -> None:
+async def test_spawns_are_forks_of_one_template_that_leaves_nothing(tmp_path: Path) -> None:
     script = tmp_path / "prestart_script.py"
     script.write_text(textwrap.dedent(SCRIPT))
     code, out, err = await run_script(script)
@@ -84,11 +88,12 @@ async def test_repeated_spawns_use_prestarted_processes_and_leave_nothing(tmp_pa
     lines = out.splitlines()
     workers = [line.split() for line in lines if line.startswith("worker ")]
     assert len(workers) == 4
+    assert len({fields[3] for fields in workers}) == 1, "one template forked them all"
     assert "spawn error: True" in lines
-    assert "cold 9 True" in lines
+    assert "cold 9 True True" in lines
     idle_line = next(line for line in lines if line.startswith("idle"))
     idle = [int(pid) for pid in idle_line.split()[1:]]
-    assert idle, "a pre-started process should have been waiting for the next spawn"
+    assert idle == [int(workers[0][3])], "the fork server waits for the next spawn"
     for pid in idle + [int(fields[1]) for fields in workers]:
         await gone(pid, timeout=10.0)
         assert not alive(pid)

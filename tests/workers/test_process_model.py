@@ -53,7 +53,7 @@ async def run_script(
     path: Path, env: dict[str, str] | None = None, timeout: float = 60.0
 ) -> tuple[int, str, str]:
     environment = dict(os.environ)
-    environment.pop("PYTHONPATH", None)
+    environment["PYTHONPATH"] = str(REPO / "src")  # this checkout's rpc_parallel
     environment.update(env or {})
     process = await asyncio.create_subprocess_exec(
         sys.executable, str(path), cwd=path.parent, env=environment,

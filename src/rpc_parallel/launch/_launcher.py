@@ -5,8 +5,9 @@ pipeline asks it for the worker's command, has it start a process, and supervise
 returns through :class:`LaunchedProcess`; it never looks at which launcher it has. Today's
 launchers are ``Local`` (a child process of this one), ``Wrap`` (a prefix command in front of
 another launcher), ``Remote`` (another host, over ssh: ``ssh.py``) and ``Slurm`` (a job step
-or a job: ``slurm.py``). Another one (a fork server, another scheduler) is one new module
-with one class implementing this protocol.
+or a job: ``slurm.py``); the fork server (``_fork_server.py``) serves a default ``Local``
+spawn when ``can_use_prestarted`` says it may. Another one (another scheduler) is one new
+module with one class implementing this protocol.
 """
 
 from __future__ import annotations
@@ -90,14 +91,13 @@ class LaunchedProcess(Protocol):
     """
 
     name: str
-    """The worker's name (a pre-started process chose its own)."""
+    """The worker's name."""
 
     pid: int
     """The process id on the host where it runs (the launcher's own child for ssh/srun)."""
 
     redirect_stderr: Redirection
-    """Where its stderr goes once it has registered (for ``stderr_tail``); a pre-started
-    process learns it when a spawn takes it."""
+    """Where its stderr goes once it has registered (for ``stderr_tail``)."""
 
     @property
     def returncode(self) -> int | None:
@@ -160,9 +160,10 @@ class Launcher(Protocol):
       ``connect_back: ConnectBack`` attribute saying how its workers find the master, and
       a ``worker_paths(sys_path, main_path)`` method when the worker's code is not at the
       master's paths on the target (``worker_paths`` below).
-    * ``can_use_prestarted``: whether a pre-started local process (``_prestart``) may serve
-      this spawn instead of a new one; true only when the launch would be exactly the
-      master's default local launch.
+    * ``can_use_prestarted``: whether a warm process — a fork of the master's fork server
+      (``_prestart``, ``_fork_server``) — may serve this spawn instead of a new one; true
+      only when the launch would be exactly the master's default local launch (the
+      master's interpreter, no prefix, this host).
     """
 
     @property

@@ -10,7 +10,7 @@ import resource
 import signal
 import sys
 from collections.abc import Mapping, Sequence
-from typing import IO
+from typing import IO, Protocol
 
 from ..errors import SpawnError
 from ._launcher import LaunchRequest
@@ -95,6 +95,26 @@ def _file_tail(path: str, limit: int = 4096) -> str:
         return ""
 
 
+class ChildProcess(Protocol):
+    """What ``WorkerProcess`` needs of the process it owns: an
+    ``asyncio.subprocess.Process``, or a worker forked by the fork server
+    (``_fork_server.ForkedChild``)."""
+
+    pid: int
+    stdin: asyncio.StreamWriter | None
+    stdout: asyncio.StreamReader | None
+    stderr: asyncio.StreamReader | None
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    async def wait(self) -> int: ...
+
+    def send_signal(self, signal: int, /) -> None: ...
+
+    def kill(self) -> None: ...
+
+
 class WorkerProcess:
     """The OS process of a local worker, owned by the master that started it.
 
@@ -104,7 +124,7 @@ class WorkerProcess:
 
     def __init__(
         self,
-        process: asyncio.subprocess.Process,
+        process: ChildProcess,
         name: str,
         redirect_stdout: Redirection,
         redirect_stderr: Redirection,

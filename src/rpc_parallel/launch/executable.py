@@ -266,6 +266,18 @@ class RemoteExecutable:
         relpath = self.bundle.local_paths.get(os.path.realpath(local_path))
         return None if relpath is None else f"{self.path}/{relpath}"
 
+    def worker_paths(self, main_path: str | None, where: str) -> tuple[list[str], str | None]:
+        """A worker's import path and main script when it runs from this bundle: the
+        bundle's import path and its copy of the master's main script (``where`` names the
+        place in the error when the script was not shipped)."""
+        if main_path is None:
+            return self.sys_path, None
+        shipped = self.remote_file(main_path)
+        if shipped is None:
+            raise SpawnError(f"the main script {main_path} is not in the bundle {where}: "
+                             "copy the executable from this program")
+        return self.sys_path, shipped
+
     @property
     def sys_path(self) -> list[str]:
         """The worker's whole import path on the host, for its configuration: the bundle's

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -89,9 +90,18 @@ class Wrap:
         return await self.how.launch(request)
 
 
+_LAUNCHER_TYPES: weakref.WeakSet[type] = weakref.WeakSet()
+"""Types found to implement ``Launcher`` (an ``isinstance`` against a runtime protocol
+inspects every member each time; the members are the type's)."""
+
+
 def check_launcher(how: object, what: str = "how") -> None:
     """``TypeError`` unless ``how`` implements the ``Launcher`` protocol."""
-    if not isinstance(how, Launcher):
+    if type(how) in _LAUNCHER_TYPES:
+        return
+    if isinstance(how, Launcher):
+        _LAUNCHER_TYPES.add(type(how))
+    else:
         raise TypeError(
             f"{what} must be rp.Local(), rp.Remote(...), rp.Slurm(...), rp.Wrap(...) or another launcher "
             f"(see rpc_parallel.launch.Launcher), got {how!r}"

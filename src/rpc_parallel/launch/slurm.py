@@ -24,7 +24,6 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from ..errors import SpawnError
 from ._launcher import ConnectBack, LaunchedProcess, LaunchRequest
 from ._slurm_env import SlurmAllocation, expand_counts, expand_hostlist, slurm_allocation
 from .executable import RemoteExecutable
@@ -145,16 +144,9 @@ class Slurm:
     ) -> tuple[list[str], str | None]:
         """The master's paths (shared files), or the bundle's import path and its copy of the
         main script."""
-        exe = self.executable
-        if exe is None:
+        if self.executable is None:
             return sys_path, main_path
-        if main_path is None:
-            return exe.sys_path, None
-        shipped = exe.remote_file(main_path)
-        if shipped is None:
-            raise SpawnError(f"the main script {main_path} is not in the bundle at {exe.path}: "
-                             "copy the executable from this program")
-        return exe.sys_path, shipped
+        return self.executable.worker_paths(main_path, f"at {self.executable.path}")
 
     def _boot_input(self, name: str) -> bytes | None:
         """With a bundle: what the worker reads first on stdin (verify, then run)."""

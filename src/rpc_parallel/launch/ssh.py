@@ -27,7 +27,6 @@ from asyncio import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import KW_ONLY, dataclass
 
-from ..errors import SpawnError
 from . import _process
 from ._launcher import ConnectBack, LaunchedProcess, LaunchRequest
 from ._ssh import SshTarget
@@ -111,16 +110,9 @@ class Remote:
         """Without a bundle: the master's import path, with ``''`` (the master's working
         directory) made absolute, since the worker starts in its login directory on the
         host. With one: the bundle's import path and its copy of the main script."""
-        exe = self.executable
-        if exe is None:
+        if self.executable is None:
             return [entry or os.getcwd() for entry in sys_path], main_path
-        if main_path is None:
-            return exe.sys_path, None
-        shipped = exe.remote_file(main_path)
-        if shipped is None:
-            raise SpawnError(f"the main script {main_path} is not in the bundle on host "
-                             f"{self.host}: copy the executable from this program")
-        return exe.sys_path, shipped
+        return self.executable.worker_paths(main_path, f"on host {self.host}")
 
     def worker_command(self, name: str) -> list[str]:
         argv = _worker_argv(name)

@@ -2,8 +2,8 @@
 
 ``Calling`` (a connection's calling side: its calls in flight, streams whose reader was
 dropped, the one-way window, how calls fail when the connection is lost, a reverse pipe's
-sender); ``RpcCall`` / ``ReversePipeCall`` are what ``Calling.outgoing`` holds for an rpc or
-a reverse pipe (a pipe or state call is its ``ReaderState``); ``error_from_info`` turns an
+sender); ``RpcCall`` (a tuple) / ``ReversePipeCall`` are what ``Calling.outgoing`` holds for
+an rpc or a reverse pipe (a pipe or state call is its ``ReaderState``); ``error_from_info`` turns an
 ERROR frame into the exception a call fails with; ``cannot_send`` names a value that cannot
 be encoded or is too large. Imports nothing of ``connection``: ``Calling`` knows it as a
 ``CallingOwner``.
@@ -16,48 +16,66 @@ import contextlib
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
 from typing import Any, Protocol
 
-import msgspec
-
 from ._exceptions import rebuild
 from .errors import CloseKind, ConnectionClosed, MessageTooLarge, ProtocolError
 from .frames import END, ErrorInfo
 from .functions import ENCODER, FunctionSpec
 from .streams import Credit, ReaderState, StreamOwner
 
+RpcCall = tuple[FunctionSpec, "asyncio.Future[Any]"]
+"""An rpc call in flight, as ``Calling.outgoing`` holds it: its function's spec (what
+decodes the result) and the future of its result. A tuple, not an object: it is made for
+every call, and a tuple costs the per-call path least. ``spec_of`` and ``fail`` treat it
+like the other entries."""
 
-class RpcCall:
-    __slots__ = ("future", "spec")
 
-    def __init__(self, spec: FunctionSpec, future: asyncio.Future[Any]) -> None:
+def on_rpc_response(spec: FunctionSpec, future: asyncio.Future[Any], payload: memoryview) -> None:
+    """An rpc call's RESPONSE, the general case (the connection decodes the common case
+    inline): a payload to copy first, a result that does not match the declared type."""
+    if future.done():  # Cancelled by its caller.
+        return
+    try:
+        future.set_result(spec.decode_response(payload))
+    except ProtocolError as error:
+        future.set_exception(error)
+
+
+def spec_of(entry: Any) -> FunctionSpec:
+    """The spec of a call in flight, whatever its kind."""
+    return entry[0] if type(entry) is tuple else entry.spec  # type: ignore[no-any-return]
+
+
+def fail(entry: Any, error: BaseException) -> None:
+    """Fail a call in flight, whatever its kind, unless it has finished."""
+    if type(entry) is tuple:
+        future = entry[1]
+        if not future.done():
+            future.set_exception(error)
+    else:
+        entry._fail(error)
+
+
+class ReversePipeCall:
+    """A reverse pipe call in flight: the future of its result and its sender's credit."""
+
+    __slots__ = ("credit", "future", "spec")
+
+    def __init__(self, spec: FunctionSpec, future: asyncio.Future[Any], credit: Credit) -> None:
         self.spec = spec
         self.future = future
+        self.credit = credit
 
     def _on_response(self, payload: memoryview) -> None:
         future = self.future
         if not future.done():
-            spec = self.spec
-            if not spec._copy_payload:
-                try:
-                    future.set_result(spec.response_decoder.decode(payload))
-                    return
-                except (msgspec.MsgspecError, UnicodeDecodeError):
-                    pass  # decode_response explains it.
             try:
-                future.set_result(spec.decode_response(payload))
+                future.set_result(self.spec.decode_response(payload))
             except ProtocolError as error:
                 future.set_exception(error)
 
     def _fail(self, error: BaseException) -> None:
         if not self.future.done():
             self.future.set_exception(error)
-
-
-class ReversePipeCall(RpcCall):
-    __slots__ = ("credit",)
-
-    def __init__(self, spec: FunctionSpec, future: asyncio.Future[Any], credit: Credit) -> None:
-        super().__init__(spec, future)
-        self.credit = credit
 
 
 def error_from_info(spec: FunctionSpec, info: ErrorInfo) -> Exception:
@@ -218,23 +236,23 @@ class Calling:
             if self._translate is not None and type(entry) is not ReaderState:
                 translated.append(entry)
             else:
-                entry._fail(ConnectionClosed(reason, kind))
+                fail(entry, ConnectionClosed(reason, kind))
         if translated:
             self._translating = self._owner.loop.create_task(
                 self._fail_translated(translated, ConnectionClosed(reason, kind))
             )
 
-    async def _fail_translated(self, calls: list[RpcCall], error: ConnectionClosed) -> None:
+    async def _fail_translated(self, calls: list[Any], error: ConnectionClosed) -> None:
         """Fail calls in flight with the error the layer above makes of the lost connection."""
         assert self._translate is not None
         try:
             make = await self._translate(self._owner, error)
         except BaseException:
             for call in calls:
-                call._fail(ConnectionClosed(error.reason, error.kind))
+                fail(call, ConnectionClosed(error.reason, error.kind))
             raise
         for call in calls:
-            call._fail(make(call.spec.name))
+            fail(call, make(spec_of(call).name))
 
     async def pump(
         self,

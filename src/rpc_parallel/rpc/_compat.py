@@ -1,6 +1,6 @@
 """asyncio internals the per-frame path uses, behind a version gate.
 
-``_serve_inline`` runs an rpc call's first step with the connection's idle runner task set as
+``Serving.on_query`` runs an rpc call's first step with the connection's idle runner task set as
 the current task, the way Python 3.12's eager tasks do, through asyncio's private
 ``_enter_task`` / ``_leave_task``. They exist (with these signatures) on every CPython this
 package supports (3.11 to 3.13). On any other version, or if they are gone, ``enter_task``

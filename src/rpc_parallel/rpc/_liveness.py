@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Protocol
 
+from ._calling import spec_of
 from .errors import CloseKind
 from .frames import HEARTBEAT
 from .settings import RpcSettings
@@ -86,7 +87,7 @@ class Liveness:
     def _silence_reason(self, silent: float) -> str:
         """Why the peer is declared dead: how long it was silent, what that can mean, and
         which of its functions were running for this side."""
-        running = sorted({entry.spec.name for entry in self._owner._outgoing.values()})
+        running = sorted({spec_of(entry).name for entry in self._owner._outgoing.values()})
         text = (
             f"heartbeat timeout: nothing heard from the peer for {silent:.1f} s "
             f"(heartbeat_timeout {self._owner.settings.heartbeat_timeout:g} s): its process is "

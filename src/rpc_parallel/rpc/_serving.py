@@ -21,6 +21,8 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, G
 from concurrent.futures import Executor
 from typing import Any, Protocol
 
+import msgspec
+
 from ._calling import cannot_send
 from ._compat import enter_task as _enter_task  # What Python 3.12's eager tasks use.
 from ._compat import leave_task as _leave_task
@@ -50,7 +52,7 @@ class Implementation:
     stream is advanced there too, one item at a time.
     """
 
-    __slots__ = ("executor", "handler", "in_thread", "spec", "starts_nothing")
+    __slots__ = ("executor", "handler", "in_thread", "inline", "spec", "starts_nothing")
 
     def __init__(
         self, spec: FunctionSpec, handler: Callable[..., Any], executor: Executor | None = None
@@ -67,6 +69,8 @@ class Implementation:
         self.in_thread = not (
             inspect.iscoroutinefunction(unwrapped) or inspect.isasyncgenfunction(unwrapped)
         )
+        # An rpc whose first step can run inline, as the frame is read (``Serving.on_query``).
+        self.inline = spec.kind == "rpc" and self.starts_nothing and not self.in_thread
         if self.in_thread and spec.kind == "reverse_pipe":
             raise TypeError(f"{spec.name}: a reverse pipe must be implemented by an async def")
 
@@ -210,7 +214,7 @@ class Serving:
     credit, END and ABORT for served streams), so it is one dict for the connection's life,
     never replaced. rpc calls to coroutine implementations need no task of their own: the
     runner (``_run_queued``) serves them in turn, and an idle runner lends itself to a call
-    that arrives (``_serve_inline``). Everything this side writes after the connection has
+    that arrives (``on_query``). Everything this side writes after the connection has
     closed is discarded by the connection's flush, so answers need not check for it.
     """
 
@@ -245,7 +249,16 @@ class Serving:
     # Per-frame hot path: kept as one function on purpose (longer than the ~40-line rule);
     # splitting it into steps adds a Python call per frame, which the benchmarks measure.
     def on_query(self, call_id: int, index: int, payload: memoryview) -> None:
-        """A QUERY frame: decode the arguments and start serving the call."""
+        """A QUERY frame: decode the arguments and serve the call.
+
+        An rpc call to an ``async def`` is served inline when the runner is idle: its first
+        step runs now, with the runner as the current task (as Python 3.12's eager tasks
+        do), so most calls are answered here, without a task or a loop iteration of their
+        own. One that waits is handed to the runner, which becomes its task (the task
+        ``asyncio.current_task()``, ``asyncio.timeout`` and task groups saw in the first
+        step). Otherwise the call is queued for the runner (``_run_queued``), or, for the
+        other kinds and for plain functions, gets a task of its own (``_start_task``).
+        """
         try:
             implementation: Implementation = self._served[index]
         except IndexError:
@@ -256,24 +269,49 @@ class Serving:
                 self._one_way_done()
             return
         spec = implementation.spec
-        kind = spec.kind
-        try:
-            args = spec.decode_arguments(payload)
-        except ProtocolError as error:
-            if kind == "one_way":
-                self._one_way_done()
-                self._one_way_failed(spec, error)
-            elif call_id:
-                self._respond_error(call_id, error)
-            return
-        if kind == "rpc" and not implementation.in_thread:
-            # No task per call: see _serve_inline and _run_queued.
-            if (
-                self._runner_idle is not None
-                and implementation.starts_nothing
-                and self._serve_inline(call_id, implementation, args, self._runner_idle)
-            ):
+        args: Any = None
+        if not spec._copy_payload:  # (spec.decode_arguments, inline for the common case)
+            try:  # noqa: SIM105 - contextlib.suppress costs more, on the per-frame path.
+                args = spec.arguments_decoder.decode(payload)
+            except (msgspec.MsgspecError, UnicodeDecodeError):
+                pass  # decode_arguments explains it.
+        if args is None:
+            try:
+                args = spec.decode_arguments(payload)
+            except ProtocolError as error:
+                self._refuse(call_id, spec, error)
                 return
+        if implementation.inline:
+            idle = self._runner_idle
+            if idle is not None:
+                runner = self._runner
+                assert runner is not None  # (An idle runner exists.)
+                loop = self.loop
+                try:
+                    _enter_task(loop, runner)
+                except RuntimeError:  # Called from inside a task: queue it instead.
+                    pass
+                else:
+                    context = self._context.copy()
+                    try:
+                        coroutine = implementation.handler(*args)
+                        waiting = context.run(coroutine.send, None)
+                    except StopIteration as done:
+                        try:  # (_respond, inline)
+                            self._write(RESPONSE, call_id, 0, done.value)
+                        except Exception as error:
+                            self._respond_error(call_id, cannot_send(spec, "result", error, serving=True))
+                        return
+                    except (Exception, asyncio.CancelledError) as error:
+                        self._respond_error(call_id, error)
+                        return
+                    finally:
+                        _leave_task(loop, runner)
+                    self._runner = self._runner_idle = None
+                    self.incoming[call_id] = runner
+                    idle.set_result((call_id, implementation, coroutine, waiting, context))
+                    return
+        if spec.kind == "rpc" and not implementation.in_thread:
             self._queued.append((call_id, implementation, args))
             if self._runner is None:
                 self._start_runner()
@@ -283,6 +321,14 @@ class Serving:
                 self._runner_idle = None
             return
         self._start_task(call_id, implementation, args)
+
+    def _refuse(self, call_id: int, spec: FunctionSpec, error: ProtocolError) -> None:
+        """A call whose arguments do not decode: answer (or report) the error."""
+        if spec.kind == "one_way":
+            self._one_way_done()
+            self._one_way_failed(spec, error)
+        elif call_id:
+            self._respond_error(call_id, error)
 
     def _start_task(self, call_id: int, implementation: Implementation, args: tuple[Any, ...]) -> None:
         """Serve a call in a task of its own: an rpc in a thread, a one-way call, a stream."""
@@ -334,43 +380,6 @@ class Serving:
         if self.incoming.pop(call_id, None) is not None:
             self._respond(implementation.spec, call_id, result)
 
-    def _serve_inline(
-        self,
-        call_id: int,
-        implementation: Implementation,
-        args: tuple[Any, ...],
-        idle: asyncio.Future[Any],
-    ) -> bool:
-        """Run an rpc call's first step now, with the idle runner as the current task.
-
-        Most calls return without waiting: answered here, as fast as a raw protocol, without
-        a loop iteration. One that waits is handed to the runner, which becomes its task (the
-        task ``asyncio.current_task()``, ``asyncio.timeout`` and task groups saw in the first
-        step). False if this cannot be done here (the call is then queued).
-        """
-        runner = self._runner
-        assert runner is not None
-        try:
-            _enter_task(self.loop, runner)
-        except RuntimeError:  # Called from inside a task.
-            return False
-        context = self._context.copy()
-        try:
-            coroutine = implementation.handler(*args)
-            waiting = context.run(coroutine.send, None)
-        except StopIteration as done:
-            self._respond(implementation.spec, call_id, done.value)
-            return True
-        except (Exception, asyncio.CancelledError) as error:
-            self._respond_error(call_id, error)
-            return True
-        finally:
-            _leave_task(self.loop, runner)
-        self._runner = self._runner_idle = None
-        self.incoming[call_id] = runner
-        idle.set_result((call_id, implementation, coroutine, waiting, context))
-        return True
-
     def _start_runner(self) -> None:
         runner = self.loop.create_task(self._run_queued(), context=self._context.copy())
         self._runner = runner
@@ -383,7 +392,7 @@ class Serving:
 
         Calls that return without waiting cost no task and no loop iteration of their own,
         and their responses leave in one write; then the runner waits for more (and lends
-        itself to _serve_inline). A call that has to wait keeps this task as its task to the
+        itself to on_query). A call that has to wait keeps this task as its task to the
         end (``asyncio.current_task()``, ``asyncio.timeout`` and task groups see one task
         for the whole call, as with a task per call; ABORT cancels it), and a new runner
         takes the rest of the queue.
@@ -404,7 +413,7 @@ class Serving:
                     except asyncio.CancelledError:
                         if not idle.done() or idle.cancelled() or idle.result() is None:
                             raise
-                        # Cancelled once _serve_inline had handed over a call: pass the
+                        # Cancelled once on_query had handed over a call: pass the
                         # cancellation on to it.
                         job = idle.result()
                         task.uncancel()

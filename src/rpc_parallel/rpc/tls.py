@@ -9,7 +9,8 @@ RPC handshake's HMAC proof of the secret still runs inside the TLS session.
 
 ``cryptography`` is imported only by :meth:`TlsIdentity.generate`; loading an identity
 into an :class:`ssl.SSLContext` needs the standard library alone. See
-docs/decisions/0011-tls.md.
+docs/decisions/0011-tls.md. The contexts are used by the RPC layer's own TLS transport
+(``_tls_transport``, docs/decisions/0025-tls-transport.md), not the event loop's.
 """
 
 from __future__ import annotations

@@ -1,0 +1,250 @@
+"""The fork server's template process: the program that forks local workers.
+
+Started by the master (``_fork_server.ForkServer``) as ``python -m rpc_parallel fork-server
+child-of <pid>@<host>``, with
+
+* fd 0: a ``SOCK_SEQPACKET`` Unix socket to the master. Its first message is the setup
+  (the master's import path and argv); each later message is one fork request carrying,
+  as ``SCM_RIGHTS``, the new worker's stdin, stdout and stderr. End of file means the
+  master is gone: the template exits at once;
+* fd 1: the reply pipe to the master (``started``, ``refused``, ``exited`` records, each a
+  4-byte little-endian length and a MessagePack array). The template moves it to another
+  descriptor and points fd 1 at its stderr, so what an imported module prints never
+  reaches the replies;
+* fd 2: its stderr, which the master forwards.
+
+It runs no event loop and no thread: a ``select`` loop over the socket and the wake-up
+pipe of ``SIGCHLD``. It imports a worker class's module on the first request that names it,
+then forks. It is the parent of every worker it forks: it reaps each one as it exits and
+reports the exit status, so the master's supervision is the same as for a child of its own.
+A forked child starts a session of its own, takes its three descriptors, dies with the
+template (``PR_SET_PDEATHSIG``), changes to the requested directory, reseeds the random
+state it inherited, and becomes the worker (``run_worker``: the same code an exec'd worker
+runs, reading its configuration from its stdin).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+import random
+import select
+import signal
+import socket
+import sys
+import threading
+import traceback
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+import msgspec
+
+_PR_SET_NAME = 15
+_PR_SET_PDEATHSIG = 1
+_MAX_MESSAGE = 1 << 20
+
+
+class Setup(msgspec.Struct, array_like=True):
+    """The first message on the socket: what the template imports with."""
+
+    sys_path: list[str]
+    argv: list[str]
+
+
+class ForkRequest(msgspec.Struct, array_like=True):
+    """One worker to fork; its stdin, stdout and stderr come with it (SCM_RIGHTS)."""
+
+    id: int
+    name: str
+    module: str
+    main_path: str | None
+    cwd: str
+
+
+Reply = tuple[str, int, Any]
+"""``("started", id, pid)``, ``("refused", id, reason)``, ``("tainted", id, reason)`` (a
+thread runs in the template now: it forks no more) or ``("exited", pid, status)`` (status
+as ``subprocess`` gives it: negative for a signal)."""
+
+
+class _Template:
+    """The state of the template's loop: its socket, reply pipe and the modules it has."""
+
+    def __init__(self, preload: Callable[[str, str | None], None],
+                 run_worker: Callable[[], object]) -> None:
+        self.preload = preload
+        self.run_worker = run_worker
+        self.control = socket.socket(fileno=0)
+        self.replies = os.dup(1)
+        os.dup2(2, 1)  # print() in an imported module goes to stderr, not into the replies
+        self.wake_read, self.wake_write = os.pipe()
+        for fd in (self.replies, self.wake_read, self.wake_write):
+            os.set_inheritable(fd, False)
+        os.set_blocking(self.wake_read, False)
+        os.set_blocking(self.wake_write, False)
+        self.imported: set[tuple[str, str | None]] = set()
+        self.children: set[int] = set()
+        self.libc = _libc()
+
+    def run(self) -> NoReturn:
+        setup = msgspec.msgpack.decode(self.control.recv(_MAX_MESSAGE), type=Setup)
+        sys.path[:] = setup.sys_path
+        if setup.argv:
+            sys.argv[:] = setup.argv
+        signal.set_wakeup_fd(self.wake_write)
+        signal.signal(signal.SIGCHLD, _ignore)
+        self._reply(("ready", 0, os.getpid()))
+        while True:
+            ready, _, _ = select.select([self.control.fileno(), self.wake_read], [], [])
+            if self.wake_read in ready:
+                self._reap()
+            if self.control.fileno() in ready:
+                self._serve_one()
+
+    def _serve_one(self) -> None:
+        try:
+            message, fds, _, _ = socket.recv_fds(self.control, _MAX_MESSAGE, 3)
+        except OSError:
+            message, fds = b"", []
+        if not message:
+            os._exit(0)  # The master is gone (or closed us): the children die with us.
+        try:
+            request = msgspec.msgpack.decode(message, type=ForkRequest)
+        except msgspec.DecodeError as error:
+            _close_all(fds)
+            sys.stderr.write(f"rpc_parallel fork server: bad request: {error}\n")
+            return
+        if len(fds) != 3:
+            _close_all(fds)
+            self._reply(("refused", request.id, f"expected 3 descriptors, got {len(fds)}"))
+            return
+        self._reply(self._fork(request, fds))
+
+    def _fork(self, request: ForkRequest, fds: list[int]) -> Reply:
+        key = (request.module, request.main_path)
+        if key not in self.imported:
+            self.imported.add(key)  # Once: a failed import is the child's to report.
+            self.preload(request.module, request.main_path)
+        if threading.active_count() > 1:
+            _close_all(fds)
+            return ("tainted", request.id,
+                    f"importing {request.module} started a thread in the fork server "
+                    f"({', '.join(t.name for t in threading.enumerate())}); forking it is unsafe")
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        gc.freeze()  # What the template holds is never collected in a child: no copies for it.
+        try:
+            pid = os.fork()
+        except OSError as error:
+            _close_all(fds)
+            return ("refused", request.id, f"fork failed: {error}")
+        if pid == 0:
+            self._become_worker(request, fds)
+        _close_all(fds)
+        self.children.add(pid)
+        return ("started", request.id, pid)
+
+    def _become_worker(self, request: ForkRequest, fds: list[int]) -> NoReturn:
+        """In the child: a session of its own, its own descriptors and random state, then
+        the worker's main. Never returns into the template's loop."""
+        code = 70
+        try:
+            os.setsid()
+            template = os.getppid()
+            signal.set_wakeup_fd(-1)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            self._die_with_template(template, request.name)
+            self.control.detach()  # fd 0 becomes the worker's stdin below
+            for target, fd in enumerate(fds):
+                os.dup2(fd, target)
+            _close_all([*fds, self.replies, self.wake_read, self.wake_write])
+            os.chdir(request.cwd)
+            reseed()
+            self.run_worker()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                traceback.print_exc()
+        finally:
+            os._exit(code)
+
+    def _die_with_template(self, template: int, name: str) -> None:
+        """SIGKILL when the template ends (it reaps us; without it nobody reports our exit
+        to the master), and the worker's name as the process name (``ps -o comm``)."""
+        if self.libc is not None:
+            self.libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            self.libc.prctl(_PR_SET_NAME, name.encode()[:15], 0, 0, 0)
+        if os.getppid() != template:
+            os._exit(70)  # It died before the death signal was armed.
+
+    def _reap(self) -> None:
+        with contextlib.suppress(OSError):
+            while os.read(self.wake_read, 512):
+                pass
+        while self.children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            self.children.discard(pid)
+            self._reply(("exited", pid, os.waitstatus_to_exitcode(status)))
+
+    def _reply(self, reply: Reply) -> None:
+        data = msgspec.msgpack.encode(reply)
+        try:
+            _write_all(self.replies, len(data).to_bytes(4, "little") + data)
+        except OSError:
+            os._exit(0)  # The master is gone.
+
+
+def reseed() -> None:
+    """Fresh random state in a forked child: ``random``'s global generator (Python also does
+    this at fork) and, if numpy is imported, numpy's legacy global ``RandomState``
+    (``numpy.random.seed()`` from the OS's entropy). ``secrets``, ``os.urandom`` and
+    ``uuid4`` read the kernel's generator and need nothing."""
+    random.seed()
+    numpy_random = sys.modules.get("numpy.random")
+    seed = getattr(numpy_random, "seed", None)
+    if seed is not None:
+        with contextlib.suppress(Exception):
+            seed()
+
+
+def _libc() -> Any:
+    """The C library, for ``prctl`` (ctypes is imported here: the template needs it, the
+    master, which imports this module for its records, does not)."""
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True)
+    except (ImportError, OSError):
+        return None
+
+
+def _ignore(signum: int, frame: object) -> None:
+    """SIGCHLD's handler: the wake-up pipe does the work."""
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def serve(preload: Callable[[str, str | None], None], run_worker: Callable[[], object]) -> NoReturn:
+    """The template's main: serve fork requests until the master goes.
+
+    ``preload(module, main_path)`` imports a worker class's module (and must leave nothing
+    half-imported when it fails: the forked child imports it again and reports the error
+    as an exec'd worker does); ``run_worker()`` is the worker process's main.
+    """
+    _Template(preload, run_worker).run()
