@@ -1,27 +1,33 @@
-"""rp.map_reduce against multiprocessing and concurrent.futures, in one run (issue 10's rows).
+"""rp.map_reduce against multiprocessing, in one run, rounds interleaved (issue 10's rows).
 
-    PYTHONPATH=src .venv/bin/python benchmarks/map_reduce.py [--workers N] [--quick]
+    PYTHONPATH=src .venv/bin/python benchmarks/map_reduce.py [--workers N] [--rounds R] [--quick]
 
-Rows (each library through its natural fast path; times are wall seconds of the whole map, the
-rp figures including the spawn of its workers, the others' pools started beforehand):
+Rows (times are wall seconds; medians of ``--rounds`` interleaved rounds, ratios from them):
 
-- tiny: 100k items ``x + 1`` — rp.map_reduce.map vs ``multiprocessing.Pool.map`` (its default
-  chunking), ``Pool.imap`` (default chunksize 1) and ``ProcessPoolExecutor.map`` with a tuned
-  chunksize (items / (4 * workers));
-- cpu: 2,000 items of ~5 ms CPU each — wall vs the ideal: the same items' serial time in this
-  process ÷ workers;
-- find: find_map whose hit is the 10th of 1 million items — seconds to return;
-- rss: 1 million items through map — the master's resident memory growth while consuming.
+- tiny: 100k items ``x + 1``. ``rp warm``: ``rp.map_reduce.map`` over an open ``MapPool``
+  (workers running, as a started ``Pool`` is), every output taken by ``async for``; against a
+  started ``multiprocessing.Pool``: ``Pool.map`` with the best chunksize of a calibration pass
+  (its default included) and ``Pool.imap`` with its default chunksize (1). ``rp cold`` (a
+  ``Config``: spawn counted) against ``Pool`` start + map for reference.
+- cpu: 2,000 items of 5 ms CPU each. Wall ÷ ideal (ideal = 2,000 x 5 ms ÷ workers) and wall ÷
+  work (work = the items' own measured durations ÷ workers: on a shared machine the items
+  themselves run slower, which is not the library's doing); ``rp warm``, ``rp cold`` (a
+  ``Config``: spawn counted; the map starts on the first worker up; ``spawn_s`` is an
+  ``open()`` of all of them, apart) and ``Pool.map`` with chunksize 1 (its best for costly
+  items).
+- find: ``find_map`` whose hit is the 10th of 1 million items, on the open pool and cold.
+- rss: 1 million items through ``map`` on the open pool: the master's resident memory growth.
 
-Ray and Dask rows are not here yet. The machine may be shared: read ratios, not absolutes.
+The machine may be shared: read ratios, not absolutes. ``--quick`` runs a tenth of each size.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import concurrent.futures
 import multiprocessing
+import multiprocessing.pool
+import statistics
 import time
 from collections.abc import Callable, Iterator
 
@@ -41,14 +47,21 @@ def spin(x: int) -> int:
     return x
 
 
+def spin_timed(x: int) -> float:
+    """``spin``, returning how long it took (more than 5 ms when the process was preempted)."""
+    start = time.perf_counter()
+    spin(x)
+    return time.perf_counter() - start
+
+
 class Inc(rp.MapFunction[None, int, int]):
     def map(self, x: int) -> int:
         return x + 1
 
 
-class Spin(rp.MapFunction[None, int, int]):
-    def map(self, x: int) -> int:
-        return spin(x)
+class SpinTimed(rp.MapFunction[None, int, float]):
+    def map(self, x: int) -> float:
+        return spin_timed(x)
 
 
 class FindTenth(rp.MapFunction[None, int, int | None]):
@@ -67,95 +80,167 @@ def timed(work: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-async def rp_map_seconds(config: rp.map_reduce.Config, items: list[int]) -> float:
+async def in_thread(work: Callable[[], object]) -> float:
+    """``timed(work)`` in a thread: the multiprocessing side blocks, and the master's event
+    loop must stay free meanwhile (its workers' heartbeats)."""
+    return await asyncio.to_thread(timed, work)
+
+
+async def atimed(work: Callable[[], object]) -> float:
     start = time.perf_counter()
-    out = [y async for y in rp.map_reduce.map(config, items, Inc, None)]
-    elapsed = time.perf_counter() - start
-    assert out == [x + 1 for x in items]
-    return elapsed
+    result = work()
+    if asyncio.iscoroutine(result):
+        await result
+    return time.perf_counter() - start
 
 
-def tiny(config: rp.map_reduce.Config, workers: int, n: int) -> dict[str, float]:
+async def rp_map(target: rp.map_reduce.Config | rp.map_reduce.MapPool, items: list[int],
+                 function: type[rp.MapFunction[None, int, int]], expected: list[int]) -> None:
+    out = [y async for y in rp.map_reduce.map(target, items, function, None)]
+    if out != expected:
+        raise AssertionError(f"{function.__name__}: wrong results")
+
+
+def check(out: list[int], expected: list[int], what: str) -> None:
+    if out != expected:
+        raise AssertionError(f"{what}: wrong results")
+
+
+def best_chunksize(pool: multiprocessing.pool.Pool, items: list[int], workers: int) -> int | None:
+    """The chunksize (None: Pool.map's default) that maps ``items`` fastest, best of 3 each."""
+    n = len(items)
+    choices: list[int | None] = [None, max(1, n // workers), max(1, n // (2 * workers)),
+                                 max(1, n // (16 * workers)), 1000]
+    seconds = {c: min(timed(lambda c=c: pool.map(inc, items, chunksize=c)) for _ in range(3))
+               for c in choices}
+    return min(seconds, key=lambda c: seconds[c])
+
+
+def medians(samples: dict[str, list[float]]) -> dict[str, float]:
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
+async def tiny(config: rp.map_reduce.Config, pool: rp.map_reduce.MapPool,
+               mp: multiprocessing.pool.Pool, n: int, rounds: int) -> dict[str, object]:
     items = list(range(n))
     expected = [x + 1 for x in items]
-    rp_s = asyncio.run(rp_map_seconds(config, items))
-    start = time.perf_counter()
-    with multiprocessing.get_context("spawn").Pool(workers) as pool:
-        assert pool.map(inc, items) == expected
-        pool_cold = time.perf_counter() - start  # start included, like rp's figure
-        pool.map(inc, range(workers * 4))  # started and warm
-        pool_map = timed(lambda: pool.map(inc, items) == expected or _fail("Pool.map"))
-        pool_imap = timed(lambda: list(pool.imap(inc, items)) == expected or _fail("imap"))
-    chunk = max(1, n // (4 * workers))
+    chunk = await asyncio.to_thread(best_chunksize, mp, items, config.workers())
+    await rp_map(pool, items, Inc, expected)  # warm: the function's first load
+    samples: dict[str, list[float]] = {"rp_warm": [], "pool_map": [], "pool_imap": []}
+    for _ in range(rounds):
+        samples["rp_warm"].append(await atimed(lambda: rp_map(pool, items, Inc, expected)))
+        samples["pool_map"].append(await in_thread(
+            lambda: check(mp.map(inc, items, chunksize=chunk), expected, "Pool.map")))
+        samples["pool_imap"].append(await in_thread(
+            lambda: check(list(mp.imap(inc, items)), expected, "Pool.imap")))
+    cold = await atimed(lambda: rp_map(config, items, Inc, expected))
     context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as executor:
-        list(executor.map(inc, range(workers * 4)))
-        executor_s = timed(lambda: list(executor.map(inc, items, chunksize=chunk)) == expected
-                           or _fail("executor"))
-    return {"rp_map_s": rp_s, "pool_start_and_map_s": pool_cold,
-            "vs_pool_start_and_map": pool_cold / rp_s, "pool_map_s": pool_map, "pool_imap_s": pool_imap,
-            "executor_map_s": executor_s, "vs_pool_map": pool_map / rp_s,
-            "vs_pool_imap": pool_imap / rp_s, "vs_executor": executor_s / rp_s}
+
+    def pool_cold() -> None:
+        with context.Pool(config.workers()) as fresh:
+            check(fresh.map(inc, items), expected, "Pool start + map")
+
+    m = medians(samples)
+    pool_start_map = await in_thread(pool_cold)
+    return {"pool_chunksize": chunk, **{f"{k}_s": v for k, v in m.items()},
+            "warm_vs_pool_map": m["pool_map"] / m["rp_warm"],
+            "warm_vs_pool_imap": m["pool_imap"] / m["rp_warm"],
+            "rp_cold_s": cold, "pool_start_and_map_s": pool_start_map,
+            "cold_vs_pool_start_and_map": pool_start_map / cold}
 
 
-def _fail(what: str) -> bool:
-    raise AssertionError(f"{what}: wrong results")
-
-
-async def cpu(config: rp.map_reduce.Config, workers: int, n: int) -> dict[str, float]:
-    sample = 100
-    serial = timed(lambda: [spin(x) for x in range(sample)]) * n / sample
+async def timed_spins(target: rp.map_reduce.Config | rp.map_reduce.MapPool,
+                      items: list[int]) -> tuple[float, float]:
+    """Wall seconds of mapping ``spin_timed`` over ``items``, and the seconds the items took
+    (their sum: the work done, slowed as it may be by other processes)."""
     start = time.perf_counter()
-    out = [y async for y in rp.map_reduce.map(config, range(n), Spin, None)]
-    wall = time.perf_counter() - start
-    assert out == list(range(n))
-    ideal = serial / workers
-    return {"wall_s": wall, "ideal_s": ideal, "wall_over_ideal": wall / ideal}
+    out = [y async for y in rp.map_reduce.map(target, items, SpinTimed, None)]
+    return time.perf_counter() - start, sum(out)
 
 
-async def find(config: rp.map_reduce.Config, n: int) -> dict[str, float]:
-    start = time.perf_counter()
-    hit = await rp.map_reduce.find_map(config, range(n), FindTenth, None)
-    elapsed = time.perf_counter() - start
-    assert hit == 9
-    return {"find_map_s": elapsed}
+async def cpu(config: rp.map_reduce.Config, pool: rp.map_reduce.MapPool,
+              mp: multiprocessing.pool.Pool, n: int, rounds: int) -> dict[str, object]:
+    """Wall ÷ ideal (ideal: n x 5 ms ÷ workers), and wall ÷ work (work: the items' own
+    measured times ÷ workers): the part of the excess that is the library's, when other
+    processes also slow the items down."""
+    items = list(range(n))
+    workers = config.workers()
+    ideal = n * CPU_SECONDS / workers
+    ratios: dict[str, list[float]] = {}
+    spawns: list[float] = []
+
+    def add(name: str, wall: float, work: float) -> None:
+        ratios.setdefault(f"{name}_wall_over_ideal", []).append(wall / ideal)
+        ratios.setdefault(f"{name}_wall_over_work", []).append(wall / (work / workers))
+
+    def pool_map() -> tuple[float, float]:
+        start = time.perf_counter()
+        out = mp.map(spin_timed, items, chunksize=1)
+        return time.perf_counter() - start, sum(out)
+
+    for _ in range(rounds):
+        add("rp_warm", *await timed_spins(pool, items))
+        add("pool_map_chunk1", *await asyncio.to_thread(pool_map))
+        add("rp_cold", *await timed_spins(config, items))
+        start = time.perf_counter()
+        async with config.open():  # what a cold map spends spawning (it maps meanwhile)
+            spawns.append(time.perf_counter() - start)
+    return {**medians(ratios), "spawn_s": statistics.median(spawns), "ideal_s": ideal}
 
 
-async def rss(config: rp.map_reduce.Config, n: int) -> dict[str, float]:
+async def find(config: rp.map_reduce.Config, pool: rp.map_reduce.MapPool,
+               n: int) -> dict[str, object]:
+    warm = cold = 0.0
+    for target in (pool, config):
+        start = time.perf_counter()
+        hit = await rp.map_reduce.find_map(target, range(n), FindTenth, None)
+        elapsed = time.perf_counter() - start
+        if hit != 9:
+            raise AssertionError(f"find_map returned {hit}")
+        warm, cold = (elapsed, cold) if target is pool else (warm, elapsed)
+    return {"warm_find_map_s": warm, "cold_find_map_s": cold}
+
+
+async def rss(pool: rp.map_reduce.MapPool, n: int) -> dict[str, object]:
     def source() -> Iterator[int]:
         yield from range(n)
 
     before = peak = rss_bytes()
     count = 0
-    async for y in rp.map_reduce.map(config, source(), Inc, None):
+    async for y in rp.map_reduce.map(pool, source(), Inc, None):
         count += 1
         if count % 50_000 == 0:
             peak = max(peak, rss_bytes())
-        assert y == count
+        if y != count:
+            raise AssertionError("rss: wrong results")
     peak = max(peak, rss_bytes())
     return {"items": count, "rss_growth_mb": (peak - before) / 2**20}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workers", type=int, default=None)
-    parser.add_argument("--quick", action="store_true", help="a tenth of every size")
-    arguments = parser.parse_args()
+async def main(arguments: argparse.Namespace) -> None:
     config = rp.map_reduce.Config(local=arguments.workers)
     workers = config.workers()
     scale = 10 if arguments.quick else 1
-    print(f"workers: {workers}")
-    rows = {
-        "tiny (100k x+1)": tiny(config, workers, 100_000 // scale),
-        "cpu (2000 x 5 ms)": asyncio.run(cpu(config, workers, 2000 // scale)),
-        "find_map (hit 10th of 1M)": asyncio.run(find(config, 1_000_000)),
-        "rss (1M through map)": asyncio.run(rss(config, 1_000_000 // scale)),
-    }
+    print(f"workers: {workers}, rounds: {arguments.rounds}", flush=True)
+    rows: dict[str, dict[str, object]] = {}
+    with multiprocessing.get_context("spawn").Pool(workers) as mp:
+        mp.map(inc, range(4 * workers))  # started and warm
+        async with config.open() as pool:
+            rows["tiny (100k x+1)"] = await tiny(config, pool, mp, 100_000 // scale,
+                                                 arguments.rounds)
+            rows["cpu (2000 x 5 ms)"] = await cpu(config, pool, mp, 2000 // scale,
+                                                  max(1, arguments.rounds // 3))
+            rows["find_map (hit 10th of 1M)"] = await find(config, pool, 1_000_000)
+            rows["rss (1M through map)"] = await rss(pool, 1_000_000 // scale)
     for name, figures in rows.items():
-        text = ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
+        text = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                          for k, v in figures.items())
-        print(f"{name}: {text}")
+        print(f"{name}: {text}", flush=True)
 
 
 if __name__ == "__main__":
-    main()
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--quick", action="store_true", help="a tenth of every size")
+    rp.start_app(lambda: main(parser.parse_args()))

@@ -22,7 +22,8 @@ RUN = ROOT / "benchmarks" / "peers" / "run.py"
 SELECTED = ["rpc_parallel", "floor_asyncio", "floor_c", "mp_pool", "process_pool"]
 MUST_RUN = ["floor_asyncio", "mp_pool", "process_pool"]
 OPTIONAL = ["loky", "execnet", "ray", "dask_futures", "dask_actor"]
-WORKLOADS = ["spawn", "cluster_start", "latency", "inflight", "bandwidth", "arrays", "map"]
+WORKLOADS = ["spawn", "cluster_start", "latency", "inflight", "bandwidth", "arrays", "map",
+             "map_cpu"]
 STATUSES = {"ok", "n/a", "error", "absent"}
 
 
@@ -98,8 +99,17 @@ def test_quick_run_writes_well_formed_results(tmp_path: Path) -> None:
                 assert e["ratio"] is None
 
     # Every steady-state workload was measured for the standard-library pool.
-    for wkey in ["spawn", "latency", "inflight", "bandwidth", "arrays", "map"]:
+    for wkey in ["spawn", "latency", "inflight", "bandwidth", "arrays", "map", "map_cpu"]:
         assert results[wkey]["mp_pool"]["status"] == "ok", results[wkey]["mp_pool"]
+    # The map rows of rpc_parallel (rp.map_reduce over an open MapPool) were measured, and the
+    # floors, which have no map, are marked not applicable.
+    for wkey in ["map", "map_cpu"]:
+        assert results[wkey]["rpc_parallel"]["status"] == "ok", results[wkey]["rpc_parallel"]
+    assert results["map_cpu"]["floor_asyncio"]["status"] == "n/a"
+    # CPU-bound items: wall / ideal cannot be below 1 (the work itself), and a run that
+    # balanced them at all stays within a few times it even on a busy machine.
+    for key in ["rpc_parallel", "mp_pool"]:
+        assert 0.9 < results["map_cpu"][key]["median"] < 10, results["map_cpu"][key]
     assert results["cluster_start"]["mp_pool"]["status"] == "n/a"
     assert _num(results["latency"]["mp_pool"]["p99"])
 

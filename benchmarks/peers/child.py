@@ -21,10 +21,12 @@ from typing import Any, Protocol
 
 from .adapters import BY_KEY
 from .adapters.base import AsyncPeer, Peer, Unsupported
+from .adapters.tasks import CPU_SECONDS
 from .settings import SETTINGS, Setting
 from .stats import summarize
 
 HARD_LIMIT_EXIT = 3
+STEADY_KEYS = ("latency", "inflight", "bandwidth", "map", "map_cpu", "arrays")
 
 
 class Ops(Protocol):
@@ -38,6 +40,7 @@ class Ops(Protocol):
     def inflight(self, n: int) -> float: ...
     def echo(self, payload: bytes) -> float: ...
     def map(self, items: list[int]) -> float: ...
+    def map_cpu(self, items: list[int]) -> float: ...
     def array_echo(self, array: Any) -> float: ...
     def teardown(self) -> None: ...
 
@@ -75,6 +78,9 @@ class _Bridge:
 
     def map(self, items: list[int]) -> float:
         return float(self._run(self.peer.map(items)))
+
+    def map_cpu(self, items: list[int]) -> float:
+        return float(self._run(self.peer.map_cpu(items)))
 
     def array_echo(self, array: Any) -> float:
         return float(self._run(self.peer.array_echo(array)))
@@ -155,6 +161,21 @@ def log(msg: str) -> None:
 
 def _err(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}".strip()
+
+
+def cpu_ratios(ops: Ops, setting: Setting, budget: float) -> list[float]:
+    """Wall time / ideal of mapping ``setting.cpu_items`` items of ``CPU_SECONDS`` each over
+    2 workers, after a short warm-up (the function's first load)."""
+    items = list(range(setting.cpu_items))
+    ops.map_cpu(items[:10])
+    ideal = len(items) * CPU_SECONDS / 2
+    deadline = time.monotonic() + budget
+    ratios: list[float] = []
+    while len(ratios) < setting.cpu_reps:
+        ratios.append(ops.map_cpu(items) / ideal)
+        if time.monotonic() > deadline:
+            break
+    return ratios
 
 
 def _rss(field: str) -> int:
@@ -244,7 +265,7 @@ def run_workloads(ops: Ops, peer: Peer | AsyncPeer, setting: Setting, rec: Recor
         na("spawn")
 
     # --- steady state: 2 workers kept up for the remaining workloads ---
-    steady = [k for k in ("latency", "inflight", "bandwidth", "map", "arrays") if k in supports]
+    steady = [k for k in STEADY_KEYS if k in supports]
     setup_error: str | None = None
     cluster_up = False
     with dog.phase("setup"):
@@ -283,7 +304,7 @@ def run_workloads(ops: Ops, peer: Peer | AsyncPeer, setting: Setting, rec: Recor
         fit = target if per_item <= 0 else int((allowed - fixed) / per_item)
         return max(min(10, target), min(target, fit)), time.monotonic() + budget
 
-    for key in ("latency", "inflight", "bandwidth", "map", "arrays"):
+    for key in STEADY_KEYS:
         if key not in supports:
             na(key)
             continue
@@ -321,6 +342,8 @@ def run_workloads(ops: Ops, peer: Peer | AsyncPeer, setting: Setting, rec: Recor
                         if time.monotonic() > deadline:
                             break
                     ok(key, bw, size=size)
+                elif key == "map_cpu":
+                    ok(key, cpu_ratios(ops, setting, budget), size=setting.cpu_items)
                 elif key == "arrays":
                     rates, peak = array_rounds(ops, setting, budget)
                     ok(key, rates, size=setting.array_bytes, peak_rss_over_array=peak)

@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
             say(f"[{done + 1}/{len(selected)}] {entry.label}: skipped (run time limit)")
             done += 1
             continue
-        timeout = min(left, 7 * setting.workload_limit_s + 30)
+        timeout = min(left, 8 * setting.workload_limit_s + 30)
         done += 1
         say(f"[{done}/{len(selected)}] {entry.label} ...")
         doc = run_child(entry.key, setting, work, timeout)

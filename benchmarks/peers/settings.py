@@ -75,8 +75,16 @@ WORKLOADS: tuple[Workload, ...] = (
         "Map over many small items",
         "items/s",
         "higher",
-        "inc over a list of ints through the library's own map (or per-item calls where it has "
-        "none), 2 workers, results in input order.",
+        "inc over a list of ints through each library's fastest natural map on 2 running "
+        "workers (batched: a chunksize, or chunks as calls or tasks), results in input order.",
+    ),
+    Workload(
+        "map_cpu",
+        "Map of CPU-bound items, 2 workers",
+        "x ideal",
+        "lower",
+        "Items of 5 ms CPU each through the library's map on 2 running workers: wall time / "
+        "ideal, ideal = items x 5 ms / 2 workers (1.0 is perfect balance, no overhead).",
     ),
 )
 
@@ -97,6 +105,8 @@ class Setting:
     echo_reps: int
     map_items: int
     map_reps: int
+    cpu_items: int
+    cpu_reps: int
     array_bytes: int
     array_reps: int
     workload_budget_s: float  # soft: repetitions stop once it is spent (at least one is kept)
@@ -118,6 +128,8 @@ FULL = Setting(
     echo_reps=10,
     map_items=100_000,
     map_reps=5,
+    cpu_items=2000,
+    cpu_reps=2,
     array_bytes=256 * 1024 * 1024,
     array_reps=5,
     workload_budget_s=15.0,
@@ -136,6 +148,8 @@ QUICK = Setting(
     echo_reps=2,
     map_items=2000,
     map_reps=2,
+    cpu_items=100,
+    cpu_reps=1,
     array_bytes=8 * 1024 * 1024,
     array_reps=2,
     workload_budget_s=3.0,

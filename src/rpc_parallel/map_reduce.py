@@ -10,17 +10,17 @@ Write the work as a class (importable, like a worker class)::
         ...
 
 Inputs are any iterable or async iterable, read lazily; small items travel in batches sized to
-their measured cost. See docs/guide.md ("Map and reduce") and docs/decisions/0012.
+their measured cost. Every verb takes a ``Config`` (workers spawned for that map alone) or an
+open ``MapPool`` (``async with config.open() as pool``: workers started once, reused by each
+map given the pool). See docs/guide.md ("Map and reduce") and docs/decisions/0012, 0023.
 """
 
 from __future__ import annotations
 
 import asyncio
-import builtins
 import contextlib
 import itertools
 import os
-import re
 import sys
 from collections.abc import (
     AsyncGenerator,
@@ -38,10 +38,11 @@ import msgspec
 from ._handle import WorkerHandle
 from .errors import ProtocolError, RemoteError, WorkerDied
 from .launch import Forward
+from .launch.slurm import slurm_allocation
 from .pool._engine import Batch, Engine, Inputs
 from .pool._function import MapFunction, MapReduceFunction
+from .pool._map_pool import MapPool
 from .pool._map_worker import BatchResult, MapSpec, MapWorker, type_arguments
-from .pool._pool import WorkerPool
 from .pool._progress import Progress, length_of
 
 if TYPE_CHECKING:
@@ -56,6 +57,7 @@ Acc = TypeVar("Acc")
 __all__ = [
     "Config",
     "MapFunction",
+    "MapPool",
     "MapReduceFunction",
     "find_map",
     "map",
@@ -126,6 +128,12 @@ class Config:
             options += [{**common, "how": how} for _ in range(n)]
         return options
 
+    def open(self) -> MapPool:
+        """A pool of this config's workers, started by ``async with`` (or ``await
+        pool.start()``) and reused by every map given it in place of the config: a map then
+        spends no time spawning. See ``MapPool``."""
+        return MapPool(self.spawn_options())
+
     @classmethod
     def from_slurm(
         cls,
@@ -135,95 +143,31 @@ class Config:
         local: int = 0,
         **options: Any,
     ) -> Config:
-        """A config sized from the current Slurm allocation (``SLURM_JOB_NODELIST``,
-        ``SLURM_JOB_CPUS_PER_NODE``, ``SLURM_NTASKS``, ``SLURM_CPUS_PER_TASK``): one worker
-        per task, spread over the nodes as their CPUs allow. ``how(node, cpus_per_task)``
-        makes the launcher of a node's workers; by default ``rp.Slurm(nodelist=node,
-        cpus_per_task=...)``."""
-        slots = slurm_slots(os.environ if environ is None else environ)
+        """A config sized from the current Slurm allocation, as
+        ``rpc_parallel.launch.slurm.slurm_allocation()`` reads it: one worker per task, on
+        the node the task is on. ``how(node, cpus_per_task)`` makes the launcher of a node's
+        workers; by default ``rp.Slurm(nodelist=node, cpus_per_task=...)``. ``RuntimeError``
+        outside an allocation."""
+        allocation = slurm_allocation(environ)
+        if allocation is None:
+            raise RuntimeError("Config.from_slurm(): not inside a Slurm allocation "
+                               "(SLURM_JOB_ID is not set)")
         if how is None:
             how = _default_slurm_launcher()
-        cpus_per_task = slurm_cpus_per_task(os.environ if environ is None else environ)
-        remote = [(how(node, cpus_per_task), n) for node, n in slots if n > 0]
+        per_task = allocation.cpus_per_task
+        remote = [(how(node, per_task), n)
+                  for node, n in zip(allocation.nodes, allocation.tasks_per_node, strict=True)
+                  if n > 0]
         return cls(local=local, remote=remote, **options)
 
 
 def _default_slurm_launcher() -> Callable[[str, int], Any]:
-    import rpc_parallel
-
-    slurm = getattr(rpc_parallel, "Slurm", None)
-    if slurm is None:
-        raise RuntimeError(
-            "Config.from_slurm(): rp.Slurm is not available in this version of rpc_parallel; "
-            "pass how=lambda node, cpus: <launcher> (e.g. rp.Remote(node))"
-        )
+    from .launch import Slurm
 
     def launcher(node: str, cpus_per_task: int) -> Any:
-        return slurm(nodelist=node, cpus_per_task=cpus_per_task)
+        return Slurm(nodelist=node, cpus_per_task=cpus_per_task)
 
     return launcher
-
-
-def expand_nodelist(text: str) -> list[str]:
-    """Slurm's compact host list to host names: ``"n[01-03,7],gpu5"`` gives
-    ``["n01", "n02", "n03", "n7", "gpu5"]`` (zero padding kept)."""
-    hosts: list[str] = []
-    for prefix, ranges, rest in re.findall(r"([^,\[]*)(?:\[([^\]]*)\])?([^,]*)(?:,|$)", text):
-        if not prefix and not ranges:
-            continue
-        if not ranges:
-            hosts.append(prefix + rest)
-            continue
-        for part in ranges.split(","):
-            low, _, high = part.partition("-")
-            if not high:
-                hosts.append(f"{prefix}{low}{rest}")
-                continue
-            width = len(low)
-            for number in builtins.range(int(low), int(high) + 1):
-                hosts.append(f"{prefix}{number:0{width}d}{rest}")
-    return hosts
-
-
-def expand_counts(text: str) -> list[int]:
-    """``SLURM_JOB_CPUS_PER_NODE`` to one count per node: ``"4(x3),2"`` gives
-    ``[4, 4, 4, 2]``."""
-    counts: list[int] = []
-    for part in text.split(","):
-        match = re.fullmatch(r"\s*(\d+)(?:\(x(\d+)\))?\s*", part)
-        if match is None:
-            raise ValueError(f"cannot read a Slurm CPU count from {text!r}")
-        counts += [int(match.group(1))] * int(match.group(2) or 1)
-    return counts
-
-
-def slurm_cpus_per_task(environ: Mapping[str, str]) -> int:
-    return int(environ.get("SLURM_CPUS_PER_TASK") or 1)
-
-
-def slurm_slots(environ: Mapping[str, str]) -> list[tuple[str, int]]:
-    """``(node, workers)`` for the allocation described by ``environ``."""
-    nodelist = environ.get("SLURM_JOB_NODELIST") or environ.get("SLURM_NODELIST")
-    if not nodelist:
-        raise RuntimeError("Config.from_slurm(): not inside a Slurm allocation "
-                           "(SLURM_JOB_NODELIST is not set)")
-    nodes = expand_nodelist(nodelist)
-    cpus = expand_counts(environ.get("SLURM_JOB_CPUS_PER_NODE") or ",".join("1" for _ in nodes))
-    if len(cpus) != len(nodes):
-        raise ValueError(f"SLURM_JOB_CPUS_PER_NODE gives {len(cpus)} counts for "
-                         f"{len(nodes)} nodes in SLURM_JOB_NODELIST={nodelist!r}")
-    per_task = slurm_cpus_per_task(environ)
-    slots = [(node, count // per_task) for node, count in zip(nodes, cpus, strict=True)]
-    tasks = environ.get("SLURM_NTASKS")
-    if tasks:
-        remaining = int(tasks)
-        limited = []
-        for node, n in slots:
-            take = min(n, remaining)
-            limited.append((node, take))
-            remaining -= take
-        slots = limited
-    return slots
 
 
 # ---------------------------------------------------------------------- a run
@@ -253,13 +197,15 @@ def _spec_of(function: type[MapFunction[Any, Any, Any]], param: Any) -> MapSpec:
 
 
 class _Run:
-    """One map's workers, engine and progress; closed (every worker stopped) on exit."""
+    """One map's engine and progress over its workers: its own (spawned for it from a
+    ``Config``, closed on exit) or an open ``MapPool``'s (its function loaded into them on
+    entry, dropped on exit)."""
 
-    def __init__(self, config: Config, function: type[MapFunction[Any, Any, Any]],
+    def __init__(self, config: Config | MapPool, function: type[MapFunction[Any, Any, Any]],
                  param: Any, inputs: Iterable[Any] | AsyncIterable[Any], *, retries: int,
                  progress: bool, reduce: bool) -> None:
-        if not isinstance(config, Config):
-            raise TypeError(f"expected an rp.map_reduce.Config, got {config!r}")
+        if not isinstance(config, Config | MapPool):
+            raise TypeError(f"expected an rp.map_reduce.Config or MapPool, got {config!r}")
         if not isinstance(retries, int) or retries < 0:
             raise ValueError(f"retries must be an int >= 0, got {retries!r}")
         self.spec = _spec_of(function, param)
@@ -267,13 +213,18 @@ class _Run:
         out_type = type_arguments(function, MapFunction)[2]
         self.outputs: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(list[out_type])  # type: ignore[valid-type]
         self.acc: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(out_type)
-        self.pool = WorkerPool._of_options(MapWorker, self.spec, config.spawn_options())
+        self.owned = isinstance(config, Config)
+        self.pool = (MapPool(config.spawn_options(), _preload=self.spec)
+                     if isinstance(config, Config) else config)
         self.engine = Engine(self.pool, Inputs(inputs, self.name), function=self.name,
                              retries=retries, reduce=reduce)
         self.progress = Progress(self.name, length_of(inputs)) if progress else None
 
     async def __aenter__(self) -> _Run:
-        await self.pool.start()
+        if self.owned:
+            await self.pool._start_early()
+        else:
+            self.engine.key = await self.pool._open_map(self.spec, self.name)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -283,9 +234,14 @@ class _Run:
         try:
             await self.engine.close()
         finally:
-            await self.pool.close()
-            if self.progress is not None:
-                self.progress.close()
+            try:
+                if self.owned:
+                    await self.pool.close()
+                else:
+                    await self.pool._close_map(self.engine.key)
+            finally:
+                if self.progress is not None:
+                    self.progress.close()
 
     async def batches(self) -> AsyncGenerator[tuple[Batch, BatchResult], None]:
         async with contextlib.aclosing(self.engine.run()) as results:
@@ -309,7 +265,7 @@ class _Run:
 
 
 async def map_unordered(
-    config: Config,
+    config: Config | MapPool,
     inputs: Iterable[In] | AsyncIterable[In],
     function: type[MapFunction[Param, In, Out]],
     param: Param,
@@ -326,7 +282,7 @@ async def map_unordered(
 
 
 async def map(
-    config: Config,
+    config: Config | MapPool,
     inputs: Iterable[In] | AsyncIterable[In],
     function: type[MapFunction[Param, In, Out]],
     param: Param,
@@ -352,7 +308,7 @@ async def map(
 
 
 async def find_map(
-    config: Config,
+    config: Config | MapPool,
     inputs: Iterable[In] | AsyncIterable[In],
     function: type[MapFunction[Param, In, Out]],
     param: Param,
@@ -372,7 +328,7 @@ async def find_map(
 
 
 async def map_reduce_commutative(
-    config: Config,
+    config: Config | MapPool,
     inputs: Iterable[In] | AsyncIterable[In],
     function: type[MapReduceFunction[Param, In, Acc]],
     param: Param,
@@ -387,7 +343,7 @@ async def map_reduce_commutative(
 
 
 async def map_reduce(
-    config: Config,
+    config: Config | MapPool,
     inputs: Iterable[In] | AsyncIterable[In],
     function: type[MapReduceFunction[Param, In, Acc]],
     param: Param,
@@ -402,7 +358,7 @@ async def map_reduce(
     return result
 
 
-async def _reduce(config: Config, inputs: Iterable[Any] | AsyncIterable[Any],
+async def _reduce(config: Config | MapPool, inputs: Iterable[Any] | AsyncIterable[Any],
                   function: type[MapReduceFunction[Any, Any, Any]], param: Any, retries: int,
                   progress: bool, *, ordered: bool) -> Any:
     if not (isinstance(function, type) and issubclass(function, MapReduceFunction)):
@@ -448,7 +404,7 @@ class _Reducer:
             used |= {a, b}
             (_, left), (end, right) = self.ready.pop(a), self.ready.pop(b)
             handle = self.run.pool._least_loaded()
-            future = handle.submit(MapWorker.combine, left, right)
+            future = handle.submit(MapWorker.combine, self.run.engine.key, left, right)
             self.combining[future] = _Combine(a, b, end, left, right, handle)
 
     async def collect(self) -> None:
@@ -477,8 +433,7 @@ class _Reducer:
         if self.deaths[key] > self.retries + 1:
             error.index = combine.b  # type: ignore[attr-defined]
             raise error
-        if combine.handle in self.run.pool.workers:
-            await self.run.pool._replace(combine.handle)
+        await self.run.pool._replace(combine.handle)
         self.ready[combine.a] = (combine.b, combine.left)
         self.ready[combine.b] = (combine.end, combine.right)
 

@@ -209,3 +209,11 @@ class InitFails(rp.MapFunction[None, int, int]):
 
     def map(self, x: int) -> int:
         return x
+
+
+class WhichPid(rp.MapFunction[None, int, int]):
+    """The pid of the worker that mapped the input (2 ms each, so every worker gets some)."""
+
+    async def map(self, x: int) -> int:
+        await asyncio.sleep(0.002)
+        return os.getpid()

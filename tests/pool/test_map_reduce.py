@@ -14,7 +14,7 @@ import pytest
 
 import rpc_parallel as rp
 from rpc_parallel import map_reduce as mr
-from rpc_parallel.pool._engine import DEPTH, MAX_BATCH
+from rpc_parallel.pool._engine import MAX_BATCH, MAX_DEPTH
 
 from ..workers.support import bounded, children, cmdline_bytes, wait_until, zombie_children
 from .functions import (
@@ -132,7 +132,7 @@ async def test_a_slow_head_does_not_make_map_read_ahead_without_bound() -> None:
     # While input 0 took 0.5 s, the other worker could have mapped millions of instant
     # inputs: the window ahead of the consumer (twice the batches two workers hold in
     # flight) stopped the reading.
-    assert source.read <= 2 * DEPTH * 2 * MAX_BATCH + MAX_BATCH, source.read
+    assert source.read <= 2 * MAX_DEPTH * 2 * MAX_BATCH + MAX_BATCH, source.read
     await no_workers()
 
 
@@ -386,26 +386,34 @@ def test_config_defaults_to_the_usable_cores_and_refuses_bad_values() -> None:
 
 def test_config_from_slurm_reads_the_allocation() -> None:
     environ = {
+        "SLURM_JOB_ID": "42",
         "SLURM_JOB_NODELIST": "cn[007-009,12],gpu-a1",
         "SLURM_JOB_CPUS_PER_NODE": "8(x3),4,16",
+        "SLURM_TASKS_PER_NODE": "4(x3),2,0",
         "SLURM_CPUS_PER_TASK": "2",
     }
     config = mr.Config.from_slurm(how=lambda node, cpus: (node, cpus), environ=environ)
     assert config.local == 0
+    # One worker per task, on its node (read by launch.slurm_allocation); none on gpu-a1.
     assert list(config.remote) == [
         (("cn007", 2), 4), (("cn008", 2), 4), (("cn009", 2), 4), (("cn12", 2), 2),
-        (("gpu-a1", 2), 8),
     ]
-    limited = mr.Config.from_slurm(how=lambda node, cpus: node,
-                                   environ={**environ, "SLURM_NTASKS": "10"})
-    assert list(limited.remote) == [("cn007", 4), ("cn008", 4), ("cn009", 2)]
-    assert mr.expand_nodelist("node1") == ["node1"]
-    assert mr.expand_counts("36") == [36]
+    default = mr.Config.from_slurm(environ=environ)
+    how, n = default.remote[0]
+    assert isinstance(how, rp.Slurm) and (how.nodelist, how.cpus_per_task, n) == ("cn007", 2, 4)
     with pytest.raises(RuntimeError, match="not inside a Slurm allocation"):
         mr.Config.from_slurm(how=lambda node, cpus: node, environ={})
-    with pytest.raises(ValueError, match="3 counts for 2 nodes"):
-        mr.Config.from_slurm(how=lambda n, c: n, environ={"SLURM_JOB_NODELIST": "a,b",
-                                                           "SLURM_JOB_CPUS_PER_NODE": "1(x3)"})
-    if not hasattr(rp, "Slurm"):
-        with pytest.raises(RuntimeError, match=r"rp\.Slurm is not available"):
-            mr.Config.from_slurm(environ=environ)
+    with pytest.raises(ValueError, match="SLURM_TASKS_PER_NODE lists 3 nodes"):
+        mr.Config.from_slurm(how=lambda n, c: n, environ={
+            "SLURM_JOB_ID": "1", "SLURM_JOB_NODELIST": "a,b", "SLURM_TASKS_PER_NODE": "1(x3)"})
+
+
+async def test_a_map_starts_on_its_first_worker_up_and_a_later_failed_spawn_is_raised() -> None:
+    # One worker starts at once, the other's launcher fails (its process exits at once):
+    # the map maps on the first meanwhile, and still raises the failed spawn, leaving nothing.
+    config = mr.Config(local=1, remote=[(rp.Wrap(["/bin/false"]), 1)],
+                       redirect_stderr=rp.DevNull())
+    with pytest.raises(rp.SpawnError):
+        async for _ in mr.map(config, range(20), AddOne, None):
+            pass
+    await no_workers()

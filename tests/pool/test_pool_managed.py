@@ -79,3 +79,68 @@ async def test_managed_close_before_any_call_spawns_nothing() -> None:
     managed = rp.Managed(Adder, 0)
     await managed.close()
     assert not worker_pids()
+
+
+def _cut(managed: rp.Managed[Adder]) -> None:
+    """Drop Managed's connection at the transport (no close message, no goodbye: what a
+    broken socket looks like to both ends)."""
+    connection = managed._connection
+    assert connection is not None
+    transport = connection._connection._transport
+    assert transport is not None
+    transport.abort()
+
+
+async def test_managed_reconnects_to_a_live_worker_after_a_dropped_connection() -> None:
+    async with rp.Managed(Adder, 5) as managed:
+        pid = await managed.run(Adder.pid)
+        # A call in flight when the connection drops: the worker lives, so it is not a death.
+        held = asyncio.ensure_future(managed.run(Adder.hold, 30.0))
+        await wait_until(lambda: managed._connection is not None
+                         and bool(managed._connection._connection._outgoing), 10.0,
+                         "the held call to be sent")
+        _cut(managed)
+        with pytest.raises(rp.ConnectionClosed) as caught:
+            await bounded(held, 10.0, "the call in flight on the dropped connection")
+        assert not isinstance(caught.value, rp.WorkerDied)
+        assert "alive" in str(caught.value) and "reconnects" in str(caught.value)
+        # The next call reconnects to the same worker, which never stopped.
+        assert await managed.run(Adder.add, 1) == 6
+        assert await managed.run(Adder.pid) == pid and alive(pid)
+        assert managed.reconnects == 1
+        # A drop between calls: the next call just reconnects.
+        _cut(managed)
+        assert await bounded(managed.run(Adder.pid), 10.0, "a call after a drop") == pid
+        assert managed.reconnects == 2
+        assert managed.handle is not None and managed.handle.pid == pid
+    await gone(pid)
+
+
+async def test_managed_respawns_after_a_sigkill_with_a_call_in_flight() -> None:
+    async with rp.Managed(Adder, 5) as managed:
+        pid = await managed.run(Adder.pid)
+        held = asyncio.ensure_future(managed.run(Adder.hold, 30.0))
+        await wait_until(lambda: managed._connection is not None
+                         and bool(managed._connection._connection._outgoing), 10.0,
+                         "the held call to be sent")
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(rp.WorkerDied) as caught:
+            await bounded(held, 10.0, "the call in flight on the killed worker")
+        assert caught.value.signal == signal.SIGKILL
+        second = await managed.run(Adder.pid)
+        assert second != pid and not alive(pid)
+        assert managed.reconnects == 0
+    await gone(second)
+
+
+async def test_managed_that_cannot_reconnect_to_a_live_worker_says_so() -> None:
+    async with rp.Managed(Adder, 5) as managed:
+        pid = await managed.run(Adder.pid)
+        assert managed.handle is not None
+        await managed.handle.close_server()  # the worker accepts no new connection
+        _cut(managed)
+        with pytest.raises(rp.ConnectionClosed, match=r"cannot reconnect.*alive") as caught:
+            await bounded(managed.run(Adder.pid), 20.0, "a call that cannot reconnect")
+        assert not isinstance(caught.value, rp.WorkerDied)
+        assert alive(pid) and managed.reconnects == 0  # not taken for dead: not respawned
+    await gone(pid)

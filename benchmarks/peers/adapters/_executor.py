@@ -6,14 +6,16 @@ import concurrent.futures
 import time
 
 from .base import Peer, check, check_map
-from .tasks import echo, inc
+from .tasks import echo, inc, spin
 
 
 class ExecutorPeer(Peer):
-    """submit().result() for latency, many submit() for in flight, Executor.map for map."""
+    """submit().result() for latency, many submit() for in flight, Executor.map for map (with
+    a chunksize of len / (4 x workers)) and map_cpu (chunksize 1)."""
 
     def __init__(self) -> None:
         self.executor: concurrent.futures.Executor | None = None
+        self.workers = 1
 
     def new_executor(self, workers: int) -> concurrent.futures.Executor:
         raise NotImplementedError
@@ -37,6 +39,7 @@ class ExecutorPeer(Peer):
 
     def setup(self, workers: int) -> None:
         self.executor = self.steady_executor(workers)
+        self.workers = workers
         # Start every worker before anything is measured.
         list(self.executor.map(inc, range(4 * workers)))
 
@@ -70,9 +73,18 @@ class ExecutorPeer(Peer):
     def map(self, items: list[int]) -> float:
         ex = self._ex()
         t0 = time.perf_counter()
-        out = list(ex.map(inc, items))
+        chunk = max(1, -(-len(items) // (self.chunks_per_worker * self.workers)))
+        out = list(ex.map(inc, items, chunksize=chunk))
         dt = time.perf_counter() - t0
         check_map(items, out)
+        return dt
+
+    def map_cpu(self, items: list[int]) -> float:
+        ex = self._ex()
+        t0 = time.perf_counter()
+        out = list(ex.map(spin, items))
+        dt = time.perf_counter() - t0
+        check_map(items, out, plus=0)
         return dt
 
     def teardown(self) -> None:

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 from ..settings import WORKLOAD_KEYS
 
-STEADY = frozenset({"latency", "inflight", "bandwidth", "map", "arrays"})
+STEADY = frozenset({"latency", "inflight", "bandwidth", "map", "map_cpu", "arrays"})
 
 
 class Unsupported(Exception):
@@ -31,6 +31,9 @@ class _Common:
     has_cluster: ClassVar[bool] = False
     #: Workloads this adapter runs; the others are reported as not applicable.
     supports: ClassVar[frozenset[str]] = frozenset(WORKLOAD_KEYS) - {"cluster_start"}
+    #: How many chunks per worker the batched ``map`` cuts its items into (a quarter each,
+    #: multiprocessing.Pool.map's default, which was its best of those tried).
+    chunks_per_worker: ClassVar[int] = 4
     #: Per-workload notes shown next to the figures (how the library was driven).
     notes: ClassVar[dict[str, str]] = {}
 
@@ -72,6 +75,10 @@ class Peer(_Common):
         """Map inc over ``items`` (results checked, in order); seconds."""
         raise Unsupported("map")
 
+    def map_cpu(self, items: list[int]) -> float:
+        """Map ``tasks.spin`` over ``items`` (results checked, in order); seconds."""
+        raise Unsupported("map_cpu")
+
     def array_echo(self, array: Any) -> float:
         """Send a numpy array to one worker and get it back (checked); seconds."""
         raise Unsupported("arrays")
@@ -100,6 +107,17 @@ class SpreadPeer(Peer):
         out = self.spread(items)
         dt = time.perf_counter() - t0
         check_map(items, out)
+        return dt
+
+    def spread_spin(self, items: list[int]) -> list[int]:
+        """``tasks.spin`` of every item, one call each over the workers, in input order."""
+        raise Unsupported("map_cpu")
+
+    def map_cpu(self, items: list[int]) -> float:
+        t0 = time.perf_counter()
+        out = self.spread_spin(items)
+        dt = time.perf_counter() - t0
+        check_map(items, out, plus=0)
         return dt
 
 
@@ -135,6 +153,9 @@ class AsyncPeer(_Common):
     async def map(self, items: list[int]) -> float:
         raise Unsupported("map")
 
+    async def map_cpu(self, items: list[int]) -> float:
+        raise Unsupported("map_cpu")
+
     async def array_echo(self, array: Any) -> float:
         raise Unsupported("arrays")
 
@@ -154,7 +175,8 @@ def check_array(sent: Any, received: Any) -> None:
     check(bool(received[0] == sent[0]) and bool(received[-1] == sent[-1]), "array values")
 
 
-def check_map(items: list[int], out: list[int]) -> None:
+def check_map(items: list[int], out: list[int], plus: int = 1) -> None:
     check(len(out) == len(items), f"map returned {len(out)} items for {len(items)}")
     if items:
-        check(out[0] == items[0] + 1 and out[-1] == items[-1] + 1, "map results out of order")
+        check(out[0] == items[0] + plus and out[-1] == items[-1] + plus,
+              "map results out of order")

@@ -5,8 +5,9 @@ from __future__ import annotations
 import time
 from typing import Any, ClassVar
 
-from .base import SpreadPeer, check
+from .base import SpreadPeer, check, check_map
 from .dask_futures import DaskPeer
+from .tasks import chunks, inc_many, spin
 
 
 class IncActor:
@@ -16,6 +17,12 @@ class IncActor:
     def echo(self, data: bytes) -> bytes:
         return data
 
+    def inc_many(self, xs: list[int]) -> list[int]:
+        return inc_many(xs)
+
+    def spin(self, x: int) -> int:
+        return spin(x)
+
 
 class DaskActorPeer(SpreadPeer, DaskPeer):
     key = "dask_actor"
@@ -23,7 +30,8 @@ class DaskActorPeer(SpreadPeer, DaskPeer):
     notes: ClassVar[dict[str, str]] = {
         "cluster_start": "LocalCluster(processes=True, threads_per_worker=1) + Client",
         "spawn": "actor creation + first method call; cluster already up",
-        "map": "one actor call per item over 2 actors (actors have no map)",
+        "map": "chunks of len / (4 x actors) items, one actor call each over 2 actors",
+        "map_cpu": "one actor call per item, round robin over 2 actors",
     }
 
     def __init__(self) -> None:
@@ -65,6 +73,23 @@ class DaskActorPeer(SpreadPeer, DaskPeer):
         actors = self.actors
         k = len(actors)
         pending = [actors[j % k].inc(x) for j, x in enumerate(items)]
+        return [p.result() for p in pending]
+
+    def map(self, items: list[int]) -> float:
+        actors = self.actors
+        k = len(actors)
+        t0 = time.perf_counter()
+        parts = chunks(items, self.chunks_per_worker * k)
+        pending = [actors[j % k].inc_many(c) for j, c in enumerate(parts)]
+        out = [y for p in pending for y in p.result()]
+        dt = time.perf_counter() - t0
+        check_map(items, out)
+        return dt
+
+    def spread_spin(self, items: list[int]) -> list[int]:
+        actors = self.actors
+        k = len(actors)
+        pending = [actors[j % k].spin(x) for j, x in enumerate(items)]
         return [p.result() for p in pending]
 
     def echo(self, payload: bytes) -> float:

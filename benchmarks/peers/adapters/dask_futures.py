@@ -7,16 +7,13 @@ import time
 import warnings
 from typing import Any, ClassVar
 
-import dask
-import dask.bag
 import distributed
 
 from .base import Peer, check, check_map
-from .tasks import echo, inc
+from .tasks import chunks, echo, inc, inc_many, spin
 
 _LocalCluster: Any = distributed.LocalCluster
 _Client: Any = distributed.Client
-_from_sequence: Any = dask.bag.from_sequence
 
 
 class DaskPeer(Peer):
@@ -29,6 +26,7 @@ class DaskPeer(Peer):
         # Any: distributed ships no type information for these.
         self.cluster: Any = None
         self.client: Any = None
+        self.workers = 2
         warnings.filterwarnings("ignore", module="distributed")
 
     def version(self) -> str | None:
@@ -68,7 +66,8 @@ class DaskFuturesPeer(DaskPeer):
     notes: ClassVar[dict[str, str]] = {
         "cluster_start": "LocalCluster(processes=True, threads_per_worker=1) + Client",
         "spawn": "first task on the fresh cluster (its workers start within cluster start)",
-        "map": "dask.bag.from_sequence(items).map(inc).compute() on the cluster",
+        "map": "client.map(inc_many, chunks of len / (4 x workers) items), then gather",
+        "map_cpu": "client.map(spin, items), then gather",
     }
 
     def spawn_first(self) -> float:
@@ -81,6 +80,7 @@ class DaskFuturesPeer(DaskPeer):
 
     def setup(self, workers: int) -> None:
         client = self._client()
+        self.workers = workers
         client.gather(client.map(inc, range(4 * workers), pure=False))
 
     def latency(self, n: int) -> list[float]:
@@ -112,9 +112,19 @@ class DaskFuturesPeer(DaskPeer):
     def map(self, items: list[int]) -> float:
         client = self._client()
         t0 = time.perf_counter()
-        out: Any = _from_sequence(items).map(inc).compute(scheduler=client)
+        parts = chunks(items, self.chunks_per_worker * self.workers)
+        results: list[list[int]] = client.gather(client.map(inc_many, parts, pure=False))
+        out = [y for part in results for y in part]
         dt = time.perf_counter() - t0
-        check_map(items, list(out))
+        check_map(items, out)
+        return dt
+
+    def map_cpu(self, items: list[int]) -> float:
+        client = self._client()
+        t0 = time.perf_counter()
+        out: list[int] = client.gather(client.map(spin, items, pure=False))
+        dt = time.perf_counter() - t0
+        check_map(items, out, plus=0)
         return dt
 
 

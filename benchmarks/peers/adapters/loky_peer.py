@@ -15,7 +15,8 @@ class LokyPeer(ExecutorPeer):
     label = "loky"
     notes: ClassVar[dict[str, str]] = {
         "spawn": "loky.ProcessPoolExecutor(1) (loky starts fresh interpreters)",
-        "map": "get_reusable_executor().map with its default chunksize (1)",
+        "map": "get_reusable_executor().map, chunksize len / (4 x workers)",
+        "map_cpu": "get_reusable_executor().map, chunksize 1",
     }
 
     def version(self) -> str | None:

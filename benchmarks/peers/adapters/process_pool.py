@@ -14,7 +14,8 @@ class ProcessPoolPeer(ExecutorPeer):
     label = "concurrent.futures"
     notes: ClassVar[dict[str, str]] = {
         "spawn": f"ProcessPoolExecutor(1), start method {multiprocessing.get_start_method()!r}",
-        "map": "Executor.map with its default chunksize (1)",
+        "map": "Executor.map, chunksize len / (4 x workers)",
+        "map_cpu": "Executor.map, chunksize 1",
     }
 
     def new_executor(self, workers: int) -> concurrent.futures.Executor:

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import rpc_parallel as rp
 
 from .base import AsyncPeer, check, check_array, check_map
+from .tasks import spin
 
 
 class BenchWorker(rp.Worker[None]):
@@ -25,9 +26,15 @@ class BenchWorker(rp.Worker[None]):
     async def echo(self, data: bytes) -> bytes:
         return data
 
-    @rp.rpc
-    async def inc_many(self, xs: list[int]) -> list[int]:
-        return [x + 1 for x in xs]
+
+class IncMap(rp.MapFunction[None, int, int]):
+    def map(self, x: int) -> int:
+        return x + 1
+
+
+class SpinMap(rp.MapFunction[None, int, int]):
+    def map(self, x: int) -> int:
+        return spin(x)
 
 
 class RpcParallelPeer(AsyncPeer):
@@ -36,14 +43,16 @@ class RpcParallelPeer(AsyncPeer):
     notes: ClassVar[dict[str, str]] = {
         "spawn": "await BenchWorker.spawn(None) + first run",
         "inflight": "asyncio.gather of submit() over 2 handles (a future per call, no task)",
-        "map": "chunks of 2,000 items as rpc calls (inc_many) over the 2 running workers, "
-        "4 chunks in flight (rp.map_reduce is a later release)",
+        "map": "rp.map_reduce.map over an open MapPool of 2 workers (Config(local=2).open()), "
+        "every output taken by async for",
+        "map_cpu": "rp.map_reduce.map over the open MapPool (batches sized by measured cost)",
         "arrays": "an rpc declared NDArray[np.float64] -> NDArray[np.float64] (shared memory "
         "between local processes)",
     }
 
     def __init__(self) -> None:
         self.handles: list[rp.WorkerHandle[BenchWorker]] = []
+        self.pool: rp.map_reduce.MapPool | None = None
         self.array_worker: rp.WorkerHandle[Any] | None = None
 
     def version(self) -> str | None:
@@ -63,6 +72,7 @@ class RpcParallelPeer(AsyncPeer):
             await asyncio.gather(*(BenchWorker.spawn(None) for _ in range(workers)))
         )
         await asyncio.gather(*(h.run(BenchWorker.inc, 0) for h in self.handles))
+        self.pool = await rp.map_reduce.Config(local=workers).open().start()
 
     async def latency(self, n: int) -> list[float]:
         h = self.handles[0]
@@ -91,21 +101,25 @@ class RpcParallelPeer(AsyncPeer):
         check(len(r) == len(payload), "echo length")
         return dt
 
+    def _pool(self) -> rp.map_reduce.MapPool:
+        if self.pool is None:
+            raise RuntimeError("setup() was not called")
+        return self.pool
+
     async def map(self, items: list[int]) -> float:
-        hs = self.handles
-        chunk = 2000
+        pool = self._pool()
         t0 = time.perf_counter()
-        chunks = [items[i : i + chunk] for i in range(0, len(items), chunk)]
-        out: list[int] = []
-        for start in range(0, len(chunks), 2 * len(hs)):
-            batch = chunks[start : start + 2 * len(hs)]
-            results = await asyncio.gather(
-                *(hs[j % len(hs)].submit(BenchWorker.inc_many, c) for j, c in enumerate(batch))
-            )
-            for result in results:
-                out.extend(result)
+        out = [y async for y in rp.map_reduce.map(pool, items, IncMap, None)]
         dt = time.perf_counter() - t0
         check_map(items, out)
+        return dt
+
+    async def map_cpu(self, items: list[int]) -> float:
+        pool = self._pool()
+        t0 = time.perf_counter()
+        out = [y async for y in rp.map_reduce.map(pool, items, SpinMap, None)]
+        dt = time.perf_counter() - t0
+        check_map(items, out, plus=0)
         return dt
 
     async def array_echo(self, array: Any) -> float:
@@ -125,6 +139,9 @@ class RpcParallelPeer(AsyncPeer):
             self.array_worker = None
         await asyncio.gather(*(h.close() for h in self.handles))
         self.handles = []
+        if self.pool is not None:
+            await self.pool.close()
+            self.pool = None
 
     @staticmethod
     def run_loop(main: Callable[[], Coroutine[Any, Any, None]]) -> None:

@@ -2,7 +2,7 @@
 items of a worker that died, and yields each batch's encoded outputs as it completes.
 
 Memory is bounded: an input is read only when a worker has room for another batch (each worker
-has at most ``DEPTH`` batches in flight) and, for ordered results, only within a window ahead of
+has at most ``depth()`` batches in flight) and, for ordered results, only within a window ahead of
 the consumer. Batch sizes follow the measured cost of an item so one batch takes about
 ``TARGET_SECONDS`` of worker time; an item whose encoding is ``LARGE_ITEM`` bytes or more
 travels alone. See docs/decisions/0012-map-reduce-batching.md.
@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import itertools
+import math
 import struct
 from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterable
 from typing import Any
@@ -21,12 +22,16 @@ import msgspec
 
 from .._handle import WorkerHandle
 from ..errors import ProtocolError, RemoteError, WorkerDied
+from ._map_pool import MapPool
 from ._map_worker import BatchResult, MapWorker
-from ._pool import WorkerPool
 
 DEPTH = 2
-"""Batches in flight per worker: one running, one waiting in the worker, so a worker never
-idles for a round trip."""
+"""Batches in flight per worker, at least: one running, one waiting in the worker, so a worker
+never idles for a round trip."""
+MAX_DEPTH = 8
+"""Batches in flight per worker, at most: batches of tiny items (``MAX_BATCH`` of them take far
+less than ``TARGET_SECONDS``) are queued deeper, so a worker has about ``TARGET_SECONDS`` of work
+queued and does not idle while the master (busy, or not scheduled) is slow to send more."""
 TARGET_SECONDS = 0.02
 MAX_BATCH = 8192
 MAX_BATCH_BYTES = 1 << 20
@@ -45,23 +50,27 @@ def array_header(n: int) -> bytes:
 
 
 class Batch:
-    """Consecutive inputs ``start .. start + len(items) - 1``, each already encoded."""
+    """Consecutive inputs ``start .. start + len(items) - 1`` and their encoding (one msgpack
+    array: what ``map_batch`` receives)."""
 
-    __slots__ = ("attempts", "items", "sent", "start")
+    __slots__ = ("attempts", "items", "payload", "sent", "start")
 
-    def __init__(self, start: int, items: list[bytes]) -> None:
+    def __init__(self, start: int, items: list[Any], payload: bytes) -> None:
         self.start = start
         self.items = items
+        self.payload = payload
         self.attempts = 0
         self.sent = 0  # when it was last sent (a counter): a worker maps in that order
-
-    def payload(self) -> bytes:
-        return array_header(len(self.items)) + b"".join(self.items)
 
     def describe(self) -> str:
         if len(self.items) == 1:
             return f"input {self.start}"
         return f"one of inputs {self.start}..{self.start + len(self.items) - 1}"
+
+    def single(self, offset: int) -> Batch:
+        """A batch of this one's item ``offset`` alone (to retry it by itself)."""
+        item = self.items[offset]
+        return Batch(self.start + offset, [item], _ENCODER.encode([item]))
 
 
 class Inputs:
@@ -70,7 +79,7 @@ class Inputs:
     def __init__(self, inputs: Iterable[Any] | AsyncIterable[Any], function: str) -> None:
         self._sync = iter(inputs) if not isinstance(inputs, AsyncIterable) else None
         self._async = aiter(inputs) if isinstance(inputs, AsyncIterable) else None
-        self._pending: list[bytes] = []  # read and encoded, not yet in a batch
+        self._pending: list[Any] = []  # read, not yet in a batch
         self._function = function
         self.read = 0  # how many inputs have been read from the source
         self.exhausted = False
@@ -81,7 +90,7 @@ class Inputs:
         return self.read - len(self._pending)
 
     async def _pull(self, count: int) -> None:
-        """Read up to ``count`` more inputs from the source, encoding each one."""
+        """Read up to ``count`` more inputs from the source."""
         if self._sync is not None:
             values = list(itertools.islice(self._sync, count))
         else:
@@ -94,21 +103,8 @@ class Inputs:
                     break
         if len(values) < count:
             self.exhausted = True
-        encode = _ENCODER.encode
-        try:
-            encoded = [encode(x) for x in values]
-        except TypeError:
-            for offset, x in enumerate(values):
-                try:
-                    encode(x)
-                except TypeError as error:
-                    raise ProtocolError(
-                        f"{self._function}: input {self.read + offset} cannot be encoded: "
-                        f"{error}"
-                    ) from None
-            raise
-        self._pending.extend(encoded)
-        self.read += len(encoded)
+        self._pending.extend(values)
+        self.read += len(values)
 
     async def take(self, count: int, limit: int) -> Batch | None:
         """The next batch: up to ``count`` inputs, none at or beyond index ``limit``, at most
@@ -119,20 +115,43 @@ class Inputs:
             return None
         if len(self._pending) < count and not self.exhausted:
             await self._pull(count - len(self._pending))
-        pending = self._pending
-        items = pending[:count]
-        sizes = [len(item) for item in items]
-        if items and (max(sizes) >= LARGE_ITEM or sum(sizes) > MAX_BATCH_BYTES):
-            taken, total = 0, 0  # cut before a large item, or after it when it is first
-            while taken < len(items) and total + sizes[taken] <= MAX_BATCH_BYTES:
-                if sizes[taken] >= LARGE_ITEM:
-                    taken += taken == 0
-                    break
-                total += sizes[taken]
-                taken += 1
-            items = items[: max(1, taken)]
-        del pending[: len(items)]
-        return Batch(start, items) if items else None
+        items = self._pending[:count]
+        if not items:
+            return None
+        try:
+            payload = _ENCODER.encode(items)  # the common case: one call for the batch
+        except TypeError:
+            self._refuse(start, items)
+            raise
+        if len(payload) >= LARGE_ITEM:  # it may hold a large item, or be too large itself
+            items, payload = self._cut(start, items)
+        del self._pending[: len(items)]
+        return Batch(start, items, payload)
+
+    def _cut(self, start: int, items: list[Any]) -> tuple[list[Any], bytes]:
+        """The longest head of ``items`` within ``MAX_BATCH_BYTES`` that has no large item,
+        or the first item alone when it is large; with its encoding."""
+        encoded: list[bytes] = []
+        total = 0
+        for item in items:
+            one = _ENCODER.encode(item)
+            if encoded and (len(one) >= LARGE_ITEM or total + len(one) > MAX_BATCH_BYTES):
+                break
+            encoded.append(one)
+            total += len(one)
+            if len(one) >= LARGE_ITEM:
+                break
+        return items[: len(encoded)], array_header(len(encoded)) + b"".join(encoded)
+
+    def _refuse(self, start: int, items: list[Any]) -> None:
+        """Raise ``ProtocolError`` naming the first of ``items`` that cannot be encoded."""
+        for offset, x in enumerate(items):
+            try:
+                _ENCODER.encode(x)
+            except TypeError as error:
+                raise ProtocolError(
+                    f"{self._function}: input {start + offset} cannot be encoded: {error}"
+                ) from None
 
 
 def forget(future: asyncio.Future[Any]) -> None:
@@ -149,10 +168,11 @@ def forget(future: asyncio.Future[Any]) -> None:
 class Engine:
     """Runs batches of one map over a pool of ``MapWorker``; see the module docstring."""
 
-    def __init__(self, pool: WorkerPool[MapWorker], inputs: Inputs, *, function: str,
+    def __init__(self, pool: MapPool, inputs: Inputs, *, function: str,
                  retries: int, reduce: bool,
                  window: Callable[[], int | None] | None = None) -> None:
         self.pool = pool
+        self.key = 0  # the map's key in the pool's workers (set once it is loaded)
         self.inputs = inputs
         self.function = function
         self.retries = retries
@@ -169,19 +189,32 @@ class Engine:
             return 1
         return max(1, min(MAX_BATCH, int(TARGET_SECONDS / max(self.cost, 1e-7))))
 
+    def depth(self) -> int:
+        """Batches in flight per worker: enough for about ``TARGET_SECONDS`` of work, between
+        ``DEPTH`` and ``MAX_DEPTH``."""
+        if self.cost is None:
+            return DEPTH
+        per_batch = self.cost * self.batch_size()
+        return max(DEPTH, min(MAX_DEPTH, math.ceil(TARGET_SECONDS / max(per_batch, 1e-9))))
+
     def window_size(self) -> int:
         """How far ahead of the consumer ordered results may be computed: twice what the
         workers can hold in flight, so a slow input at the head keeps them busy a while
         without letting the reading run away."""
-        return max(64, 2 * DEPTH * max(1, len(self.pool)) * self.batch_size())
+        return max(64, 2 * self.depth() * max(1, len(self.pool)) * self.batch_size())
 
     async def run(self) -> AsyncGenerator[tuple[Batch, BatchResult], None]:
         """Yields ``(batch, result)`` of each batch as it completes (completion order)."""
         while True:
+            self.pool._adopt_spawned()  # workers still starting join as they come up
             await self._dispatch()
-            if not self.flight:
-                return
-            done, _ = await asyncio.wait(self.flight, return_when=asyncio.FIRST_COMPLETED)
+            joining = self.pool._spawning
+            if not self.flight and not joining:
+                return  # (a map done before every worker is up waits for them: a failed
+                # spawn is raised, as it is when it fails first)
+            waits: set[asyncio.Future[Any]] = {*self.flight, *joining}
+            ended, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            done = [f for f in self.flight if f in ended]
             for future in sorted(done, key=lambda f: self.flight[f][0].sent):
                 if future not in self.flight:
                     continue  # resent already: its worker died while handling another
@@ -206,16 +239,18 @@ class Engine:
 
     async def _dispatch(self) -> None:
         """Send batches while some worker has room (retries first, then new inputs)."""
-        while True:
-            handle = min(self.pool.workers, key=lambda h: len(self._queue(h)))
-            if len(self._queue(handle)) >= DEPTH:
+        depth = self.depth()
+        workers = self.pool.workers
+        while workers:
+            handle = min(workers, key=lambda h: len(self._queue(h)))
+            if len(self._queue(handle)) >= depth:
                 return
             batch = self.retry.popleft() if self.retry else await self._next_batch()
             if batch is None:
                 return
             self.sent += 1
             batch.sent = self.sent
-            future = handle.submit(MapWorker.map_batch, batch.payload(), self.reduce)
+            future = handle.submit(MapWorker.map_batch, self.key, batch.payload, self.reduce)
             self.flight[future] = (batch, handle)
             self._queue(handle).append(batch)
 
@@ -284,13 +319,12 @@ class Engine:
             died.index = suspect.start  # type: ignore[attr-defined]
             died.indices = range(suspect.start, suspect.start + len(suspect.items))  # type: ignore[attr-defined]
             raise died
-        for offset, item in enumerate(suspect.items):
-            single = Batch(suspect.start + offset, [item])
+        for offset in range(len(suspect.items)):
+            single = suspect.single(offset)
             single.attempts = suspect.attempts
             self.retry.append(single)
         self.retry = collections.deque(sorted(self.retry, key=lambda b: b.start))
-        if handle in self.pool.workers:
-            await self.pool._replace(handle)
+        await self.pool._replace(handle)
 
     async def close(self) -> None:
         for future in self.flight:

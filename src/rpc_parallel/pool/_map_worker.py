@@ -10,6 +10,7 @@ the class's ``MapFunction[Param, In, Out]`` arguments, so a wrong input type is 
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import importlib
 import importlib.util
@@ -29,6 +30,8 @@ from .._worker_type import Worker
 from ._function import MapFunction
 
 _ENCODER = msgspec.msgpack.Encoder()
+STRETCH = 64
+"""Items mapped between two looks at a map's ``stopped`` flag (plain ``def`` maps)."""
 T = TypeVar("T")
 
 
@@ -133,103 +136,178 @@ def _settle(future: asyncio.Future[Any], outcome: Any, failed: bool) -> None:
         future.set_result(outcome)
 
 
-class MapWorker(Worker[MapSpec]):
-    """Serves batched ``map`` and ``combine`` calls of one user function object."""
+class Loaded:
+    """One map's function object in a worker, with the decoders of its types. ``stopped`` is
+    set when the master stops the map: batches of it still running end after their current
+    item."""
 
-    async def init_worker_state(self, spec: MapSpec) -> None:
+    __slots__ = ("acc_decoder", "combine_is_async", "function", "in_decoder", "in_list",
+                 "map_is_async", "name", "stopped", "tokens")
+
+    def __init__(self, spec: MapSpec) -> None:
         cls = import_function_class(spec)
-        param_type, in_type, out_type = type_arguments(cls, MapFunction)
+        _, in_type, out_type = type_arguments(cls, MapFunction)
         self.name = f"{cls.__qualname__}"
         self.function = cls()
         self.in_decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(in_type)
         self.acc_decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(out_type)
-        self.raw_list = msgspec.msgpack.Decoder(list[msgspec.Raw])
         self.in_list: msgspec.msgpack.Decoder[list[Any]] = msgspec.msgpack.Decoder(list[in_type])  # type: ignore[valid-type]
-        self.failures: dict[int, BaseException] = {}
-        self.lock = asyncio.Lock()
-        self.thread = _Thread()
-        self.next_token = 0
         self.map_is_async = inspect.iscoroutinefunction(self.function.map)
         combine = getattr(self.function, "combine", None)
         self.combine_is_async = combine is not None and inspect.iscoroutinefunction(combine)
+        self.stopped = False
+        self.tokens: list[int] = []  # its failures kept for ``raise_failure``
+
+    async def init(self, spec: MapSpec) -> None:
+        """Await the function's ``init(param)``, if it has one."""
         init = getattr(self.function, "init", None)
         if init is not None:
+            param_type = type_arguments(type(self.function), MapFunction)[0]
             param = msgspec.msgpack.decode(spec.param, type=param_type)
             result = init(param)
             if inspect.isawaitable(result):
                 await result
 
+
+class MapWorker(Worker[MapSpec | None]):
+    """Serves batched ``map`` and ``combine`` calls of the user functions loaded in it.
+
+    Each map is a ``key``: a worker spawned for one map gets its function as the init
+    argument (key 0); a worker of an open ``MapPool`` starts empty and ``load``s each map's
+    function as the map starts (and drops it at ``stop``).
+    """
+
+    async def init_worker_state(self, spec: MapSpec | None) -> None:
+        self.loaded: dict[int, Loaded] = {}
+        self.raw_list = msgspec.msgpack.Decoder(list[msgspec.Raw])
+        self.failures: dict[int, BaseException] = {}
+        self.lock = asyncio.Lock()
+        self.thread = _Thread()
+        self.next_token = 0
+        if spec is not None:
+            await self._load(0, spec)
+
+    async def _load(self, key: int, spec: MapSpec) -> None:
+        loaded = Loaded(spec)
+        await loaded.init(spec)
+        self.loaded[key] = loaded
+
     @rpc
-    async def map_batch(self, payload: bytes, reduce: bool) -> BatchResult:
+    async def load(self, key: int, spec: MapSpec) -> None:
+        """Build map ``key``'s function object and run its ``init(param)``."""
+        async with self.lock:  # not while a batch (of another map on the pool) runs
+            await self._load(key, spec)
+
+    @rpc
+    async def stop(self, key: int) -> None:
+        """Drop map ``key``: its batches still queued here are refused, the running one
+        ends after its current item."""
+        loaded = self.loaded.pop(key, None)
+        if loaded is not None:
+            loaded.stopped = True
+            for token in loaded.tokens:  # failures nobody will ask for now
+                self.failures.pop(token, None)
+
+    def _function(self, key: int) -> Loaded:
+        loaded = self.loaded.get(key)
+        if loaded is None:
+            raise LookupError(f"map {key} is not loaded in this worker (stopped or never loaded)")
+        return loaded
+
+    @rpc
+    async def map_batch(self, key: int, payload: bytes, reduce: bool) -> BatchResult:
         """Map every item of the batch (in order); with ``reduce``, fold the outputs with
         ``combine`` (neighbours only) and return the one accumulator."""
+        loaded = self._function(key)
         try:
-            items = self.in_list.decode(payload)
+            items = loaded.in_list.decode(payload)
         except msgspec.ValidationError:
-            return self._find_bad_input(payload)
-        async with self.lock:  # one batch at a time: they share the function object
-            if self.map_is_async:
-                return await self._map_async(items, reduce)
-            return await self.thread.run(lambda: self._map_sync(items, reduce))
+            return self._find_bad_input(loaded, payload)
+        async with self.lock:  # one batch at a time: they may share a function object
+            if loaded.stopped:
+                return BatchResult(b"", 0.0)
+            if loaded.map_is_async:
+                return await self._map_async(loaded, items, reduce)
+            return await self.thread.run(lambda: self._map_sync(loaded, items, reduce))
 
-    def _find_bad_input(self, payload: bytes) -> BatchResult:
+    def _find_bad_input(self, loaded: Loaded, payload: bytes) -> BatchResult:
         """The batch did not decode as ``list[In]``: name the first input that does not."""
         for offset, raw in enumerate(self.raw_list.decode(payload)):
             try:
-                self.in_decoder.decode(raw)
+                loaded.in_decoder.decode(raw)
             except msgspec.ValidationError as error:
                 return BatchResult(b"", 0.0, failed=offset, bad_input=str(error))
         raise ValueError("a batch of inputs did not decode, but each of its inputs does")
 
-    async def _map_async(self, items: list[Any], reduce: bool) -> BatchResult:
+    async def _map_async(self, loaded: Loaded, items: list[Any], reduce: bool) -> BatchResult:
         start = time.perf_counter()
         outputs: list[Any] = []
         acc: Any = None
+        function = loaded.function
         for offset, x in enumerate(items):
+            if loaded.stopped:
+                break
             try:
-                y = await self.function.map(x)
+                y = await function.map(x)
             except Exception as error:
-                return self._failed(outputs, acc, reduce, offset, error, start, "map")
+                return self._failed(loaded, offset, error, start, "map")
             if not reduce:
                 outputs.append(y)
                 continue
             try:
-                acc = y if offset == 0 else await self._combine_async(acc, y)
+                acc = y if offset == 0 else await _combine_async(function, acc, y)
             except Exception as error:
-                return self._failed(outputs, acc, reduce, offset, error, start, "combine")
+                return self._failed(loaded, offset, error, start, "combine")
         return self._done(outputs, acc, reduce, start)
 
-    async def _combine_async(self, a: Any, b: Any) -> Any:
-        result = self.function.combine(a, b)
-        return await result if inspect.isawaitable(result) else result
-
-    def _map_sync(self, items: list[Any], reduce: bool) -> BatchResult:
+    def _map_sync(self, loaded: Loaded, items: list[Any], reduce: bool) -> BatchResult:
+        if not reduce:
+            return self._map_sync_list(loaded, items)
         start = time.perf_counter()
         outputs: list[Any] = []
         acc: Any = None
-        function = self.function
+        function = loaded.function
         for offset, x in enumerate(items):
+            if loaded.stopped:
+                break
             try:
                 y = function.map(x)
             except Exception as error:
-                return self._failed(outputs, acc, reduce, offset, error, start, "map")
+                return self._failed(loaded, offset, error, start, "map")
             if not reduce:
                 outputs.append(y)
                 continue
             try:
                 acc = y if offset == 0 else function.combine(acc, y)
             except Exception as error:
-                return self._failed(outputs, acc, reduce, offset, error, start, "combine")
+                return self._failed(loaded, offset, error, start, "combine")
         return self._done(outputs, acc, reduce, start)
+
+    def _map_sync_list(self, loaded: Loaded, items: list[Any]) -> BatchResult:
+        """A plain ``def`` map without reduce: the per-item loop runs in C (``list.extend``
+        over ``map``), a stretch of ``STRETCH`` items at a time so a stop is seen between
+        stretches. ``extend`` keeps what was appended before an item raised: its offset."""
+        start = time.perf_counter()
+        outputs: list[Any] = []
+        function = loaded.function.map
+        for first in range(0, len(items), STRETCH):
+            if loaded.stopped:
+                break
+            try:
+                outputs.extend(builtins.map(function, items[first:first + STRETCH]))
+            except Exception as error:
+                return self._failed(loaded, len(outputs), error, start, "map")
+        return self._done(outputs, None, False, start)
 
     def _done(self, outputs: list[Any], acc: Any, reduce: bool, start: float) -> BatchResult:
         encoded = _ENCODER.encode(acc if reduce else outputs)
         return BatchResult(encoded, time.perf_counter() - start)
 
-    def _failed(self, outputs: list[Any], acc: Any, reduce: bool, offset: int,
-                error: BaseException, start: float, stage: str) -> BatchResult:
+    def _failed(self, loaded: Loaded, offset: int, error: BaseException, start: float,
+                stage: str) -> BatchResult:
         self.next_token += 1
         self.failures[self.next_token] = error
+        loaded.tokens.append(self.next_token)
         return BatchResult(b"", time.perf_counter() - start, failed=offset,
                            token=self.next_token, stage=stage)
 
@@ -241,11 +319,19 @@ class MapWorker(Worker[MapSpec]):
         raise error
 
     @rpc
-    async def combine(self, a: bytes, b: bytes) -> bytes:
-        """``combine(a, b)`` of two encoded accumulators (a first: order is kept)."""
-        left, right = self.acc_decoder.decode(a), self.acc_decoder.decode(b)
-        if self.combine_is_async:
-            result = await self.function.combine(left, right)
+    async def combine(self, key: int, a: bytes, b: bytes) -> bytes:
+        """``combine(a, b)`` of two encoded accumulators of map ``key`` (a first: order is
+        kept)."""
+        loaded = self._function(key)
+        left, right = loaded.acc_decoder.decode(a), loaded.acc_decoder.decode(b)
+        function = loaded.function
+        if loaded.combine_is_async:
+            result = await function.combine(left, right)
         else:
-            result = await self.thread.run(lambda: self.function.combine(left, right))
+            result = await self.thread.run(lambda: function.combine(left, right))
         return _ENCODER.encode(result)
+
+
+async def _combine_async(function: Any, a: Any, b: Any) -> Any:
+    result = function.combine(a, b)
+    return await result if inspect.isawaitable(result) else result

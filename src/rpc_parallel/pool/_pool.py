@@ -82,6 +82,11 @@ class WorkerPool(Generic[W]):
         spawn: Callable[..., Awaitable[WorkerHandle[W]]] = self._worker_class.spawn
         return await spawn(self._init_arg, **options)
 
+    def _adopt(self, handle: WorkerHandle[W]) -> None:
+        """Add a worker spawned apart (map_reduce starts on its first worker up)."""
+        self._handles.append(handle)
+        self._load[id(handle)] = 0
+
     async def _replace(self, dead: WorkerHandle[W]) -> WorkerHandle[W]:
         """Spawn a worker in place of ``dead`` (same options); used by map's retries."""
         index = self._handles.index(dead)

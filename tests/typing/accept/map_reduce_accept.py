@@ -60,6 +60,13 @@ async def main() -> None:
                                                         retries=2, progress=True)
     assert_type(counts, dict[str, int] | None)
 
+    async with config.open() as warm:  # workers started once, reused by each map
+        assert_type(warm, rp.map_reduce.MapPool)
+        async for y in rp.map_reduce.map(warm, range(10), Square, 3):
+            assert_type(y, float)
+        assert_type(await rp.map_reduce.map_reduce(warm, ["a"], Words, None),
+                    dict[str, int] | None)
+
     async with rp.WorkerPool(Adder, 1, 4, redirect_stderr=rp.DevNull()) as pool:
         assert_type(pool, rp.WorkerPool[Adder])
         assert_type(await pool.run(Adder.add, 1), int)

@@ -53,6 +53,10 @@ async def main() -> None:
     text: str | None = total  # expect-error
     async for y in rp.map_reduce.map(config, [1], Square, 1):
         s: str = y  # expect-error
+    async with config.open() as warm:
+        rp.map_reduce.map(warm, ["a"], Square, 1)  # expect-error
+        await rp.map_reduce.map_reduce(warm, [1], Square, 1)  # expect-error
+    rp.map_reduce.map(rp.WorkerPool(Adder, 1, 2), [1], Square, 1)  # expect-error
 
     async with rp.WorkerPool(Adder, "x", 2) as bad:  # expect-error
         pass

@@ -1,0 +1,165 @@
+"""``rp.map_reduce.MapPool``: map workers started once and reused by several maps.
+
+A map given a ``Config`` spawns its workers, loads its function into them as their init
+argument, and closes them when it ends. A ``MapPool`` (``config.open()``) spawns the same
+workers empty; each map given the pool ``load``s its function into every worker as it starts
+(a key per map, so maps may share the pool at the same time) and ``stop``s it when it ends.
+See docs/decisions/0023-warm-map.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections.abc import Sequence
+from typing import Any, Self
+
+from .._handle import WorkerHandle
+from ..errors import ConnectionClosed, RemoteError
+from ._map_worker import MapSpec, MapWorker
+from ._pool import WorkerPool
+
+STOP_SECONDS = 5.0
+"""How long the end of a map waits for its workers to acknowledge ``stop``."""
+
+
+class MapPool:
+    """Running map workers, reused by every map given the pool instead of a ``Config``::
+
+        async with rp.map_reduce.Config(local=4).open() as pool:
+            async for y in rp.map_reduce.map(pool, inputs, Square, None):
+                ...
+            total = await rp.map_reduce.map_reduce(pool, inputs, Sum, None)
+
+    Workers are spawned on entry (``start``) and closed on exit (``close``). Between maps they
+    hold no user state: each map runs its function's ``init(param)`` in every worker as it
+    starts, and drops the object when it ends. A worker that dies is replaced (the maps
+    running then load their functions into the new one).
+    """
+
+    def __init__(self, options: Sequence[dict[str, Any]], *, _preload: MapSpec | None = None,
+                 ) -> None:
+        self._pool: WorkerPool[MapWorker] = WorkerPool._of_options(MapWorker, _preload, options)
+        # The maps running on the pool: key -> function spec (key 0: loaded at spawn).
+        self._active: dict[int, MapSpec] = {0: _preload} if _preload is not None else {}
+        self._keys = itertools.count(1)
+        self._replacing = asyncio.Lock()
+        # Spawns still running (``_start_early``): each worker joins as its spawn ends.
+        self._spawning: set[asyncio.Task[WorkerHandle[MapWorker]]] = set()
+        self._started = False
+        self._closed = False
+
+    @property
+    def workers(self) -> list[WorkerHandle[MapWorker]]:
+        """The handles of the running workers."""
+        return self._pool.workers
+
+    def __len__(self) -> int:
+        return len(self._pool)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "running" if self._started else "not started"
+        return f"<rp.map_reduce.MapPool of {len(self._pool._options)} workers, {state}>"
+
+    async def start(self) -> Self:
+        """Spawn every worker (concurrently); on a failure, none is left running."""
+        if self._closed:
+            raise ConnectionClosed("MapPool: the pool is closed")
+        if not self._started:
+            await self._pool.start()
+            self._started = True
+        return self
+
+    async def close(self) -> None:
+        """Close every worker (each exits); maps still running on the pool then fail."""
+        self._closed = True
+        spawning, self._spawning = self._spawning, set()
+        try:
+            # A spawn is let finish (cancelling one midway could leave its process behind).
+            started = await asyncio.gather(*spawning, return_exceptions=True)
+            await asyncio.gather(*(h.close() for h in started if isinstance(h, WorkerHandle)),
+                                 return_exceptions=True)
+        finally:
+            await self._pool.close()
+
+    async def _start_early(self) -> None:
+        """Start spawning every worker; return once the first one is up (a map with a
+        ``Config`` starts on it, and the others join as they come up: ``_adopt_spawned``).
+        The first spawn failure is raised, by this or by ``_adopt_spawned``."""
+        options = self._pool._options
+        init_arg = self._pool._init_arg
+        spawn = self._pool._worker_class.spawn
+        self._spawning = {asyncio.ensure_future(spawn(init_arg, **o)) for o in options}
+        self._started = True
+        try:
+            await asyncio.wait(self._spawning, return_when=asyncio.FIRST_COMPLETED)
+            self._adopt_spawned()
+        except BaseException:
+            await asyncio.shield(self.close())
+            raise
+
+    def _adopt_spawned(self) -> None:
+        """Add the workers whose spawns have ended to the pool (raising a failed spawn's
+        error)."""
+        for task in [t for t in self._spawning if t.done()]:
+            self._spawning.discard(task)
+            self._pool._adopt(task.result())
+
+    async def __aenter__(self) -> Self:
+        return await self.start()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await asyncio.shield(self.close())
+
+    # ----- what a map does with the pool
+
+    async def _open_map(self, spec: MapSpec, name: str) -> int:
+        """Load a map's function into every worker; its key."""
+        if self._closed or not self._started:
+            raise ConnectionClosed(
+                "MapPool: the pool is closed" if self._closed
+                else "MapPool: not started (use `async with config.open() as pool`)"
+            )
+        key = next(self._keys)
+        self._active[key] = spec
+        try:
+            await asyncio.gather(*(self._load(h, key, spec, name) for h in self.workers))
+        except BaseException:
+            await asyncio.shield(self._close_map(key))
+            raise
+        return key
+
+    async def _load(self, handle: WorkerHandle[MapWorker], key: int, spec: MapSpec,
+                    name: str) -> None:
+        try:
+            await handle.run(MapWorker.load, key, spec)
+        except RemoteError as error:
+            error.function = f"{name}.init"
+            error.args = (f"{error.function} raised {error.remote_type}: "
+                          f"{error.remote_message}",)
+            raise
+
+    async def _close_map(self, key: int) -> None:
+        """Drop a map from every worker: what it still has queued there is refused."""
+        self._active.pop(key, None)
+        if self._closed:
+            return
+        stops = [h.submit(MapWorker.stop, key) for h in self.workers]
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*stops, return_exceptions=True),
+                                   STOP_SECONDS)
+
+    async def _replace(self, dead: WorkerHandle[MapWorker]) -> None:
+        """Spawn a worker in place of ``dead`` (once, however many maps saw it die) and load
+        the running maps' functions into it."""
+        async with self._replacing:
+            if dead not in self._pool.workers:
+                return  # replaced already, for another map
+            handle = await self._pool._replace(dead)
+            for key, spec in list(self._active.items()):
+                if key != 0:  # key 0 was loaded by the spawn itself
+                    await handle.run(MapWorker.load, key, spec)
+
+    def _least_loaded(self) -> WorkerHandle[MapWorker]:
+        return self._pool._least_loaded()

@@ -1,0 +1,133 @@
+"""rp.map_reduce.MapPool: map workers started once and reused by several maps (decision 0023),
+with real worker processes and real signals."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+import rpc_parallel as rp
+from rpc_parallel import map_reduce as mr
+
+from ..workers.support import alive, bounded, gone
+from .functions import (
+    AddOne,
+    DieOnce,
+    FailAt,
+    FindTen,
+    InitFails,
+    Offset,
+    Slow,
+    Spell,
+    Sum,
+    Tick,
+    WhichPid,
+)
+from .test_map_reduce import Counting, no_workers, worker_pids
+
+TWO = mr.Config(local=2)
+
+
+async def test_one_pool_serves_several_maps_of_different_functions_on_the_same_workers() -> None:
+    async with TWO.open() as pool:
+        assert len(pool) == 2
+        pids = set(worker_pids())
+        assert len(pids) == 2
+        # Each map runs its function's init(param) in the workers: a new param each time.
+        for offset in (1, 1000):
+            assert [y async for y in mr.map(pool, range(3000), Offset, offset)] == [
+                x + offset for x in range(3000)]
+        assert {y async for y in mr.map(pool, range(100), WhichPid, None)} == pids
+        pairs = [p async for p in mr.map_unordered(pool, range(500), AddOne, None)]
+        assert sorted(pairs) == [(i, i + 1) for i in range(500)]
+        assert await mr.map_reduce(pool, range(600), Spell, None) == "".join(
+            f"{x}," for x in range(600))
+        assert await mr.map_reduce_commutative(pool, range(5000), Sum, None) == sum(range(5000))
+        assert await mr.find_map(pool, range(100), FindTen, 30) == 3000
+        assert await mr.map_reduce(pool, [], Sum, None) is None
+        assert set(worker_pids()) == pids  # no worker was spawned for any of these maps
+    await no_workers()
+
+
+async def test_two_maps_at_once_share_the_pool() -> None:
+    async with TWO.open() as pool:
+        async def run(offset: int) -> list[int]:
+            return [y async for y in mr.map(pool, range(2000), Offset, offset)]
+
+        first, second = await bounded(asyncio.gather(run(1), run(-1)), 30.0, "two maps")
+        assert first == [x + 1 for x in range(2000)]
+        assert second == [x - 1 for x in range(2000)]
+    await no_workers()
+
+
+async def test_leaving_a_map_early_stops_its_work_but_keeps_the_workers() -> None:
+    async with TWO.open() as pool:
+        pids = set(worker_pids())
+        source = Counting()
+        async for y in mr.map(pool, source, Slow, None):
+            if y == 3:
+                break
+        # The workers were told to stop: the next map is not held up behind the rest of the
+        # first one's batches (Slow takes 50 ms an input).
+        started = time.monotonic()
+        assert [y async for y in mr.map(pool, range(10), AddOne, None)] == list(range(1, 11))
+        assert time.monotonic() - started < 5.0
+        assert await mr.find_map(pool, Counting(), FindTen, 20) == 2000
+        assert set(worker_pids()) == pids
+    await no_workers()
+
+
+async def test_a_failing_map_or_init_leaves_the_pool_usable() -> None:
+    async with TWO.open() as pool:
+        pids = set(worker_pids())
+        with pytest.raises(rp.RemoteError) as caught:
+            async for _ in mr.map(pool, range(100), FailAt, 37):
+                pass
+        assert caught.value.index == 37  # type: ignore[attr-defined]
+        assert caught.value.function == "FailAt.map"
+        with pytest.raises(rp.RemoteError, match="no model file") as init_error:
+            async for _ in mr.map(pool, range(10), InitFails, None):
+                pass
+        assert init_error.value.function == "InitFails.init"
+        assert [y async for y in mr.map(pool, range(5), AddOne, None)] == [1, 2, 3, 4, 5]
+        assert set(worker_pids()) == pids
+    await no_workers()
+
+
+async def test_a_worker_of_the_pool_killed_mid_map_is_replaced(tmp_path: Path) -> None:
+    async with TWO.open() as pool:
+        outputs: list[int] = []
+        victim = 0
+        async for y in mr.map(pool, range(300), Tick, None):
+            outputs.append(y)
+            if len(outputs) == 20:
+                victim = worker_pids()[0]
+                os.kill(victim, signal.SIGKILL)
+        assert outputs == [x + 1 for x in range(300)]
+        await gone(victim)
+        assert len(pool) == 2 and victim not in {h.pid for h in pool.workers}
+        # A death by the map's own input: retried on the replacement, which has the map loaded.
+        out = [y async for y in mr.map(pool, range(40), DieOnce, str(tmp_path / "died"))]
+        assert out == [x * 2 for x in range(40)]
+        assert all(alive(h.pid) for h in pool.workers)
+    await no_workers()
+
+
+async def test_a_pool_not_started_or_closed_is_refused_clearly() -> None:
+    pool = TWO.open()
+    with pytest.raises(rp.ConnectionClosed, match="not started"):
+        async for _ in mr.map(pool, range(3), AddOne, None):
+            pass
+    assert not worker_pids()
+    async with pool:
+        assert [y async for y in mr.map(pool, range(3), AddOne, None)] == [1, 2, 3]
+    with pytest.raises(rp.ConnectionClosed, match="closed"):
+        await mr.map_reduce(pool, range(3), Sum, None)
+    with pytest.raises(TypeError, match="Config or MapPool"):
+        await mr.map_reduce(object(), range(3), Sum, None)  # type: ignore[arg-type]
+    await no_workers()
