@@ -1,9 +1,9 @@
 """Shared-memory segments for large arrays between processes of one host (decision 0022).
 
 A segment is a file in ``/dev/shm`` (a tmpfs: the pages are memory, no disk), named
-``rpcp-<16 hex digits>-<n>``. The 16 hex digits are the *sending* side's tag on one
-connection, derived from that side's handshake nonce, so both ends of a connection know the
-names either of them may create. A segment starts with a 64-byte header whose first word
+``rpcp-<pid>-<16 hex digits>-<n>``: the process that created it, and the *sending* side's
+tag on one connection, derived from that side's handshake nonce, so both ends of a
+connection know the names either of them may create. A segment starts with a 64-byte header whose first word
 says whether it is lent to the peer (``LENT``) or back with its owner (``FREE``); the data
 follows at ``DATA_OFFSET``.
 
@@ -45,7 +45,7 @@ from typing import Any
 import msgspec
 
 SHM_DIRECTORY = Path("/dev/shm")
-NAME_PATTERN = re.compile(r"rpcp-([0-9a-f]{16})-[0-9]+")
+NAME_PATTERN = re.compile(r"rpcp-[0-9]+-([0-9a-f]{16})-[0-9]+")
 SHARED = 2
 """The MessagePack extension code of an array in a segment (its header ends with the name)."""
 DATA_OFFSET = 64
@@ -135,7 +135,7 @@ class Segments:
     def _create(self, size: int) -> str:
         self._trim(size)
         self._created += 1
-        name = f"rpcp-{self._own}-{self._created}"
+        name = f"rpcp-{os.getpid()}-{self._own}-{self._created}"
         path = SHM_DIRECTORY / name
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
@@ -176,13 +176,21 @@ class Segments:
         _peer_tags.discard(self._peer)
         _open.discard(self)
         for tag in (self._own, self._peer):
-            for path in SHM_DIRECTORY.glob(f"rpcp-{tag}-*"):
+            for path in SHM_DIRECTORY.glob(f"rpcp-*-{tag}-*"):
                 _unlink(path.name)
-            for name in [n for n in _mapped if n.startswith(f"rpcp-{tag}-")]:
+            for name in [n for n in _mapped if f"-{tag}-" in n]:
                 _mapped.pop(name, None)  # arrays still using one keep it mapped
 
     def __repr__(self) -> str:
         return f"<Segments own={self._own} peer={self._peer}{' closed' if self.closed else ''}>"
+
+
+def sweep_processes(pids: set[int]) -> None:
+    """Unlink every segment the processes ``pids`` created: for a fork server whose children
+    are about to die with it (and, once it is dead, for its master's)."""
+    for pid in pids:
+        for path in SHM_DIRECTORY.glob(f"rpcp-{pid}-*"):
+            _unlink(path.name)
 
 
 def sweep_all() -> None:

@@ -26,6 +26,7 @@ import msgspec
 from ._calling import cannot_send
 from ._compat import enter_task as _enter_task  # What Python 3.12's eager tasks use.
 from ._compat import leave_task as _leave_task
+from ._segments import release_in
 from .errors import ConnectionClosed, ProtocolError
 from .frames import (
     CREDIT,
@@ -262,6 +263,7 @@ class Serving:
         try:
             implementation: Implementation = self._served[index]
         except IndexError:
+            release_in(payload)
             if call_id:
                 self._write(ERROR, call_id, 0,
                             ErrorInfo("protocol", "ProtocolError", f"no function at index {index}", ""))
@@ -271,10 +273,12 @@ class Serving:
         spec = implementation.spec
         args: Any = None
         if not spec._copy_payload:  # (spec.decode_arguments, inline for the common case)
-            try:  # noqa: SIM105 - contextlib.suppress costs more, on the per-frame path.
+            try:
                 args = spec.arguments_decoder.decode(payload)
-            except (msgspec.MsgspecError, UnicodeDecodeError):
-                pass  # decode_arguments explains it.
+            except (msgspec.MsgspecError, UnicodeDecodeError) as error:
+                # Not decoded again: a shared-memory segment is taken once.
+                self._refuse(call_id, spec, spec.arguments_failure(error, payload))
+                return
         if args is None:
             try:
                 args = spec.decode_arguments(payload)

@@ -368,12 +368,16 @@ class FunctionSpec:
             return self.arguments_decoder.decode(  # type: ignore[no-any-return]
                 bytes(payload) if self._copy_payload else payload
             )
-        except msgspec.ValidationError as error:
-            _segments.release_in(payload)  # arrays in segments that decoding did not reach
-            raise ProtocolError(self._describe_argument_error(str(error))) from None
-        except (msgspec.DecodeError, UnicodeDecodeError) as error:
-            _segments.release_in(payload)
-            raise ProtocolError(f"{self.name}: malformed arguments: {error}") from None
+        except (msgspec.MsgspecError, UnicodeDecodeError) as error:
+            raise self.arguments_failure(error, payload) from None
+
+    def arguments_failure(self, error: Exception, payload: memoryview) -> ProtocolError:
+        """The ``ProtocolError`` for arguments that failed to decode; gives back the
+        shared-memory segments they name (see ``decode_failure``)."""
+        _segments.release_in(payload)  # arrays in segments that decoding did not reach
+        if isinstance(error, msgspec.ValidationError):
+            return ProtocolError(self._describe_argument_error(str(error)))
+        return ProtocolError(f"{self.name}: malformed arguments: {error}")
 
     def decode_response(self, payload: memoryview) -> Any:
         return self._decode(self.response_decoder, payload, "result")
