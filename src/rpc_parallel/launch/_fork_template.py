@@ -206,10 +206,24 @@ class _Template:
         """Exit; the children die with us (their death signal) without a chance to clean
         up, so remove the shared-memory segments they created (decision 0022), and the
         master's too if it is gone."""
-        gone = self.children | ({self.master} if os.getppid() != self.master else set())
+        gone = self.children | ({self.master} if _dying(self.master) else set())
         with contextlib.suppress(OSError):
             sweep_processes(gone)
         os._exit(0)
+
+
+_PF_EXITING = 0x4
+
+
+def _dying(pid: int) -> bool:
+    """Whether ``pid`` is gone, a zombie, or exiting (its flags say so as soon as it starts
+    to: before its descriptors close, which is how the template hears of it)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as file:
+            fields = file.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return True
+    return fields[0] in (b"Z", b"X") or bool(int(fields[6]) & _PF_EXITING)
 
 
 def reseed() -> None:
