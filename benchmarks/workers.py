@@ -27,6 +27,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import arrays
 import rpc_floor
 
 import rpc_parallel as rp
@@ -305,6 +306,7 @@ async def run(quick: bool) -> dict[str, Any]:
     results["multiprocessing_pool"] = pool
 
     results["floor"] = await floor_figures(rpc_floor.QUICK if quick else rpc_floor.FULL)
+    results["arrays"] = await arrays.run(quick, 256)  # beside Pool (and Ray where it imports)
 
     best_throughput = max(ours["throughput_run_calls_per_s"], ours["throughput_submit_calls_per_s"])
     results["ratios"] = {
@@ -339,6 +341,7 @@ def print_results(results: dict[str, Any]) -> None:
     print("\nratios (same run)")
     for key, value in results["ratios"].items():
         print(f"  {key:50s} {value:8.2f}")
+    arrays.print_results(results["arrays"])
 
 
 def main(argv: list[str] | None = None, *, output: Path | None = None) -> dict[str, Any]:

@@ -22,7 +22,8 @@ RUN = ROOT / "benchmarks" / "peers" / "run.py"
 SELECTED = ["rpc_parallel", "floor_asyncio", "floor_c", "mp_pool", "process_pool"]
 MUST_RUN = ["floor_asyncio", "mp_pool", "process_pool"]
 OPTIONAL = ["loky", "execnet", "ray", "dask_futures", "dask_actor"]
-WORKLOADS = ["spawn", "cluster_start", "latency", "inflight", "bandwidth", "map", "map_cpu"]
+WORKLOADS = ["spawn", "cluster_start", "latency", "inflight", "bandwidth", "arrays", "map",
+             "map_cpu"]
 STATUSES = {"ok", "n/a", "error", "absent"}
 
 
@@ -98,7 +99,7 @@ def test_quick_run_writes_well_formed_results(tmp_path: Path) -> None:
                 assert e["ratio"] is None
 
     # Every steady-state workload was measured for the standard-library pool.
-    for wkey in ["spawn", "latency", "inflight", "bandwidth", "map", "map_cpu"]:
+    for wkey in ["spawn", "latency", "inflight", "bandwidth", "arrays", "map", "map_cpu"]:
         assert results[wkey]["mp_pool"]["status"] == "ok", results[wkey]["mp_pool"]
     # The map rows of rpc_parallel (rp.map_reduce over an open MapPool) were measured, and the
     # floors, which have no map, are marked not applicable.

@@ -30,6 +30,7 @@ BENCH_PACKAGES: tuple[str, ...] = (
     "matplotlib>=3.8",
     "uvloop>=0.19",
     "msgspec>=0.18",
+    "numpy>=1.26",
 )
 
 

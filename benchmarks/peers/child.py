@@ -26,7 +26,7 @@ from .settings import SETTINGS, Setting
 from .stats import summarize
 
 HARD_LIMIT_EXIT = 3
-STEADY_KEYS = ("latency", "inflight", "bandwidth", "map", "map_cpu")
+STEADY_KEYS = ("latency", "inflight", "bandwidth", "map", "map_cpu", "arrays")
 
 
 class Ops(Protocol):
@@ -41,6 +41,7 @@ class Ops(Protocol):
     def echo(self, payload: bytes) -> float: ...
     def map(self, items: list[int]) -> float: ...
     def map_cpu(self, items: list[int]) -> float: ...
+    def array_echo(self, array: Any) -> float: ...
     def teardown(self) -> None: ...
 
 
@@ -80,6 +81,9 @@ class _Bridge:
 
     def map_cpu(self, items: list[int]) -> float:
         return float(self._run(self.peer.map_cpu(items)))
+
+    def array_echo(self, array: Any) -> float:
+        return float(self._run(self.peer.array_echo(array)))
 
     def teardown(self) -> None:
         self._run(self.peer.teardown())
@@ -172,6 +176,42 @@ def cpu_ratios(ops: Ops, setting: Setting, budget: float) -> list[float]:
         if time.monotonic() > deadline:
             break
     return ratios
+
+
+def _rss(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def array_rounds(ops: Ops, setting: Setting, budget: float) -> tuple[list[float], float]:
+    """The array echo: GB/s of each round, and the highest peak RSS of a round over the RSS
+    before the array existed, as a multiple of the array size (VmHWM, reset per round)."""
+    try:
+        import numpy as np
+    except ImportError as exc:
+        raise Unsupported("numpy is not installed") from exc
+    import gc
+
+    size = setting.array_bytes
+    gc.collect()
+    base = _rss("VmRSS")
+    array = np.random.default_rng(0).random(size // 8)
+    ops.array_echo(array)  # warm-up
+    deadline = time.monotonic() + budget
+    rates: list[float] = []
+    peak = 0
+    while len(rates) < setting.array_reps:
+        gc.collect()
+        with open("/proc/self/clear_refs", "w") as file:
+            file.write("5")  # VmHWM := VmRSS
+        rates.append(2 * size / ops.array_echo(array) / 1e9)
+        peak = max(peak, _rss("VmHWM") - base)
+        if time.monotonic() > deadline:
+            break
+    return rates, peak / size
 
 
 def run_workloads(ops: Ops, peer: Peer | AsyncPeer, setting: Setting, rec: Recorder) -> None:
@@ -304,6 +344,9 @@ def run_workloads(ops: Ops, peer: Peer | AsyncPeer, setting: Setting, rec: Recor
                     ok(key, bw, size=size)
                 elif key == "map_cpu":
                     ok(key, cpu_ratios(ops, setting, budget), size=setting.cpu_items)
+                elif key == "arrays":
+                    rates, peak = array_rounds(ops, setting, budget)
+                    ok(key, rates, size=setting.array_bytes, peak_rss_over_array=peak)
                 else:
                     target = setting.map_items
 

@@ -39,6 +39,7 @@ def _entry(doc: dict[str, Any], key: str, base: float | None) -> dict[str, Any]:
         "n": s["n"],
         "size": m.get("size"),
         "target": m.get("target"),
+        "peak_rss_over_array": m.get("peak_rss_over_array"),
         "ratio": (median / base) if base else None,
         "note": m.get("note"),
     }
@@ -118,6 +119,9 @@ def _ratio(r: float | None) -> str:
 
 def _size_note(e: dict[str, Any], unit: str) -> str:
     size, target = e.get("size"), e.get("target")
+    peak = e.get("peak_rss_over_array")
+    if unit == "GB/s" and size and peak is not None:
+        return f"{size / 2**20:g} MiB array; master's peak RSS {peak:.2f}x the array"
     if unit == "GB/s" and size:
         return f"{size / 2**20:g} MiB payload"
     if size and target and size < target:

@@ -60,6 +60,17 @@ WORKLOADS: tuple[Workload, ...] = (
         "(bytes moved both ways), 10^9 bytes per GB.",
     ),
     Workload(
+        "arrays",
+        "numpy array echo",
+        "GB/s",
+        "higher",
+        "One worker returns the float64 array it is sent (256 MiB in the full setting); GB/s = "
+        "2 x array size / round-trip time. Pool pickles it; Ray puts it in its object store "
+        "(ray.put) and the actor returns it; rpc_parallel sends it as a declared "
+        "NDArray[np.float64]. The master's peak RSS during a round, over its RSS before the "
+        "array existed, is given as a multiple of the array size.",
+    ),
+    Workload(
         "map",
         "Map over many small items",
         "items/s",
@@ -96,6 +107,8 @@ class Setting:
     map_reps: int
     cpu_items: int
     cpu_reps: int
+    array_bytes: int
+    array_reps: int
     workload_budget_s: float  # soft: repetitions stop once it is spent (at least one is kept)
     workload_limit_s: float  # hard: a workload still running then is abandoned
     run_limit_s: float  # the whole run, all libraries
@@ -117,6 +130,8 @@ FULL = Setting(
     map_reps=5,
     cpu_items=2000,
     cpu_reps=2,
+    array_bytes=256 * 1024 * 1024,
+    array_reps=5,
     workload_budget_s=15.0,
     workload_limit_s=60.0,
     run_limit_s=14 * 60.0,
@@ -135,6 +150,8 @@ QUICK = Setting(
     map_reps=2,
     cpu_items=100,
     cpu_reps=1,
+    array_bytes=8 * 1024 * 1024,
+    array_reps=2,
     workload_budget_s=3.0,
     workload_limit_s=20.0,
     run_limit_s=5 * 60.0,

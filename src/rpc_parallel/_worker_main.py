@@ -43,7 +43,7 @@ from ._worker_type import Worker
 from .launch._launcher import CONFIG_FILE_VARIABLE
 from .rpc import Connection as RpcConnection
 from .rpc import Error as RpcError
-from .rpc import FunctionSpec, Server, new_event_loop, serve_tcp, server_context
+from .rpc import FunctionSpec, Server, _segments, new_event_loop, serve_tcp, server_context
 from .rpc import run as rpc_run
 from .rpc.frames import ErrorInfo, remote_error_info, text_limit
 from .rpc.functions import make_decoder
@@ -115,6 +115,7 @@ def _watch_stdin(shutdown_on: str) -> None:
         os.close(devnull)
         return
     remove_own_directories()  # (os._exit skips atexit; no master is left to do it)
+    _segments.sweep_all()  # shared memory of its connections (decision 0022)
     sys.stderr.flush()
     os._exit(0)
 

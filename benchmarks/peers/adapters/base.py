@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 from ..settings import WORKLOAD_KEYS
 
-STEADY = frozenset({"latency", "inflight", "bandwidth", "map", "map_cpu"})
+STEADY = frozenset({"latency", "inflight", "bandwidth", "map", "map_cpu", "arrays"})
 
 
 class Unsupported(Exception):
@@ -78,6 +78,10 @@ class Peer(_Common):
     def map_cpu(self, items: list[int]) -> float:
         """Map ``tasks.spin`` over ``items`` (results checked, in order); seconds."""
         raise Unsupported("map_cpu")
+
+    def array_echo(self, array: Any) -> float:
+        """Send a numpy array to one worker and get it back (checked); seconds."""
+        raise Unsupported("arrays")
 
     def teardown(self) -> None:
         """Stop the workers started by :meth:`setup`."""
@@ -152,6 +156,9 @@ class AsyncPeer(_Common):
     async def map_cpu(self, items: list[int]) -> float:
         raise Unsupported("map_cpu")
 
+    async def array_echo(self, array: Any) -> float:
+        raise Unsupported("arrays")
+
     async def teardown(self) -> None:
         return None
 
@@ -160,6 +167,12 @@ def check(condition: bool, what: str) -> None:
     """Fail the workload loudly if a library returned a wrong result."""
     if not condition:
         raise RuntimeError(f"wrong result: {what}")
+
+
+def check_array(sent: Any, received: Any) -> None:
+    """The echoed array equals the one sent (dtype, shape, first and last values)."""
+    check(received.dtype == sent.dtype and received.shape == sent.shape, "array dtype/shape")
+    check(bool(received[0] == sent[0]) and bool(received[-1] == sent[-1]), "array values")
 
 
 def check_map(items: list[int], out: list[int], plus: int = 1) -> None:

@@ -6,9 +6,9 @@ from __future__ import annotations
 import multiprocessing
 import multiprocessing.pool
 import time
-from typing import ClassVar
+from typing import Any, ClassVar
 
-from .base import Peer, check, check_map
+from .base import Peer, check, check_array, check_map
 from .tasks import echo, inc, spin
 
 
@@ -19,6 +19,7 @@ class PoolPeer(Peer):
         "spawn": f"Pool(1), start method {multiprocessing.get_start_method()!r}",
         "map": "Pool.map with its default chunksize (len / (4 x workers): the best tried)",
         "map_cpu": "Pool.map with chunksize 1 (the best for costly items)",
+        "arrays": "Pool.apply of an echo: the array pickled both ways",
     }
 
     def __init__(self) -> None:
@@ -83,6 +84,14 @@ class PoolPeer(Peer):
         out = pool.map(spin, items, chunksize=1)
         dt = time.perf_counter() - t0
         check_map(items, out, plus=0)
+        return dt
+
+    def array_echo(self, array: Any) -> float:
+        pool = self._pool()
+        t0 = time.perf_counter()
+        r = pool.apply(echo, (array,))  # pickled both ways
+        dt = time.perf_counter() - t0
+        check_array(array, r)
         return dt
 
     def teardown(self) -> None:

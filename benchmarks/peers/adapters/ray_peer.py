@@ -15,7 +15,7 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 import ray
 
-from .base import SpreadPeer, check, check_map
+from .base import SpreadPeer, check, check_array, check_map
 from .tasks import chunks, inc_many, spin
 
 
@@ -46,6 +46,7 @@ class RayPeer(SpreadPeer):
         "spawn": "actor creation + first method call; cluster already up",
         "map": "chunks of len / (4 x actors) items, one actor call each over 2 actors",
         "map_cpu": "one actor call per item, round robin over 2 actors",
+        "arrays": "ray.put(array), then an actor method returning it; ray.get of the result",
     }
 
     def __init__(self) -> None:
@@ -124,6 +125,13 @@ class RayPeer(SpreadPeer):
         r = ray.get(self.actors[0].echo.remote(payload))
         dt = time.perf_counter() - t0
         check(len(r) == len(payload), "echo length")
+        return dt
+
+    def array_echo(self, array: Any) -> float:
+        t0 = time.perf_counter()
+        r = ray.get(self.actors[0].echo.remote(ray.put(array)))
+        dt = time.perf_counter() - t0
+        check_array(array, r)
         return dt
 
     def teardown(self) -> None:

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 import rpc_parallel as rp
 
-from .base import AsyncPeer, check, check_map
+from .base import AsyncPeer, check, check_array, check_map
 from .tasks import spin
 
 
@@ -46,11 +46,14 @@ class RpcParallelPeer(AsyncPeer):
         "map": "rp.map_reduce.map over an open MapPool of 2 workers (Config(local=2).open()), "
         "every output taken by async for",
         "map_cpu": "rp.map_reduce.map over the open MapPool (batches sized by measured cost)",
+        "arrays": "an rpc declared NDArray[np.float64] -> NDArray[np.float64] (shared memory "
+        "between local processes)",
     }
 
     def __init__(self) -> None:
         self.handles: list[rp.WorkerHandle[BenchWorker]] = []
         self.pool: rp.map_reduce.MapPool | None = None
+        self.array_worker: rp.WorkerHandle[Any] | None = None
 
     def version(self) -> str | None:
         return str(getattr(rp, "__version__", None) or "") or None
@@ -119,7 +122,21 @@ class RpcParallelPeer(AsyncPeer):
         check_map(items, out, plus=0)
         return dt
 
+    async def array_echo(self, array: Any) -> float:
+        from ._array_worker import ArrayWorker  # numpy stays optional for the other workloads
+
+        if self.array_worker is None:
+            self.array_worker = await ArrayWorker.spawn(None)
+        t0 = time.perf_counter()
+        r = await self.array_worker.run(ArrayWorker.echo, array)
+        dt = time.perf_counter() - t0
+        check_array(array, r)
+        return dt
+
     async def teardown(self) -> None:
+        if self.array_worker is not None:
+            await self.array_worker.close()
+            self.array_worker = None
         await asyncio.gather(*(h.close() for h in self.handles))
         self.handles = []
         if self.pool is not None:

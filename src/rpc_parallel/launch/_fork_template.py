@@ -40,6 +40,8 @@ from typing import Any, NoReturn
 
 import msgspec
 
+from ..rpc._segments import sweep_processes
+
 _PR_SET_NAME = 15
 _PR_SET_PDEATHSIG = 1
 _MAX_MESSAGE = 1 << 20
@@ -85,6 +87,7 @@ class _Template:
         os.set_blocking(self.wake_write, False)
         self.imported: set[tuple[str, str | None]] = set()
         self.children: set[int] = set()
+        self.master = os.getppid()
         self.libc = _libc()
 
     def run(self) -> NoReturn:
@@ -108,7 +111,7 @@ class _Template:
         except OSError:
             message, fds = b"", []
         if not message:
-            os._exit(0)  # The master is gone (or closed us): the children die with us.
+            self._end()  # The master is gone (or closed us): the children die with us.
         try:
             request = msgspec.msgpack.decode(message, type=ForkRequest)
         except msgspec.DecodeError as error:
@@ -197,7 +200,30 @@ class _Template:
         try:
             _write_all(self.replies, len(data).to_bytes(4, "little") + data)
         except OSError:
-            os._exit(0)  # The master is gone.
+            self._end()  # The master is gone.
+
+    def _end(self) -> NoReturn:
+        """Exit; the children die with us (their death signal) without a chance to clean
+        up, so remove the shared-memory segments they created (decision 0022), and the
+        master's too if it is gone."""
+        gone = self.children | ({self.master} if _dying(self.master) else set())
+        with contextlib.suppress(OSError):
+            sweep_processes(gone)
+        os._exit(0)
+
+
+_PF_EXITING = 0x4
+
+
+def _dying(pid: int) -> bool:
+    """Whether ``pid`` is gone, a zombie, or exiting (its flags say so as soon as it starts
+    to: before its descriptors close, which is how the template hears of it)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as file:
+            fields = file.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return True
+    return fields[0] in (b"Z", b"X") or bool(int(fields[6]) & _PF_EXITING)
 
 
 def reseed() -> None:

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
 from typing import Any, Protocol
 
 from ._exceptions import rebuild
+from ._segments import release_in
 from .errors import CloseKind, ConnectionClosed, MessageTooLarge, ProtocolError
 from .frames import END, ErrorInfo
 from .functions import ENCODER, FunctionSpec
@@ -32,7 +33,8 @@ like the other entries."""
 def on_rpc_response(spec: FunctionSpec, future: asyncio.Future[Any], payload: memoryview) -> None:
     """An rpc call's RESPONSE, the general case (the connection decodes the common case
     inline): a payload to copy first, a result that does not match the declared type."""
-    if future.done():  # Cancelled by its caller.
+    if future.done():  # Cancelled by its caller: give back the arrays the answer lends.
+        release_in(payload)
         return
     try:
         future.set_result(spec.decode_response(payload))
@@ -67,7 +69,9 @@ class ReversePipeCall:
 
     def _on_response(self, payload: memoryview) -> None:
         future = self.future
-        if not future.done():
+        if future.done():
+            release_in(payload)
+        else:
             try:
                 future.set_result(self.spec.decode_response(payload))
             except ProtocolError as error:

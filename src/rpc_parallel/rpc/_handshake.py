@@ -80,6 +80,11 @@ class Handshake:
         role = b"client" if self._is_client else b"server"
         return prove(self._secret, role, hello.nonce, self.nonce)
 
+    @property
+    def peer_nonce(self) -> bytes | None:
+        """The peer's nonce, once its HELLO has arrived."""
+        return self._peer_nonce
+
     def on_auth(self, payload: memoryview) -> None:
         """Check the peer's proof; afterwards the peer counts as authenticated."""
         if self._peer_nonce is None or self.authenticated:

@@ -26,6 +26,7 @@ import msgspec
 from ._calling import cannot_send
 from ._compat import enter_task as _enter_task  # What Python 3.12's eager tasks use.
 from ._compat import leave_task as _leave_task
+from ._segments import Segments, release_in
 from .errors import ConnectionClosed, ProtocolError
 from .frames import (
     CREDIT,
@@ -41,7 +42,7 @@ from .frames import (
     safe_text,
     text_of,
 )
-from .functions import ENCODER, FunctionSpec
+from .functions import FunctionSpec
 from .streams import Credit, PipeReader, ReaderState, StreamOwner
 
 
@@ -261,6 +262,8 @@ class ServingOwner(StreamOwner, Protocol):
     _error_text_limit: int
     _send_limit: int
     _flush_handle: Any
+    _encoder: msgspec.msgpack.Encoder
+    _segments: Segments | None
 
     def _too_large(self, length: int) -> Exception:
         """The error for a frame of ``length`` bytes over the limit."""
@@ -370,6 +373,7 @@ class Serving:
         try:
             implementation: Implementation = self._served[index]
         except IndexError:
+            release_in(payload)
             if call_id:
                 self._write(ERROR, call_id, 0,
                             ErrorInfo("protocol", "ProtocolError", f"no function at index {index}", ""))
@@ -379,10 +383,12 @@ class Serving:
         spec = implementation.spec
         args: Any = None
         if not spec._copy_payload:  # (spec.decode_arguments, inline for the common case)
-            try:  # noqa: SIM105 - contextlib.suppress costs more, on the per-frame path.
+            try:
                 args = spec.arguments_decoder.decode(payload)
-            except (msgspec.MsgspecError, UnicodeDecodeError):
-                pass  # decode_arguments explains it.
+            except (msgspec.MsgspecError, UnicodeDecodeError) as error:
+                # Not decoded again: a shared-memory segment is taken once.
+                self._refuse(call_id, spec, spec.arguments_failure(error, payload))
+                return
         if args is None:
             try:
                 args = spec.decode_arguments(payload)
@@ -401,18 +407,23 @@ class Serving:
                 except BaseException:  # (KeyboardInterrupt, SystemExit): the driver ended.
                     self._new_driver()
                     raise
-                if waiting is DONE:  # (_respond and the owner's _write, inline)
+                if waiting is DONE:
+                    # (_respond and the owner's _write of a RESPONSE, inline: keep in step.)
                     owner = self._owner
                     out = owner._out
                     begin = len(out)
                     out += ZERO_HEADER
+                    segments = owner._segments
+                    mark = segments.mark if segments is not None else 0
                     try:
-                        ENCODER.encode_into(self._box.pop(), out, -1)
+                        owner._encoder.encode_into(self._box.pop(), out, -1)
                         length = len(out) - begin - 4
                         if length > owner._send_limit:
                             raise owner._too_large(length)
                     except BaseException as error:
                         del out[begin:]
+                        if segments is not None:
+                            segments.discard_after(mark)  # What this answer had lent.
                         if not isinstance(error, Exception):
                             raise
                         self._respond_error(call_id, cannot_send(spec, "result", error, serving=True))

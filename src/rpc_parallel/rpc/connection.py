@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import os
+import socket
 import threading
 from collections.abc import (
     Awaitable,
@@ -25,7 +26,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from . import frames
+from . import _segments, frames
 from ._calling import (
     ONE_WAY_WINDOW,
     UNENCODABLE,
@@ -65,7 +66,7 @@ from .frames import (
     RESPONSE,
     MenuEntry,
 )
-from .functions import ENCODER, FunctionSpec
+from .functions import ENCODER, FunctionSpec, make_encoder
 from .settings import ENVELOPE, PREAUTH_MAX_MESSAGE_SIZE, RpcSettings
 from .streams import ITEM_OVERHEAD, Credit, PipeReader, ReaderState
 
@@ -181,6 +182,10 @@ class Connection(asyncio.BufferedProtocol):
     def _init_sending(self) -> None:
         """The outgoing buffer, its flush, and the transport's pause-writing signal."""
         self._out = bytearray()
+        self._encoder = ENCODER
+        self._segments: _segments.Segments | None = None
+        """Shared memory for large arrays, on a connection between processes of one host
+        (decision 0022); set once the peer has authenticated."""
         self._flush_handle: asyncio.Handle | None = None
         self._writable: asyncio.Future[None] | None = None
         self.writing_paused = False
@@ -333,16 +338,22 @@ class Connection(asyncio.BufferedProtocol):
         out = self._out  # (_send_query and _write, inline)
         begin = len(out)
         out += _ZERO_HEADER
+        segments = self._segments
+        mark = segments.mark if segments is not None else 0
         try:
-            ENCODER.encode_into(args, out, -1)
+            self._encoder.encode_into(args, out, -1)
         except BaseException as error:
             del out[begin:]
+            if segments is not None:
+                segments.discard_after(mark)  # what this message had lent
             if isinstance(error, UNENCODABLE):
                 raise cannot_send(spec, "arguments", error, arguments=args) from None
             raise
         length = len(out) - begin - 4
         if length > self._send_limit:
             del out[begin:]
+            if segments is not None:
+                segments.discard_after(mark)
             raise cannot_send(spec, "arguments", self._too_large(length), arguments=args)
         HEADER.pack_into(out, begin, length, QUERY, call_id, index)
         if len(out) >= _FLUSH_AT:
@@ -530,27 +541,37 @@ class Connection(asyncio.BufferedProtocol):
         self._calling.reader_dropped(state)
 
     def _write(self, message_type: int, call_id: int, argument: int, value: Any = _NO_PAYLOAD) -> int:
-        """Append one frame to the outgoing buffer; return the payload size."""
+        """Append one frame to the outgoing buffer; return the payload size (for an ITEM,
+        plus the bytes of the shared-memory segments it lends, also put in its argument:
+        its credit cost counts them)."""
         out = self._out
         start = len(out)
         out += _ZERO_HEADER
-        size = 0
+        size = shared = 0
         if value is not _NO_PAYLOAD:
+            segments = self._segments
+            if segments is None:
+                mark = lent = 0
+            else:
+                mark, lent = segments.mark, segments.lent_bytes
             try:
-                ENCODER.encode_into(value, out, -1)
+                self._encoder.encode_into(value, out, -1)
+                size = len(out) - start - HEADER_SIZE
+                if size + LENGTH_OVERHEAD > self._send_limit:
+                    raise self._too_large(size + LENGTH_OVERHEAD)
             except BaseException:
                 del out[start:]
+                if segments is not None:
+                    segments.discard_after(mark)  # what this message had lent
                 raise
-            size = len(out) - start - HEADER_SIZE
-            if size + LENGTH_OVERHEAD > self._send_limit:
-                del out[start:]
-                raise self._too_large(size + LENGTH_OVERHEAD)
+            if segments is not None and message_type == ITEM:
+                shared = argument = min(segments.lent_bytes - lent, 0xFFFF_FFFF)
         HEADER.pack_into(out, start, size + LENGTH_OVERHEAD, message_type, call_id, argument)
         if len(out) >= _FLUSH_AT:
             self._flush()
         elif self._flush_handle is None:
             self._flush_handle = self.loop.call_soon(self._flush)
-        return size
+        return size + shared
 
     def _wrote(self) -> None:
         """A frame was appended to the outgoing buffer (by the serving side, inline): write
@@ -696,15 +717,14 @@ class Connection(asyncio.BufferedProtocol):
                     entry = outgoing.pop(call_id, None)
                     if type(entry) is tuple:  # An rpc call (RpcCall): _dispatch, inline.
                         spec, future = entry
-                        if spec._copy_payload:
+                        if spec._copy_payload or future.done():
                             on_rpc_response(spec, future, payload)
-                            continue
-                        try:
-                            future.set_result(spec.response_decoder.decode(payload))
-                        except (msgspec.MsgspecError, UnicodeDecodeError):
-                            on_rpc_response(spec, future, payload)  # It explains.
-                        except asyncio.InvalidStateError:
-                            pass  # Cancelled by its caller: nothing waits for it.
+                        else:
+                            try:
+                                future.set_result(spec.response_decoder.decode(payload))
+                            except (msgspec.MsgspecError, UnicodeDecodeError) as error:
+                                # Not decoded again: a shared-memory segment is taken once.
+                                future.set_exception(spec.decode_failure(error, payload))
                         continue
                     if entry is not None:  # A stream's: _dispatch has it.
                         outgoing[call_id] = entry
@@ -777,23 +797,30 @@ class Connection(asyncio.BufferedProtocol):
                 else:
                     try:
                         future.set_result(spec.response_decoder.decode(payload))
-                    except (msgspec.MsgspecError, UnicodeDecodeError):
-                        on_rpc_response(spec, future, payload)  # It explains the error.
+                    except (msgspec.MsgspecError, UnicodeDecodeError) as error:
+                        # Not decoded again: a shared-memory segment is taken once.
+                        future.set_exception(spec.decode_failure(error, payload))
             elif entry is not None:
                 if type(entry) is not ReaderState:
                     del self._outgoing[call_id]
                 entry._on_response(payload)
+            elif self._segments is not None:
+                _segments.release_in(payload)  # a finished call's answer: give back its arrays
         elif message_type == QUERY:
             self._on_query(call_id, argument, payload)  # (_query_too_early until ready)
         elif message_type == ITEM:
             if call_id & 1 == self._id_parity:
                 reader = self._outgoing.get(call_id)
                 if type(reader) is ReaderState:
-                    reader._on_item(payload)
+                    reader._on_item(payload, argument)
+                elif self._segments is not None:
+                    _segments.release_in(payload)
             else:
                 served = self._incoming.get(call_id)
                 if type(served) is ServedStream and served.reader is not None:
-                    served.reader._on_item(payload)
+                    served.reader._on_item(payload, argument)
+                elif self._segments is not None:
+                    _segments.release_in(payload)
         elif message_type == CREDIT:
             if call_id == 0:
                 self._one_way_acknowledged(argument)
@@ -864,6 +891,7 @@ class Connection(asyncio.BufferedProtocol):
             elif message_type == AUTH:
                 handshake.on_auth(payload)
                 self._limit = self.settings.max_message_size + ENVELOPE
+                self._share_memory()
                 self._write(MENU, 0, 0, self._serving.menu())
             else:
                 self._became_ready(handshake.on_menu(payload))
@@ -872,6 +900,20 @@ class Connection(asyncio.BufferedProtocol):
 
     def _query_too_early(self, call_id: int, index: int, payload: memoryview) -> None:
         self._protocol_violation("a call arrived before the handshake finished")
+
+    def _share_memory(self) -> None:
+        """Between processes of one host (a Unix socket), large arrays go through shared
+        memory (decision 0022); the segments' names derive from the two nonces."""
+        transport = self._transport
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        peer_nonce = self._handshake.peer_nonce
+        if (sock is None or sock.family != socket.AF_UNIX or peer_nonce is None
+                or not _segments.available()):
+            return
+        self._segments = _segments.Segments(
+            _segments.tag_of(self._handshake.nonce), _segments.tag_of(peer_nonce)
+        )
+        self._encoder = make_encoder(self._segments)
 
     def _became_ready(self, menu: list[MenuEntry]) -> None:
         self._on_query = self._serving.on_query
@@ -926,6 +968,8 @@ class Connection(asyncio.BufferedProtocol):
         self._rpc_index.clear()
         self._handshake.stop()
         self._liveness.stop()
+        if self._segments is not None:
+            self._segments.close()  # both sides' segments: nothing is left in /dev/shm
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None

@@ -10,6 +10,7 @@ import hashlib
 import inspect
 import numbers
 import re
+import sys
 import types
 import typing
 import uuid
@@ -19,6 +20,8 @@ from typing import Any, Literal
 
 import msgspec
 
+from . import _segments
+from ._segments import Segments
 from .errors import ProtocolError
 
 Kind = Literal["rpc", "pipe", "state", "one_way", "reverse_pipe"]
@@ -34,11 +37,16 @@ def register_type(cls: type, to_wire: Callable[[Any], Any], from_wire: Callable[
     _from_wire[cls] = from_wire
 
 
-def _encode_hook(value: Any) -> Any:
+def _encode_hook(value: Any, segments: Segments | None = None) -> Any:
     for cls in type(value).__mro__:
         convert = _to_wire.get(cls)
         if convert is not None:
             return convert(value)
+    numpy = sys.modules.get("numpy")  # numpy is never imported here: a value of it means it is
+    if numpy is not None and isinstance(value, (numpy.ndarray, numpy.generic)):
+        from . import _arrays
+
+        return _arrays.to_wire(value, segments)
     # Numbers of other libraries (numpy's float64, int64 ...) travel as the Python number
     # they stand for, so that they pass where ``int`` or ``float`` is declared.
     if isinstance(value, numbers.Integral):
@@ -56,12 +64,51 @@ def _decode_hook(expected: Any, value: Any) -> Any:
     origin = typing.get_origin(expected) or expected
     convert = _from_wire.get(origin)
     if convert is None:
+        if _is_numpy_type(origin):
+            from . import _arrays
+
+            return _arrays.check(expected, value)
         # A TypeError becomes a msgspec.ValidationError (a refused value), never a crash.
         raise TypeError(f"type {type_name(expected)} cannot be received")
     return convert(value)
 
 
+def _ext_hook(code: int, data: memoryview) -> Any:
+    """MessagePack extension values: numpy arrays (codes 1 and 2, ``_arrays``)."""
+    if code not in (1, 2):
+        return msgspec.msgpack.Ext(code, bytes(data))
+    # msgspec passes a hook's exceptions through: a ValidationError is a refused value.
+    try:
+        from . import _arrays
+    except ImportError:
+        _segments.release_extension(code, data)
+        raise msgspec.ValidationError(
+            "a numpy array arrived, but numpy is not installed here"
+        ) from None
+    try:
+        return _arrays.from_ext(code, data)
+    except (ValueError, TypeError) as error:
+        raise msgspec.ValidationError(str(error)) from None
+
+
+def _is_numpy_type(cls: Any) -> bool:
+    """Whether ``cls`` is a numpy array or scalar type (without importing numpy)."""
+    if not isinstance(cls, type) or not cls.__module__.startswith("numpy"):
+        return False
+    from . import _arrays
+
+    return _arrays.is_numpy_type(cls)
+
+
 ENCODER = msgspec.msgpack.Encoder(enc_hook=_encode_hook)
+
+
+def make_encoder(segments: Segments | None) -> msgspec.msgpack.Encoder:
+    """An encoder whose large numpy arrays go through ``segments`` (shared memory of one
+    connection between processes of one host); ``ENCODER`` when there are none."""
+    if segments is None:
+        return ENCODER
+    return msgspec.msgpack.Encoder(enc_hook=lambda value: _encode_hook(value, segments))
 
 
 class UnresolvedAnnotation(TypeError):
@@ -97,7 +144,9 @@ def unsendable_part(annotation: Any, seen: set[int] | None = None) -> Any | None
     if origin is typing.Literal:
         return None
     if origin is not None:
-        if isinstance(origin, type) and any(k in _from_wire for k in origin.__mro__):
+        if isinstance(origin, type) and (
+            any(k in _from_wire for k in origin.__mro__) or _is_numpy_type(origin)
+        ):
             return None  # e.g. WorkerHandle[Adder]: its own codec, whatever its parameters
         for argument in typing.get_args(annotation):
             found = unsendable_part(argument, seen)
@@ -109,6 +158,8 @@ def unsendable_part(annotation: Any, seen: set[int] | None = None) -> Any | None
 
 def _unsendable_class(cls: type, seen: set[int]) -> Any | None:
     if cls is object or issubclass(cls, _SENDABLE_CLASSES) or any(k in _from_wire for k in cls.__mro__):
+        return None
+    if _is_numpy_type(cls):
         return None
     if cls.__module__ in ("typing", "collections.abc", "collections", "types"):
         return None  # Sequence, Mapping, OrderedDict, UnionType ...: containers msgspec knows
@@ -131,7 +182,7 @@ def _unsendable_class(cls: type, seen: set[int]) -> Any | None:
 
 
 def make_decoder(annotation: Any) -> msgspec.msgpack.Decoder[Any]:
-    return msgspec.msgpack.Decoder(annotation, dec_hook=_decode_hook)
+    return msgspec.msgpack.Decoder(annotation, dec_hook=_decode_hook, ext_hook=_ext_hook)
 
 
 _module_aliases: dict[str, str] = {}
@@ -153,6 +204,12 @@ def type_name(annotation: Any) -> str:
     if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
         return " | ".join(type_name(a) for a in typing.get_args(annotation))
     origin = typing.get_origin(annotation)
+    if _is_numpy_type(origin or annotation):
+        from . import _arrays
+
+        name = _arrays.type_name(annotation)
+        if name is not None:
+            return name
     if origin is not None:
         arguments = typing.get_args(annotation)
         inner = ", ".join(type_name(a) for a in arguments) if arguments else "()"
@@ -311,10 +368,16 @@ class FunctionSpec:
             return self.arguments_decoder.decode(  # type: ignore[no-any-return]
                 bytes(payload) if self._copy_payload else payload
             )
-        except msgspec.ValidationError as error:
-            raise ProtocolError(self._describe_argument_error(str(error))) from None
-        except (msgspec.DecodeError, UnicodeDecodeError) as error:
-            raise ProtocolError(f"{self.name}: malformed arguments: {error}") from None
+        except (msgspec.MsgspecError, UnicodeDecodeError) as error:
+            raise self.arguments_failure(error, payload) from None
+
+    def arguments_failure(self, error: Exception, payload: memoryview) -> ProtocolError:
+        """The ``ProtocolError`` for arguments that failed to decode; gives back the
+        shared-memory segments they name (see ``decode_failure``)."""
+        _segments.release_in(payload)  # arrays in segments that decoding did not reach
+        if isinstance(error, msgspec.ValidationError):
+            return ProtocolError(self._describe_argument_error(str(error)))
+        return ProtocolError(f"{self.name}: malformed arguments: {error}")
 
     def decode_response(self, payload: memoryview) -> Any:
         return self._decode(self.response_decoder, payload, "result")
@@ -325,12 +388,17 @@ class FunctionSpec:
     def _decode(self, decoder: msgspec.msgpack.Decoder[Any], payload: memoryview, what: str) -> Any:
         try:
             return decoder.decode(bytes(payload) if self._copy_payload else payload)
-        except msgspec.ValidationError as error:
-            raise ProtocolError(
-                f"{self.name}: {what}: {error} (expected {self._expected(what)})"
-            ) from None
-        except (msgspec.DecodeError, UnicodeDecodeError) as error:
-            raise ProtocolError(f"{self.name}: malformed {what}: {error}") from None
+        except (msgspec.MsgspecError, UnicodeDecodeError) as error:
+            raise self.decode_failure(error, payload, what) from None
+
+    def decode_failure(self, error: Exception, payload: memoryview, what: str = "result") -> ProtocolError:
+        """The ``ProtocolError`` for ``payload`` that failed to decode as ``what``; gives back
+        the shared-memory segments it names (decode each payload once: a segment is taken
+        the first time)."""
+        _segments.release_in(payload)
+        if isinstance(error, msgspec.ValidationError):
+            return ProtocolError(f"{self.name}: {what}: {error} (expected {self._expected(what)})")
+        return ProtocolError(f"{self.name}: malformed {what}: {error}")
 
     def _expected(self, what: str) -> str:
         return type_name(self.response if what == "result" else self.item)

@@ -8,6 +8,7 @@ from collections import deque
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
+from . import _segments
 from .errors import ConnectionClosed, ProtocolError
 
 if TYPE_CHECKING:
@@ -110,8 +111,11 @@ class ReaderState:
 
     # Called by the connection.
 
-    def _on_item(self, payload: memoryview) -> None:
+    def _on_item(self, payload: memoryview, shared: int = 0) -> None:
+        """An ITEM; ``shared``: the bytes of the shared-memory segments it lends (its frame's
+        argument), part of its cost."""
         if self._done:
+            _segments.release_in(payload)
             return
         try:
             item = self.spec.decode_item(payload)
@@ -119,12 +123,13 @@ class ReaderState:
             self._fail(error)
             self._connection.abandon(self._call_id)
             return
-        self._items.append((item, len(payload) + ITEM_OVERHEAD))
+        self._items.append((item, len(payload) + ITEM_OVERHEAD + shared))
         self._wake()
 
     def _on_response(self, payload: memoryview) -> None:
         initial = self.initial
         if initial is None or initial.done():
+            _segments.release_in(payload)
             return
         try:
             initial.set_result(self.spec.decode_response(payload))

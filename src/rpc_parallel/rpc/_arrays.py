@@ -1,0 +1,255 @@
+"""numpy arrays and scalars on the wire (decision 0022).
+
+Imported only once numpy is (``functions`` looks numpy up in ``sys.modules`` before it
+imports this module), so ``import rpc_parallel`` never imports numpy.
+
+Wire forms, both MessagePack extension values, so that an array is recognised wherever it
+sits in a message (an argument, a field of a struct, an item of a list, a value declared
+``Any``):
+
+- ``ARRAY`` (ext 1), in band: ``u32`` header length, the header, then the raw bytes of the
+  array in its memory order;
+- ``SHARED`` (ext 2), for arrays of at least ``SHARED_MEMORY_THRESHOLD`` bytes on a
+  connection between processes of one host: the header only, naming a shared-memory
+  segment (``_segments``) that holds the bytes.
+
+The header is the MessagePack array ``[descr, shape, fortran]`` (+ ``name`` for SHARED):
+``descr`` is numpy's own ``.npy`` description of the dtype (a string such as ``"<f8"`` or
+``">i4"``, or a list of fields), ``shape`` a list of sizes, ``fortran`` whether the bytes are
+in column-major order. Byte order and memory order travel as they are: what arrives equals
+what was sent, dtype included. Arrays of Python objects (``dtype=object``) cannot be sent.
+
+numpy scalars: ``bool_``, integers and ``float16/32/64`` travel as the Python number they
+stand for (so they pass where ``int`` or ``float`` is declared); the others (complex,
+``longdouble``, ``datetime64`` ...) as a 0-d ``ARRAY``. Declared as a numpy scalar type, a
+value is accepted only if that type holds it exactly.
+"""
+
+from __future__ import annotations
+
+import struct
+import typing
+from typing import Any
+
+import msgspec
+import numpy as np
+from numpy.lib import format as npy_format
+
+from . import _segments
+from ._segments import Segments
+
+ARRAY = 1
+SHARED = _segments.SHARED
+SHARED_MEMORY_THRESHOLD = 1 << 20
+"""Arrays of at least this many bytes go through shared memory between local processes.
+Below it, a segment's system calls (open, pwrite, the state word on both sides) cost about
+as much as copying through the socket (decision 0022)."""
+
+_LENGTH = struct.Struct("<I")
+_HEADER_ENCODER = msgspec.msgpack.Encoder()
+_HEADER_DECODER = msgspec.msgpack.Decoder(tuple[Any, list[int], bool])
+_SHARED_DECODER = msgspec.msgpack.Decoder(tuple[Any, list[int], bool, str])
+_PYTHON_NUMBERS: tuple[type, ...] = (np.bool_, np.integer, np.float16, np.float32, np.float64)
+
+
+# ----------------------------------------------------------------------------- sending
+
+
+def to_wire(value: np.ndarray[Any, Any] | np.generic, segments: Segments | None) -> Any:
+    """The wire form of a numpy array or scalar (``TypeError`` if it cannot be sent)."""
+    if isinstance(value, np.generic):
+        if isinstance(value, _PYTHON_NUMBERS):
+            return value.item()
+        if isinstance(value, (np.str_, np.bytes_)):
+            return value.item()
+        value = np.asarray(value)
+    if isinstance(value, np.ma.MaskedArray):
+        raise TypeError("masked arrays cannot be sent: send .data and .mask as two arrays")
+    array = np.asarray(value)
+    if array.dtype.hasobject:
+        raise TypeError(
+            f"arrays of dtype {array.dtype} cannot be sent: their elements are Python objects; "
+            "convert to a numeric, string or structured dtype"
+        )
+    fortran = array.flags.f_contiguous and not array.flags.c_contiguous
+    if not (fortran or array.flags.c_contiguous):
+        array = np.ascontiguousarray(array)  # a strided view: its elements, made contiguous
+    header = [npy_format.dtype_to_descr(array.dtype), list(array.shape), bool(fortran)]
+    if segments is not None and array.nbytes >= SHARED_MEMORY_THRESHOLD and not segments.closed:
+        name = _share(array, segments)
+        if name is not None:
+            return msgspec.msgpack.Ext(SHARED, _HEADER_ENCODER.encode([*header, name]))
+    return _in_band(array, header)
+
+
+def _share(array: np.ndarray[Any, Any], segments: Segments) -> str | None:
+    """Lend a segment holding ``array``'s bytes; its name, or None if /dev/shm has no room."""
+    try:
+        return segments.lend(_raw_bytes(array))
+    except OSError:
+        return None  # /dev/shm is full or missing: the bytes go in band instead.
+
+
+def _in_band(array: np.ndarray[Any, Any], header: list[Any]) -> msgspec.msgpack.Ext:
+    encoded = _HEADER_ENCODER.encode(header)
+    start = _LENGTH.size + len(encoded)
+    data = bytearray(start + array.nbytes)
+    _LENGTH.pack_into(data, 0, len(encoded))
+    data[_LENGTH.size : start] = encoded
+    if array.nbytes:
+        data[start:] = _raw_bytes(array)
+    return msgspec.msgpack.Ext(ARRAY, data)
+
+
+def _raw_bytes(array: np.ndarray[Any, Any]) -> memoryview:
+    """The bytes of a contiguous (C or Fortran) array in memory order, without a copy."""
+    flat = array.reshape(-1, order="A") if array.ndim else array.reshape(1)
+    return memoryview(flat.view(np.uint8))  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+
+
+# ----------------------------------------------------------------------------- receiving
+
+
+def from_ext(code: int, data: memoryview) -> np.ndarray[Any, Any]:
+    """The array an ``ARRAY`` or ``SHARED`` extension value stands for (``ValueError`` if
+    it is malformed). ``data`` is a view of the received frame, so an in-band array is
+    copied into memory of its own; a shared one keeps the segment's mapping."""
+    if code == SHARED:
+        descr, shape, fortran, name = _SHARED_DECODER.decode(data)
+        dtype = _dtype(descr)
+        size = _size(dtype, shape)
+        try:
+            memory = _segments.take(name, size)
+        except OSError as error:
+            raise ValueError(str(error)) from None
+        # The array's base is ``memory`` (numpy keeps it alive as long as any view).
+        flat: np.ndarray[Any, Any] = np.asarray(memory).view(dtype)
+        return flat.reshape(tuple(shape), order="F" if fortran else "C")
+    if len(data) < _LENGTH.size:
+        raise ValueError("a truncated array")
+    (length,) = _LENGTH.unpack_from(data, 0)
+    start = _LENGTH.size + length
+    descr, shape, fortran = _HEADER_DECODER.decode(data[_LENGTH.size : start])
+    dtype = _dtype(descr)
+    size = _size(dtype, shape)
+    if len(data) - start != size:
+        raise ValueError(f"an array of {size} bytes arrived with {len(data) - start}")
+    array: np.ndarray[Any, Any] = np.empty(tuple(shape), dtype, order="F" if fortran else "C")
+    if size:
+        _raw_bytes(array)[:] = data[start:]
+    return array
+
+
+def _dtype(descr: Any) -> np.dtype[Any]:
+    try:
+        dtype = npy_format.descr_to_dtype(descr)
+    except Exception as error:  # whatever a malformed description makes numpy raise
+        raise ValueError(f"an array with an invalid dtype {repr(descr)[:200]}: {error}") from None
+    if dtype.hasobject:
+        raise ValueError(f"arrays of dtype {dtype} cannot be received (Python objects)")
+    return dtype
+
+
+def _size(dtype: np.dtype[Any], shape: list[int]) -> int:
+    size = dtype.itemsize
+    for extent in shape:
+        if extent < 0:
+            raise ValueError(f"an array with a negative extent in its shape {shape}")
+        size *= extent
+    return size
+
+
+# ----------------------------------------------------------------------------- checking
+
+def is_numpy_type(cls: type) -> bool:
+    """Whether values declared as ``cls`` travel by this module's codec."""
+    return issubclass(cls, (np.ndarray, np.generic)) and not issubclass(cls, np.ma.MaskedArray)
+
+
+def check(expected: Any, value: Any) -> Any:
+    """``value`` (as decoded) if it is what ``expected`` declares; else ``TypeError`` with a
+    message naming the expected and the received dtype."""
+    origin = typing.get_origin(expected) or expected
+    if isinstance(origin, type) and issubclass(origin, np.ndarray):
+        return _check_array(expected, value)
+    if isinstance(origin, type) and issubclass(origin, np.generic):
+        return _check_scalar(origin, value)
+    raise TypeError(f"type {expected!r} cannot be received")
+
+
+def _declared_scalar(expected: Any) -> type | None:
+    """The scalar type of ``NDArray[np.float64]`` and the like; None if any dtype goes."""
+    arguments = typing.get_args(expected)
+    if len(arguments) != 2:
+        return None
+    dtype_argument = arguments[1]
+    inner = typing.get_args(dtype_argument)
+    if typing.get_origin(dtype_argument) is not np.dtype or not inner:
+        return None
+    scalar = typing.get_origin(inner[0]) or inner[0]  # np.floating[Any] -> np.floating
+    return scalar if isinstance(scalar, type) and issubclass(scalar, np.generic) else None
+
+
+def _check_array(expected: Any, value: Any) -> Any:
+    if not isinstance(value, np.ndarray):
+        raise TypeError(f"expected a numpy array, got {_received(value)}")
+    scalar = _declared_scalar(expected)
+    if scalar is not None and not issubclass(value.dtype.type, scalar):
+        raise TypeError(
+            f"expected an array of dtype {_scalar_name(scalar)}, got an array of dtype "
+            f"{value.dtype} (convert with .astype(...) before sending)"
+        )
+    return value
+
+
+def _check_scalar(scalar: type, value: Any) -> Any:
+    name = _scalar_name(scalar)
+    if isinstance(value, np.ndarray):
+        if value.shape != () or not issubclass(value.dtype.type, scalar):
+            raise TypeError(f"expected a numpy {name}, got an array of dtype {value.dtype} "
+                            f"and shape {value.shape}")
+        return value[()]
+    if issubclass(scalar, np.bool_):
+        if type(value) is not bool:
+            raise TypeError(f"expected a numpy {name}, got {_received(value)}")
+        return np.bool_(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"expected a numpy {name}, got {_received(value)}")
+    if issubclass(scalar, np.integer):
+        limits = np.iinfo(scalar)
+        if not isinstance(value, int) or not limits.min <= value <= limits.max:
+            raise TypeError(f"expected a numpy {name}, got {value!r}, which it cannot hold")
+        return scalar(value)
+    if issubclass(scalar, (np.floating, np.complexfloating)):
+        converted: Any = None
+        try:
+            converted = scalar(value)
+            exact = complex(converted) == value or value != value  # NaN is held as NaN
+        except OverflowError:
+            exact = False
+        if not exact:
+            raise TypeError(f"expected a numpy {name}, got {value!r}, which it cannot hold "
+                            "exactly")
+        return converted
+    raise TypeError(f"expected a numpy {name}, got {_received(value)}")
+
+
+def _scalar_name(scalar: type) -> str:
+    try:
+        return np.dtype(scalar).name
+    except TypeError:
+        return scalar.__name__  # an abstract type: np.floating, np.integer ...
+
+
+def _received(value: Any) -> str:
+    return f"a value of type {type(value).__name__}"
+
+
+def type_name(annotation: Any) -> str | None:
+    """A stable name for an array annotation (``numpy.ndarray[float64]``), the same across
+    numpy versions whose typing spells the shape differently; None for other annotations."""
+    origin = typing.get_origin(annotation) or annotation
+    if not (isinstance(origin, type) and issubclass(origin, np.ndarray)):
+        return None
+    scalar = _declared_scalar(annotation)
+    return f"numpy.ndarray[{_scalar_name(scalar)}]" if scalar is not None else "numpy.ndarray"

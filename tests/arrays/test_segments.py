@@ -1,0 +1,196 @@
+"""The shared-memory path of the array codec, in one process: the sender lends segments,
+the receiver maps them and gives them back when its arrays are garbage, the sender reuses
+them, and both sides sweep every segment when a connection closes."""
+
+from __future__ import annotations
+
+import gc
+import os
+import secrets
+
+import msgspec
+import numpy as np
+import pytest
+
+import rpc_parallel as rp
+from rpc_parallel.rpc import _arrays, _segments
+from rpc_parallel.rpc.functions import FunctionSpec, make_decoder, make_encoder
+
+pytestmark = pytest.mark.skipif(not _segments.available(), reason="needs /dev/shm")
+
+BIG = 2**18  # float64 items: 2 MiB, over the threshold
+
+
+def ours() -> set[str]:
+    return {name for name in os.listdir("/dev/shm") if name.startswith("rpcp-")}
+
+
+def state(name: str) -> bytes:
+    with open(f"/dev/shm/{name}", "rb") as file:
+        return file.read(8)
+
+
+@pytest.fixture
+def pair() -> tuple[_segments.Segments, _segments.Segments]:
+    before = ours()
+    a, b = secrets.token_hex(8), secrets.token_hex(8)
+    sender, receiver = _segments.Segments(a, b), _segments.Segments(b, a)
+    yield sender, receiver
+    sender.close()
+    receiver.close()
+    assert ours() == before
+
+
+def test_large_array_travels_by_name_and_its_segment_is_reused(pair) -> None:  # type: ignore[no-untyped-def]
+    sender, _ = pair
+    before = ours()
+    big = np.arange(BIG, dtype=np.float64).reshape(512, 512)
+    encoder, decoder = make_encoder(sender), make_decoder(tuple[np.ndarray])
+    payload = encoder.encode((big,))
+    assert len(payload) < 200  # the name, dtype and shape: not the data
+    (name,) = ours() - before
+    assert state(name) == _segments.LENT
+    (back,) = decoder.decode(payload)
+    np.testing.assert_array_equal(back, big)
+    assert back.flags.writeable and back.dtype == big.dtype
+    back[0, 0] = -1.0  # its own memory: the sender's array is untouched
+    assert big[0, 0] == 0.0
+    view = back[1:]
+    del back
+    gc.collect()
+    assert state(name) == _segments.LENT  # a view still uses the memory
+    del view
+    gc.collect()
+    assert state(name) == _segments.FREE  # given back when the last view is garbage
+    (again,) = decoder.decode(encoder.encode((big,)))
+    assert ours() - before == {name}  # reused: no new segment
+    np.testing.assert_array_equal(again, big)
+
+
+def test_a_segment_still_in_use_is_never_overwritten(pair) -> None:  # type: ignore[no-untyped-def]
+    sender, _ = pair
+    encoder, decoder = make_encoder(sender), make_decoder(np.ndarray)
+    first = decoder.decode(encoder.encode(np.full(BIG, 1.0)))
+    second = decoder.decode(encoder.encode(np.full(BIG, 2.0)))
+    assert float(first[-1]) == 1.0 and float(second[-1]) == 2.0
+    assert len(ours()) >= 2
+
+
+def test_small_arrays_and_no_segments_stay_in_band(pair) -> None:  # type: ignore[no-untyped-def]
+    sender, _ = pair
+    before = ours()
+    small = np.ones(10)
+    assert len(make_encoder(sender).encode(small)) > small.nbytes
+    big = np.ones(BIG)
+    assert len(make_encoder(None).encode(big)) > big.nbytes  # a TCP connection: in band
+    assert ours() == before
+
+
+def test_fortran_big_endian_and_strided_through_shared_memory(pair) -> None:  # type: ignore[no-untyped-def]
+    sender, _ = pair
+    decoder = make_decoder(np.ndarray)
+    for sample in (
+        np.asfortranarray(np.arange(BIG, dtype=">f8").reshape(512, 512)),
+        np.arange(2 * BIG, dtype=np.int32).reshape(1024, 512)[::2, ::3],
+    ):
+        back = decoder.decode(make_encoder(sender).encode(sample))
+        assert back.dtype.str == sample.dtype.str and back.shape == sample.shape
+        np.testing.assert_array_equal(back, sample)
+
+
+def test_close_sweeps_both_sides_segments() -> None:
+    before = ours()
+    a, b = secrets.token_hex(8), secrets.token_hex(8)
+    sender, receiver = _segments.Segments(a, b), _segments.Segments(b, a)
+    encoder = make_encoder(sender)
+    for _ in range(3):
+        encoder.encode(np.ones(BIG))  # never decoded: messages lost with the connection
+    assert len(ours() - before) == 3
+    receiver.close()  # the side that survives sweeps the peer's segments too
+    assert ours() == before
+    sender.close()
+    assert make_encoder(sender).encode(np.ones(BIG))  # closed: in band, no new segment
+    assert ours() == before
+
+
+def test_released_messages_give_their_segments_back(pair) -> None:  # type: ignore[no-untyped-def]
+    sender, _ = pair
+    before = ours()
+    payload = make_encoder(sender).encode([np.ones(BIG), {"x": np.ones(BIG)}])
+    names = ours() - before
+    assert len(names) == 2 and {state(n) for n in names} == {_segments.LENT}
+    _segments.release_in(memoryview(payload))  # e.g. the answer to a cancelled call
+    assert {state(n) for n in names} == {_segments.FREE}
+    spec = FunctionSpec("f", kind="rpc", response=np.ndarray)
+    with pytest.raises(rp.ProtocolError, match="is not lent"):
+        spec.decode_response(memoryview(make_encoder(None).encode(msgspec.msgpack.Ext(
+            _arrays.SHARED, msgspec.msgpack.encode(["<f8", [BIG], False, sorted(names)[0]])))))
+    forged = msgspec.msgpack.encode(msgspec.msgpack.Ext(
+        _arrays.SHARED, msgspec.msgpack.encode(["<f8", [1], False, "../etc/passwd"])))
+    with pytest.raises(rp.ProtocolError, match="not the name of an rpc_parallel segment"):
+        spec.decode_response(memoryview(forged))
+
+
+def test_only_segments_of_open_local_connections_are_taken() -> None:
+    before = ours()
+    a, b = secrets.token_hex(8), secrets.token_hex(8)
+    sender, receiver = _segments.Segments(a, b), _segments.Segments(b, a)
+    payload = make_encoder(sender).encode(np.ones(BIG))
+    receiver.close()  # this side no longer knows the peer: a stale or foreign name
+    with pytest.raises(msgspec.ValidationError, match="not from the peer of an open connection"):
+        make_decoder(np.ndarray).decode(payload)
+    sender.close()
+    assert ours() == before
+
+
+def test_a_message_that_fails_to_decode_gives_its_segments_back(pair) -> None:  # type: ignore[no-untyped-def]
+    sender, _ = pair
+    before = ours()
+    spec = FunctionSpec("f", kind="rpc", parameters=[("n", int), ("a", np.ndarray)])
+    payload = make_encoder(sender).encode(("not an int", np.ones(BIG)))
+    (name,) = ours() - before
+    with pytest.raises(rp.ProtocolError, match="argument 'n'"):
+        spec.decode_arguments(memoryview(payload))
+    assert state(name) == _segments.FREE  # decoding never reached the array
+
+
+def test_an_encode_that_fails_halfway_gives_its_segments_back(pair) -> None:  # type: ignore[no-untyped-def]
+    sender, _ = pair
+    before = ours()
+    mark = sender.mark
+    with pytest.raises(TypeError, match="cannot be sent"):
+        make_encoder(sender).encode((np.ones(BIG), np.ones(BIG), object()))
+    names = ours() - before
+    assert len(names) == 2 and {state(n) for n in names} == {_segments.LENT}
+    sender.discard_after(mark)  # what the connection does when a frame fails to encode
+    assert {state(n) for n in names} == {_segments.FREE}
+
+
+def test_free_segments_kept_for_reuse_are_bounded(pair) -> None:  # type: ignore[no-untyped-def]
+    sender, _ = pair
+    before = ours()
+    encoder, decoder = make_encoder(sender), make_decoder(list[np.ndarray])
+    held = decoder.decode(encoder.encode([np.ones(BIG * (k + 1)) for k in range(8)]))
+    assert len(ours() - before) == 8
+    del held
+    gc.collect()
+    decoder.decode(encoder.encode([np.ones(BIG * 20)]))  # fits none: a new one, and a trim
+    assert len(ours() - before) <= _segments.KEEP_FREE + 1
+
+
+def test_malformed_in_band_arrays_are_refused() -> None:
+    spec = FunctionSpec("f", kind="rpc", response=np.ndarray)
+    good = bytes(_arrays.to_wire(np.ones(4), None).data)
+    for data, message in ((b"\x01", "truncated"), (good[:-3], "arrived with")):
+        with pytest.raises(rp.ProtocolError, match=message):
+            spec.decode_response(memoryview(msgspec.msgpack.encode(
+                msgspec.msgpack.Ext(_arrays.ARRAY, data))))
+    for descr in (["x"], [[1, 2, 3, 4]], "not a dtype", {"a": 1}):
+        header = msgspec.msgpack.encode([descr, [1], False])
+        data = len(header).to_bytes(4, "little") + header + bytes(8)
+        with pytest.raises(rp.ProtocolError, match="invalid dtype"):
+            spec.decode_response(memoryview(msgspec.msgpack.encode(msgspec.msgpack.Ext(1, data))))
+    header = msgspec.msgpack.encode(["|O", [1], False])
+    objects = len(header).to_bytes(4, "little") + header + bytes(8)
+    with pytest.raises(rp.ProtocolError, match="cannot be received"):
+        spec.decode_response(memoryview(msgspec.msgpack.encode(msgspec.msgpack.Ext(1, objects))))

@@ -1,0 +1,219 @@
+"""Large arrays between a master and its local worker go through shared memory: no byte of
+the data crosses the socket; segments are given back and reused while the connection is
+open (after cancelled calls and dropped streams too), and nothing is left in /dev/shm once
+it has closed, also when the worker or the master was killed mid-call."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import rpc_parallel as rp
+from rpc_parallel.rpc import _segments
+
+from ..hardening.support import poll
+from ..workers.support import alive
+from .workers import Arrays
+
+pytestmark = pytest.mark.skipif(not _segments.available(), reason="needs /dev/shm")
+
+QUIET = {"redirect_stdout": rp.DevNull(), "redirect_stderr": rp.DevNull()}
+REPO = Path(__file__).resolve().parents[2]
+MIB = 1 << 20
+
+
+async def poll_async(read: Callable[[], Awaitable[int]], done: Callable[[int], bool],
+                     what: str, timeout: float = 10.0) -> int:
+    deadline = time.monotonic() + timeout
+    value = await read()
+    while not done(value):
+        assert time.monotonic() < deadline, f"{what}: still {value!r} after {timeout:g} s"
+        await asyncio.sleep(0.02)
+        value = await read()
+    return value
+
+
+def segments() -> set[str]:
+    return {name for name in os.listdir("/dev/shm") if name.startswith("rpcp-")}
+
+
+def lent(names: set[str]) -> set[str]:
+    """The segments among ``names`` that are still lent (not given back)."""
+    found = set()
+    for name in names:
+        try:
+            with open(f"/dev/shm/{name}", "rb") as file:
+                if file.read(8) == _segments.LENT:
+                    found.add(name)
+        except FileNotFoundError:
+            pass
+    return found
+
+
+def read_bytes(pid: int) -> int:
+    """Bytes the process has read with read-like system calls (from its sockets among
+    others; a mapped segment is not read that way). Writes are not counted: a sender writes
+    a segment with pwrite."""
+    with open(f"/proc/{pid}/io") as file:
+        fields = dict(line.split(": ") for line in file.read().splitlines())
+    return int(fields["rchar"])
+
+
+@pytest.mark.timeout(60)
+async def test_a_large_array_does_not_cross_the_socket() -> None:
+    before = segments()
+    async with await Arrays.spawn(None, **QUIET) as w:
+        pid = await w.run(Arrays.pid)
+        big = np.random.default_rng(0).random(8 * MIB)  # 64 MiB
+        await w.run(Arrays.echo_f64, np.ones(MIB))  # warm
+        master, worker = read_bytes(os.getpid()), read_bytes(pid)
+        back = await w.run(Arrays.echo_f64, big)
+        master, worker = read_bytes(os.getpid()) - master, read_bytes(pid) - worker
+        np.testing.assert_array_equal(back, big)
+        assert back.flags.writeable and back.flags.owndata is False  # a mapping, not a copy
+        assert worker < MIB, f"the worker read {worker} bytes for a 64 MiB argument"
+        assert master < MIB, f"the master read {master} bytes for a 64 MiB result"
+        del back
+        gc.collect()
+        kept = segments() - before
+        await poll(lambda: not lent(kept), 10.0, "every segment given back")
+        for _ in range(3):  # the same size again: the segments are reused, none is added
+            back = await w.run(Arrays.echo_f64, big)
+            del back
+            gc.collect()
+        assert segments() - before == kept
+        # The measure can fail: an array under the threshold goes through the socket.
+        small = np.ones(MIB // 16)  # 512 KiB
+        worker = read_bytes(pid)
+        await w.run(Arrays.echo_f64, small)
+        assert read_bytes(pid) - worker >= small.nbytes
+        # A large result, a large stream item, and an array inside Any go the same way.
+        filled = await w.run(Arrays.filled, 4 * MIB, 2.5)
+        assert filled.shape == (4 * MIB,) and filled[-1] == 2.5
+        mixed = await w.run(Arrays.anything, {"a": big})
+        np.testing.assert_array_equal(mixed["a"], big)
+        reader = await w.run(Arrays.blocks, MIB, 6)  # 8 MiB items
+        assert [float(block[-1]) async for block in reader] == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    await poll(lambda: segments() == before, 10.0, "no segment left after close")
+
+
+@pytest.mark.timeout(60)
+async def test_dtypes_and_memory_orders_through_shared_memory() -> None:
+    samples = [
+        np.asfortranarray(np.arange(2 * MIB, dtype=">f8").reshape(1024, 2048)),
+        np.arange(4 * MIB, dtype=np.int32).reshape(2048, 2048)[::2, 1::3],  # strided
+        np.zeros(MIB, dtype=[("id", "<i4"), ("weight", ">f8")]),
+        np.full((1024, 1024), 1 - 2j, dtype=np.complex64),
+    ]
+    async with await Arrays.spawn(None, **QUIET) as w:
+        for sample in samples:
+            back = await w.run(Arrays.echo, sample)
+            assert back.dtype.str == sample.dtype.str and back.shape == sample.shape
+            assert back.dtype == sample.dtype
+            np.testing.assert_array_equal(back, sample)
+            fortran = sample.flags.f_contiguous and not sample.flags.c_contiguous
+            assert bool(back.flags.f_contiguous and not back.flags.c_contiguous) == fortran
+            assert back.base is not None  # a view of the segment, not a copy
+
+
+@pytest.mark.timeout(60)
+async def test_stream_credit_counts_shared_bytes() -> None:
+    """A slow consumer of large items: the worker does not pile segments up (an item's cost
+    includes the bytes of its segment, so the 2 MiB window holds about one 8 MiB item)."""
+    async with await Arrays.spawn(None, **QUIET) as w:
+        reader = await w.run(Arrays.blocks, MIB, 50)
+        first = await anext(reader)
+        assert float(first[0]) == 0.0
+        await poll_async(lambda: w.run(Arrays.yielded), lambda n: n >= 2, "the next item")
+        await asyncio.sleep(0.5)  # a chance to overshoot (what is checked is that it did not)
+        yielded = await w.run(Arrays.yielded)
+        assert yielded <= 4, f"{yielded} items of 8 MiB sent to a reader that took one"
+        await reader.aclose()
+
+
+@pytest.mark.timeout(60)
+async def test_a_result_that_cannot_be_sent_gives_back_what_it_lent() -> None:
+    """The answer is written where the call is served (inline); an array it had lent to
+    shared memory before another part failed to encode is given back at once."""
+    before = segments()
+    async with await Arrays.spawn(None, **QUIET) as w:
+        for _ in range(3):
+            with pytest.raises(rp.ProtocolError, match="the result cannot be sent"):
+                await w.run(Arrays.unsendable_after_array, 2 * MIB)
+        await poll(lambda: not lent(segments() - before), 10.0, "every segment given back")
+        assert await w.run(Arrays.pid) > 0  # the worker still serves
+    await poll(lambda: segments() == before, 10.0, "no segment left after close")
+
+
+@pytest.mark.timeout(60)
+async def test_cancelled_and_aborted_calls_leave_no_segment() -> None:
+    before = segments()
+    async with await Arrays.spawn(None, **QUIET) as w:
+        # Cancelled while the worker holds the array.
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(w.run(Arrays.hold, np.ones(MIB)), 0.3)
+        # Cancelled before the worker has read the call (its loop is blocked).
+        stall = asyncio.ensure_future(w.run(Arrays.stall, 1.0))
+        held = asyncio.ensure_future(w.run(Arrays.hold, np.ones(MIB)))
+        await poll(lambda: len(segments() - before) == 1, 10.0, "the argument's segment")
+        held.cancel()
+        await stall
+        # A stream dropped with large items in flight.
+        reader = await w.run(Arrays.blocks, MIB, 20)
+        await anext(reader)
+        await reader.aclose()
+        gc.collect()
+        await w.run(Arrays.collect)  # the cancelled calls' arguments sit in reference cycles
+        await poll(lambda: not lent(segments() - before), 10.0,
+                   "every segment given back on the open connection")
+        assert await w.run(Arrays.pid) > 0  # the worker still serves
+    await poll(lambda: segments() == before, 10.0, "no segment left after close")
+
+
+@pytest.mark.timeout(60)
+async def test_worker_killed_mid_call_leaves_no_segment() -> None:
+    before = segments()
+    w = await Arrays.spawn(None, **QUIET)
+    try:
+        os.kill(w.pid, signal.SIGSTOP)
+        call = asyncio.ensure_future(w.run(Arrays.hold, np.ones(2 * MIB)))
+        await poll(lambda: len(segments() - before) == 1, 10.0, "the argument's segment")
+        os.kill(w.pid, signal.SIGKILL)
+        with pytest.raises(rp.WorkerDied):
+            await asyncio.wait_for(call, 10.0)
+        await poll(lambda: segments() == before, 10.0, "the master to sweep the segment")
+    finally:
+        await w.close()
+
+
+@pytest.mark.timeout(60)
+def test_master_killed_mid_call_leaves_no_segment() -> None:
+    before = segments()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "src")]))
+    master = subprocess.Popen([sys.executable, str(REPO / "tests/arrays/master_crash.py")],
+                              stdout=subprocess.PIPE, env=env, text=True)
+    try:
+        assert master.stdout is not None
+        worker = json.loads(master.stdout.readline())["worker"]
+        os.kill(master.pid, signal.SIGKILL)
+        master.wait(10)
+        deadline = time.monotonic() + 15.0
+        while alive(worker) or segments() != before:
+            assert time.monotonic() < deadline, (
+                f"worker alive: {alive(worker)}; segments left: {segments() - before}")
+            time.sleep(0.05)
+    finally:
+        if master.poll() is None:
+            master.kill()
+            master.wait()
