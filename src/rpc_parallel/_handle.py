@@ -126,7 +126,10 @@ class _Runner(Generic[W_co]):
             if kind == "rpc":
                 # Exactly ``rpc.Connection.call``'s steps, inline (no coroutine more per
                 # call): start it, wait while writing is paused (backpressure), await it.
-                future, call_id = connection.start_call(spec, spec.bind(args, kwargs))
+                if kwargs:
+                    args = spec.bind(args, kwargs)
+                future = connection.call_future(spec, *args)
+                call_id = connection.started_id
                 if connection.writing_paused:
                     await connection.wait_writable()
                 try:

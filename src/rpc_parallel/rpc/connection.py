@@ -169,7 +169,8 @@ class Connection(asyncio.BufferedProtocol):
         its one look-up also finds a closed connection)."""
         self._peer_positions: dict[tuple[str, int], int] = {}
         self._next_id = 1 if self.is_client else 2
-        self._started_id = 0  # The id of the call call_future started last.
+        self.started_id = 0
+        """The id of the call ``call_future`` started last (read only; for ``abandon``)."""
         self._id_parity = 1 if self.is_client else 0
         calling = self._calling = Calling(self, translate_closed)
         # The per-frame and per-call paths reach the calling side without a hop.
@@ -309,7 +310,7 @@ class Connection(asyncio.BufferedProtocol):
         if kwargs:
             args = spec.bind(args, kwargs)
         future = self.call_future(spec, *args)
-        call_id = self._started_id
+        call_id = self.started_id
         if self.writing_paused:
             await self.wait_writable()
         try:
@@ -324,7 +325,7 @@ class Connection(asyncio.BufferedProtocol):
         """Start an ``rpc`` call; positional arguments only; no cancellation on the peer.
 
         The fast path for many calls in flight: no task per call. ``start_call`` and ``call``
-        go through it too (its call id is ``_started_id`` until the next call starts).
+        go through it too (its call id is ``started_id`` until the next call starts).
         """
         if len(args) != spec._fast_arity:  # (spec.bind's own fast path, inline)
             args = spec.bind(args, {})
@@ -333,7 +334,7 @@ class Connection(asyncio.BufferedProtocol):
             index = self._rpc_position(spec)
         if self._dropped:
             self._abort_dropped()
-        call_id = self._started_id = self._next_id  # (_take_id, inline)
+        call_id = self.started_id = self._next_id  # (_take_id, inline)
         self._next_id = call_id + 2 if call_id < 0xFFFF_FFFD else (1 if self.is_client else 2)
         out = self._out  # (_send_query and _write, inline)
         begin = len(out)
@@ -475,7 +476,7 @@ class Connection(asyncio.BufferedProtocol):
         its result and its call id (for ``abandon``). Does not wait if writing is paused:
         ``call`` does."""
         future = self.call_future(spec, *args)
-        return future, self._started_id
+        return future, self.started_id
 
     async def _start_stream(self, spec: FunctionSpec, args: tuple[Any, ...]) -> PipeReader[Any]:
         index = self._index_of(spec)
