@@ -1,6 +1,7 @@
 """rp.map_reduce against multiprocessing, in one run, rounds interleaved (issue 10's rows).
 
     PYTHONPATH=src .venv/bin/python benchmarks/map_reduce.py [--workers N] [--rounds R] [--quick]
+        [--only tiny|cpu|find|rss]
 
 Rows (times are wall seconds; medians of ``--rounds`` interleaved rounds, ratios from them):
 
@@ -226,12 +227,17 @@ async def main(arguments: argparse.Namespace) -> None:
     with multiprocessing.get_context("spawn").Pool(workers) as mp:
         mp.map(inc, range(4 * workers))  # started and warm
         async with config.open() as pool:
-            rows["tiny (100k x+1)"] = await tiny(config, pool, mp, 100_000 // scale,
-                                                 arguments.rounds)
-            rows["cpu (2000 x 5 ms)"] = await cpu(config, pool, mp, 2000 // scale,
-                                                  max(1, arguments.rounds // 3))
-            rows["find_map (hit 10th of 1M)"] = await find(config, pool, 1_000_000)
-            rows["rss (1M through map)"] = await rss(pool, 1_000_000 // scale)
+            only = arguments.only
+            if only in (None, "tiny"):
+                rows["tiny (100k x+1)"] = await tiny(config, pool, mp, 100_000 // scale,
+                                                     arguments.rounds)
+            if only in (None, "cpu"):
+                rows["cpu (2000 x 5 ms)"] = await cpu(config, pool, mp, 2000 // scale,
+                                                      max(1, arguments.rounds // 3))
+            if only in (None, "find"):
+                rows["find_map (hit 10th of 1M)"] = await find(config, pool, 1_000_000)
+            if only in (None, "rss"):
+                rows["rss (1M through map)"] = await rss(pool, 1_000_000 // scale)
     for name, figures in rows.items():
         text = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                          for k, v in figures.items())
@@ -243,4 +249,6 @@ if __name__ == "__main__":
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--quick", action="store_true", help="a tenth of every size")
+    parser.add_argument("--only", choices=("tiny", "cpu", "find", "rss"), default=None,
+                        help="run one row only")
     rp.start_app(lambda: main(parser.parse_args()))

@@ -21,7 +21,7 @@ from typing import Any
 import msgspec
 
 from .._handle import WorkerHandle
-from ..errors import ProtocolError, RemoteError, WorkerDied
+from ..errors import ConnectionClosed, ProtocolError, RemoteError, WorkerDied
 from ._map_pool import MapPool
 from ._map_worker import BatchResult, MapWorker
 
@@ -34,6 +34,10 @@ less than ``TARGET_SECONDS``) are queued deeper, so a worker has about ``TARGET_
 queued and does not idle while the master (busy, or not scheduled) is slow to send more."""
 TARGET_SECONDS = 0.02
 MAX_BATCH = 8192
+RAMP = 256
+"""Batches of tiny items start this small and double (each batch holds at most as many items
+as were sent before it) up to their target size: the first outputs come back, and the master
+starts handing them out, after a short batch rather than a full one."""
 MAX_BATCH_BYTES = 1 << 20
 LARGE_ITEM = 64 << 10
 
@@ -173,6 +177,8 @@ class Engine:
                  window: Callable[[], int | None] | None = None) -> None:
         self.pool = pool
         self.key = 0  # the map's key in the pool's workers (set once it is loaded)
+        # Loads of the map's function into the pool's workers, not yet answered.
+        self.loads: dict[asyncio.Future[None], WorkerHandle[MapWorker]] = {}
         self.inputs = inputs
         self.function = function
         self.retries = retries
@@ -184,37 +190,46 @@ class Engine:
         self.queues: dict[int, collections.deque[Batch]] = {}
         self.sent = 0
 
-    def batch_size(self) -> int:
+    def target_size(self) -> int:
+        """Items per batch for about ``TARGET_SECONDS`` of work (1 until a cost is known)."""
         if self.cost is None:
             return 1
         return max(1, min(MAX_BATCH, int(TARGET_SECONDS / max(self.cost, 1e-7))))
+
+    def batch_size(self) -> int:
+        """The next batch's size: the target, ramped up to (``RAMP``)."""
+        return min(self.target_size(), max(RAMP, self.inputs.position))
 
     def depth(self) -> int:
         """Batches in flight per worker: enough for about ``TARGET_SECONDS`` of work, between
         ``DEPTH`` and ``MAX_DEPTH``."""
         if self.cost is None:
             return DEPTH
-        per_batch = self.cost * self.batch_size()
+        per_batch = self.cost * self.target_size()
         return max(DEPTH, min(MAX_DEPTH, math.ceil(TARGET_SECONDS / max(per_batch, 1e-9))))
 
     def window_size(self) -> int:
         """How far ahead of the consumer ordered results may be computed: twice what the
         workers can hold in flight, so a slow input at the head keeps them busy a while
         without letting the reading run away."""
-        return max(64, 2 * self.depth() * max(1, len(self.pool)) * self.batch_size())
+        return max(64, 2 * self.depth() * max(1, len(self.pool)) * self.target_size())
 
     async def run(self) -> AsyncGenerator[tuple[Batch, BatchResult], None]:
-        """Yields ``(batch, result)`` of each batch as it completes (completion order)."""
+        """Yields ``(batch, result)`` of each batch as it completes (completion order; those
+        completing together in the order they were sent). The workers are sent more batches
+        before the results are handed out, so they do not wait for the consumer."""
         while True:
             self.pool._adopt_spawned()  # workers still starting join as they come up
             await self._dispatch()
             joining = self.pool._spawning
-            if not self.flight and not joining:
+            if not self.flight and not joining and not self.loads:
                 return  # (a map done before every worker is up waits for them: a failed
-                # spawn is raised, as it is when it fails first)
-            waits: set[asyncio.Future[Any]] = {*self.flight, *joining}
+                # spawn is raised, as it is when it fails first; so for the loads)
+            waits: set[asyncio.Future[Any]] = {*self.flight, *joining, *self.loads}
             ended, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            self._loaded([f for f in self.loads if f in ended])
             done = [f for f in self.flight if f in ended]
+            ready: list[tuple[Batch, BatchResult]] = []
             for future in sorted(done, key=lambda f: self.flight[f][0].sent):
                 if future not in self.flight:
                     continue  # resent already: its worker died while handling another
@@ -226,13 +241,33 @@ class Engine:
                 if error is None:
                     result = future.result()
                     self._measure(batch, result)
-                    if result.failed is not None:
-                        await self._raise_failure(batch, result, handle)
-                    yield batch, result
+                    if result.failed is None:
+                        ready.append((batch, result))
+                        continue
+                for item in ready:  # what completed before a failure is handed out first
+                    yield item
+                ready.clear()
+                if error is None:
+                    await self._raise_failure(batch, future.result(), handle)
                 elif isinstance(error, WorkerDied):
                     await self._worker_died(handle, running, error)
                 else:
                     raise error
+            if ready:
+                self.pool._adopt_spawned()
+                await self._dispatch()
+                for item in ready:
+                    yield item
+
+    def _loaded(self, loads: list[asyncio.Future[None]]) -> None:
+        """Take in answered loads, raising one that failed (the function's ``init`` raised,
+        or it cannot be imported). A worker answers a load before any batch of the map, so
+        this comes first. A worker that died meanwhile is left to its batches' retries."""
+        for future in loads:
+            del self.loads[future]
+            error = future.exception()
+            if error is not None and not isinstance(error, ConnectionClosed):
+                raise self.pool.load_error(error, self.function)
 
     def _queue(self, handle: WorkerHandle[MapWorker]) -> collections.deque[Batch]:
         return self.queues.setdefault(id(handle), collections.deque())
@@ -327,7 +362,9 @@ class Engine:
         await self.pool._replace(handle)
 
     async def close(self) -> None:
-        for future in self.flight:
+        futures: list[asyncio.Future[Any]] = [*self.flight, *self.loads]
+        for future in futures:
             forget(future)
         self.flight.clear()
+        self.loads.clear()
         # The input is the caller's: left as it is (not closed), read up to where it was.
