@@ -81,9 +81,12 @@ class Inputs:
     """An iterable or async iterable, read lazily (only as far as asked) and encoded."""
 
     def __init__(self, inputs: Iterable[Any] | AsyncIterable[Any], function: str) -> None:
+        # A list or tuple is sliced (one C-level copy per batch); any other iterable is read
+        # through its iterator.
+        self._sequence = inputs if isinstance(inputs, list | tuple) else None
         self._sync = iter(inputs) if not isinstance(inputs, AsyncIterable) else None
         self._async = aiter(inputs) if isinstance(inputs, AsyncIterable) else None
-        self._pending: list[Any] = []  # read, not yet in a batch
+        self._pending: list[Any] = []  # read, not yet in a batch (the rest of a cut batch)
         self._function = function
         self.read = 0  # how many inputs have been read from the source
         self.exhausted = False
@@ -93,9 +96,11 @@ class Inputs:
         """The index of the next input a batch will start with."""
         return self.read - len(self._pending)
 
-    async def _pull(self, count: int) -> None:
-        """Read up to ``count`` more inputs from the source."""
-        if self._sync is not None:
+    async def _read(self, count: int) -> list[Any]:
+        """Up to ``count`` more inputs from the source."""
+        if self._sequence is not None:
+            values = list(self._sequence[self.read:self.read + count])
+        elif self._sync is not None:
             values = list(itertools.islice(self._sync, count))
         else:
             assert self._async is not None
@@ -107,19 +112,23 @@ class Inputs:
                     break
         if len(values) < count:
             self.exhausted = True
-        self._pending.extend(values)
         self.read += len(values)
+        return values
 
     async def take(self, count: int, limit: int) -> Batch | None:
         """The next batch: up to ``count`` inputs, none at or beyond index ``limit``, at most
         ``MAX_BATCH_BYTES``; an input of ``LARGE_ITEM`` bytes or more travels alone."""
         start = self.position
         count = min(count, limit - start)
-        if count <= 0:
+        if count <= 0 or (self.exhausted and not self._pending):
             return None
-        if len(self._pending) < count and not self.exhausted:
-            await self._pull(count - len(self._pending))
-        items = self._pending[:count]
+        if not self._pending:
+            items = await self._read(count)  # the common case: no copy
+        else:
+            if len(self._pending) < count and not self.exhausted:
+                self._pending += await self._read(count - len(self._pending))
+            items = self._pending[:count]
+            del self._pending[:count]
         if not items:
             return None
         try:
@@ -128,8 +137,9 @@ class Inputs:
             self._refuse(start, items)
             raise
         if len(payload) >= LARGE_ITEM:  # it may hold a large item, or be too large itself
-            items, payload = self._cut(start, items)
-        del self._pending[: len(items)]
+            kept, payload = self._cut(start, items)
+            self._pending[:0] = items[len(kept):]  # the rest starts the next batch
+            items = kept
         return Batch(start, items, payload)
 
     def _cut(self, start: int, items: list[Any]) -> tuple[list[Any], bytes]:
