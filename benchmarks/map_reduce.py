@@ -1,14 +1,16 @@
 """rp.map_reduce against multiprocessing, in one run, rounds interleaved (issue 10's rows).
 
     PYTHONPATH=src .venv/bin/python benchmarks/map_reduce.py [--workers N] [--rounds R] [--quick]
+        [--only tiny|cpu|find|rss]
 
 Rows (times are wall seconds; medians of ``--rounds`` interleaved rounds, ratios from them):
 
 - tiny: 100k items ``x + 1``. ``rp warm``: ``rp.map_reduce.map`` over an open ``MapPool``
   (workers running, as a started ``Pool`` is), every output taken by ``async for``; against a
   started ``multiprocessing.Pool``: ``Pool.map`` with the best chunksize of a calibration pass
-  (its default included) and ``Pool.imap`` with its default chunksize (1). ``rp cold`` (a
-  ``Config``: spawn counted) against ``Pool`` start + map for reference.
+  (its default included; medians of 5 interleaved rounds each) and ``Pool.imap`` with its
+  default chunksize (1); ``warm_vs_pool_map_paired`` is the median of the per-round ratios.
+  ``rp cold`` (a ``Config``: spawn counted) against ``Pool`` start + map for reference.
 - cpu: 2,000 items of 5 ms CPU each. Wall ÷ ideal (ideal = 2,000 x 5 ms ÷ workers) and wall ÷
   work (work = the items' own measured durations ÷ workers: on a shared machine the items
   themselves run slower, which is not the library's doing); ``rp warm``, ``rp cold`` (a
@@ -107,13 +109,17 @@ def check(out: list[int], expected: list[int], what: str) -> None:
 
 
 def best_chunksize(pool: multiprocessing.pool.Pool, items: list[int], workers: int) -> int | None:
-    """The chunksize (None: Pool.map's default) that maps ``items`` fastest, best of 3 each."""
+    """The chunksize (None: Pool.map's default) that maps ``items`` fastest: the median of 5
+    interleaved rounds each (a shared machine makes a single timing, or a best of 3, pick a
+    chunksize by luck)."""
     n = len(items)
     choices: list[int | None] = [None, max(1, n // workers), max(1, n // (2 * workers)),
                                  max(1, n // (16 * workers)), 1000]
-    seconds = {c: min(timed(lambda c=c: pool.map(inc, items, chunksize=c)) for _ in range(3))
-               for c in choices}
-    return min(seconds, key=lambda c: seconds[c])
+    seconds: dict[int | None, list[float]] = {c: [] for c in choices}
+    for _ in range(5):
+        for c in choices:
+            seconds[c].append(timed(lambda c=c: pool.map(inc, items, chunksize=c)))
+    return min(choices, key=lambda c: statistics.median(seconds[c]))
 
 
 def medians(samples: dict[str, list[float]]) -> dict[str, float]:
@@ -142,8 +148,11 @@ async def tiny(config: rp.map_reduce.Config, pool: rp.map_reduce.MapPool,
 
     m = medians(samples)
     pool_start_map = await in_thread(pool_cold)
+    paired = statistics.median(p / r for p, r in zip(samples["pool_map"], samples["rp_warm"],
+                                                       strict=True))
     return {"pool_chunksize": chunk, **{f"{k}_s": v for k, v in m.items()},
             "warm_vs_pool_map": m["pool_map"] / m["rp_warm"],
+            "warm_vs_pool_map_paired": paired,
             "warm_vs_pool_imap": m["pool_imap"] / m["rp_warm"],
             "rp_cold_s": cold, "pool_start_and_map_s": pool_start_map,
             "cold_vs_pool_start_and_map": pool_start_map / cold}
@@ -226,12 +235,17 @@ async def main(arguments: argparse.Namespace) -> None:
     with multiprocessing.get_context("spawn").Pool(workers) as mp:
         mp.map(inc, range(4 * workers))  # started and warm
         async with config.open() as pool:
-            rows["tiny (100k x+1)"] = await tiny(config, pool, mp, 100_000 // scale,
-                                                 arguments.rounds)
-            rows["cpu (2000 x 5 ms)"] = await cpu(config, pool, mp, 2000 // scale,
-                                                  max(1, arguments.rounds // 3))
-            rows["find_map (hit 10th of 1M)"] = await find(config, pool, 1_000_000)
-            rows["rss (1M through map)"] = await rss(pool, 1_000_000 // scale)
+            only = arguments.only
+            if only in (None, "tiny"):
+                rows["tiny (100k x+1)"] = await tiny(config, pool, mp, 100_000 // scale,
+                                                     arguments.rounds)
+            if only in (None, "cpu"):
+                rows["cpu (2000 x 5 ms)"] = await cpu(config, pool, mp, 2000 // scale,
+                                                      max(1, arguments.rounds // 3))
+            if only in (None, "find"):
+                rows["find_map (hit 10th of 1M)"] = await find(config, pool, 1_000_000)
+            if only in (None, "rss"):
+                rows["rss (1M through map)"] = await rss(pool, 1_000_000 // scale)
     for name, figures in rows.items():
         text = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                          for k, v in figures.items())
@@ -243,4 +257,6 @@ if __name__ == "__main__":
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--quick", action="store_true", help="a tenth of every size")
+    parser.add_argument("--only", choices=("tiny", "cpu", "find", "rss"), default=None,
+                        help="run one row only")
     rp.start_app(lambda: main(parser.parse_args()))

@@ -224,13 +224,16 @@ class _Run:
         if self.owned:
             await self.pool._start_early()
         else:
-            self.engine.key = await self.pool._open_map(self.spec, self.name)
+            self.engine.key, self.engine.loads = self.pool._open_map(self.spec)
         return self
 
-    async def __aexit__(self, *exc_info: object) -> None:
-        await asyncio.shield(self._close())
+    async def __aexit__(self, exc_type: object, *exc_info: object) -> None:
+        await asyncio.shield(self._close(ended=exc_type is None))
 
-    async def _close(self) -> None:
+    async def _close(self, *, ended: bool) -> None:
+        """Close the map: its own workers, or its part of the pool's. Having ``ended`` (not
+        left early, nor failed), it has nothing left in the pool's workers: their stops are
+        sent, not waited for."""
         try:
             await self.engine.close()
         finally:
@@ -238,7 +241,7 @@ class _Run:
                 if self.owned:
                     await self.pool.close()
                 else:
-                    await self.pool._close_map(self.engine.key)
+                    await self.pool._close_map(self.engine.key, wait=not ended)
             finally:
                 if self.progress is not None:
                     self.progress.close()

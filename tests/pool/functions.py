@@ -217,3 +217,15 @@ class WhichPid(rp.MapFunction[None, int, int]):
     async def map(self, x: int) -> int:
         await asyncio.sleep(0.002)
         return os.getpid()
+
+
+class SlowInit(rp.MapFunction[float, int, int]):
+    """``init`` takes ``param`` seconds; ``map`` needs what it sets (so a batch mapped
+    before the init ended would fail)."""
+
+    async def init(self, param: float) -> None:
+        await asyncio.sleep(param)
+        self.step = 1
+
+    def map(self, x: int) -> int:
+        return x + self.step

@@ -23,6 +23,7 @@ from .functions import (
     InitFails,
     Offset,
     Slow,
+    SlowInit,
     Spell,
     Sum,
     Tick,
@@ -96,6 +97,36 @@ async def test_a_failing_map_or_init_leaves_the_pool_usable() -> None:
         assert init_error.value.function == "InitFails.init"
         assert [y async for y in mr.map(pool, range(5), AddOne, None)] == [1, 2, 3, 4, 5]
         assert set(worker_pids()) == pids
+    await no_workers()
+
+
+async def test_batches_sent_with_the_load_wait_in_the_worker_for_the_init_to_end() -> None:
+    # A map on a pool does not wait for its function's load before sending batches: each
+    # worker maps them once the init is done. An init failing is raised however many
+    # inputs there are (none included); a map left while its init still runs leaves the
+    # pool usable, and the next map waits behind that init only.
+    async with TWO.open() as pool:
+        assert [y async for y in mr.map(pool, range(5000), SlowInit, 0.2)] == [
+            x + 1 for x in range(5000)]
+        for inputs in ([], range(3)):
+            with pytest.raises(rp.RemoteError, match="no model file") as caught:
+                async for _ in mr.map(pool, inputs, InitFails, None):
+                    pass
+            assert caught.value.function == "InitFails.init"
+        with pytest.raises(rp.RemoteError, match="no model file"):
+            await mr.find_map(pool, range(10), InitFails, None)
+
+        async def first(param: float) -> int:
+            async for y in mr.map(pool, range(10), SlowInit, param):
+                return y
+            raise AssertionError("no output")
+
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(first(1.0), 0.1)
+        started = time.monotonic()
+        assert await bounded(first(0.0), 10.0, "the map after one left in its init") == 1
+        assert time.monotonic() - started < 5.0
+        assert [y async for y in mr.map(pool, range(3), AddOne, None)] == [1, 2, 3]
     await no_workers()
 
 

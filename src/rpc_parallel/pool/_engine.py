@@ -21,7 +21,7 @@ from typing import Any
 import msgspec
 
 from .._handle import WorkerHandle
-from ..errors import ProtocolError, RemoteError, WorkerDied
+from ..errors import ConnectionClosed, ProtocolError, RemoteError, WorkerDied
 from ._map_pool import MapPool
 from ._map_worker import BatchResult, MapWorker
 
@@ -34,6 +34,10 @@ less than ``TARGET_SECONDS``) are queued deeper, so a worker has about ``TARGET_
 queued and does not idle while the master (busy, or not scheduled) is slow to send more."""
 TARGET_SECONDS = 0.02
 MAX_BATCH = 8192
+RAMP = 256
+"""Batches of tiny items start this small and double (each batch holds at most as many items
+as were sent before it) up to their target size: the first outputs come back, and the master
+starts handing them out, after a short batch rather than a full one."""
 MAX_BATCH_BYTES = 1 << 20
 LARGE_ITEM = 64 << 10
 
@@ -77,9 +81,12 @@ class Inputs:
     """An iterable or async iterable, read lazily (only as far as asked) and encoded."""
 
     def __init__(self, inputs: Iterable[Any] | AsyncIterable[Any], function: str) -> None:
+        # A list or tuple is sliced (one C-level copy per batch); any other iterable is read
+        # through its iterator.
+        self._sequence = inputs if isinstance(inputs, list | tuple) else None
         self._sync = iter(inputs) if not isinstance(inputs, AsyncIterable) else None
         self._async = aiter(inputs) if isinstance(inputs, AsyncIterable) else None
-        self._pending: list[Any] = []  # read, not yet in a batch
+        self._pending: list[Any] = []  # read, not yet in a batch (the rest of a cut batch)
         self._function = function
         self.read = 0  # how many inputs have been read from the source
         self.exhausted = False
@@ -89,9 +96,11 @@ class Inputs:
         """The index of the next input a batch will start with."""
         return self.read - len(self._pending)
 
-    async def _pull(self, count: int) -> None:
-        """Read up to ``count`` more inputs from the source."""
-        if self._sync is not None:
+    async def _read(self, count: int) -> list[Any]:
+        """Up to ``count`` more inputs from the source."""
+        if self._sequence is not None:
+            values = list(self._sequence[self.read:self.read + count])
+        elif self._sync is not None:
             values = list(itertools.islice(self._sync, count))
         else:
             assert self._async is not None
@@ -103,19 +112,23 @@ class Inputs:
                     break
         if len(values) < count:
             self.exhausted = True
-        self._pending.extend(values)
         self.read += len(values)
+        return values
 
     async def take(self, count: int, limit: int) -> Batch | None:
         """The next batch: up to ``count`` inputs, none at or beyond index ``limit``, at most
         ``MAX_BATCH_BYTES``; an input of ``LARGE_ITEM`` bytes or more travels alone."""
         start = self.position
         count = min(count, limit - start)
-        if count <= 0:
+        if count <= 0 or (self.exhausted and not self._pending):
             return None
-        if len(self._pending) < count and not self.exhausted:
-            await self._pull(count - len(self._pending))
-        items = self._pending[:count]
+        if not self._pending:
+            items = await self._read(count)  # the common case: no copy
+        else:
+            if len(self._pending) < count and not self.exhausted:
+                self._pending += await self._read(count - len(self._pending))
+            items = self._pending[:count]
+            del self._pending[:count]
         if not items:
             return None
         try:
@@ -124,24 +137,36 @@ class Inputs:
             self._refuse(start, items)
             raise
         if len(payload) >= LARGE_ITEM:  # it may hold a large item, or be too large itself
-            items, payload = self._cut(start, items)
-        del self._pending[: len(items)]
+            kept, payload = self._cut(start, items)
+            self._pending[:0] = items[len(kept):]  # the rest starts the next batch
+            items = kept
         return Batch(start, items, payload)
 
     def _cut(self, start: int, items: list[Any]) -> tuple[list[Any], bytes]:
-        """The longest head of ``items`` within ``MAX_BATCH_BYTES`` that has no large item,
-        or the first item alone when it is large; with its encoding."""
-        encoded: list[bytes] = []
-        total = 0
-        for item in items:
-            one = _ENCODER.encode(item)
-            if encoded and (len(one) >= LARGE_ITEM or total + len(one) > MAX_BATCH_BYTES):
+        """A head of ``items`` within ``MAX_BATCH_BYTES`` that has no large item, or the first
+        item alone when it is large; with its encoding. Runs of items are encoded together,
+        halved only while they are ``LARGE_ITEM`` bytes or more, so a batch of many small
+        items (say 8,192 words) costs a few C-level encodes, not one Python call per item.
+        The head may stop up to ``LARGE_ITEM`` bytes short of ``MAX_BATCH_BYTES``."""
+        bodies: list[bytes] = []  # the items' encodings, a run at a time
+        total = taken = 0
+        runs = [items]  # a stack: the next run is last
+        while runs:
+            run = runs.pop()
+            body = _ENCODER.encode(run)[len(array_header(len(run))):]
+            if len(run) > 1 and len(body) >= LARGE_ITEM:
+                half = len(run) // 2
+                runs += (run[half:], run[:half])
+                continue
+            large = len(body) >= LARGE_ITEM  # (a run of one item)
+            if taken and (large or total + len(body) > MAX_BATCH_BYTES):
                 break
-            encoded.append(one)
-            total += len(one)
-            if len(one) >= LARGE_ITEM:
+            bodies.append(body)
+            total += len(body)
+            taken += len(run)
+            if large:
                 break
-        return items[: len(encoded)], array_header(len(encoded)) + b"".join(encoded)
+        return items[:taken], array_header(taken) + b"".join(bodies)
 
     def _refuse(self, start: int, items: list[Any]) -> None:
         """Raise ``ProtocolError`` naming the first of ``items`` that cannot be encoded."""
@@ -173,6 +198,8 @@ class Engine:
                  window: Callable[[], int | None] | None = None) -> None:
         self.pool = pool
         self.key = 0  # the map's key in the pool's workers (set once it is loaded)
+        # Loads of the map's function into the pool's workers, not yet answered.
+        self.loads: dict[asyncio.Future[None], WorkerHandle[MapWorker]] = {}
         self.inputs = inputs
         self.function = function
         self.retries = retries
@@ -184,37 +211,46 @@ class Engine:
         self.queues: dict[int, collections.deque[Batch]] = {}
         self.sent = 0
 
-    def batch_size(self) -> int:
+    def target_size(self) -> int:
+        """Items per batch for about ``TARGET_SECONDS`` of work (1 until a cost is known)."""
         if self.cost is None:
             return 1
         return max(1, min(MAX_BATCH, int(TARGET_SECONDS / max(self.cost, 1e-7))))
+
+    def batch_size(self) -> int:
+        """The next batch's size: the target, ramped up to (``RAMP``)."""
+        return min(self.target_size(), max(RAMP, self.inputs.position))
 
     def depth(self) -> int:
         """Batches in flight per worker: enough for about ``TARGET_SECONDS`` of work, between
         ``DEPTH`` and ``MAX_DEPTH``."""
         if self.cost is None:
             return DEPTH
-        per_batch = self.cost * self.batch_size()
+        per_batch = self.cost * self.target_size()
         return max(DEPTH, min(MAX_DEPTH, math.ceil(TARGET_SECONDS / max(per_batch, 1e-9))))
 
     def window_size(self) -> int:
         """How far ahead of the consumer ordered results may be computed: twice what the
         workers can hold in flight, so a slow input at the head keeps them busy a while
         without letting the reading run away."""
-        return max(64, 2 * self.depth() * max(1, len(self.pool)) * self.batch_size())
+        return max(64, 2 * self.depth() * max(1, len(self.pool)) * self.target_size())
 
     async def run(self) -> AsyncGenerator[tuple[Batch, BatchResult], None]:
-        """Yields ``(batch, result)`` of each batch as it completes (completion order)."""
+        """Yields ``(batch, result)`` of each batch as it completes (completion order; those
+        completing together in the order they were sent). The workers are sent more batches
+        before the results are handed out, so they do not wait for the consumer."""
         while True:
             self.pool._adopt_spawned()  # workers still starting join as they come up
             await self._dispatch()
             joining = self.pool._spawning
-            if not self.flight and not joining:
+            if not self.flight and not joining and not self.loads:
                 return  # (a map done before every worker is up waits for them: a failed
-                # spawn is raised, as it is when it fails first)
-            waits: set[asyncio.Future[Any]] = {*self.flight, *joining}
+                # spawn is raised, as it is when it fails first; so for the loads)
+            waits: set[asyncio.Future[Any]] = {*self.flight, *joining, *self.loads}
             ended, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            self._loaded([f for f in self.loads if f in ended])
             done = [f for f in self.flight if f in ended]
+            ready: list[tuple[Batch, BatchResult]] = []
             for future in sorted(done, key=lambda f: self.flight[f][0].sent):
                 if future not in self.flight:
                     continue  # resent already: its worker died while handling another
@@ -226,13 +262,33 @@ class Engine:
                 if error is None:
                     result = future.result()
                     self._measure(batch, result)
-                    if result.failed is not None:
-                        await self._raise_failure(batch, result, handle)
-                    yield batch, result
+                    if result.failed is None:
+                        ready.append((batch, result))
+                        continue
+                for item in ready:  # what completed before a failure is handed out first
+                    yield item
+                ready.clear()
+                if error is None:
+                    await self._raise_failure(batch, future.result(), handle)
                 elif isinstance(error, WorkerDied):
                     await self._worker_died(handle, running, error)
                 else:
                     raise error
+            if ready:
+                self.pool._adopt_spawned()
+                await self._dispatch()
+                for item in ready:
+                    yield item
+
+    def _loaded(self, loads: list[asyncio.Future[None]]) -> None:
+        """Take in answered loads, raising one that failed (the function's ``init`` raised,
+        or it cannot be imported). A worker answers a load before any batch of the map, so
+        this comes first. A worker that died meanwhile is left to its batches' retries."""
+        for future in loads:
+            del self.loads[future]
+            error = future.exception()
+            if error is not None and not isinstance(error, ConnectionClosed):
+                raise self.pool.load_error(error, self.function)
 
     def _queue(self, handle: WorkerHandle[MapWorker]) -> collections.deque[Batch]:
         return self.queues.setdefault(id(handle), collections.deque())
@@ -327,7 +383,9 @@ class Engine:
         await self.pool._replace(handle)
 
     async def close(self) -> None:
-        for future in self.flight:
+        futures: list[asyncio.Future[Any]] = [*self.flight, *self.loads]
+        for future in futures:
             forget(future)
         self.flight.clear()
+        self.loads.clear()
         # The input is the caller's: left as it is (not closed), read up to where it was.

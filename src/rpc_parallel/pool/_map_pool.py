@@ -114,8 +114,11 @@ class MapPool:
 
     # ----- what a map does with the pool
 
-    async def _open_map(self, spec: MapSpec, name: str) -> int:
-        """Load a map's function into every worker; its key."""
+    def _open_map(self, spec: MapSpec) -> tuple[int, dict[asyncio.Future[None], WorkerHandle[MapWorker]]]:
+        """Start loading a map's function into every worker: its key, and the futures of the
+        loads. They are not waited for: the map's first batches follow each load on its
+        connection at once, and a worker maps them once the load is done (a load that
+        fails is raised by the engine: ``load_error``)."""
         if self._closed or not self._started:
             raise ConnectionClosed(
                 "MapPool: the pool is closed" if self._closed
@@ -123,29 +126,31 @@ class MapPool:
             )
         key = next(self._keys)
         self._active[key] = spec
-        try:
-            await asyncio.gather(*(self._load(h, key, spec, name) for h in self.workers))
-        except BaseException:
-            await asyncio.shield(self._close_map(key))
-            raise
-        return key
+        return key, {h.submit(MapWorker.load, key, spec): h for h in self.workers}
 
-    async def _load(self, handle: WorkerHandle[MapWorker], key: int, spec: MapSpec,
-                    name: str) -> None:
-        try:
-            await handle.run(MapWorker.load, key, spec)
-        except RemoteError as error:
+    @staticmethod
+    def load_error(error: BaseException, name: str) -> BaseException:
+        """What a failed load of map function ``name`` is raised as: its ``init``'s error,
+        named ``name.init``."""
+        if isinstance(error, RemoteError):
             error.function = f"{name}.init"
             error.args = (f"{error.function} raised {error.remote_type}: "
                           f"{error.remote_message}",)
-            raise
+        return error
 
-    async def _close_map(self, key: int) -> None:
-        """Drop a map from every worker: what it still has queued there is refused."""
+    async def _close_map(self, key: int, *, wait: bool = True) -> None:
+        """Drop a map from every worker: what it still has queued there is refused. With
+        ``wait``, until every worker has acknowledged (at most ``STOP_SECONDS``); otherwise
+        the stops are sent and not waited for (a map that ended normally has nothing left
+        in the workers: its stop only frees its function object)."""
         self._active.pop(key, None)
         if self._closed:
             return
         stops = [h.submit(MapWorker.stop, key) for h in self.workers]
+        if not wait:
+            for stop in stops:
+                stop.add_done_callback(_retrieve)
+            return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.gather(*stops, return_exceptions=True),
                                    STOP_SECONDS)
@@ -163,3 +168,9 @@ class MapPool:
 
     def _least_loaded(self) -> WorkerHandle[MapWorker]:
         return self._pool._least_loaded()
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark a future's outcome seen (a stop nobody waits for: its worker may be closing)."""
+    if not future.cancelled():
+        future.exception()

@@ -179,6 +179,8 @@ class MapWorker(Worker[MapSpec | None]):
 
     async def init_worker_state(self, spec: MapSpec | None) -> None:
         self.loaded: dict[int, Loaded] = {}
+        # Loads under way: a batch (or stop) of the map that arrives meanwhile waits for it.
+        self.loading: dict[int, asyncio.Future[None]] = {}
         self.raw_list = msgspec.msgpack.Decoder(list[msgspec.Raw])
         self.failures: dict[int, BaseException] = {}
         self.lock = asyncio.Lock()
@@ -194,14 +196,31 @@ class MapWorker(Worker[MapSpec | None]):
 
     @rpc
     async def load(self, key: int, spec: MapSpec) -> None:
-        """Build map ``key``'s function object and run its ``init(param)``."""
-        async with self.lock:  # not while a batch (of another map on the pool) runs
-            await self._load(key, spec)
+        """Build map ``key``'s function object and run its ``init(param)``. The master does
+        not wait for this before sending the map's batches: they wait here for it."""
+        loading: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.loading[key] = loading  # (before any await: calls start in the order sent)
+        try:
+            async with self.lock:  # not while a batch (of another map on the pool) runs
+                await self._load(key, spec)
+        finally:
+            del self.loading[key]
+            loading.set_result(None)
+
+    async def _loaded(self, key: int) -> Loaded:
+        """Map ``key``'s function, once its load (if under way) is done."""
+        loading = self.loading.get(key)
+        if loading is not None:
+            await loading
+        return self._function(key)
 
     @rpc
     async def stop(self, key: int) -> None:
         """Drop map ``key``: its batches still queued here are refused, the running one
         ends after its current item."""
+        loading = self.loading.get(key)
+        if loading is not None:
+            await loading
         loaded = self.loaded.pop(key, None)
         if loaded is not None:
             loaded.stopped = True
@@ -218,7 +237,7 @@ class MapWorker(Worker[MapSpec | None]):
     async def map_batch(self, key: int, payload: bytes, reduce: bool) -> BatchResult:
         """Map every item of the batch (in order); with ``reduce``, fold the outputs with
         ``combine`` (neighbours only) and return the one accumulator."""
-        loaded = self._function(key)
+        loaded = self.loaded.get(key) or await self._loaded(key)
         try:
             items = loaded.in_list.decode(payload)
         except msgspec.ValidationError:
@@ -322,7 +341,7 @@ class MapWorker(Worker[MapSpec | None]):
     async def combine(self, key: int, a: bytes, b: bytes) -> bytes:
         """``combine(a, b)`` of two encoded accumulators of map ``key`` (a first: order is
         kept)."""
-        loaded = self._function(key)
+        loaded = self.loaded.get(key) or await self._loaded(key)
         left, right = loaded.acc_decoder.decode(a), loaded.acc_decoder.decode(b)
         function = loaded.function
         if loaded.combine_is_async:
