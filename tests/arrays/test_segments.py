@@ -5,7 +5,6 @@ them, and both sides sweep every segment when a connection closes."""
 from __future__ import annotations
 
 import gc
-import os
 import secrets
 
 import msgspec
@@ -16,13 +15,16 @@ import rpc_parallel as rp
 from rpc_parallel.rpc import _arrays, _segments
 from rpc_parallel.rpc.functions import FunctionSpec, make_decoder, make_encoder
 
+from .support import segments
+
 pytestmark = pytest.mark.skipif(not _segments.available(), reason="needs /dev/shm")
 
 BIG = 2**18  # float64 items: 2 MiB, over the threshold
 
 
 def ours() -> set[str]:
-    return {name for name in os.listdir("/dev/shm") if name.startswith("rpcp-")}
+    """The segments of this process (not other programs' on the host)."""
+    return segments()
 
 
 def state(name: str) -> bytes:
