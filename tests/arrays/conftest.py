@@ -10,14 +10,16 @@ import pytest
 
 from ..workers.conftest import nothing_left_behind, short_heartbeats
 from ..workers.support import wait_until_sync
+from .support import not_foreign
 
 __all__ = ["no_segment_left_behind", "nothing_left_behind", "short_heartbeats"]
 
 
 def _segments() -> set[str]:
+    """This process's segments and its workers' (not other programs' on the host)."""
     if not os.path.isdir("/dev/shm"):
         return set()
-    return {name for name in os.listdir("/dev/shm") if name.startswith("rpcp-")}
+    return not_foreign()
 
 
 @pytest.fixture(autouse=True)

@@ -7,6 +7,8 @@ from __future__ import annotations
 import gc
 import os
 import secrets
+import threading
+import time
 
 import msgspec
 import numpy as np
@@ -16,13 +18,16 @@ import rpc_parallel as rp
 from rpc_parallel.rpc import _arrays, _segments
 from rpc_parallel.rpc.functions import FunctionSpec, make_decoder, make_encoder
 
+from .support import segments
+
 pytestmark = pytest.mark.skipif(not _segments.available(), reason="needs /dev/shm")
 
 BIG = 2**18  # float64 items: 2 MiB, over the threshold
 
 
 def ours() -> set[str]:
-    return {name for name in os.listdir("/dev/shm") if name.startswith("rpcp-")}
+    """The segments of this process (not other programs' on the host)."""
+    return segments()
 
 
 def state(name: str) -> bytes:
@@ -111,6 +116,45 @@ def test_close_sweeps_both_sides_segments() -> None:
     sender.close()
     assert make_encoder(sender).encode(np.ones(BIG))  # closed: in band, no new segment
     assert ours() == before
+
+
+@pytest.mark.timeout(60)
+def test_a_sweep_from_another_thread_leaves_no_segment_being_lent() -> None:
+    """A worker whose master is gone sweeps from its stdin watcher's thread and ends the
+    process at once, while its event loop's thread may be lending: no segment created
+    meanwhile may be missed, and the lender gets an ``OSError`` (the array then goes in band),
+    nothing else."""
+    data = memoryview(bytes(1 << 16))
+    failures: list[BaseException] = []
+    for round_ in range(200):
+        own, peer = secrets.token_hex(8), secrets.token_hex(8)
+        segments = _segments.Segments(own, peer)
+        lending = threading.Event()
+
+        def lend(segments: _segments.Segments = segments, lending: threading.Event = lending
+                 ) -> None:
+            lending.set()
+            while True:
+                try:
+                    segments.lend(data)
+                except OSError:
+                    return  # closed or swept: the array goes in band (_arrays._share)
+                except BaseException as error:
+                    failures.append(error)
+                    return
+
+        thread = threading.Thread(target=lend)
+        thread.start()
+        assert lending.wait(10.0)
+        time.sleep(0.001 * (round_ % 5))  # the sweep lands at varied points of a lend
+        _segments.sweep_all()
+        thread.join(10.0)
+        assert not thread.is_alive()
+        left = [p.name for p in _segments.SHM_DIRECTORY.glob(f"rpcp-*-{own}-*")]
+        for name in left:
+            os.unlink(_segments.SHM_DIRECTORY / name)
+        assert not left, f"round {round_}: the sweep missed {left}"
+        assert not failures, f"round {round_}: the lender failed with {failures[0]!r}"
 
 
 def test_released_messages_give_their_segments_back(pair) -> None:  # type: ignore[no-untyped-def]

@@ -24,6 +24,7 @@ from rpc_parallel.rpc import _segments
 
 from ..hardening.support import poll
 from ..workers.support import alive
+from .support import describe, segments
 from .workers import Arrays
 
 pytestmark = pytest.mark.skipif(not _segments.available(), reason="needs /dev/shm")
@@ -44,8 +45,14 @@ async def poll_async(read: Callable[[], Awaitable[int]], done: Callable[[int], b
     return value
 
 
-def segments() -> set[str]:
-    return {name for name in os.listdir("/dev/shm") if name.startswith("rpcp-")}
+async def none_left(before: set[str], worker: int) -> None:
+    """No segment of the master's or its worker's is left, once the connection has closed."""
+    try:
+        await poll(lambda: segments(worker) == before, 10.0, "no segment left after close")
+    except AssertionError as error:
+        left = segments(worker) ^ before
+        roles = {os.getpid(): "master", worker: "worker"}
+        raise AssertionError(f"{error}: {describe(left, roles)}") from None
 
 
 def lent(names: set[str]) -> set[str]:
@@ -86,13 +93,13 @@ async def test_a_large_array_does_not_cross_the_socket() -> None:
         assert master < MIB, f"the master read {master} bytes for a 64 MiB result"
         del back
         gc.collect()
-        kept = segments() - before
+        kept = segments(pid) - before
         await poll(lambda: not lent(kept), 10.0, "every segment given back")
         for _ in range(3):  # the same size again: the segments are reused, none is added
             back = await w.run(Arrays.echo_f64, big)
             del back
             gc.collect()
-        assert segments() - before == kept
+        assert segments(pid) - before == kept
         # The measure can fail: an array under the threshold goes through the socket.
         small = np.ones(MIB // 16)  # 512 KiB
         worker = read_bytes(pid)
@@ -105,7 +112,7 @@ async def test_a_large_array_does_not_cross_the_socket() -> None:
         np.testing.assert_array_equal(mixed["a"], big)
         reader = await w.run(Arrays.blocks, MIB, 6)  # 8 MiB items
         assert [float(block[-1]) async for block in reader] == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
-    await poll(lambda: segments() == before, 10.0, "no segment left after close")
+    await none_left(before, pid)
 
 
 @pytest.mark.timeout(60)
@@ -151,9 +158,9 @@ async def test_a_result_that_cannot_be_sent_gives_back_what_it_lent() -> None:
         for _ in range(3):
             with pytest.raises(rp.ProtocolError, match="the result cannot be sent"):
                 await w.run(Arrays.unsendable_after_array, 2 * MIB)
-        await poll(lambda: not lent(segments() - before), 10.0, "every segment given back")
+        await poll(lambda: not lent(segments(w.pid) - before), 10.0, "every segment given back")
         assert await w.run(Arrays.pid) > 0  # the worker still serves
-    await poll(lambda: segments() == before, 10.0, "no segment left after close")
+    await none_left(before, w.pid)
 
 
 @pytest.mark.timeout(60)
@@ -175,10 +182,10 @@ async def test_cancelled_and_aborted_calls_leave_no_segment() -> None:
         await reader.aclose()
         gc.collect()
         await w.run(Arrays.collect)  # the cancelled calls' arguments sit in reference cycles
-        await poll(lambda: not lent(segments() - before), 10.0,
+        await poll(lambda: not lent(segments(w.pid) - before), 10.0,
                    "every segment given back on the open connection")
         assert await w.run(Arrays.pid) > 0  # the worker still serves
-    await poll(lambda: segments() == before, 10.0, "no segment left after close")
+    await none_left(before, w.pid)
 
 
 @pytest.mark.timeout(60)
@@ -192,7 +199,7 @@ async def test_worker_killed_mid_call_leaves_no_segment() -> None:
         os.kill(w.pid, signal.SIGKILL)
         with pytest.raises(rp.WorkerDied):
             await asyncio.wait_for(call, 10.0)
-        await poll(lambda: segments() == before, 10.0, "the master to sweep the segment")
+        await poll(lambda: segments(w.pid) == before, 10.0, "the master to sweep the segment")
     finally:
         await w.close()
 
@@ -209,9 +216,9 @@ def test_master_killed_mid_call_leaves_no_segment() -> None:
         os.kill(master.pid, signal.SIGKILL)
         master.wait(10)
         deadline = time.monotonic() + 15.0
-        while alive(worker) or segments() != before:
+        while alive(worker) or segments(master.pid, worker) != before:
             assert time.monotonic() < deadline, (
-                f"worker alive: {alive(worker)}; segments left: {segments() - before}")
+                f"worker alive: {alive(worker)}; segments left: {segments(master.pid, worker) - before}")
             time.sleep(0.05)
     finally:
         if master.poll() is None:

@@ -20,6 +20,8 @@ from rpc_parallel.rpc import (
     serve_unix,
 )
 
+from .support import segments
+
 pytestmark = pytest.mark.skipif(not _segments.available(), reason="needs /dev/shm")
 
 SECRET = b"arrays test secret"
@@ -30,10 +32,6 @@ async def echo(a: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
 
 
 ECHO = FunctionSpec.from_callable(echo, kind="rpc")
-
-
-def segments() -> set[str]:
-    return {name for name in os.listdir("/dev/shm") if name.startswith("rpcp-")}
 
 
 @pytest.mark.timeout(60)

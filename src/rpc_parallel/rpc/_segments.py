@@ -38,6 +38,7 @@ import mmap
 import os
 import re
 import sys
+import threading
 import weakref
 from pathlib import Path
 from typing import Any
@@ -83,7 +84,8 @@ class Segments:
     ``own_tag`` names the segments this side creates, ``peer_tag`` those the peer creates.
     """
 
-    __slots__ = ("_created", "_lent", "_own", "_peer", "_pool", "closed", "lent_bytes", "mark")
+    __slots__ = ("_created", "_guard", "_lent", "_own", "_peer", "_pool", "closed", "lent_bytes",
+                 "mark")
 
     def __init__(self, own_tag: str, peer_tag: str) -> None:
         self._own = own_tag
@@ -95,6 +97,10 @@ class Segments:
         self._pool: dict[str, int] = {}  # name -> capacity (data bytes), oldest first
         self._lent: collections.deque[tuple[int, str]] = collections.deque(maxlen=256)
         self.closed = False
+        self._guard = threading.Lock()
+        """Held while a segment is chosen or created, and while ``close`` sweeps: a worker's
+        stdin watcher sweeps (``sweep_all``) from its own thread, then ends the process at
+        once; a segment the event loop's thread created meanwhile would be left behind."""
         self.lent_bytes = 0
         """Data bytes lent so far: what a stream item's segments add to its cost."""
         _peer_tags.add(peer_tag)
@@ -103,12 +109,13 @@ class Segments:
     def lend(self, data: memoryview) -> str:
         """The name of a segment holding ``data`` (bytes), marked lent; ``OSError`` if
         /dev/shm is full (then the array goes in band)."""
-        if self.closed:
-            raise SegmentError("the connection is closed")
         size = data.nbytes
-        name = self._reusable(size)
-        if name is None:
-            name = self._create(size)
+        with self._guard:
+            if self.closed:
+                raise SegmentError("the connection is closed")
+            name = self._reusable(size)
+            if name is None:
+                name = self._create(size)
         fd = os.open(SHM_DIRECTORY / name, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
         try:
             written = 0
@@ -170,16 +177,18 @@ class Segments:
 
     def close(self) -> None:
         """Unlink every segment either side created on this connection. A mapping of one
-        (a received array) stays valid; its memory goes when the mapping does."""
-        self.closed = True
-        self._pool.clear()
-        _peer_tags.discard(self._peer)
-        _open.discard(self)
-        for tag in (self._own, self._peer):
-            for path in SHM_DIRECTORY.glob(f"rpcp-*-{tag}-*"):
-                _unlink(path.name)
-            for name in [n for n in _mapped if f"-{tag}-" in n]:
-                _mapped.pop(name, None)  # arrays still using one keep it mapped
+        (a received array) stays valid; its memory goes when the mapping does. Any thread:
+        a ``lend`` under way on another finishes first, and none starts after."""
+        with self._guard:
+            self.closed = True
+            self._pool.clear()
+            _peer_tags.discard(self._peer)
+            _open.discard(self)
+            for tag in (self._own, self._peer):
+                for path in SHM_DIRECTORY.glob(f"rpcp-*-{tag}-*"):
+                    _unlink(path.name)
+                for name in [n for n in list(_mapped) if f"-{tag}-" in n]:
+                    _mapped.pop(name, None)  # arrays still using one keep it mapped
 
     def __repr__(self) -> str:
         return f"<Segments own={self._own} peer={self._peer}{' closed' if self.closed else ''}>"
