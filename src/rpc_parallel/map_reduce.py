@@ -311,7 +311,7 @@ class MapOutputs(AsyncIterator[Out]):
     ``async for`` costs CPython about 50 ns per item (an awaitable and a ``StopIteration``
     each), as much as the rest of the master's work for tiny items; ``batches()`` and
     ``collect()`` hand over the lists the workers answered. See
-    docs/decisions/0027-map-outputs.md."""
+    docs/decisions/0031-map-outputs.md."""
 
     __slots__ = ("_batches", "_items", "_way")
 
