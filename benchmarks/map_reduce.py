@@ -5,11 +5,13 @@
 
 Rows (times are wall seconds; medians of ``--rounds`` interleaved rounds, ratios from them):
 
-- tiny: 100k items ``x + 1``. ``rp warm``: ``rp.map_reduce.map`` over an open ``MapPool``
-  (workers running, as a started ``Pool`` is), every output taken by ``async for``; against a
-  started ``multiprocessing.Pool``: ``Pool.map`` with the best chunksize of a calibration pass
-  (its default included; medians of 5 interleaved rounds each) and ``Pool.imap`` with its
-  default chunksize (1); ``warm_vs_pool_map_paired`` is the median of the per-round ratios.
+- tiny: 100k items ``x + 1``. ``rp collect``: ``await rp.map_reduce.map(...).collect()`` over
+  an open ``MapPool`` (workers running, as a started ``Pool`` is; the outputs as one list, as
+  ``Pool.map`` gives them); ``rp warm``: the same map with every output taken by ``async for``
+  (about 50 ns an item of CPython's async iteration on top); against a started
+  ``multiprocessing.Pool``: ``Pool.map`` with the best chunksize of a calibration pass (its
+  default included; medians of 5 interleaved rounds each) and ``Pool.imap`` with its default
+  chunksize (1); ``*_paired`` ratios are the medians of the per-round ratios.
   ``rp cold`` (a ``Config``: spawn counted) against ``Pool`` start + map for reference.
 - cpu: 2,000 items of 5 ms CPU each. Wall ÷ ideal (ideal = 2,000 x 5 ms ÷ workers) and wall ÷
   work (work = the items' own measured durations ÷ workers: on a shared machine the items
@@ -103,6 +105,14 @@ async def rp_map(target: rp.map_reduce.Config | rp.map_reduce.MapPool, items: li
         raise AssertionError(f"{function.__name__}: wrong results")
 
 
+async def rp_collect(target: rp.map_reduce.Config | rp.map_reduce.MapPool, items: list[int],
+                     function: type[rp.MapFunction[None, int, int]],
+                     expected: list[int]) -> None:
+    out = await rp.map_reduce.map(target, items, function, None).collect()
+    if out != expected:
+        raise AssertionError(f"{function.__name__}: wrong results")
+
+
 def check(out: list[int], expected: list[int], what: str) -> None:
     if out != expected:
         raise AssertionError(f"{what}: wrong results")
@@ -132,8 +142,11 @@ async def tiny(config: rp.map_reduce.Config, pool: rp.map_reduce.MapPool,
     expected = [x + 1 for x in items]
     chunk = await asyncio.to_thread(best_chunksize, mp, items, config.workers())
     await rp_map(pool, items, Inc, expected)  # warm: the function's first load
-    samples: dict[str, list[float]] = {"rp_warm": [], "pool_map": [], "pool_imap": []}
+    samples: dict[str, list[float]] = {"rp_collect": [], "rp_warm": [], "pool_map": [],
+                                       "pool_imap": []}
     for _ in range(rounds):
+        samples["rp_collect"].append(await atimed(
+            lambda: rp_collect(pool, items, Inc, expected)))
         samples["rp_warm"].append(await atimed(lambda: rp_map(pool, items, Inc, expected)))
         samples["pool_map"].append(await in_thread(
             lambda: check(mp.map(inc, items, chunksize=chunk), expected, "Pool.map")))
@@ -148,11 +161,15 @@ async def tiny(config: rp.map_reduce.Config, pool: rp.map_reduce.MapPool,
 
     m = medians(samples)
     pool_start_map = await in_thread(pool_cold)
-    paired = statistics.median(p / r for p, r in zip(samples["pool_map"], samples["rp_warm"],
+    def paired(ours: str) -> float:
+        return statistics.median(p / r for p, r in zip(samples["pool_map"], samples[ours],
                                                        strict=True))
+
     return {"pool_chunksize": chunk, **{f"{k}_s": v for k, v in m.items()},
+            "collect_vs_pool_map": m["pool_map"] / m["rp_collect"],
+            "collect_vs_pool_map_paired": paired("rp_collect"),
             "warm_vs_pool_map": m["pool_map"] / m["rp_warm"],
-            "warm_vs_pool_map_paired": paired,
+            "warm_vs_pool_map_paired": paired("rp_warm"),
             "warm_vs_pool_imap": m["pool_imap"] / m["rp_warm"],
             "rp_cold_s": cold, "pool_start_and_map_s": pool_start_map,
             "cold_vs_pool_start_and_map": pool_start_map / cold}

@@ -25,6 +25,7 @@ import sys
 from collections.abc import (
     AsyncGenerator,
     AsyncIterable,
+    AsyncIterator,
     Callable,
     Iterable,
     Mapping,
@@ -57,6 +58,7 @@ Acc = TypeVar("Acc")
 __all__ = [
     "Config",
     "MapFunction",
+    "MapOutputs",
     "MapPool",
     "MapReduceFunction",
     "find_map",
@@ -284,7 +286,7 @@ async def map_unordered(
                 yield batch.start + offset, y
 
 
-async def map(
+def map(
     config: Config | MapPool,
     inputs: Iterable[In] | AsyncIterable[In],
     function: type[MapFunction[Param, In, Out]],
@@ -292,12 +294,89 @@ async def map(
     *,
     retries: int = 1,
     progress: bool = False,
-) -> AsyncGenerator[Out, None]:
+) -> MapOutputs[Out]:
     """The output of every input, in input order (computed ahead of the consumer only
-    within a bounded window)."""
+    within a bounded window): an async iterator (``async for y in map(...)``), which can
+    also hand its outputs over a batch at a time (``batches()``) or all at once
+    (``await map(...).collect()``), without the per-item cost of ``async for``."""
+    return MapOutputs(_ordered_batches(config, inputs, function, param, retries, progress))
+
+
+class MapOutputs(AsyncIterator[Out]):
+    """What ``map`` returns: its outputs in input order. Nothing starts until it is first
+    read. Read it one way: item by item (``async for``, ``anext``), or ``batches()``, or
+    ``collect()``; ``aclose()`` (or leaving ``async with contextlib.aclosing(...)``) stops
+    the map and its workers at once, as leaving any of these early does.
+
+    ``async for`` costs CPython about 50 ns per item (an awaitable and a ``StopIteration``
+    each), as much as the rest of the master's work for tiny items; ``batches()`` and
+    ``collect()`` hand over the lists the workers answered. See
+    docs/decisions/0031-map-outputs.md."""
+
+    __slots__ = ("_batches", "_items", "_way")
+
+    def __init__(self, batches: AsyncGenerator[list[Out], None]) -> None:
+        self._batches = batches
+        self._items: AsyncGenerator[Out, None] | None = None
+        self._way: str | None = None
+
+    def _take(self, way: str) -> None:
+        if self._way is not None and self._way != way:
+            raise RuntimeError(f"map outputs: already read by {self._way}; read them one way "
+                               f"only (async for, batches() or collect())")
+        self._way = way
+
+    def __aiter__(self) -> AsyncGenerator[Out, None]:
+        # The item generator itself: ``async for`` then takes the interpreter's fast path
+        # for async generators, with no Python-level ``__anext__`` per item.
+        if self._items is None:
+            self._take("async for")
+            self._items = _items_of(self._batches)
+        return self._items
+
+    async def __anext__(self) -> Out:
+        return await anext(self.__aiter__())
+
+    def batches(self) -> AsyncGenerator[list[Out], None]:
+        """The outputs a batch at a time, in input order (each list is the next outputs)."""
+        self._take("batches()")
+        return self._batches
+
+    async def collect(self) -> list[Out]:
+        """Every output, in input order, as one list."""
+        self._take("collect()")
+        outputs: list[Out] = []
+        async with contextlib.aclosing(self._batches) as batches:
+            async for batch in batches:
+                outputs += batch
+        return outputs
+
+    async def aclose(self) -> None:
+        """Stop the map: its workers (or its part of a pool's) at once."""
+        if self._items is not None:
+            await self._items.aclose()
+        await self._batches.aclose()
+
+
+async def _items_of(batches: AsyncGenerator[list[Out], None]) -> AsyncGenerator[Out, None]:
+    async with contextlib.aclosing(batches):
+        async for outputs in batches:
+            for y in outputs:
+                yield y
+
+
+async def _ordered_batches(
+    config: Config | MapPool,
+    inputs: Iterable[Any] | AsyncIterable[Any],
+    function: type[MapFunction[Any, Any, Any]],
+    param: Any,
+    retries: int,
+    progress: bool,
+) -> AsyncGenerator[list[Any], None]:
+    """Each batch's outputs, in input order (a batch waits for those before it)."""
     async with _Run(config, function, param, inputs, retries=retries, progress=progress,
                     reduce=False) as run:
-        position = [0]  # the index of the next output to yield
+        position = [0]  # the index of the next output to hand out
         run.engine.window = lambda: position[0] + run.engine.window_size()
         waiting: dict[int, list[Any]] = {}
         async with contextlib.aclosing(run.batches()) as batches:
@@ -306,8 +385,7 @@ async def map(
                 while position[0] in waiting:
                     outputs = waiting.pop(position[0])
                     position[0] += len(outputs)
-                    for y in outputs:
-                        yield y
+                    yield outputs
 
 
 async def find_map(
@@ -321,12 +399,12 @@ async def find_map(
 ) -> Out | None:
     """The first output (in input order) that is not None, or None; once it is known, every
     worker stops."""
-    async with contextlib.aclosing(
-        map(config, inputs, function, param, retries=retries, progress=progress)
-    ) as outputs:
-        async for y in outputs:
-            if y is not None:
-                return y
+    outputs = map(config, inputs, function, param, retries=retries, progress=progress)
+    async with contextlib.aclosing(outputs.batches()) as batches:
+        async for batch in batches:
+            for y in batch:
+                if y is not None:
+                    return y
     return None
 
 

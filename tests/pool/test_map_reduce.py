@@ -89,6 +89,54 @@ async def test_map_keeps_input_order_async_and_plain_def() -> None:
     assert out == [x + 1000 for x in range(500)]
 
 
+async def test_collect_and_batches_give_the_outputs_in_input_order() -> None:
+    assert await mr.map(TWO, range(300), Jittery, None).collect() == [x * 10 for x in range(300)]
+    assert await mr.map(TWO, arange(500), Offset, 7).collect() == [x + 7 for x in range(500)]
+    assert await mr.map(TWO, [], Offset, 7).collect() == []
+    batches = [b async for b in mr.map(TWO, range(5000), Offset, 1).batches()]
+    assert [y for b in batches for y in b] == [x + 1 for x in range(5000)]
+    assert all(batches) and len(batches) > 1  # lists as the workers answered them
+    await no_workers()
+
+
+async def test_map_outputs_are_read_one_way_only() -> None:
+    outputs = mr.map(TWO, range(100), Offset, 0)
+    assert await anext(outputs) == 0
+    with pytest.raises(RuntimeError, match="already read by async for"):
+        outputs.batches()
+    with pytest.raises(RuntimeError, match="already read by async for"):
+        await outputs.collect()
+    assert [y async for y in outputs] == list(range(1, 100))  # the rest, nothing lost
+    await outputs.aclose()
+    taken = mr.map(TWO, range(100), Offset, 0)
+    await taken.collect()
+    with pytest.raises(RuntimeError, match=r"already read by collect\(\)"):
+        taken.__aiter__()
+    await no_workers()
+
+
+async def test_collect_raises_a_failure_with_its_index_and_stops_every_worker() -> None:
+    with pytest.raises(rp.RemoteError) as caught:
+        await mr.map(TWO, range(100), FailAt, 37).collect()
+    assert caught.value.index == 37  # type: ignore[attr-defined]
+    await no_workers()
+
+
+async def test_leaving_batches_early_or_cancelling_collect_stops_every_worker() -> None:
+    outputs = mr.map(TWO, Counting(), Slow, None)
+    async for batch in outputs.batches():
+        assert batch and worker_pids()
+        break
+    await outputs.aclose()
+    await no_workers(5.0)
+    task = asyncio.ensure_future(mr.map(TWO, Counting(), Slow, None).collect())
+    await wait_until(lambda: len(worker_pids()) == 2, 20.0, "the map's workers")
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await bounded(task, 10.0, "the cancelled collect")
+    await no_workers(5.0)
+
+
 async def test_map_unordered_yields_indices_in_completion_order() -> None:
     pairs = [p async for p in mr.map_unordered(TWO, range(200), FirstSlow, None)]
     assert sorted(pairs) == [(i, i * 10) for i in range(200)]

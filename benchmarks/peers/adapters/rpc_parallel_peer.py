@@ -44,7 +44,7 @@ class RpcParallelPeer(AsyncPeer):
         "spawn": "await BenchWorker.spawn(None) + first run",
         "inflight": "asyncio.gather of submit() over 2 handles (a future per call, no task)",
         "map": "rp.map_reduce.map over an open MapPool of 2 workers (Config(local=2).open()), "
-        "every output taken by async for",
+        "outputs taken as one list with collect(), as Pool.map returns them",
         "map_cpu": "rp.map_reduce.map over the open MapPool (batches sized by measured cost)",
         "arrays": "an rpc declared NDArray[np.float64] -> NDArray[np.float64] (shared memory "
         "between local processes)",
@@ -109,7 +109,7 @@ class RpcParallelPeer(AsyncPeer):
     async def map(self, items: list[int]) -> float:
         pool = self._pool()
         t0 = time.perf_counter()
-        out = [y async for y in rp.map_reduce.map(pool, items, IncMap, None)]
+        out = await rp.map_reduce.map(pool, items, IncMap, None).collect()
         dt = time.perf_counter() - t0
         check_map(items, out)
         return dt
@@ -117,7 +117,7 @@ class RpcParallelPeer(AsyncPeer):
     async def map_cpu(self, items: list[int]) -> float:
         pool = self._pool()
         t0 = time.perf_counter()
-        out = [y async for y in rp.map_reduce.map(pool, items, SpinMap, None)]
+        out = await rp.map_reduce.map(pool, items, SpinMap, None).collect()
         dt = time.perf_counter() - t0
         check_map(items, out, plus=0)
         return dt

@@ -98,8 +98,11 @@ class Inputs:
 
     async def _read(self, count: int) -> list[Any]:
         """Up to ``count`` more inputs from the source."""
-        if self._sequence is not None:
-            values = list(self._sequence[self.read:self.read + count])
+        sequence = self._sequence
+        if sequence is not None:
+            values = sequence[self.read:self.read + count]  # a list's slice is a new list
+            if not isinstance(values, list):
+                values = list(values)
         elif self._sync is not None:
             values = list(itertools.islice(self._sync, count))
         else:

@@ -50,6 +50,12 @@ async def main() -> None:
         assert_type(y, float)
     async for y in rp.map_reduce.map(config, inputs(), Square, 3):
         assert_type(y, float)
+    assert_type(await rp.map_reduce.map(config, range(10), Square, 3).collect(), list[float])
+    outputs = rp.map_reduce.map(config, range(10), Square, 3)
+    assert_type(outputs, rp.map_reduce.MapOutputs[float])
+    async for batch in outputs.batches():
+        assert_type(batch, list[float])
+    await outputs.aclose()
     async for pair in rp.map_reduce.map_unordered(config, [1, 2], Square, 3):
         assert_type(pair, tuple[int, float])
     hit = await rp.map_reduce.find_map(config, range(10), Maybe, None)

@@ -53,6 +53,9 @@ async def main() -> None:
     text: str | None = total  # expect-error
     async for y in rp.map_reduce.map(config, [1], Square, 1):
         s: str = y  # expect-error
+    words: list[str] = await rp.map_reduce.map(config, [1], Square, 1).collect()  # expect-error
+    async for batch in rp.map_reduce.map(config, [1], Square, 1).batches():
+        first: str = batch[0]  # expect-error
     async with config.open() as warm:
         rp.map_reduce.map(warm, ["a"], Square, 1)  # expect-error
         await rp.map_reduce.map_reduce(warm, [1], Square, 1)  # expect-error
