@@ -159,6 +159,9 @@ class Connection(asyncio.BufferedProtocol):
         # (bound once the handshake is done).
         self._incoming = self._serving.incoming
         self._leave = self._serving.leave
+        # (Serves nothing until the runner exists, which the first call after the handshake
+        # starts: before it, every QUERY goes to _on_query.)
+        self._serve_queries = self._serving.serve_queries
         self._on_query: Callable[[int, int, memoryview], None] = self._query_too_early
 
     def _init_calling(self, translate_closed: TranslateClosed | None) -> None:
@@ -696,6 +699,7 @@ class Connection(asyncio.BufferedProtocol):
         outgoing = self._outgoing
         on_query = self._on_query  # (Both change only in _dispatch: taken again after it.)
         limit = self._limit
+        serve_queries = self._serve_queries
         try:
             while end - start >= HEADER_SIZE and self._close_reason is None:
                 length, message_type, call_id, argument = unpack(view, start)
@@ -709,11 +713,16 @@ class Connection(asyncio.BufferedProtocol):
                         self._start_large(start, end, length, message_type, call_id, argument)
                         start = end
                     break
+                if message_type == QUERY:
+                    served_to = serve_queries(view, start, end, limit)
+                    if served_to != start:  # (A run of calls served inline.)
+                        start = served_to
+                        continue
+                    on_query(call_id, argument, view[start + HEADER_SIZE : frame_end])
+                    start = frame_end
+                    continue
                 payload = view[start + HEADER_SIZE : frame_end]
                 start = frame_end
-                if message_type == QUERY:
-                    on_query(call_id, argument, payload)
-                    continue
                 if message_type == RESPONSE:
                     entry = outgoing.pop(call_id, None)
                     if type(entry) is tuple:  # An rpc call (RpcCall): _dispatch, inline.
