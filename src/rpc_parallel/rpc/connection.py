@@ -35,6 +35,7 @@ from ._calling import (
     cannot_send,
     error_from_info,
     fail,
+    failed_to_decode,
     on_rpc_response,
     spec_of,
 )
@@ -770,14 +771,16 @@ class Connection(asyncio.BufferedProtocol):
                     entry = outgoing.pop(call_id, None)
                     if type(entry) is tuple:  # An rpc call (RpcCall): _dispatch, inline.
                         spec, future = entry
-                        if spec._copy_payload or future.done():
+                        if spec._copy_payload:
                             on_rpc_response(spec, future, payload)
-                        else:
-                            try:
-                                future.set_result(spec.response_decoder.decode(payload))
-                            except (msgspec.MsgspecError, UnicodeDecodeError) as error:
-                                # Not decoded again: a shared-memory segment is taken once.
-                                future.set_exception(spec.decode_failure(error, payload))
+                            continue
+                        try:
+                            future.set_result(spec.response_decoder.decode(payload))
+                        except (msgspec.MsgspecError, UnicodeDecodeError) as error:
+                            # Not decoded again: a shared-memory segment is taken once.
+                            failed_to_decode(spec, future, error, payload)
+                        except asyncio.InvalidStateError:
+                            pass  # Cancelled by its caller (arrays go back as garbage).
                         continue
                     if entry is not None:  # A stream's: _dispatch has it.
                         outgoing[call_id] = entry
@@ -845,14 +848,16 @@ class Connection(asyncio.BufferedProtocol):
             if type(entry) is tuple:  # An rpc call (RpcCall).
                 del self._outgoing[call_id]
                 spec, future = entry
-                if spec._copy_payload or future.done():
+                if spec._copy_payload:
                     on_rpc_response(spec, future, payload)
-                else:
-                    try:
-                        future.set_result(spec.response_decoder.decode(payload))
-                    except (msgspec.MsgspecError, UnicodeDecodeError) as error:
-                        # Not decoded again: a shared-memory segment is taken once.
-                        future.set_exception(spec.decode_failure(error, payload))
+                    return
+                try:
+                    future.set_result(spec.response_decoder.decode(payload))
+                except (msgspec.MsgspecError, UnicodeDecodeError) as error:
+                    # Not decoded again: a shared-memory segment is taken once.
+                    failed_to_decode(spec, future, error, payload)
+                except asyncio.InvalidStateError:
+                    pass  # Cancelled by its caller (arrays go back as garbage).
             elif entry is not None:
                 if type(entry) is not ReaderState:
                     del self._outgoing[call_id]
