@@ -365,49 +365,56 @@ class Serving:
     # Per-frame hot path: kept as one function on purpose (longer than the ~40-line rule);
     # splitting it into steps adds a Python call per frame, which the benchmarks measure.
     def serve_queries(self, view: memoryview, start: int, end: int, limit: int) -> int:
-        """Serve the run of QUERY frames at ``start`` in ``view`` (up to ``end``) that can be
-        served inline; return where the run stopped (``start`` if the first frame cannot).
+        """Serve the run of QUERY frames at ``start`` in ``view`` (up to ``end``); return
+        where it stopped: at the first frame that is not a complete QUERY of at most
+        ``limit`` bytes (the connection's frame loop takes that one), or once the
+        connection has closed. The connection calls it with at least one such frame.
 
-        ``on_query``'s inline path, for many frames in one call: what every call needs is
-        looked up once per run, not once per call. It stops at the first frame that is not
-        a complete QUERY of at most ``limit`` bytes for an inline function whose arguments
-        decode from the buffer (the connection's frame loop takes that one), after a call
-        that waits (handed to the runner) and after arguments that do not decode. The
-        connection stops being read once it closes, so a call that closes it is the last.
+        ``on_query`` for many frames in one call: what every call needs is looked up once
+        per run, not once per call, and an rpc call to an ``async def`` is served right
+        here while the runner is idle (``on_query``'s inline path). Other frames go to
+        ``on_query``; after one, what it may have changed (the runner handed to a call that
+        waits, the current task left) is looked up again.
         """
-        idle = self._runner_idle
-        if idle is None or (self._entered is None and not self._enter()):
-            return start
         owner = self._owner
         served = self._served
         base = self._context
-        drive = self._drive
-        box_pop = self._box.pop
         encoder = owner._encoder
         segments = owner._segments
         send_limit = owner._send_limit
         unpack = HEADER.unpack_from
         pack = HEADER.pack_into
+        inline = self._runner_idle is not None and (self._entered is not None or self._enter())
+        drive = self._drive
+        box_pop = self._box.pop
         while end - start >= HEADER_SIZE and owner._close_reason is None:
             length, message_type, call_id, index = unpack(view, start)
             frame_end = start + 4 + length
             if message_type != QUERY or length > limit or length < LENGTH_OVERHEAD or frame_end > end:
                 break
-            try:
-                implementation: Implementation = served[index]
-            except IndexError:
-                break
-            if not implementation.fast:
-                break
             payload = view[start + HEADER_SIZE : frame_end]
             start = frame_end
+            implementation: Implementation | None
+            try:
+                implementation = served[index]
+            except IndexError:
+                implementation = None  # (on_query answers it.)
+            if not inline or implementation is None or not implementation.fast:
+                self.on_query(call_id, index, payload)
+                inline = self._runner_idle is not None and (
+                    self._entered is not None or self._enter()
+                )
+                drive = self._drive
+                box_pop = self._box.pop
+                continue
             spec = implementation.spec
             try:
                 args = spec.arguments_decoder.decode(payload)
             except (msgspec.MsgspecError, UnicodeDecodeError) as error:
                 # Not decoded again: a shared-memory segment is taken once.
                 self._refuse(call_id, spec, spec.arguments_failure(error, payload))
-                break
+                inline = self._enter()  # (_refuse left the runner; it is still idle.)
+                continue
             context = base.copy()
             try:
                 waiting = context.run(drive, implementation.handler(*args))
@@ -443,27 +450,24 @@ class Serving:
             if waiting is FAILED:
                 self._respond_error(call_id, box_pop())
                 continue
-            # It waits: the runner becomes its task, the driver stays with it.
-            self._hand_over(idle, call_id, implementation, waiting, context)
-            break
+            # It waits: the runner becomes its task, the driver stays with it; what comes
+            # next is queued for a new runner (on_query).
+            self._hand_over(call_id, implementation, waiting, context)
+            inline = False
         if owner._flush_handle is None:
             owner._wrote()
         return start
 
     def _hand_over(
-        self,
-        idle: asyncio.Future[Any],
-        call_id: int,
-        implementation: Implementation,
-        waiting: Any,
+        self, call_id: int, implementation: Implementation, waiting: Any,
         context: contextvars.Context,
     ) -> None:
         """A call served inline waits: the idle runner becomes its task (and the driver
         that started it stays with it); a new runner serves what comes next."""
         awaitable = resume_driven(self._driver, waiting, context, self._box)
         self._new_driver()
-        runner = self._runner
-        assert runner is not None  # (An idle runner exists.)
+        runner, idle = self._runner, self._runner_idle
+        assert runner is not None and idle is not None  # (An idle runner exists.)
         self.leave()
         self._runner = self._runner_idle = None
         self.incoming[call_id] = runner
@@ -548,7 +552,7 @@ class Serving:
                     self._respond_error(call_id, self._box.pop())
                     return
                 # It waits: the runner becomes its task, the driver stays with it.
-                self._hand_over(idle, call_id, implementation, waiting, context)
+                self._hand_over(call_id, implementation, waiting, context)
                 return
         if spec.kind == "rpc" and not implementation.in_thread:
             self._queued.append((call_id, implementation, args))

@@ -160,10 +160,11 @@ class Connection(asyncio.BufferedProtocol):
         # (bound once the handshake is done).
         self._incoming = self._serving.incoming
         self._leave = self._serving.leave
-        # (Serves nothing until the runner exists, which the first call after the handshake
-        # starts: before it, every QUERY goes to _on_query.)
-        self._serve_queries = self._serving.serve_queries
+        # A QUERY frame goes to _on_query when it comes alone (a large frame), a run of them
+        # in the receive buffer to _serve_queries (both refuse calls until the handshake is
+        # done, then are the serving side's).
         self._on_query: Callable[[int, int, memoryview], None] = self._query_too_early
+        self._serve_queries: Callable[[memoryview, int, int, int], int] = self._queries_too_early
 
     def _init_calling(self, translate_closed: TranslateClosed | None) -> None:
         """The calls this side makes: ids, the peer's menu positions, the calling side."""
@@ -734,16 +735,17 @@ class Connection(asyncio.BufferedProtocol):
                 self._flush()  # Answers to what was just read leave now, in one write.
 
     # Per-frame hot path: kept as one function on purpose (longer than the ~40-line rule);
-    # a QUERY goes straight to the serving side and an rpc call's RESPONSE is decoded here
-    # (as _dispatch does for them): each step split out costs a Python call per frame.
+    # a run of QUERY frames goes to the serving side in one call (serve_queries) and an rpc
+    # call's RESPONSE is decoded here (as _dispatch does for it): each step split out costs a
+    # Python call per frame.
     def _process(self) -> None:
         view = self._view
         start, end = self._start, self._end
         unpack = HEADER.unpack_from
         outgoing = self._outgoing
-        on_query = self._on_query  # (Both change only in _dispatch: taken again after it.)
-        limit = self._limit
+        # (These two change only in _dispatch: taken again after it.)
         serve_queries = self._serve_queries
+        limit = self._limit
         try:
             while end - start >= HEADER_SIZE and self._close_reason is None:
                 length, message_type, call_id, argument = unpack(view, start)
@@ -757,13 +759,8 @@ class Connection(asyncio.BufferedProtocol):
                         self._start_large(start, end, length, message_type, call_id, argument)
                         start = end
                     break
-                if message_type == QUERY:
-                    served_to = serve_queries(view, start, end, limit)
-                    if served_to != start:  # (A run of calls served inline.)
-                        start = served_to
-                        continue
-                    on_query(call_id, argument, view[start + HEADER_SIZE : frame_end])
-                    start = frame_end
+                if message_type == QUERY:  # (This one and those that follow it.)
+                    start = serve_queries(view, start, end, limit)
                     continue
                 payload = view[start + HEADER_SIZE : frame_end]
                 start = frame_end
@@ -786,7 +783,7 @@ class Connection(asyncio.BufferedProtocol):
                         outgoing[call_id] = entry
                 self._leave()  # No task is current while other frames are dispatched.
                 self._dispatch(message_type, call_id, argument, payload)
-                on_query = self._on_query
+                serve_queries = self._serve_queries
                 limit = self._limit
         finally:
             # What was dispatched is consumed, even if a dispatch raised.
@@ -959,6 +956,10 @@ class Connection(asyncio.BufferedProtocol):
     def _query_too_early(self, call_id: int, index: int, payload: memoryview) -> None:
         self._protocol_violation("a call arrived before the handshake finished")
 
+    def _queries_too_early(self, view: memoryview, start: int, end: int, limit: int) -> int:
+        self._query_too_early(0, 0, view)
+        return end
+
     def _share_memory(self) -> None:
         """Between processes of one host (a Unix socket), large arrays go through shared
         memory (decision 0022); the segments' names derive from the two nonces."""
@@ -975,6 +976,7 @@ class Connection(asyncio.BufferedProtocol):
 
     def _became_ready(self, menu: list[MenuEntry]) -> None:
         self._on_query = self._serving.on_query
+        self._serve_queries = self._serving.serve_queries
         self.peer_menu = {entry.name: entry for entry in menu}
         self._peer_positions = {(e.name, e.version): i for i, e in enumerate(menu)}
         self._ready.set_result(None)
