@@ -743,8 +743,9 @@ class Connection(asyncio.BufferedProtocol):
         start, end = self._start, self._end
         unpack = HEADER.unpack_from
         outgoing = self._outgoing
-        # (These two change only in _dispatch: taken again after it.)
+        # (These change only in _dispatch: taken again after it.)
         serve_queries = self._serve_queries
+        on_query = self._on_query
         limit = self._limit
         try:
             while end - start >= HEADER_SIZE and self._close_reason is None:
@@ -759,8 +760,12 @@ class Connection(asyncio.BufferedProtocol):
                         self._start_large(start, end, length, message_type, call_id, argument)
                         start = end
                     break
-                if message_type == QUERY:  # (This one and those that follow it.)
-                    start = serve_queries(view, start, end, limit)
+                if message_type == QUERY:
+                    if frame_end == end:  # Alone: on_query costs less than a run's set-up.
+                        on_query(call_id, argument, view[start + HEADER_SIZE : frame_end])
+                        start = frame_end
+                    else:  # This one and those that follow it.
+                        start = serve_queries(view, start, end, limit)
                     continue
                 payload = view[start + HEADER_SIZE : frame_end]
                 start = frame_end
@@ -784,6 +789,7 @@ class Connection(asyncio.BufferedProtocol):
                 self._leave()  # No task is current while other frames are dispatched.
                 self._dispatch(message_type, call_id, argument, payload)
                 serve_queries = self._serve_queries
+                on_query = self._on_query
                 limit = self._limit
         finally:
             # What was dispatched is consumed, even if a dispatch raised.
