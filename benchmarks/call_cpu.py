@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/call_cpu.py [--quick] [--rounds N] [--seconds S]
 
 Over Unix sockets, in alternating rounds, three contenders keep 256 calls of ``x + 1`` in
-flight (a new call started as each finishes, as ``rpc_floor.measure_throughput`` does):
+flight (a new call started as each finishes: ``rpc_floor.keep_in_flight``):
 
 * ``floor``: the raw asyncio + msgspec protocol of ``benchmarks/rpc_floor.py``;
 * ``rpc``: ``rpc.Connection.call_future`` to a server of ``rpc_floor.py --serve ours``;
@@ -38,7 +38,7 @@ import rpc_floor
 
 import rpc_parallel as rp
 
-IN_FLIGHT = 256
+IN_FLIGHT = rpc_floor.IN_FLIGHT
 
 
 class Adder(rp.Worker[None]):
@@ -60,40 +60,14 @@ async def measure(
     start: Callable[[int], asyncio.Future[Any]], server_pid: int, seconds: float
 ) -> dict[str, float]:
     """Calls per second and CPU microseconds per call on each end, IN_FLIGHT in flight."""
-    loop = asyncio.get_running_loop()
-    state = {"completed": 0, "outstanding": 0, "issuing": True}
-    finished: list[asyncio.Future[None]] = [loop.create_future()]
-
-    def on_done(future: asyncio.Future[Any]) -> None:
-        future.result()
-        state["completed"] += 1
-        if state["issuing"]:
-            start(1).add_done_callback(on_done)
-        else:
-            state["outstanding"] -= 1
-            if state["outstanding"] == 0:
-                finished[0].set_result(None)
-
-    async def run(duration: float) -> dict[str, float]:
-        finished[0] = loop.create_future()
-        state.update(completed=0, outstanding=IN_FLIGHT, issuing=True)
-        client, server = time.process_time_ns(), cpu_ns(server_pid)
-        began = time.perf_counter()
-        for i in range(IN_FLIGHT):
-            start(i).add_done_callback(on_done)
-        await asyncio.sleep(duration)
-        state["issuing"] = False
-        await finished[0]
-        elapsed = time.perf_counter() - began
-        calls = state["completed"]
-        return {
-            "calls_per_s": calls / elapsed,
-            "client_us": (time.process_time_ns() - client) / calls / 1e3,
-            "server_us": (cpu_ns(server_pid) - server) / calls / 1e3,
-        }
-
-    await run(min(0.1, seconds))  # warm-up
-    return await run(seconds)
+    await rpc_floor.keep_in_flight(start, min(0.1, seconds))  # warm-up
+    client, server = time.process_time_ns(), cpu_ns(server_pid)
+    calls, elapsed = await rpc_floor.keep_in_flight(start, seconds)
+    return {
+        "calls_per_s": calls / elapsed,
+        "client_us": (time.process_time_ns() - client) / calls / 1e3,
+        "server_us": (cpu_ns(server_pid) - server) / calls / 1e3,
+    }
 
 
 async def rounds(count: int, seconds: float) -> dict[str, list[dict[str, float]]]:

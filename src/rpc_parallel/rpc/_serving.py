@@ -524,29 +524,9 @@ class Serving:
                     self._new_driver()
                     raise
                 if waiting is DONE:
-                    # (_respond and the owner's _write of a RESPONSE, inline: keep in step.)
-                    owner = self._owner
-                    out = owner._out
-                    begin = len(out)
-                    out += ZERO_HEADER
-                    segments = owner._segments
-                    mark = segments.mark if segments is not None else 0
-                    try:
-                        owner._encoder.encode_into(self._box.pop(), out, -1)
-                        length = len(out) - begin - 4
-                        if length > owner._send_limit:
-                            raise owner._too_large(length)
-                    except BaseException as error:
-                        del out[begin:]
-                        if segments is not None:
-                            segments.discard_after(mark)  # What this answer had lent.
-                        if not isinstance(error, Exception):
-                            raise
-                        self._respond_error(call_id, cannot_send(spec, "result", error, serving=True))
-                        return
-                    HEADER.pack_into(out, begin, length, RESPONSE, call_id, 0)
-                    if owner._flush_handle is None or len(out) >= FLUSH_AT:
-                        owner._wrote()
+                    # (One call in this read: the general answer's path costs little here;
+                    # serve_queries writes a run's answers inline.)
+                    self._respond(spec, call_id, self._box.pop())
                     return
                 if waiting is FAILED:
                     self._respond_error(call_id, self._box.pop())
