@@ -82,6 +82,16 @@ def _public_method(function: Callable[..., Any], owner: str, name: str) -> Calla
     return copy
 
 
+def _on_own_loop(connection: RpcConnection) -> bool:
+    """Whether the running loop is ``connection``'s. Cheap and sure when the connection's
+    thread, whose loop is running, in the process that made it, is this one (decision
+    0026); else the exact test (``_in_own_loop``) decides."""
+    return (
+        connection.thread == get_ident() and connection.pid == _pid
+        and connection.loop.is_running()
+    ) or _in_own_loop(connection)
+
+
 class _Runner(Generic[W_co]):
     """Running functions of a ``W`` worker: ``await x.run(W.f, *args, **kwargs)``, for
     ``WorkerHandle`` and ``Connection``, which bind ``run`` and ``submit`` under their names.
@@ -116,13 +126,7 @@ class _Runner(Generic[W_co]):
                 f"got {type(function).__qualname__}"
             ) from None
         connection = self._ready or await self._rpc_connection()
-        # (Cheap and sure when true: the connection's thread, whose loop is running, in the
-        # process that made it. Else the exact check decides.)
-        if (
-            connection.thread != get_ident()
-            or connection.pid != _pid
-            or not connection.loop.is_running()
-        ) and not _in_own_loop(connection):
+        if not _on_own_loop(connection):
             raise self._other_loop(connection.loop)
         try:
             kind = spec.kind
@@ -164,13 +168,9 @@ class _Runner(Generic[W_co]):
             spec = None
         if connection is None or spec is None or kwargs:
             return self._submit_other(function, args, kwargs)
-        # (The cheap own-loop test of ``_run``, then the exact one if it says no.)
-        if (
-            connection.thread != get_ident()
-            or connection.pid != _pid
-            or not connection.loop.is_running()
-        ) and not _in_own_loop(connection):
-            raise self._other_loop(connection.loop)
+        if not (connection.thread == get_ident() and connection.pid == _pid
+                and connection.loop.is_running()) and not _in_own_loop(connection):
+            raise self._other_loop(connection.loop)  # (_on_own_loop, inline: per call.)
         try:
             return connection.call_future_args(spec, args)
         except ConnectionClosed as error:
@@ -182,15 +182,7 @@ class _Runner(Generic[W_co]):
         """``submit`` without its one-look-up path: no connection ready yet, keyword
         arguments, a function whose spec is not made yet, or not an ``rpc``."""
         connection = self._ready
-        if (
-            connection is not None
-            and (
-                connection.thread != get_ident()
-                or connection.pid != _pid
-                or not connection.loop.is_running()
-            )
-            and not _in_own_loop(connection)
-        ):
+        if connection is not None and not _on_own_loop(connection):
             raise self._other_loop(connection.loop)
         if connection is None or function.kind != "rpc":
             return asyncio.ensure_future(self._run(function, *args, **kwargs))
