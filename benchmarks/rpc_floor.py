@@ -364,13 +364,12 @@ async def measure_latency(client: Client, calls: int) -> tuple[float, float]:
     return samples[len(samples) // 2] / 1e3, samples[int(len(samples) * 0.99)] / 1e3
 
 
-async def measure_throughput(client: Client, seconds: float) -> float:
-    """Calls per second with IN_FLIGHT calls outstanding at all times."""
-    assert client.start is not None
-    start = client.start
+async def keep_in_flight(start: StartCall, seconds: float) -> tuple[int, float]:
+    """IN_FLIGHT calls outstanding for ``seconds`` (a new one started as each finishes,
+    then the last ones awaited): how many completed, and the seconds it took."""
     loop = asyncio.get_running_loop()
     finished: asyncio.Future[None] = loop.create_future()
-    state = {"completed": 0, "outstanding": 0, "issuing": True}
+    state = {"completed": 0, "outstanding": IN_FLIGHT, "issuing": True}
 
     def on_done(future: asyncio.Future[Any]) -> None:
         future.result()
@@ -382,19 +381,20 @@ async def measure_throughput(client: Client, seconds: float) -> float:
             if state["outstanding"] == 0 and not finished.done():
                 finished.set_result(None)
 
-    async def run(duration: float) -> tuple[int, float]:
-        state.update(completed=0, outstanding=IN_FLIGHT, issuing=True)
-        began = time.perf_counter()
-        for i in range(IN_FLIGHT):
-            start(i).add_done_callback(on_done)
-        await asyncio.sleep(duration)
-        state["issuing"] = False
-        await finished
-        return state["completed"], time.perf_counter() - began
+    began = time.perf_counter()
+    for i in range(IN_FLIGHT):
+        start(i).add_done_callback(on_done)
+    await asyncio.sleep(seconds)
+    state["issuing"] = False
+    await finished
+    return state["completed"], time.perf_counter() - began
 
-    await run(min(0.1, seconds))  # warm-up
-    finished = loop.create_future()
-    completed, elapsed = await run(seconds)
+
+async def measure_throughput(client: Client, seconds: float) -> float:
+    """Calls per second with IN_FLIGHT calls outstanding at all times."""
+    assert client.start is not None
+    await keep_in_flight(client.start, min(0.1, seconds))  # warm-up
+    completed, elapsed = await keep_in_flight(client.start, seconds)
     return completed / elapsed
 
 

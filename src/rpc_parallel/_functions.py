@@ -50,6 +50,8 @@ class Function(Generic[W_contra]):
         self.attribute = getattr(implementation, "__name__", "function")
         self.owner_name = ""
         self._spec: FunctionSpec | None = None
+        self._rpc_spec: FunctionSpec | None = None
+        """``_spec`` once made, if this is an ``rpc``: ``submit``'s one look-up per call."""
         self.__doc__ = getattr(implementation, "__doc__", None)
         self.__wrapped__ = implementation
         unwrapped = inspect.unwrap(implementation)
@@ -74,6 +76,8 @@ class Function(Generic[W_contra]):
             spec = self._spec = FunctionSpec(
                 self.name, kind=self.kind, version=self.version, **described
             )
+            if self.kind == "rpc":
+                self._rpc_spec = spec
         return spec
 
     def bound_to(self, instance: object) -> Callable[..., Any]:

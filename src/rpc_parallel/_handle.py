@@ -82,12 +82,25 @@ def _public_method(function: Callable[..., Any], owner: str, name: str) -> Calla
     return copy
 
 
+def _on_own_loop(connection: RpcConnection) -> bool:
+    """Whether the running loop is ``connection``'s. Cheap and sure when the connection's
+    thread, whose loop is running, in the process that made it, is this one (decision
+    0026); else the exact test (``_in_own_loop``) decides."""
+    return (
+        connection.thread == get_ident() and connection.pid == _pid
+        and connection.loop.is_running()
+    ) or _in_own_loop(connection)
+
+
 class _Runner(Generic[W_co]):
     """Running functions of a ``W`` worker: ``await x.run(W.f, *args, **kwargs)``, for
     ``WorkerHandle`` and ``Connection``, which bind ``run`` and ``submit`` under their names.
     """
 
     name: str
+    _ready: RpcConnection | None = None
+    """The connection to use without waiting, if there is one (a spawned worker's link
+    until the handle closes; an extra connection's own)."""
 
     async def _rpc_connection(self) -> RpcConnection:
         raise NotImplementedError
@@ -112,14 +125,8 @@ class _Runner(Generic[W_co]):
                 f"run() takes a worker function (declared with @rp.rpc, @rp.pipe, ...), "
                 f"got {type(function).__qualname__}"
             ) from None
-        connection = self._ready_connection() or await self._rpc_connection()
-        # (Cheap and sure when true: the connection's thread, whose loop is running, in the
-        # process that made it. Else the exact check decides.)
-        if (
-            connection.thread != get_ident()
-            or connection.pid != _pid
-            or not connection.loop.is_running()
-        ) and not _in_own_loop(connection):
+        connection = self._ready or await self._rpc_connection()
+        if not _on_own_loop(connection):
             raise self._other_loop(connection.loop)
         try:
             kind = spec.kind
@@ -128,7 +135,7 @@ class _Runner(Generic[W_co]):
                 # call): start it, wait while writing is paused (backpressure), await it.
                 if kwargs:
                     args = spec.bind(args, kwargs)
-                future = connection.call_future(spec, *args)
+                future = connection.call_future_args(spec, args)
                 call_id = connection.started_id
                 if connection.writing_paused:
                     await connection.wait_writable()
@@ -154,16 +161,28 @@ class _Runner(Generic[W_co]):
         in xs))`` creates no task per call, where ``run`` needs one each. Errors are the same
         as ``run``'s. Cancelling the future does not cancel the call on the worker.
         """
-        connection = self._ready_connection()
-        if (
-            connection is not None
-            and (
-                connection.thread != get_ident()
-                or connection.pid != _pid
-                or not connection.loop.is_running()
-            )
-            and not _in_own_loop(connection)
-        ):
+        connection = self._ready
+        try:
+            spec = function._rpc_spec  # (None for other kinds, and until its spec is made.)
+        except AttributeError:
+            spec = None
+        if connection is None or spec is None or kwargs:
+            return self._submit_other(function, args, kwargs)
+        if not (connection.thread == get_ident() and connection.pid == _pid
+                and connection.loop.is_running()) and not _in_own_loop(connection):
+            raise self._other_loop(connection.loop)  # (_on_own_loop, inline: per call.)
+        try:
+            return connection.call_future_args(spec, args)
+        except ConnectionClosed as error:
+            return asyncio.ensure_future(self._raise_translated(error, spec.name))
+
+    def _submit_other(
+        self, function: Rpc[Any, ..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        """``submit`` without its one-look-up path: no connection ready yet, keyword
+        arguments, a function whose spec is not made yet, or not an ``rpc``."""
+        connection = self._ready
+        if connection is not None and not _on_own_loop(connection):
             raise self._other_loop(connection.loop)
         if connection is None or function.kind != "rpc":
             return asyncio.ensure_future(self._run(function, *args, **kwargs))
@@ -171,7 +190,7 @@ class _Runner(Generic[W_co]):
         try:
             if kwargs:
                 args = spec.bind(args, kwargs)
-            return connection.call_future(spec, *args)
+            return connection.call_future_args(spec, args)
         except ConnectionClosed as error:
             return asyncio.ensure_future(self._raise_translated(error, spec.name))
 
@@ -188,9 +207,6 @@ class _Runner(Generic[W_co]):
     async def _raise_translated(self, error: ConnectionClosed, function: str) -> Any:
         raise await self._translate(error, function)
 
-    def _ready_connection(self) -> RpcConnection | None:
-        """The connection to use without waiting, if there is one."""
-        return None
 
 
 class WorkerHandle(_Runner[W_co]):
@@ -241,6 +257,7 @@ class WorkerHandle(_Runner[W_co]):
         self._own_connection: RpcConnection | None = None
         self._connecting = asyncio.Lock()
         self._closed = False
+        self._ready = link
 
     def __repr__(self) -> str:
         return f"<WorkerHandle {self.name} pid={self.pid} host={self.host} id={self.id}>"
@@ -253,8 +270,10 @@ class WorkerHandle(_Runner[W_co]):
 
     # ----- connections
 
-    def _ready_connection(self) -> RpcConnection | None:
-        return self._link if not self._closed else None
+    def _set_closed(self) -> None:
+        """The handle is closed: no call starts on it any more."""
+        self._closed = True
+        self._ready = None
 
     async def _rpc_connection(self) -> RpcConnection:
         if self._closed:
@@ -330,7 +349,7 @@ class WorkerHandle(_Runner[W_co]):
         (this waits for it); in the other modes it goes on running."""
         if self._closed:
             return
-        self._closed = True
+        self._set_closed()
         if self._own_connection is not None:
             self._own_connection.close("handle closed")
         if self._link is not None and self.shutdown_on == "connection_closed":
@@ -345,7 +364,7 @@ class WorkerHandle(_Runner[W_co]):
         if self._link is None and supervisor is None:
             connection = await self._rpc_connection()
             await connection.call(SHUTDOWN)
-            self._closed = True
+            self._set_closed()
             return
         if self._link is not None and not self._link.is_closed:
             with contextlib.suppress(ConnectionClosed):
@@ -363,7 +382,7 @@ class WorkerHandle(_Runner[W_co]):
                     connection.close("shutdown sent")
             except (ConnectionClosed, OSError, HandshakeError):
                 pass
-        self._closed = True
+        self._set_closed()
         await self._wait_exit()
 
     def _expect_exit(self) -> None:
@@ -380,7 +399,7 @@ class WorkerHandle(_Runner[W_co]):
         supervisor = self._supervisor
         if self.shutdown_on != "called_shutdown" and self._link is not None:
             self._expect_exit()
-            self._closed = True
+            self._set_closed()
             self._link.close("the master is exiting")
         elif self.shutdown_on == "called_shutdown" and supervisor is not None:
             supervisor.detach()  # It outlives the master; ``shutdown()`` still ends it.
@@ -425,6 +444,7 @@ class Connection(_Runner[W_co]):
         self.handle = handle
         self.name = handle.name
         self._connection = connection  # Opened with the handle's ``_translate_connected``.
+        self._ready = connection
 
     def __repr__(self) -> str:
         return f"<rpc_parallel Connection to {self.handle.name}>"
@@ -432,8 +452,6 @@ class Connection(_Runner[W_co]):
     async def _rpc_connection(self) -> RpcConnection:
         return self._connection
 
-    def _ready_connection(self) -> RpcConnection | None:
-        return self._connection
 
     async def _death(self, error: ConnectionClosed) -> Callable[[str], BaseException]:
         if self._connection.close_kind == "closed_here":

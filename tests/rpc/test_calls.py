@@ -77,6 +77,28 @@ async def test_many_calls_in_flight_complete_out_of_order(transport: str) -> Non
         assert await wait_for(asyncio.gather(*futures)) == [2 * i for i in range(1000)]
 
 
+async def test_the_answers_of_cancelled_futures_are_dropped(transport: str) -> None:
+    """A ``call_future`` its caller cancelled (no ``abandon``): its answer still arrives,
+    is dropped without an error, and the calls around it complete."""
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _, context: errors.append(context))
+    try:
+        async with serving(transport) as pair:
+            c = pair.client
+            futures = [c.call_future(S.add, i, i) for i in range(200)]
+            for future in futures[::2]:
+                future.cancel()
+            results = await wait_for(asyncio.gather(*futures[1::2]))
+            assert results == [2 * i for i in range(1, 200, 2)]
+            assert all(future.cancelled() for future in futures[::2])
+            assert await c.call(S.add, 1) == 2
+            assert not c.is_closed
+    finally:
+        loop.set_exception_handler(None)
+    assert errors == []
+
+
 async def test_cancelling_an_rpc_cancels_the_server_task(transport: str) -> None:
     async with serving(transport) as pair:
         events = pair.service.events

@@ -126,6 +126,9 @@ async def test_oversized_header_before_auth_is_refused_before_the_body() -> None
         (frame(frames.AUTH, payload=encode(b"x" * 32)), "AUTH out of order"),
         (frame(frames.MENU, payload=encode([])), "MENU out of order"),
         (frame(frames.QUERY, 1, 0, encode((1, 2))), "before the handshake finished"),
+        # A run of them in one read (the serving side's loop for runs refuses them too).
+        (frame(frames.QUERY, 1, 0, encode((1, 2))) + frame(frames.QUERY, 3, 0, encode((3,))),
+         "before the handshake finished"),
         (hello() + hello(), "a second HELLO"),
         (hello() + frame(frames.AUTH, payload=b"\xc1"), "malformed AUTH"),
         (frames.HEADER.pack(3, 0, 0, 0), "malformed frame (length field 3)"),

@@ -8,6 +8,7 @@ import asyncio
 import contextvars
 import sys
 import tempfile
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -46,13 +47,23 @@ async def wait_then_observe(tag: int) -> tuple[bool, int, bool]:
     return asyncio.current_task() is task and task is not None, TAG.get(), TAG.get() == tag
 
 
+def in_thread(tag: int) -> tuple[bool, int]:
+    """A plain function: whether it runs in a thread other than the loop's, and the tag its
+    context had before it set its own."""
+    before = TAG.get()
+    TAG.set(tag)
+    return threading.current_thread() is not threading.main_thread(), before
+
+
 OBSERVE = rpc.FunctionSpec.from_callable(observe, kind="rpc", name="observe")
+THREAD = rpc.FunctionSpec.from_callable(in_thread, kind="rpc", name="in_thread")
 FAIL = rpc.FunctionSpec.from_callable(fail, kind="rpc", name="fail")
 WAIT = rpc.FunctionSpec.from_callable(wait_then_observe, kind="rpc", name="wait_then_observe")
 SERVED = [
     rpc.Implementation(OBSERVE, observe),
     rpc.Implementation(FAIL, fail),
     rpc.Implementation(WAIT, wait_then_observe),
+    rpc.Implementation(THREAD, in_thread),
 ]
 
 
@@ -117,3 +128,38 @@ async def test_calls_that_wait_keep_their_task_and_context(transport: str) -> No
         # After all that, calls inline again, and the loop has no task stuck as current.
         assert await client.call(OBSERVE, 7) == (True, -1, True, True)
         assert asyncio.current_task() is not None
+
+
+async def test_a_read_with_calls_of_every_sort_answers_each(transport: str) -> None:
+    """One read holding calls served inline, calls to a plain function (in a thread), calls
+    whose arguments do not decode and calls that wait: each gets its own answer and its own
+    context, and those served on the loop see a task."""
+    async with connected(transport) as client:
+        for _ in range(3):
+            # An idle runner first (so the read is served inline until a call waits; the
+            # calls after that are queued for a new one).
+            assert await client.call(OBSERVE, -2) == (True, -1, True, True)
+            futures = []
+            for i in range(241):
+                sort = i % 4
+                if sort == 0:
+                    futures.append(client.call_future(OBSERVE, i))
+                elif sort == 1:
+                    futures.append(client.call_future(THREAD, i))
+                elif sort == 2:
+                    futures.append(client.call_future(OBSERVE, "not an int"))
+                else:
+                    futures.append(client.call_future(WAIT, i))
+            results = await wait_for(asyncio.gather(*futures, return_exceptions=True))
+            for i, result in enumerate(results):
+                sort = i % 4
+                if sort == 0:
+                    assert result == (True, -1, True, True)
+                elif sort == 1:
+                    assert result == (True, -1)
+                elif sort == 2:
+                    assert isinstance(result, rpc.ProtocolError)
+                    assert "observe" in str(result)
+                else:
+                    assert result == (True, i, True)
+        assert await client.call(OBSERVE, 7) == (True, -1, True, True)

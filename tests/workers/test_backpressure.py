@@ -13,7 +13,7 @@ from .workers import Echo
 async def test_run_waits_while_writing_is_paused() -> None:
     w = await Echo.spawn(0)
     try:
-        link = w._ready_connection()
+        link = w._ready
         assert link is not None
         # The transport's signal: its write buffer is over the high-water mark.
         link.pause_writing()

@@ -31,8 +31,9 @@ like the other entries."""
 
 
 def on_rpc_response(spec: FunctionSpec, future: asyncio.Future[Any], payload: memoryview) -> None:
-    """An rpc call's RESPONSE, the general case (the connection decodes the common case
-    inline): a payload to copy first, a result that does not match the declared type."""
+    """An rpc call's RESPONSE when its payload must be copied first (the connection decodes
+    the others inline, and the answer of a call its caller cancelled too: its arrays go
+    back as garbage)."""
     if future.done():  # Cancelled by its caller: give back the arrays the answer lends.
         release_in(payload)
         return
@@ -40,6 +41,16 @@ def on_rpc_response(spec: FunctionSpec, future: asyncio.Future[Any], payload: me
         future.set_result(spec.decode_response(payload))
     except ProtocolError as error:
         future.set_exception(error)
+
+
+def failed_to_decode(
+    spec: FunctionSpec, future: asyncio.Future[Any], error: Exception, payload: memoryview
+) -> None:
+    """An rpc call's RESPONSE did not decode: fail the call (unless its caller has cancelled
+    it), and give back the segments the payload names."""
+    failure = spec.decode_failure(error, payload)
+    if not future.done():
+        future.set_exception(failure)
 
 
 def spec_of(entry: Any) -> FunctionSpec:

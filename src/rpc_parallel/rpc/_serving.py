@@ -35,6 +35,8 @@ from .frames import (
     ERROR_TEXT_LIMIT,
     HEADER,
     HEADER_SIZE,
+    LENGTH_OVERHEAD,
+    QUERY,
     RESPONSE,
     ErrorInfo,
     MenuEntry,
@@ -55,7 +57,7 @@ class Implementation:
     stream is advanced there too, one item at a time.
     """
 
-    __slots__ = ("executor", "handler", "in_thread", "inline", "spec", "starts_nothing")
+    __slots__ = ("executor", "fast", "handler", "in_thread", "inline", "spec", "starts_nothing")
 
     def __init__(
         self, spec: FunctionSpec, handler: Callable[..., Any], executor: Executor | None = None
@@ -74,6 +76,9 @@ class Implementation:
         )
         # An rpc whose first step can run inline, as the frame is read (``Serving.on_query``).
         self.inline = spec.kind == "rpc" and self.starts_nothing and not self.in_thread
+        # Inline, and its arguments decode straight from the receive buffer: what
+        # ``Serving.serve_queries`` serves in its loop.
+        self.fast = self.inline and not spec._copy_payload
         if self.in_thread and spec.kind == "reverse_pipe":
             raise TypeError(f"{spec.name}: a reverse pipe must be implemented by an async def")
 
@@ -359,6 +364,117 @@ class Serving:
 
     # Per-frame hot path: kept as one function on purpose (longer than the ~40-line rule);
     # splitting it into steps adds a Python call per frame, which the benchmarks measure.
+    def serve_queries(self, view: memoryview, start: int, end: int, limit: int) -> int:
+        """Serve the run of QUERY frames at ``start`` in ``view`` (up to ``end``); return
+        where it stopped: at the first frame that is not a complete QUERY of at most
+        ``limit`` bytes (the connection's frame loop takes that one), or once the
+        connection has closed. The connection calls it with at least one such frame.
+
+        ``on_query`` for many frames in one call: what every call needs is looked up once
+        per run, not once per call, and an rpc call to an ``async def`` is served right
+        here while the runner is idle (``on_query``'s inline path). Other frames go to
+        ``on_query``; after one, what it may have changed (the runner handed to a call that
+        waits, the current task left) is looked up again.
+        """
+        owner = self._owner
+        served = self._served
+        base = self._context
+        encoder = owner._encoder
+        segments = owner._segments
+        send_limit = owner._send_limit
+        unpack = HEADER.unpack_from
+        pack = HEADER.pack_into
+        inline = self._runner_idle is not None and (self._entered is not None or self._enter())
+        drive = self._drive
+        box_pop = self._box.pop
+        while end - start >= HEADER_SIZE and owner._close_reason is None:
+            length, message_type, call_id, index = unpack(view, start)
+            frame_end = start + 4 + length
+            if message_type != QUERY or length > limit or length < LENGTH_OVERHEAD or frame_end > end:
+                break
+            payload = view[start + HEADER_SIZE : frame_end]
+            start = frame_end
+            implementation: Implementation | None
+            try:
+                implementation = served[index]
+            except IndexError:
+                implementation = None  # (on_query answers it.)
+            if not inline or implementation is None or not implementation.fast:
+                self.on_query(call_id, index, payload)
+                inline = self._runner_idle is not None and (
+                    self._entered is not None or self._enter()
+                )
+                drive = self._drive
+                box_pop = self._box.pop
+                continue
+            spec = implementation.spec
+            try:
+                args = spec.arguments_decoder.decode(payload)
+            except (msgspec.MsgspecError, UnicodeDecodeError) as error:
+                # Not decoded again: a shared-memory segment is taken once.
+                self._refuse(call_id, spec, spec.arguments_failure(error, payload))
+                inline = self._enter()  # (_refuse left the runner; it is still idle.)
+                continue
+            context = base.copy()
+            try:
+                waiting = context.run(drive, implementation.handler(*args))
+            except (Exception, asyncio.CancelledError) as error:  # From calling it.
+                self._respond_error(call_id, error)
+                continue
+            except BaseException:  # (KeyboardInterrupt, SystemExit): the driver ended.
+                self._new_driver()
+                raise
+            if waiting is DONE:
+                # (_respond and the owner's _write of a RESPONSE, inline: keep in step.)
+                out = owner._out  # (Taken after the call: a flush in it makes a new one.)
+                begin = len(out)
+                out += ZERO_HEADER
+                mark = segments.mark if segments is not None else 0
+                try:
+                    encoder.encode_into(box_pop(), out, -1)
+                    length = len(out) - begin - 4
+                    if length > send_limit:
+                        raise owner._too_large(length)
+                except BaseException as error:
+                    del out[begin:]
+                    if segments is not None:
+                        segments.discard_after(mark)  # What this answer had lent.
+                    if not isinstance(error, Exception):
+                        raise
+                    self._respond_error(call_id, cannot_send(spec, "result", error, serving=True))
+                    continue
+                pack(out, begin, length, RESPONSE, call_id, 0)
+                if len(out) >= FLUSH_AT:
+                    owner._wrote()
+                continue
+            if waiting is FAILED:
+                self._respond_error(call_id, box_pop())
+                continue
+            # It waits: the runner becomes its task, the driver stays with it; what comes
+            # next is queued for a new runner (on_query).
+            self._hand_over(call_id, implementation, waiting, context)
+            inline = False
+        if owner._flush_handle is None:
+            owner._wrote()
+        return start
+
+    def _hand_over(
+        self, call_id: int, implementation: Implementation, waiting: Any,
+        context: contextvars.Context,
+    ) -> None:
+        """A call served inline waits: the idle runner becomes its task (and the driver
+        that started it stays with it); a new runner serves what comes next."""
+        awaitable = resume_driven(self._driver, waiting, context, self._box)
+        self._new_driver()
+        runner, idle = self._runner, self._runner_idle
+        assert runner is not None and idle is not None  # (An idle runner exists.)
+        self.leave()
+        self._runner = self._runner_idle = None
+        self.incoming[call_id] = runner
+        idle.set_result((call_id, implementation, awaitable, NOT_STARTED, context))
+
+    # Per-frame hot path: kept as one function on purpose (longer than the ~40-line rule);
+    # splitting it into steps adds a Python call per frame, which the benchmarks measure.
     def on_query(self, call_id: int, index: int, payload: memoryview) -> None:
         """A QUERY frame: decode the arguments and serve the call.
 
@@ -408,42 +524,15 @@ class Serving:
                     self._new_driver()
                     raise
                 if waiting is DONE:
-                    # (_respond and the owner's _write of a RESPONSE, inline: keep in step.)
-                    owner = self._owner
-                    out = owner._out
-                    begin = len(out)
-                    out += ZERO_HEADER
-                    segments = owner._segments
-                    mark = segments.mark if segments is not None else 0
-                    try:
-                        owner._encoder.encode_into(self._box.pop(), out, -1)
-                        length = len(out) - begin - 4
-                        if length > owner._send_limit:
-                            raise owner._too_large(length)
-                    except BaseException as error:
-                        del out[begin:]
-                        if segments is not None:
-                            segments.discard_after(mark)  # What this answer had lent.
-                        if not isinstance(error, Exception):
-                            raise
-                        self._respond_error(call_id, cannot_send(spec, "result", error, serving=True))
-                        return
-                    HEADER.pack_into(out, begin, length, RESPONSE, call_id, 0)
-                    if owner._flush_handle is None or len(out) >= FLUSH_AT:
-                        owner._wrote()
+                    # (One call in this read: the general answer's path costs little here;
+                    # serve_queries writes a run's answers inline.)
+                    self._respond(spec, call_id, self._box.pop())
                     return
                 if waiting is FAILED:
                     self._respond_error(call_id, self._box.pop())
                     return
                 # It waits: the runner becomes its task, the driver stays with it.
-                awaitable = resume_driven(self._driver, waiting, context, self._box)
-                self._new_driver()
-                runner = self._runner
-                assert runner is not None  # (An idle runner exists.)
-                self.leave()
-                self._runner = self._runner_idle = None
-                self.incoming[call_id] = runner
-                idle.set_result((call_id, implementation, awaitable, NOT_STARTED, context))
+                self._hand_over(call_id, implementation, waiting, context)
                 return
         if spec.kind == "rpc" and not implementation.in_thread:
             self._queued.append((call_id, implementation, args))
