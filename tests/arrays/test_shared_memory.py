@@ -224,3 +224,65 @@ def test_master_killed_mid_call_leaves_no_segment() -> None:
         if master.poll() is None:
             master.kill()
             master.wait()
+
+
+@pytest.mark.timeout(60)
+async def test_an_answered_calls_argument_is_given_back_at_once() -> None:
+    """The worker's runner went idle holding the last argument it ran (a local variable of
+    its loop): the master's segment stayed lent, and the next call made a new one."""
+    before = segments()
+    async with await Arrays.spawn(None, **QUIET) as w:
+        big = np.ones(MIB)  # 8 MiB
+        back = await w.run(Arrays.echo_f64, big)  # the first call: served by the runner
+        del back
+        gc.collect()
+        mine = segments() - before  # the master's
+        assert len(mine) == 1
+        pid = await w.run(Arrays.pid)
+        await poll(lambda: not lent(mine), 10.0, "the argument's segment given back")
+        for _ in range(3):
+            back = await w.run(Arrays.echo_f64, big)
+            del back
+            gc.collect()
+            await poll(lambda: not lent(mine), 10.0, "the argument's segment given back")
+        assert segments() - before == mine  # reused, none added
+    await none_left(before, pid)
+
+
+@pytest.mark.timeout(60)
+async def test_mapped_writes_between_processes() -> None:
+    """With ``RpcSettings.mapped_writes`` both sides write through the mappings they keep
+    (copies split over threads): the same values come back, segments are reused, and
+    nothing is left once the worker is closed."""
+    from rpc_parallel._state import process
+
+    state = process()
+    saved = state.rpc_settings()
+    state.settings = rp.RpcSettings(**{**json.loads(saved.to_json()), "mapped_writes": True})
+    rng = np.random.default_rng(7)
+    samples = [
+        rng.integers(0, 256, 9 * MIB + 13, dtype=np.uint8),  # odd size, several parts
+        np.asfortranarray(rng.random((1031, 1029))),
+        rng.random((2048, 2048))[::2, 1::3],  # strided (float64, as echo_f64 declares)
+    ]
+    before = segments()
+    try:
+        async with await Arrays.spawn(None, **QUIET) as w:
+            pid = await w.run(Arrays.pid)
+            for sample in samples * 2:  # the second time into reused segments
+                back = await w.run(Arrays.echo, sample)
+                np.testing.assert_array_equal(back, sample)
+                assert back.dtype == sample.dtype and back.flags.writeable
+                del back
+                gc.collect()
+            made = segments(pid) - before
+            await poll(lambda: not lent(made), 10.0, "every segment given back")
+            for sample in samples:
+                back = await w.run(Arrays.echo, sample)
+                np.testing.assert_array_equal(back, sample)
+                del back
+                gc.collect()
+            assert segments(pid) - before <= made  # reused
+        await none_left(before, pid)
+    finally:
+        state.settings = saved

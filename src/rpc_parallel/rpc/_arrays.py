@@ -85,7 +85,7 @@ def to_wire(value: np.ndarray[Any, Any] | np.generic, segments: Segments | None)
 def _share(array: np.ndarray[Any, Any], segments: Segments) -> str | None:
     """Lend a segment holding ``array``'s bytes; its name, or None if /dev/shm has no room."""
     try:
-        return segments.lend(_raw_bytes(array))
+        return segments.lend(_raw_bytes(array), array.__array_interface__["data"][0])
     except OSError:
         return None  # /dev/shm is full or missing: the bytes go in band instead.
 

@@ -569,11 +569,13 @@ class Serving:
                             )
                     except StopIteration as done:
                         self._respond(implementation.spec, call_id, done.value)
+                        args = ()  # not kept while idle (an array's segment goes back now)
                         continue
                     except (Exception, asyncio.CancelledError) as error:
                         # A CancelledError here comes from the implementation itself
                         # (nothing has cancelled this task): answer it, and go on.
                         self._respond_error(call_id, error)
+                        args = ()
                         continue
                     self._runner = None
                     if queue:

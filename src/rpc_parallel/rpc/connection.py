@@ -912,7 +912,8 @@ class Connection(asyncio.BufferedProtocol):
                 or not _segments.available()):
             return
         self._segments = _segments.Segments(
-            _segments.tag_of(self._handshake.nonce), _segments.tag_of(peer_nonce)
+            _segments.tag_of(self._handshake.nonce), _segments.tag_of(peer_nonce),
+            mapped_writes=self.settings.mapped_writes,
         )
         self._encoder = make_encoder(self._segments)
 
