@@ -38,6 +38,7 @@ import numpy.typing as npt
 
 import rpc_parallel as rp
 from rpc_parallel._state import process
+from rpc_parallel.rpc import _segments
 
 MIB = 1 << 20
 
@@ -91,15 +92,20 @@ class Ours(Contender):
         self.worker: rp.WorkerHandle[ArrayEcho] | None = None
 
     async def astart(self) -> None:
-        # The application's settings apply to the connections made while they are set: the
-        # worker spawned now and its connection use mapped_writes, the other worker not.
+        # Both write paths in one run: the worker spawned now gets mapped_writes in its
+        # settings, and the master's side of the new connection is switched by hand (the
+        # master's server took the application's settings when it started).
         state = process()
         saved = state.rpc_settings()
+        opened = set(_segments._open)
         state.settings = msgspec.structs.replace(saved, mapped_writes=self.mapped_writes)
         try:
             self.worker = await ArrayEcho.spawn(None)
+            await self.worker.run(ArrayEcho.echo, np.zeros(1))
         finally:
             state.settings = saved
+        for segments in set(_segments._open) - opened:
+            segments.mapped_writes = self.mapped_writes
 
     async def aecho(self, array: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
         assert self.worker is not None

@@ -68,6 +68,13 @@ def lent(names: set[str]) -> set[str]:
     return found
 
 
+def own_mapped(pid: int) -> set[str]:
+    """The segments the process ``pid`` created and has mapped (to write them)."""
+    with open(f"/proc/{pid}/maps") as file:
+        return {line.split()[-1].rsplit("/", 1)[-1] for line in file
+                if f"/dev/shm/rpcp-{pid}-" in line}
+
+
 def read_bytes(pid: int) -> int:
     """Bytes the process has read with read-like system calls (from its sockets among
     others; a mapped segment is not read that way). Writes are not counted: a sender writes
@@ -90,6 +97,7 @@ async def test_a_large_array_does_not_cross_the_socket() -> None:
         np.testing.assert_array_equal(back, big)
         assert back.flags.writeable and back.flags.owndata is False  # a mapping, not a copy
         assert worker < MIB, f"the worker read {worker} bytes for a 64 MiB argument"
+        assert not own_mapped(os.getpid()) and not own_mapped(pid)  # pwrite: no mapping
         assert master < MIB, f"the master read {master} bytes for a 64 MiB result"
         del back
         gc.collect()
@@ -266,9 +274,14 @@ async def test_mapped_writes_between_processes() -> None:
         rng.random((2048, 2048))[::2, 1::3],  # strided (float64, as echo_f64 declares)
     ]
     before = segments()
+    opened = set(_segments._open)
     try:
         async with await Arrays.spawn(None, **QUIET) as w:
             pid = await w.run(Arrays.pid)
+            # The worker took the settings at its spawn; the master's server took the
+            # application's when it started, so its side of this connection is set here.
+            for new in set(_segments._open) - opened:
+                new.mapped_writes = True
             for sample in samples * 2:  # the second time into reused segments
                 back = await w.run(Arrays.echo, sample)
                 np.testing.assert_array_equal(back, sample)
@@ -283,6 +296,8 @@ async def test_mapped_writes_between_processes() -> None:
                 del back
                 gc.collect()
             assert segments(pid) - before <= made  # reused
+            # Each side wrote through a mapping of its own segments (pwrite maps none).
+            assert own_mapped(os.getpid()) and own_mapped(pid)
         await none_left(before, pid)
     finally:
         state.settings = saved
