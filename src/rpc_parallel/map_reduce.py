@@ -43,8 +43,8 @@ from .pool._engine import Batch, Engine, Inputs
 from .pool._function import MapFunction, MapReduceFunction
 from .pool._map_pool import MapPool
 from .pool._map_worker import BatchResult, MapSpec, MapWorker, type_arguments
-from .rpc.functions import ENCODER, make_decoder
 from .pool._progress import Progress, length_of
+from .rpc.functions import ENCODER, make_decoder
 
 if TYPE_CHECKING:
     # The one name not public: the union of redirections spawn accepts (for annotations).

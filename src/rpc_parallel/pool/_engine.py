@@ -18,8 +18,6 @@ import struct
 from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterable
 from typing import Any
 
-import msgspec
-
 from .._handle import WorkerHandle
 from ..errors import ConnectionClosed, ProtocolError, RemoteError, WorkerDied
 from ..rpc.functions import ENCODER
