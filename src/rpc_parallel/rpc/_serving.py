@@ -264,6 +264,11 @@ class ServingOwner(StreamOwner, Protocol):
     _flush_handle: Any
     _encoder: msgspec.msgpack.Encoder
     _segments: Segments | None
+    _deferred: list[tuple[bytes, memoryview]]
+
+    def _splice(self, begin: int) -> None:
+        """Copy the arrays the encoder left out into the frame at ``begin`` of ``_out``."""
+        ...
 
     def _too_large(self, length: int) -> Exception:
         """The error for a frame of ``length`` bytes over the limit."""
@@ -417,11 +422,14 @@ class Serving:
                     mark = segments.mark if segments is not None else 0
                     try:
                         owner._encoder.encode_into(self._box.pop(), out, -1)
+                        if owner._deferred:
+                            owner._splice(begin)
                         length = len(out) - begin - 4
                         if length > owner._send_limit:
                             raise owner._too_large(length)
                     except BaseException as error:
                         del out[begin:]
+                        owner._deferred.clear()
                         if segments is not None:
                             segments.discard_after(mark)  # What this answer had lent.
                         if not isinstance(error, Exception):

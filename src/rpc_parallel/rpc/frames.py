@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import mmap
 import struct
 import traceback
 from typing import Literal
@@ -21,6 +22,18 @@ from ._exceptions import describe
 HEADER = struct.Struct("<IBII")
 HEADER_SIZE = HEADER.size  # 13
 LENGTH_OVERHEAD = HEADER_SIZE - 4  # counted in the length field
+
+class FrameBuffer(mmap.mmap):
+    """The buffer a large frame is received into: an anonymous mapping of the frame's size,
+    whose pages the kernel allocates as bytes arrive (an announced length costs no memory
+    until the bytes come). An array decoded from the frame may use it as its memory instead
+    of a copy (``_arrays.from_ext``); it then sets ``viewed`` and the connection does not
+    reuse the buffer for the next frame."""
+
+    viewed = False
+    frame_size = 0
+    """The size of the frame it holds (it may be larger: reused for a smaller frame)."""
+
 
 MAGIC = "rpc_parallel"
 PROTOCOL_VERSION = 1
