@@ -42,7 +42,7 @@ def frame_buffer_of(array: np.ndarray) -> FrameBuffer | None:  # type: ignore[ty
     base: object = array
     while isinstance(base, np.ndarray):
         base = base.base
-    owner = base.obj if isinstance(base, memoryview) else base
+    owner = getattr(base, "_buffer", None)
     return owner if isinstance(owner, FrameBuffer) else None
 
 
@@ -155,3 +155,42 @@ def test_splice_aligns_the_data_and_decodes_as_before() -> None:
         assert text == "y" * prefix and three == 3
         np.testing.assert_array_equal(first, data)
         np.testing.assert_array_equal(second, data[::2])
+
+
+@pytest.mark.timeout(60)
+async def test_a_frame_buffer_is_reused_only_once_its_array_is_garbage() -> None:
+    """The buffer an array received over TCP uses goes back for later frames when the array
+    (and every view of it) is garbage, never before: a kept array keeps its values while
+    more arrays arrive."""
+    import gc
+
+    from rpc_parallel.rpc import frames
+
+    server = await serve_tcp(secret=SECRET, implementations=[Implementation(ECHO_ANY, echo_any)])
+    host, port = server.address  # type: ignore[misc]
+    client = await connect_tcp(host, int(port), secret=SECRET)
+    async with server:
+        first = np.full(2**20, 1.0)  # 8 MiB
+        kept = await client.call(ECHO_ANY, first)
+        buffer = frame_buffer_of(kept)
+        assert buffer is not None and buffer.viewed
+        view = kept[10:]
+        del kept
+        gc.collect()
+        assert not any(b is buffer for b in frames._free_buffers)  # a view still uses it
+        for value in (2.0, 3.0, 4.0):  # more frames of the same size, while the view lives
+            other = await client.call(ECHO_ANY, np.full(2**20, value))
+            assert frame_buffer_of(other) is not buffer
+            assert float(other[-1]) == value
+            del other
+            gc.collect()
+        assert float(view[0]) == 1.0 and float(view[-1]) == 1.0  # never overwritten
+        del view
+        gc.collect()
+        assert any(b is buffer for b in frames._free_buffers)  # given back
+        again = await client.call(ECHO_ANY, np.full(2**20, 5.0))
+        assert float(again[0]) == 5.0 and float(again[-1]) == 5.0
+        assert len(frames._free_buffers) <= frames.KEEP_BUFFERS
+        del again
+        client.close()
+        await client.wait_closed()

@@ -30,6 +30,7 @@ from __future__ import annotations
 import os
 import struct
 import typing
+import weakref
 from typing import Any, Literal
 
 import msgspec
@@ -38,7 +39,7 @@ from numpy.lib import format as npy_format
 
 from . import _segments
 from ._segments import Segments
-from .frames import FrameBuffer
+from .frames import FrameBuffer, give_back_buffer
 
 ARRAY = 1
 SHARED = _segments.SHARED
@@ -200,15 +201,31 @@ def from_ext(code: int, data: memoryview) -> np.ndarray[Any, Any]:
         # A large frame's own buffer: the array's memory, no copy (the one copy was the
         # socket's into it), if the sender placed the bytes aligned for the dtype, and if
         # the array is most of the frame (it keeps the whole buffer alive).
-        flat = np.frombuffer(data, np.uint8, size, start)
-        if flat.ctypes.data % dtype.alignment == 0:
-            owner.viewed = True  # the connection receives the next frame elsewhere
-            viewed: np.ndarray[Any, Any] = flat.view(dtype)
+        address = np.frombuffer(data, np.uint8, size, start).ctypes.data
+        if address % dtype.alignment == 0:
+            frame_memory = _FrameMemory(owner, address, size)
+            owner.viewed = True  # not reused for other frames until the array is garbage
+            weakref.finalize(frame_memory, give_back_buffer, owner)
+            viewed: np.ndarray[Any, Any] = np.asarray(frame_memory).view(dtype)
             return viewed.reshape(tuple(shape), order=order)
     array: np.ndarray[Any, Any] = np.empty(tuple(shape), dtype, order=order)
     if size:
         _raw_bytes(array)[:] = data[start:]
     return array
+
+
+class _FrameMemory:
+    """The memory of an array received in a large frame's buffer: numpy reads it through
+    ``__array_interface__`` and keeps this object as the base of every view; when the last
+    is garbage, the buffer goes back for later frames (``frames.give_back_buffer``)."""
+
+    __slots__ = ("__array_interface__", "__weakref__", "_buffer")
+
+    def __init__(self, buffer: FrameBuffer, address: int, size: int) -> None:
+        self._buffer = buffer  # keeps the mapping while the array exists
+        self.__array_interface__ = {
+            "version": 3, "shape": (size,), "typestr": "|u1", "data": (address, False),
+        }
 
 
 def _dtype(descr: Any) -> np.dtype[Any]:

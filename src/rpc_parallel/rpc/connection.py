@@ -66,6 +66,8 @@ from .frames import (
     RESPONSE,
     FrameBuffer,
     MenuEntry,
+    give_back_buffer,
+    take_buffer,
 )
 from .functions import FunctionSpec, make_encoder
 from .settings import ENVELOPE, PREAUTH_MAX_MESSAGE_SIZE, RpcSettings
@@ -92,7 +94,6 @@ _PREAUTH_BUFFER_SIZE = 2 * PREAUTH_MAX_MESSAGE_SIZE
 """Until the peer has authenticated, the receive buffer is this small (no frame may be
 larger than ``PREAUTH_MAX_MESSAGE_SIZE`` then): a pending connection costs a few KiB."""
 _LARGE_FRAME = _RECEIVE_BUFFER_SIZE // 2
-_SPARE_LIMIT = 64 * 1024 * 1024  # The largest receive buffer kept for the next large frame.
 _FLUSH_AT = FLUSH_AT
 _ZERO_HEADER = ZERO_HEADER
 _NO_PAYLOAD: Any = object()
@@ -205,7 +206,7 @@ class Connection(asyncio.BufferedProtocol):
         self._start = 0
         self._end = 0
         self._large: memoryview | None = None
-        self._spare: FrameBuffer | None = None  # Reused for large frames: no page faults.
+        self._large_buffer: FrameBuffer | None = None  # What _large is a view of.
         self._large_header: tuple[int, int, int] = (0, 0, 0)
         self._large_filled = 0
         self._large_size = 0  # The whole frame's payload; _large holds what has arrived.
@@ -678,12 +679,14 @@ class Connection(asyncio.BufferedProtocol):
             self._large_filled += nbytes
             if self._large_filled == self._large_size:
                 message_type, call_id, argument = self._large_header
-                payload = self._large
-                self._large = None
+                payload, buffer = self._large, self._large_buffer
+                self._large = self._large_buffer = None
                 try:
                     self._dispatch(message_type, call_id, argument, payload)
                 finally:
                     self._leave()
+                    if buffer is not None and not buffer.viewed:
+                        give_back_buffer(buffer)  # decoded: the next large frame may use it
             return
         self._end += nbytes
         if self._flush_handle is None:
@@ -759,12 +762,8 @@ class Connection(asyncio.BufferedProtocol):
         further copies), a mapping whose memory follows the bytes that arrive."""
         have = end - start - HEADER_SIZE
         size = length - LENGTH_OVERHEAD
-        spare = self._spare
-        if spare is None or len(spare) < size or spare.viewed:
-            spare = FrameBuffer(-1, size)
-            self._spare = spare if size <= _SPARE_LIMIT else None
-        spare.frame_size = size
-        large = memoryview(spare)[:size]
+        buffer = self._large_buffer = take_buffer(size)
+        large = memoryview(buffer)[:size]
         large[:have] = self._view[start + HEADER_SIZE : end]
         self._large_size = size
         self._large = large
