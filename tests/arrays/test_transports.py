@@ -21,7 +21,7 @@ from rpc_parallel.rpc import (
     serve_unix,
     tls,
 )
-from rpc_parallel.rpc.frames import FrameBuffer
+from rpc_parallel.rpc._frame_buffers import FrameBuffer
 
 from .support import segments
 
@@ -164,7 +164,7 @@ async def test_a_frame_buffer_is_reused_only_once_its_array_is_garbage() -> None
     more arrays arrive."""
     import gc
 
-    from rpc_parallel.rpc import frames
+    from rpc_parallel.rpc import _frame_buffers as frames
 
     server = await serve_tcp(secret=SECRET, implementations=[Implementation(ECHO_ANY, echo_any)])
     host, port = server.address  # type: ignore[misc]

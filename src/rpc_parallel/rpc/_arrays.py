@@ -38,8 +38,8 @@ import numpy as np
 from numpy.lib import format as npy_format
 
 from . import _segments
+from ._frame_buffers import FrameBuffer, give_back_buffer
 from ._segments import Segments
-from .frames import FrameBuffer, give_back_buffer
 
 ARRAY = 1
 SHARED = _segments.SHARED

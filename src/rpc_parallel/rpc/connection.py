@@ -38,6 +38,7 @@ from ._calling import (
     on_rpc_response,
     spec_of,
 )
+from ._frame_buffers import FrameBuffer, give_back_buffer, take_buffer
 from ._handshake import Handshake, HandshakeViolation
 from ._liveness import Liveness
 from ._serving import FLUSH_AT, ZERO_HEADER, Implementation, ServedStream, Serving
@@ -64,10 +65,7 @@ from .frames import (
     MENU,
     QUERY,
     RESPONSE,
-    FrameBuffer,
     MenuEntry,
-    give_back_buffer,
-    take_buffer,
 )
 from .functions import FunctionSpec, make_encoder
 from .settings import ENVELOPE, PREAUTH_MAX_MESSAGE_SIZE, RpcSettings
