@@ -291,6 +291,7 @@ def main(argv: list[str] | None = None, *, output: Path | None = None) -> dict[s
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="an 8 MiB array, 2 rounds")
     parser.add_argument("--mib", type=int, default=256, help="array size (default 256 MiB)")
+    parser.add_argument("--out", type=Path, help="where to write the results (JSON)")
     arguments = parser.parse_args(argv)
     holder: dict[str, Any] = {}
 
@@ -299,7 +300,7 @@ def main(argv: list[str] | None = None, *, output: Path | None = None) -> dict[s
 
     rp.start_app(body)
     print_results(holder)
-    target = output or Path(__file__).resolve().parent / "results" / "arrays.json"
+    target = output or arguments.out or Path(__file__).resolve().parent / "results" / "arrays.json"
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(json.dumps(holder, indent=2) + "\n")
     return holder

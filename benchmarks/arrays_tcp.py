@@ -165,6 +165,7 @@ def main(argv: list[str] | None = None, *, output: Path | None = None) -> dict[s
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="an 8 MiB array, 2 rounds")
     parser.add_argument("--mib", type=int, default=64, help="array size (default 64 MiB)")
+    parser.add_argument("--out", type=Path, help="where to write the results (JSON)")
     arguments = parser.parse_args(argv)
     mib, rounds = (8, 2) if arguments.quick else (arguments.mib, 7)
     identity = TlsIdentity.generate()
@@ -187,7 +188,8 @@ def main(argv: list[str] | None = None, *, output: Path | None = None) -> dict[s
     print("\nratios (same run)")
     for key, value in results["ratios"].items():
         print(f"  {key:36s} {value:6.2f}")
-    target = output or Path(__file__).resolve().parent / "results" / "arrays_tcp.json"
+    target = (output or arguments.out
+              or Path(__file__).resolve().parent / "results" / "arrays_tcp.json")
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(json.dumps(results, indent=2) + "\n")
     return results
