@@ -22,7 +22,6 @@ HEADER = struct.Struct("<IBII")
 HEADER_SIZE = HEADER.size  # 13
 LENGTH_OVERHEAD = HEADER_SIZE - 4  # counted in the length field
 
-
 MAGIC = "rpc_parallel"
 PROTOCOL_VERSION = 1
 
@@ -41,6 +40,7 @@ CREDIT = 10
 # Connection.
 HEARTBEAT = 11
 CLOSE = 12
+
 
 
 class Hello(msgspec.Struct, array_like=True, frozen=True):
