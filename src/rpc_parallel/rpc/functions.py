@@ -6,6 +6,7 @@ import dataclasses
 import datetime
 import decimal
 import enum
+import functools
 import hashlib
 import inspect
 import numbers
@@ -113,7 +114,7 @@ def make_encoder(segments: Segments | None,
     if segments is None and deferred is None:
         return ENCODER
     return msgspec.msgpack.Encoder(
-        enc_hook=lambda value: _encode_hook(value, segments, deferred))
+        enc_hook=functools.partial(_encode_hook, segments=segments, deferred=deferred))
 
 
 class UnresolvedAnnotation(TypeError):
