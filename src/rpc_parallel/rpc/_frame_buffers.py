@@ -30,7 +30,9 @@ _free_buffers: list[FrameBuffer] = []
 """Frame buffers whose frames are done, kept for the next large frames of any connection:
 their pages are already in place (a fresh 64 MiB takes 30-45 ms of page faults here,
 rewriting one 2 ms)."""
-_free_lock = threading.Lock()
+_free_lock = threading.RLock()
+"""Re-entrant: a garbage collection while it is held may run an array's finalizer, which
+gives a buffer back (``give_back_buffer``) in the same thread."""
 
 
 def take_buffer(size: int) -> FrameBuffer:
@@ -62,7 +64,7 @@ def give_back_buffer(buffer: FrameBuffer) -> None:
 
 def _forget_buffers() -> None:
     global _free_lock
-    _free_lock = threading.Lock()  # a forked child: no other thread holds it
+    _free_lock = threading.RLock()  # a forked child: no other thread holds it
     _free_buffers.clear()
 
 
