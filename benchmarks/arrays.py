@@ -32,10 +32,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
 import numpy.typing as npt
 
 import rpc_parallel as rp
+from rpc_parallel._state import process
+from rpc_parallel.rpc import _segments
 
 MIB = 1 << 20
 
@@ -81,12 +84,28 @@ class Contender:
 class Ours(Contender):
     name = "rpc_parallel"
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, *, mapped_writes: bool = False) -> None:
         self.loop = loop
+        self.mapped_writes = mapped_writes
+        if mapped_writes:
+            self.name = "rpc_parallel mapped_writes"
         self.worker: rp.WorkerHandle[ArrayEcho] | None = None
 
     async def astart(self) -> None:
-        self.worker = await ArrayEcho.spawn(None)
+        # Both write paths in one run: the worker spawned now gets mapped_writes in its
+        # settings, and the master's side of the new connection is switched by hand (the
+        # master's server took the application's settings when it started).
+        state = process()
+        saved = state.rpc_settings()
+        opened = set(_segments._open)
+        state.settings = msgspec.structs.replace(saved, mapped_writes=self.mapped_writes)
+        try:
+            self.worker = await ArrayEcho.spawn(None)
+            await self.worker.run(ArrayEcho.echo, np.zeros(1))
+        finally:
+            state.settings = saved
+        for segments in set(_segments._open) - opened:
+            segments.mapped_writes = self.mapped_writes
 
     async def aecho(self, array: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
         assert self.worker is not None
@@ -179,37 +198,43 @@ async def run(quick: bool, mib: int) -> dict[str, Any]:
     rounds = 2 if quick else 5
     size = (8 if quick else mib) * MIB
     loop = asyncio.get_running_loop()
-    ours, pool, ray = Ours(loop), Pool(), Ray()
+    ours, mapped = Ours(loop), Ours(loop, mapped_writes=True)
+    pool, ray = Pool(), Ray()
+    contenders: list[Contender] = [ours, mapped, pool, ray]
     pool.start()
     if ray.available:
-        ray.start()  # before our worker exists: ray.init blocks this loop for seconds
+        ray.start()  # before our workers exist: ray.init blocks this loop for seconds
     await ours.astart()
+    await mapped.astart()
     gc.collect()
     base_rss = rss_bytes()
     array = np.random.default_rng(1).random(size // 8)
-    times: dict[str, list[float]] = {c.name: [] for c in (ours, pool, ray)}
-    peaks: dict[str, list[int]] = {c.name: [] for c in (ours, pool, ray)}
-    first_peak = 0
+    times: dict[str, list[float]] = {c.name: [] for c in contenders}
+    peaks: dict[str, list[int]] = {c.name: [] for c in contenders}
+    first_peaks: dict[str, float] = {}
     try:
-        for contender in (ours, pool, ray):  # warm-up, and a check of the result
+        for contender in contenders:  # warm-up, and a check of the result
             if contender is ray and not ray.available:
                 continue
-            if contender is ours:
+            if isinstance(contender, Ours):
+                # Peak over the RSS before the array existed (ours, first) or over the RSS
+                # before this first echo plus the array (mapped, whose first echo is second).
+                before = base_rss if contender is ours else rss_bytes() - size
                 reset_peak()
-                back = await ours.aecho(array)
-                first_peak = rss_bytes("VmHWM") - base_rss
+                back = await contender.aecho(array)
+                first_peaks[contender.name] = (rss_bytes("VmHWM") - before) / size
             else:
                 back = await asyncio.to_thread(contender.echo, array)
             if not np.array_equal(back, array):
                 raise RuntimeError(f"{contender.name} returned a different array")
             del back
         for index in range(rounds):
-            order = [ours, pool, ray] if index % 2 == 0 else [ray, pool, ours]
+            order = contenders if index % 2 == 0 else contenders[::-1]
             for contender in order:
                 if contender is ray and not ray.available:
                     continue
-                if contender is ours:
-                    elapsed, peak = await measure_ours(ours, array)
+                if isinstance(contender, Ours):
+                    elapsed, peak = await measure_ours(contender, array)
                 else:  # in a thread: the loop goes on with our worker's heartbeats
                     elapsed, peak = await asyncio.to_thread(
                         measure, lambda c=contender: c.echo(array))
@@ -217,6 +242,7 @@ async def run(quick: bool, mib: int) -> dict[str, Any]:
                 peaks[contender.name].append(peak)
     finally:
         await ours.astop()
+        await mapped.astop()
         pool.stop()
         if ray.available:
             ray.stop()
@@ -232,12 +258,15 @@ async def run(quick: bool, mib: int) -> dict[str, Any]:
             "peak_rss_over_array": max(peaks[name]) / size + 1,
         }
     ratios: dict[str, float | str] = {}
-    mine = figures[ours.name]["gb_per_s"]
-    ratios["rate vs multiprocessing.Pool (target >= 3)"] = mine / figures[pool.name]["gb_per_s"]
-    ratios["rate vs Ray object store (target >= 1)"] = (
-        mine / figures[ray.name]["gb_per_s"] if ray.available else "n/a: " + ray.why_not
-    )
-    ratios["master peak RSS / array size (target < 2.5)"] = first_peak / size
+    for mine in (ours, mapped):
+        rate = figures[mine.name]["gb_per_s"]
+        label = "" if mine is ours else " (mapped_writes)"
+        ratios[f"rate vs multiprocessing.Pool{label} (target >= 3)"] = (
+            rate / figures[pool.name]["gb_per_s"])
+        ratios[f"rate vs Ray object store{label} (target >= 1)"] = (
+            rate / figures[ray.name]["gb_per_s"] if ray.available else "n/a: " + ray.why_not
+        )
+        ratios[f"master peak RSS / array size{label} (target < 2.5)"] = first_peaks[mine.name]
     return {"array_mib": size // MIB, "rounds": rounds, "figures": figures, "ratios": ratios,
             "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}}
 
@@ -247,14 +276,14 @@ def print_results(results: dict[str, Any]) -> None:
           "rounds (interleaved)")
     for name, figure in results["figures"].items():
         if "skipped" in figure:
-            print(f"  {name:28s} skipped: {figure['skipped']}")
+            print(f"  {name:30s} skipped: {figure['skipped']}")
             continue
-        print(f"  {name:28s} {figure['round_trip_s'] * 1000:9.1f} ms  {figure['gb_per_s']:6.2f} "
+        print(f"  {name:30s} {figure['round_trip_s'] * 1000:9.1f} ms  {figure['gb_per_s']:6.2f} "
               f"GB/s  peak RSS {figure['peak_rss_over_array']:.2f}x the array")
     print("\nratios (same run)")
     for key, value in results["ratios"].items():
         shown = f"{value:8.2f}" if isinstance(value, float) else value
-        print(f"  {key:48s} {shown}")
+        print(f"  {key:64s} {shown}")
 
 
 def main(argv: list[str] | None = None, *, output: Path | None = None) -> dict[str, Any]:
@@ -262,6 +291,7 @@ def main(argv: list[str] | None = None, *, output: Path | None = None) -> dict[s
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="an 8 MiB array, 2 rounds")
     parser.add_argument("--mib", type=int, default=256, help="array size (default 256 MiB)")
+    parser.add_argument("--out", type=Path, help="where to write the results (JSON)")
     arguments = parser.parse_args(argv)
     holder: dict[str, Any] = {}
 
@@ -270,7 +300,7 @@ def main(argv: list[str] | None = None, *, output: Path | None = None) -> dict[s
 
     rp.start_app(body)
     print_results(holder)
-    target = output or Path(__file__).resolve().parent / "results" / "arrays.json"
+    target = output or arguments.out or Path(__file__).resolve().parent / "results" / "arrays.json"
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(json.dumps(holder, indent=2) + "\n")
     return holder

@@ -45,6 +45,7 @@ from .pool._function import MapFunction, MapReduceFunction
 from .pool._map_pool import MapPool
 from .pool._map_worker import BatchResult, MapSpec, MapWorker, type_arguments
 from .pool._progress import Progress, length_of
+from .rpc.functions import ENCODER, make_decoder
 
 if TYPE_CHECKING:
     # The one name not public: the union of redirections spawn accepts (for annotations).
@@ -191,8 +192,8 @@ def _spec_of(function: type[MapFunction[Any, Any, Any]], param: Any) -> MapSpec:
         main_path = os.path.abspath(main_path)
     param_type = type_arguments(function, MapFunction)[0]
     try:
-        encoded = msgspec.msgpack.encode(param)
-        msgspec.msgpack.decode(encoded, type=param_type)
+        encoded = ENCODER.encode(param)
+        make_decoder(param_type).decode(encoded)
     except (TypeError, msgspec.ValidationError) as error:
         raise ProtocolError(f"{qualname}: param: {error}") from None
     return MapSpec(module=module, qualname=qualname, main_path=main_path, param=encoded)
@@ -213,8 +214,8 @@ class _Run:
         self.spec = _spec_of(function, param)
         self.name = function.__qualname__
         out_type = type_arguments(function, MapFunction)[2]
-        self.outputs: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(list[out_type])  # type: ignore[valid-type]
-        self.acc: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(out_type)
+        self.outputs: msgspec.msgpack.Decoder[Any] = make_decoder(list[out_type])  # type: ignore[valid-type]
+        self.acc: msgspec.msgpack.Decoder[Any] = make_decoder(out_type)
         self.owned = isinstance(config, Config)
         self.pool = (MapPool(config.spawn_options(), _preload=self.spec)
                      if isinstance(config, Config) else config)

@@ -124,7 +124,8 @@ def test_a_sweep_from_another_thread_leaves_no_segment_being_lent() -> None:
     process at once, while its event loop's thread may be lending: no segment created
     meanwhile may be missed, and the lender gets an ``OSError`` (the array then goes in band),
     nothing else."""
-    data = memoryview(bytes(1 << 16))
+    buffer = np.zeros(1 << 16, dtype=np.uint8)
+    data = memoryview(buffer)
     failures: list[BaseException] = []
     for round_ in range(200):
         own, peer = secrets.token_hex(8), secrets.token_hex(8)
@@ -136,7 +137,7 @@ def test_a_sweep_from_another_thread_leaves_no_segment_being_lent() -> None:
             lending.set()
             while True:
                 try:
-                    segments.lend(data)
+                    segments.lend(data, buffer.ctypes.data)
                 except OSError:
                     return  # closed or swept: the array goes in band (_arrays._share)
                 except BaseException as error:
@@ -238,3 +239,89 @@ def test_malformed_in_band_arrays_are_refused() -> None:
     objects = len(header).to_bytes(4, "little") + header + bytes(8)
     with pytest.raises(rp.ProtocolError, match="cannot be received"):
         spec.decode_response(memoryview(msgspec.msgpack.encode(msgspec.msgpack.Ext(1, objects))))
+
+
+@pytest.fixture
+def mapped_pair() -> tuple[_segments.Segments, _segments.Segments]:
+    """A sender that writes through mappings it keeps (``RpcSettings.mapped_writes``)."""
+    before = ours()
+    a, b = secrets.token_hex(8), secrets.token_hex(8)
+    sender = _segments.Segments(a, b, mapped_writes=True)
+    receiver = _segments.Segments(b, a)
+    yield sender, receiver
+    sender.close()
+    receiver.close()
+    assert ours() == before
+
+
+def test_mapped_writes_give_the_same_bytes(mapped_pair, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    sender, _ = mapped_pair
+    monkeypatch.setattr(_segments, "COPY_THREADS", 3)  # split even on a 1- or 2-core host
+    monkeypatch.setattr(_segments, "COPY_PART", 1 << 20)
+    before = ours()
+    rng = np.random.default_rng(5)
+    encoder, decoder = make_encoder(sender), make_decoder(np.ndarray)
+    samples = [
+        rng.integers(0, 256, 5 * 2**20 + 13, dtype=np.uint8),  # odd size: an uneven last part
+        np.asfortranarray(rng.random((1031, 517)).astype(">f8")),
+        rng.integers(0, 2**31, (2048, 1536), dtype=np.int32)[::2, 1::3],  # strided
+        rng.random((3, 700, 700)).astype(np.float32).transpose(2, 0, 1),  # neither order
+        np.zeros(2**17, dtype=[("id", "<i4"), ("weight", ">f8")]),
+    ]
+    samples[4]["id"] = np.arange(2**17)
+    for sample in samples:
+        back = decoder.decode(encoder.encode(sample))
+        assert back.dtype.str == sample.dtype.str and back.shape == sample.shape
+        np.testing.assert_array_equal(back, sample)
+        assert back.flags.writeable
+        back.flat[0] = back.flat[1]  # the receiver's memory: the sender's array is untouched
+        del back
+        gc.collect()
+    names = ours() - before
+    assert names and not {n for n in names if state(n) == _segments.LENT}
+    # Reused and written again through the kept mapping: the new bytes, not the old ones.
+    again = decoder.decode(encoder.encode(samples[0][::-1].copy()))
+    np.testing.assert_array_equal(again, samples[0][::-1])
+    assert ours() - before <= names
+
+
+@pytest.mark.parametrize("size", [1, 4095, 4097, 3 * 2**20 + 1, 7 * 2**20 - 3])
+def test_copy_in_parts_covers_every_byte(size: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_segments, "COPY_THREADS", 4)
+    monkeypatch.setattr(_segments, "COPY_PART", 1 << 20)
+    source = np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8)
+    target = np.zeros(size + 2, dtype=np.uint8)  # a guard byte each side
+    _segments._copy(target.ctypes.data + 1, source.ctypes.data, size)
+    np.testing.assert_array_equal(target[1:-1], source)
+    assert target[0] == 0 and target[-1] == 0
+
+
+def test_a_sweep_while_a_mapped_write_is_under_way_leaves_nothing() -> None:
+    """close() from another thread while lends write through mappings: each write finishes
+    into a mapping it still holds, and nothing is left in /dev/shm."""
+    before = ours()
+    a, b = secrets.token_hex(8), secrets.token_hex(8)
+    sender = _segments.Segments(a, b, mapped_writes=True)
+    receiver = _segments.Segments(b, a)
+    data = np.ones(4 * 2**20, dtype=np.uint8)
+    errors: list[BaseException] = []
+
+    def lend_often() -> None:
+        try:
+            for _ in range(200):
+                sender.lend(memoryview(data), data.ctypes.data)
+        except OSError:
+            pass  # closed meanwhile: the array would go in band
+        except BaseException as error:
+            errors.append(error)
+
+    thread = threading.Thread(target=lend_often)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not ours() - before and time.monotonic() < deadline:
+        time.sleep(0.001)
+    sender.close()
+    thread.join(30)
+    receiver.close()
+    assert not thread.is_alive() and not errors
+    assert ours() == before

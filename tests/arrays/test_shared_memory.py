@@ -68,6 +68,13 @@ def lent(names: set[str]) -> set[str]:
     return found
 
 
+def own_mapped(pid: int) -> set[str]:
+    """The segments the process ``pid`` created and has mapped (to write them)."""
+    with open(f"/proc/{pid}/maps") as file:
+        return {line.split()[-1].rsplit("/", 1)[-1] for line in file
+                if f"/dev/shm/rpcp-{pid}-" in line}
+
+
 def read_bytes(pid: int) -> int:
     """Bytes the process has read with read-like system calls (from its sockets among
     others; a mapped segment is not read that way). Writes are not counted: a sender writes
@@ -90,6 +97,7 @@ async def test_a_large_array_does_not_cross_the_socket() -> None:
         np.testing.assert_array_equal(back, big)
         assert back.flags.writeable and back.flags.owndata is False  # a mapping, not a copy
         assert worker < MIB, f"the worker read {worker} bytes for a 64 MiB argument"
+        assert not own_mapped(os.getpid()) and not own_mapped(pid)  # pwrite: no mapping
         assert master < MIB, f"the master read {master} bytes for a 64 MiB result"
         del back
         gc.collect()
@@ -224,3 +232,72 @@ def test_master_killed_mid_call_leaves_no_segment() -> None:
         if master.poll() is None:
             master.kill()
             master.wait()
+
+
+@pytest.mark.timeout(60)
+async def test_an_answered_calls_argument_is_given_back_at_once() -> None:
+    """The worker's runner went idle holding the last argument it ran (a local variable of
+    its loop): the master's segment stayed lent, and the next call made a new one."""
+    before = segments()
+    async with await Arrays.spawn(None, **QUIET) as w:
+        big = np.ones(MIB)  # 8 MiB
+        back = await w.run(Arrays.echo_f64, big)  # the first call: served by the runner
+        del back
+        gc.collect()
+        mine = segments() - before  # the master's
+        assert len(mine) == 1
+        pid = await w.run(Arrays.pid)
+        await poll(lambda: not lent(mine), 10.0, "the argument's segment given back")
+        for _ in range(3):
+            back = await w.run(Arrays.echo_f64, big)
+            del back
+            gc.collect()
+            await poll(lambda: not lent(mine), 10.0, "the argument's segment given back")
+        assert segments() - before == mine  # reused, none added
+    await none_left(before, pid)
+
+
+@pytest.mark.timeout(60)
+async def test_mapped_writes_between_processes() -> None:
+    """With ``RpcSettings.mapped_writes`` both sides write through the mappings they keep
+    (copies split over threads): the same values come back, segments are reused, and
+    nothing is left once the worker is closed."""
+    from rpc_parallel._state import process
+
+    state = process()
+    saved = state.rpc_settings()
+    state.settings = rp.RpcSettings(**{**json.loads(saved.to_json()), "mapped_writes": True})
+    rng = np.random.default_rng(7)
+    samples = [
+        rng.integers(0, 256, 9 * MIB + 13, dtype=np.uint8),  # odd size, several parts
+        np.asfortranarray(rng.random((1031, 1029))),
+        rng.random((2048, 2048))[::2, 1::3],  # strided (float64, as echo_f64 declares)
+    ]
+    before = segments()
+    opened = set(_segments._open)
+    try:
+        async with await Arrays.spawn(None, **QUIET) as w:
+            pid = await w.run(Arrays.pid)
+            # The worker took the settings at its spawn; the master's server took the
+            # application's when it started, so its side of this connection is set here.
+            for new in set(_segments._open) - opened:
+                new.mapped_writes = True
+            for sample in samples * 2:  # the second time into reused segments
+                back = await w.run(Arrays.echo, sample)
+                np.testing.assert_array_equal(back, sample)
+                assert back.dtype == sample.dtype and back.flags.writeable
+                del back
+                gc.collect()
+            made = segments(pid) - before
+            await poll(lambda: not lent(made), 10.0, "every segment given back")
+            for sample in samples:
+                back = await w.run(Arrays.echo, sample)
+                np.testing.assert_array_equal(back, sample)
+                del back
+                gc.collect()
+            assert segments(pid) - before <= made  # reused
+            # Each side wrote through a mapping of its own segments (pwrite maps none).
+            assert own_mapped(os.getpid()) and own_mapped(pid)
+        await none_left(before, pid)
+    finally:
+        state.settings = saved

@@ -119,3 +119,29 @@ class Arrays(rp.Worker[None]):
     async def stall(self, seconds: float) -> None:
         """Blocks the worker's event loop (nothing it receives is read meanwhile)."""
         time.sleep(seconds)  # noqa: ASYNC251 - on purpose
+
+
+class Shift(rp.MapFunction[npt.NDArray[np.float64], npt.NDArray[np.float64],
+                           npt.NDArray[np.float64]]):
+    """A map over arrays whose ``param`` is an array too (``rp.map_reduce`` tests)."""
+
+    def init(self, param: npt.NDArray[np.float64]) -> None:
+        self.offset = param
+
+    def map(self, x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        return x + self.offset
+
+
+class Norm(rp.MapFunction[None, npt.NDArray[np.float64], np.float64]):
+    async def map(self, x: npt.NDArray[np.float64]) -> np.float64:
+        return np.float64(np.sqrt((x * x).sum()))
+
+
+class Stack(rp.MapReduceFunction[None, npt.NDArray[np.int64], npt.NDArray[np.int64]]):
+    """Non-commutative: concatenation keeps input order only if only neighbours combine."""
+
+    def map(self, x: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        return x
+
+    def combine(self, a: npt.NDArray[np.int64], b: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        return np.concatenate([a, b])

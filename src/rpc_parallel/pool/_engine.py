@@ -18,10 +18,9 @@ import struct
 from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterable
 from typing import Any
 
-import msgspec
-
 from .._handle import WorkerHandle
 from ..errors import ConnectionClosed, ProtocolError, RemoteError, WorkerDied
+from ..rpc.functions import ENCODER
 from ._map_pool import MapPool
 from ._map_worker import BatchResult, MapWorker
 
@@ -41,7 +40,7 @@ starts handing them out, after a short batch rather than a full one."""
 MAX_BATCH_BYTES = 1 << 20
 LARGE_ITEM = 64 << 10
 
-_ENCODER = msgspec.msgpack.Encoder()
+_ENCODER = ENCODER  # the calls' codec: numpy arrays and register_type's types travel too
 
 
 def array_header(n: int) -> bytes:

@@ -27,9 +27,10 @@ import msgspec
 
 from .._functions import rpc
 from .._worker_type import Worker
+from ..rpc.functions import ENCODER, make_decoder
 from ._function import MapFunction
 
-_ENCODER = msgspec.msgpack.Encoder()
+_ENCODER = ENCODER  # the calls' codec: numpy arrays and register_type's types travel too
 STRETCH = 64
 """Items mapped between two looks at a map's ``stopped`` flag (plain ``def`` maps)."""
 T = TypeVar("T")
@@ -149,9 +150,9 @@ class Loaded:
         _, in_type, out_type = type_arguments(cls, MapFunction)
         self.name = f"{cls.__qualname__}"
         self.function = cls()
-        self.in_decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(in_type)
-        self.acc_decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(out_type)
-        self.in_list: msgspec.msgpack.Decoder[list[Any]] = msgspec.msgpack.Decoder(list[in_type])  # type: ignore[valid-type]
+        self.in_decoder: msgspec.msgpack.Decoder[Any] = make_decoder(in_type)
+        self.acc_decoder: msgspec.msgpack.Decoder[Any] = make_decoder(out_type)
+        self.in_list: msgspec.msgpack.Decoder[list[Any]] = make_decoder(list[in_type])  # type: ignore[valid-type]
         self.map_is_async = inspect.iscoroutinefunction(self.function.map)
         combine = getattr(self.function, "combine", None)
         self.combine_is_async = combine is not None and inspect.iscoroutinefunction(combine)
@@ -163,7 +164,7 @@ class Loaded:
         init = getattr(self.function, "init", None)
         if init is not None:
             param_type = type_arguments(type(self.function), MapFunction)[0]
-            param = msgspec.msgpack.decode(spec.param, type=param_type)
+            param = make_decoder(param_type).decode(spec.param)
             result = init(param)
             if inspect.isawaitable(result):
                 await result

@@ -27,15 +27,18 @@ value is accepted only if that type holds it exactly.
 
 from __future__ import annotations
 
+import os
 import struct
 import typing
-from typing import Any
+import weakref
+from typing import Any, Literal
 
 import msgspec
 import numpy as np
 from numpy.lib import format as npy_format
 
 from . import _segments
+from ._frame_buffers import FrameBuffer, give_back_buffer
 from ._segments import Segments
 
 ARRAY = 1
@@ -46,8 +49,27 @@ Below it, a segment's system calls (open, pwrite, the state word on both sides) 
 as much as copying through the socket (decision 0022)."""
 
 _LENGTH = struct.Struct("<I")
+_EXT32 = struct.Struct(">BIb")
+SPLICE_THRESHOLD = 64 * 1024
+"""In-band arrays of at least this many bytes are copied into the frame by the connection
+(``splice``): one copy, aligned; smaller ones in the extension value (two copies, cheap)."""
+ALIGNMENT = 64
+_MARK = os.urandom(16)
+"""Starts a placeholder in an encoded message: random, so that no other bytes match it."""
 _HEADER_ENCODER = msgspec.msgpack.Encoder()
-_HEADER_DECODER = msgspec.msgpack.Decoder(tuple[Any, list[int], bool])
+
+
+class _Header(msgspec.Struct, array_like=True):
+    """An in-band array's header; ``padding`` (zero bytes) places the data that follows at an
+    aligned offset of the frame."""
+
+    descr: Any
+    shape: list[int]
+    fortran: bool
+    padding: bytes = b""
+
+
+_HEADER_DECODER = msgspec.msgpack.Decoder(_Header)
 _SHARED_DECODER = msgspec.msgpack.Decoder(tuple[Any, list[int], bool, str])
 _PYTHON_NUMBERS: tuple[type, ...] = (np.bool_, np.integer, np.float16, np.float32, np.float64)
 
@@ -55,8 +77,12 @@ _PYTHON_NUMBERS: tuple[type, ...] = (np.bool_, np.integer, np.float16, np.float3
 # ----------------------------------------------------------------------------- sending
 
 
-def to_wire(value: np.ndarray[Any, Any] | np.generic, segments: Segments | None) -> Any:
-    """The wire form of a numpy array or scalar (``TypeError`` if it cannot be sent)."""
+def to_wire(value: np.ndarray[Any, Any] | np.generic, segments: Segments | None,
+            deferred: list[tuple[bytes, memoryview]] | None = None) -> Any:
+    """The wire form of a numpy array or scalar (``TypeError`` if it cannot be sent).
+
+    ``deferred``: a connection's list of arrays whose bytes it copies into the frame itself
+    (``splice``) once the message is encoded, aligned, with no copy of their own before."""
     if isinstance(value, np.generic):
         if isinstance(value, _PYTHON_NUMBERS):
             return value.item()
@@ -79,13 +105,17 @@ def to_wire(value: np.ndarray[Any, Any] | np.generic, segments: Segments | None)
         name = _share(array, segments)
         if name is not None:
             return msgspec.msgpack.Ext(SHARED, _HEADER_ENCODER.encode([*header, name]))
+    if deferred is not None and array.nbytes >= SPLICE_THRESHOLD:
+        encoded = _HEADER_ENCODER.encode(header)
+        deferred.append((encoded, _raw_bytes(array)))
+        return msgspec.msgpack.Ext(ARRAY, _MARK + encoded)  # a placeholder, until ``splice``
     return _in_band(array, header)
 
 
 def _share(array: np.ndarray[Any, Any], segments: Segments) -> str | None:
     """Lend a segment holding ``array``'s bytes; its name, or None if /dev/shm has no room."""
     try:
-        return segments.lend(_raw_bytes(array))
+        return segments.lend(_raw_bytes(array), array.__array_interface__["data"][0])
     except OSError:
         return None  # /dev/shm is full or missing: the bytes go in band instead.
 
@@ -99,6 +129,36 @@ def _in_band(array: np.ndarray[Any, Any], header: list[Any]) -> msgspec.msgpack.
     if array.nbytes:
         data[start:] = _raw_bytes(array)
     return msgspec.msgpack.Ext(ARRAY, data)
+
+
+def splice(out: bytearray, payload_start: int, deferred: list[tuple[bytes, memoryview]]) -> None:
+    """Replace each placeholder of ``deferred`` in the message encoded at ``payload_start``
+    of ``out`` by its in-band array: the header, padding so that the data starts at a multiple
+    of ``ALIGNMENT`` from the payload's start (a receiver can use it where it lies), and the
+    data, copied from the array once. Empties ``deferred``."""
+    search = payload_start
+    try:
+        for encoded, raw in deferred:
+            at = out.find(_MARK, search)
+            size = len(_MARK) + len(encoded)
+            lead = 3 if size < 0x100 else 4 if size < 0x1_0000 else 6  # msgpack ext8/16/32
+            begin = at - lead
+            if at < 0 or out[begin] not in (0xC7, 0xC8, 0xC9) or out[at - 1] != ARRAY:
+                raise RuntimeError("an array's placeholder is missing from its message")
+            data_at = begin + 6 + _LENGTH.size + len(encoded) + 2  # ext32, length, header, bin8
+            pad = -(data_at - payload_start) % ALIGNMENT
+            header = b"\x94" + encoded[1:] + bytes((0xC4, pad)) + bytes(pad)  # + padding
+            ext_size = _LENGTH.size + len(header) + raw.nbytes
+            tail = bytes(out[at + size :])
+            del out[begin:]
+            out += _EXT32.pack(0xC9, ext_size, ARRAY)
+            out += _LENGTH.pack(len(header))
+            out += header
+            out += raw  # the one copy of the data on this side
+            search = len(out)
+            out += tail
+    finally:
+        deferred.clear()
 
 
 def _raw_bytes(array: np.ndarray[Any, Any]) -> memoryview:
@@ -129,15 +189,43 @@ def from_ext(code: int, data: memoryview) -> np.ndarray[Any, Any]:
         raise ValueError("a truncated array")
     (length,) = _LENGTH.unpack_from(data, 0)
     start = _LENGTH.size + length
-    descr, shape, fortran = _HEADER_DECODER.decode(data[_LENGTH.size : start])
+    header = _HEADER_DECODER.decode(data[_LENGTH.size : start])
+    descr, shape, fortran = header.descr, header.shape, header.fortran
     dtype = _dtype(descr)
     size = _size(dtype, shape)
     if len(data) - start != size:
         raise ValueError(f"an array of {size} bytes arrived with {len(data) - start}")
-    array: np.ndarray[Any, Any] = np.empty(tuple(shape), dtype, order="F" if fortran else "C")
+    order: Literal["C", "F"] = "F" if fortran else "C"
+    owner = data.obj
+    if type(owner) is FrameBuffer and size and 2 * size >= owner.frame_size:
+        # A large frame's own buffer: the array's memory, no copy (the one copy was the
+        # socket's into it), if the sender placed the bytes aligned for the dtype, and if
+        # the array is most of the frame (it keeps the whole buffer alive).
+        address = np.frombuffer(data, np.uint8, size, start).ctypes.data
+        if address % dtype.alignment == 0:
+            frame_memory = _FrameMemory(owner, address, size)
+            owner.viewed = True  # not reused for other frames until the array is garbage
+            weakref.finalize(frame_memory, give_back_buffer, owner)
+            viewed: np.ndarray[Any, Any] = np.asarray(frame_memory).view(dtype)
+            return viewed.reshape(tuple(shape), order=order)
+    array: np.ndarray[Any, Any] = np.empty(tuple(shape), dtype, order=order)
     if size:
         _raw_bytes(array)[:] = data[start:]
     return array
+
+
+class _FrameMemory:
+    """The memory of an array received in a large frame's buffer: numpy reads it through
+    ``__array_interface__`` and keeps this object as the base of every view; when the last
+    is garbage, the buffer goes back for later frames (``frames.give_back_buffer``)."""
+
+    __slots__ = ("__array_interface__", "__weakref__", "_buffer")
+
+    def __init__(self, buffer: FrameBuffer, address: int, size: int) -> None:
+        self._buffer = buffer  # keeps the mapping while the array exists
+        self.__array_interface__ = {
+            "version": 3, "shape": (size,), "typestr": "|u1", "data": (address, False),
+        }
 
 
 def _dtype(descr: Any) -> np.dtype[Any]:

@@ -32,6 +32,7 @@ This module needs no numpy: it deals in bytes and names only.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import contextlib
 import ctypes
 import mmap
@@ -55,6 +56,9 @@ KEEP_FREE = 4
 KEEP_FREE_BYTES = 1 << 30
 _PAGE = mmap.PAGESIZE
 _POPULATE = getattr(mmap, "MAP_POPULATE", 0)
+COPY_THREADS = max(1, min(4, os.cpu_count() or 1))
+COPY_PART = 4 << 20
+"""A copy is split into parts of at least this many bytes, one per thread."""
 
 _open: set[Segments] = set()
 """The segments of this process's open connections (``sweep_all``)."""
@@ -84,17 +88,22 @@ class Segments:
     ``own_tag`` names the segments this side creates, ``peer_tag`` those the peer creates.
     """
 
-    __slots__ = ("_created", "_guard", "_lent", "_own", "_peer", "_pool", "closed", "lent_bytes",
-                 "mark")
+    __slots__ = ("_created", "_guard", "_lent", "_own", "_peer", "_pool", "_writable", "closed",
+                 "lent_bytes", "mapped_writes", "mark")
 
-    def __init__(self, own_tag: str, peer_tag: str) -> None:
+    def __init__(self, own_tag: str, peer_tag: str, *, mapped_writes: bool = False) -> None:
         self._own = own_tag
+        self.mapped_writes = mapped_writes
+        """Write through a mapping of the segment kept while it is in the pool (copies over
+        threads, no page-table work after the first) rather than with ``pwrite``."""
         self._peer = peer_tag
         self.mark = 0
         """How many segments this side has lent: a connection notes it before encoding a
         message, and gives back what was lent since if the encoding fails (``discard_after``)."""
         self._created = 0  # names are never reused: a stale mapping must not free a new file
         self._pool: dict[str, int] = {}  # name -> capacity (data bytes), oldest first
+        self._writable: dict[str, _Mapping] = {}
+        """This side's segments mapped for writing, kept while they are in the pool."""
         self._lent: collections.deque[tuple[int, str]] = collections.deque(maxlen=256)
         self.closed = False
         self._guard = threading.Lock()
@@ -106,9 +115,9 @@ class Segments:
         _peer_tags.add(peer_tag)
         _open.add(self)
 
-    def lend(self, data: memoryview) -> str:
-        """The name of a segment holding ``data`` (bytes), marked lent; ``OSError`` if
-        /dev/shm is full (then the array goes in band)."""
+    def lend(self, data: memoryview, address: int) -> str:
+        """The name of a segment holding ``data`` (bytes, at ``address`` in this process),
+        marked lent; ``OSError`` if /dev/shm is full (then the array goes in band)."""
         size = data.nbytes
         with self._guard:
             if self.closed:
@@ -116,17 +125,22 @@ class Segments:
             name = self._reusable(size)
             if name is None:
                 name = self._create(size)
-        fd = os.open(SHM_DIRECTORY / name, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            mapped = self._writable.get(name) if self.mapped_writes else None
+            if self.mapped_writes and mapped is None:
+                try:
+                    mapped = self._writable[name] = _Mapping(SHM_DIRECTORY / name)
+                except BaseException:
+                    give_back(name)
+                    raise
         try:
-            written = 0
-            while written < size:  # (one call writes at most about 2 GiB)
-                written += os.pwrite(fd, data[written:], DATA_OFFSET + written)
-            os.pwrite(fd, LENT, 0)
+            if mapped is not None:  # a local reference: the mapping stays while we copy
+                _copy(mapped.address + DATA_OFFSET, address, size)
+                mapped.mapping[:8] = LENT
+            else:
+                _write(name, data)
         except BaseException:
             give_back(name)
             raise
-        finally:
-            os.close(fd)
         self.lent_bytes += size
         self.mark += 1
         self._lent.append((self.mark, name))
@@ -166,6 +180,7 @@ class Segments:
             if count <= KEEP_FREE and total <= KEEP_FREE_BYTES:
                 break
             del self._pool[name]
+            self._writable.pop(name, None)
             _unlink(name)
             count, total = count - 1, total - capacity
 
@@ -182,6 +197,7 @@ class Segments:
         with self._guard:
             self.closed = True
             self._pool.clear()
+            self._writable.clear()  # a copy under way holds its own reference
             _peer_tags.discard(self._peer)
             _open.discard(self)
             for tag in (self._own, self._peer):
@@ -192,6 +208,55 @@ class Segments:
 
     def __repr__(self) -> str:
         return f"<Segments own={self._own} peer={self._peer}{' closed' if self.closed else ''}>"
+
+
+def _write(name: str, data: memoryview) -> None:
+    """Write ``data`` into the segment ``name`` with ``pwrite`` and mark it lent."""
+    fd = os.open(SHM_DIRECTORY / name, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    try:
+        written, size = 0, data.nbytes
+        while written < size:  # (one call writes at most about 2 GiB)
+            written += os.pwrite(fd, data[written:], DATA_OFFSET + written)
+        os.pwrite(fd, LENT, 0)
+    finally:
+        os.close(fd)
+
+
+def _copy(target: int, source: int, size: int) -> None:
+    """Copy ``size`` bytes from ``source`` to ``target`` (addresses in this process), split
+    over up to ``COPY_THREADS`` threads for large sizes (``ctypes.memmove`` releases the GIL)."""
+    parts = max(1, min(COPY_THREADS, size // COPY_PART))
+    if parts == 1:
+        ctypes.memmove(target, source, size)
+        return
+    step = -(-size // parts) + _PAGE - 1 & ~(_PAGE - 1)
+    futures = [_copiers().submit(ctypes.memmove, target + start, source + start,
+                                 min(step, size - start))
+               for start in range(step, size, step)]
+    ctypes.memmove(target, source, min(step, size))  # the first part in this thread
+    for future in futures:
+        future.result()
+
+
+_copier_pool: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+def _copiers() -> concurrent.futures.ThreadPoolExecutor:
+    """The threads that copy parts of large arrays (made at the first large copy, so a fork
+    template that sends nothing has no thread)."""
+    global _copier_pool
+    if _copier_pool is None:
+        _copier_pool = concurrent.futures.ThreadPoolExecutor(
+            COPY_THREADS - 1, thread_name_prefix="rpc_parallel-copy")
+    return _copier_pool
+
+
+def _forget_copiers() -> None:
+    global _copier_pool
+    _copier_pool = None  # a forked child has none of its parent's threads
+
+
+os.register_at_fork(after_in_child=_forget_copiers)
 
 
 def sweep_processes(pids: set[int]) -> None:

@@ -269,6 +269,11 @@ class ServingOwner(StreamOwner, Protocol):
     _flush_handle: Any
     _encoder: msgspec.msgpack.Encoder
     _segments: Segments | None
+    _deferred: list[tuple[bytes, memoryview]]
+
+    def _splice(self, begin: int) -> None:
+        """Copy the arrays the encoder left out into the frame at ``begin`` of ``_out``."""
+        ...
 
     def _too_large(self, length: int) -> Exception:
         """The error for a frame of ``length`` bytes over the limit."""
@@ -432,11 +437,14 @@ class Serving:
                 mark = segments.mark if segments is not None else 0
                 try:
                     encoder.encode_into(box_pop(), out, -1)
+                    if owner._deferred:
+                        owner._splice(begin)
                     length = len(out) - begin - 4
                     if length > send_limit:
                         raise owner._too_large(length)
                 except BaseException as error:
                     del out[begin:]
+                    owner._deferred.clear()
                     if segments is not None:
                         segments.discard_after(mark)  # What this answer had lent.
                     if not isinstance(error, Exception):
@@ -658,11 +666,13 @@ class Serving:
                             )
                     except StopIteration as done:
                         self._respond(implementation.spec, call_id, done.value)
+                        args = ()  # not kept while idle (an array's segment goes back now)
                         continue
                     except (Exception, asyncio.CancelledError) as error:
                         # A CancelledError here comes from the implementation itself
                         # (nothing has cancelled this task): answer it, and go on.
                         self._respond_error(call_id, error)
+                        args = ()
                         continue
                     self._runner = None
                     if queue:

@@ -39,6 +39,7 @@ from ._calling import (
     on_rpc_response,
     spec_of,
 )
+from ._frame_buffers import FrameBuffer, give_back_buffer, take_buffer
 from ._handshake import Handshake, HandshakeViolation
 from ._liveness import Liveness
 from ._serving import FLUSH_AT, ZERO_HEADER, Implementation, ServedStream, Serving
@@ -67,7 +68,7 @@ from .frames import (
     RESPONSE,
     MenuEntry,
 )
-from .functions import ENCODER, FunctionSpec, make_encoder
+from .functions import FunctionSpec, make_encoder
 from .settings import ENVELOPE, PREAUTH_MAX_MESSAGE_SIZE, RpcSettings
 from .streams import ITEM_OVERHEAD, Credit, PipeReader, ReaderState
 
@@ -92,8 +93,6 @@ _PREAUTH_BUFFER_SIZE = 2 * PREAUTH_MAX_MESSAGE_SIZE
 """Until the peer has authenticated, the receive buffer is this small (no frame may be
 larger than ``PREAUTH_MAX_MESSAGE_SIZE`` then): a pending connection costs a few KiB."""
 _LARGE_FRAME = _RECEIVE_BUFFER_SIZE // 2
-_SPARE_LIMIT = 64 * 1024 * 1024  # The largest receive buffer kept for the next large frame.
-_LARGE_FIRST_CHUNK = 1024 * 1024  # A large frame's buffer starts at this, and doubles.
 _FLUSH_AT = FLUSH_AT
 _ZERO_HEADER = ZERO_HEADER
 _NO_PAYLOAD: Any = object()
@@ -188,7 +187,9 @@ class Connection(asyncio.BufferedProtocol):
     def _init_sending(self) -> None:
         """The outgoing buffer, its flush, and the transport's pause-writing signal."""
         self._out = bytearray()
-        self._encoder = ENCODER
+        self._deferred: list[tuple[bytes, memoryview]] = []
+        """Arrays the encoder left for ``_splice`` to copy into the frame being written."""
+        self._encoder = make_encoder(None, self._deferred)
         self._segments: _segments.Segments | None = None
         """Shared memory for large arrays, on a connection between processes of one host
         (decision 0022); set once the peer has authenticated."""
@@ -208,7 +209,7 @@ class Connection(asyncio.BufferedProtocol):
         self._start = 0
         self._end = 0
         self._large: memoryview | None = None
-        self._spare: bytearray | None = None  # Reused for large frames: no page faults.
+        self._large_buffer: FrameBuffer | None = None  # What _large is a view of.
         self._large_header: tuple[int, int, int] = (0, 0, 0)
         self._large_filled = 0
         self._large_size = 0  # The whole frame's payload; _large holds what has arrived.
@@ -351,6 +352,8 @@ class Connection(asyncio.BufferedProtocol):
         mark = segments.mark if segments is not None else 0
         try:
             self._encoder.encode_into(args, out, -1)
+            if self._deferred:
+                self._splice(begin)
             length = len(out) - begin - 4
             if length > self._send_limit:
                 raise self._too_large(length)
@@ -389,6 +392,8 @@ class Connection(asyncio.BufferedProtocol):
         mark = segments.mark if segments is not None else 0
         try:
             self._encoder.encode_into(args, out, -1)
+            if self._deferred:
+                self._splice(begin)
             length = len(out) - begin - 4
             if length > self._send_limit:
                 raise self._too_large(length)
@@ -410,6 +415,7 @@ class Connection(asyncio.BufferedProtocol):
         """A frame that could not be sent: drop what it had written from ``begin`` on, and
         give back the shared-memory segments it had lent since ``mark``."""
         del self._out[begin:]
+        self._deferred.clear()
         if self._segments is not None:
             self._segments.discard_after(mark)
 
@@ -605,11 +611,14 @@ class Connection(asyncio.BufferedProtocol):
                 mark, lent = segments.mark, segments.lent_bytes
             try:
                 self._encoder.encode_into(value, out, -1)
+                if self._deferred:
+                    self._splice(start)
                 size = len(out) - start - HEADER_SIZE
                 if size + LENGTH_OVERHEAD > self._send_limit:
                     raise self._too_large(size + LENGTH_OVERHEAD)
             except BaseException:
                 del out[start:]
+                self._deferred.clear()
                 if segments is not None:
                     segments.discard_after(mark)  # what this message had lent
                 raise
@@ -621,6 +630,13 @@ class Connection(asyncio.BufferedProtocol):
         elif self._flush_handle is None:
             self._flush_handle = self.loop.call_soon(self._flush)
         return size + shared
+
+    def _splice(self, begin: int) -> None:
+        """Copy the arrays the encoder left out into the frame at ``begin`` of the outgoing
+        buffer (``_arrays.splice``: one copy, aligned for the receiver)."""
+        from . import _arrays  # (only a numpy array puts anything in _deferred)
+
+        _arrays.splice(self._out, begin + HEADER_SIZE, self._deferred)
 
     def _wrote(self) -> None:
         """A frame was appended to the outgoing buffer (by the serving side, inline): write
@@ -709,17 +725,16 @@ class Connection(asyncio.BufferedProtocol):
             return
         if self._large is not None:
             self._large_filled += nbytes
-            if self._large_filled == len(self._large):
-                if self._large_filled < self._large_size:
-                    self._grow_large()
-                    return
+            if self._large_filled == self._large_size:
                 message_type, call_id, argument = self._large_header
-                payload = self._large
-                self._large = None
+                payload, buffer = self._large, self._large_buffer
+                self._large = self._large_buffer = None
                 try:
                     self._dispatch(message_type, call_id, argument, payload)
                 finally:
                     self._leave()
+                    if buffer is not None and not buffer.viewed:
+                        give_back_buffer(buffer)  # decoded: the next large frame may use it
             return
         self._end += nbytes
         if self._flush_handle is None:
@@ -802,32 +817,16 @@ class Connection(asyncio.BufferedProtocol):
         self, start: int, end: int, length: int, message_type: int, call_id: int, argument: int
     ) -> None:
         """A large frame's beginning: receive its body straight into its own buffer (no
-        further copies)."""
+        further copies), a mapping whose memory follows the bytes that arrive."""
         have = end - start - HEADER_SIZE
         size = length - LENGTH_OVERHEAD
-        spare = self._spare
-        if spare is None or len(spare) < size:
-            # Memory follows the bytes that arrive, not the length announced.
-            spare = bytearray(min(size, max(_LARGE_FIRST_CHUNK, 2 * have)))
-            if len(spare) == size <= _SPARE_LIMIT:
-                self._spare = spare
-        large = memoryview(spare)[: min(size, len(spare))]
+        buffer = self._large_buffer = take_buffer(size)
+        large = memoryview(buffer)[:size]
         large[:have] = self._view[start + HEADER_SIZE : end]
         self._large_size = size
         self._large = large
         self._large_filled = have
         self._large_header = (message_type, call_id, argument)
-
-    def _grow_large(self) -> None:
-        """A large frame has filled its buffer: double it (up to the frame's size)."""
-        old = self._large
-        assert old is not None
-        size = self._large_size
-        grown = bytearray(min(size, 2 * len(old)))
-        grown[: len(old)] = old
-        if len(grown) == size and size <= _SPARE_LIMIT:
-            self._spare = grown
-        self._large = memoryview(grown)
 
     def _frame_too_large(self, length: int) -> None:
         if length < LENGTH_OVERHEAD:
@@ -976,9 +975,10 @@ class Connection(asyncio.BufferedProtocol):
                 or not _segments.available()):
             return
         self._segments = _segments.Segments(
-            _segments.tag_of(self._handshake.nonce), _segments.tag_of(peer_nonce)
+            _segments.tag_of(self._handshake.nonce), _segments.tag_of(peer_nonce),
+            mapped_writes=self.settings.mapped_writes,
         )
-        self._encoder = make_encoder(self._segments)
+        self._encoder = make_encoder(self._segments, self._deferred)
 
     def _became_ready(self, menu: list[MenuEntry]) -> None:
         self._on_query = self._serving.on_query

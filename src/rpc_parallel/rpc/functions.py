@@ -6,6 +6,7 @@ import dataclasses
 import datetime
 import decimal
 import enum
+import functools
 import hashlib
 import inspect
 import numbers
@@ -37,7 +38,8 @@ def register_type(cls: type, to_wire: Callable[[Any], Any], from_wire: Callable[
     _from_wire[cls] = from_wire
 
 
-def _encode_hook(value: Any, segments: Segments | None = None) -> Any:
+def _encode_hook(value: Any, segments: Segments | None = None,
+                 deferred: list[tuple[bytes, memoryview]] | None = None) -> Any:
     for cls in type(value).__mro__:
         convert = _to_wire.get(cls)
         if convert is not None:
@@ -46,7 +48,7 @@ def _encode_hook(value: Any, segments: Segments | None = None) -> Any:
     if numpy is not None and isinstance(value, (numpy.ndarray, numpy.generic)):
         from . import _arrays
 
-        return _arrays.to_wire(value, segments)
+        return _arrays.to_wire(value, segments, deferred)
     # Numbers of other libraries (numpy's float64, int64 ...) travel as the Python number
     # they stand for, so that they pass where ``int`` or ``float`` is declared.
     if isinstance(value, numbers.Integral):
@@ -103,12 +105,16 @@ def _is_numpy_type(cls: Any) -> bool:
 ENCODER = msgspec.msgpack.Encoder(enc_hook=_encode_hook)
 
 
-def make_encoder(segments: Segments | None) -> msgspec.msgpack.Encoder:
+def make_encoder(segments: Segments | None,
+                 deferred: list[tuple[bytes, memoryview]] | None = None) -> msgspec.msgpack.Encoder:
     """An encoder whose large numpy arrays go through ``segments`` (shared memory of one
-    connection between processes of one host); ``ENCODER`` when there are none."""
-    if segments is None:
+    connection between processes of one host), and whose other arrays of some size are left
+    to the connection to copy into the frame (``deferred``, see ``_arrays.splice``);
+    ``ENCODER`` when there are neither."""
+    if segments is None and deferred is None:
         return ENCODER
-    return msgspec.msgpack.Encoder(enc_hook=lambda value: _encode_hook(value, segments))
+    return msgspec.msgpack.Encoder(
+        enc_hook=functools.partial(_encode_hook, segments=segments, deferred=deferred))
 
 
 class UnresolvedAnnotation(TypeError):

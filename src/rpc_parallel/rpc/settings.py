@@ -19,6 +19,12 @@ class RpcSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
 
     ``stream_window`` is how many bytes of stream items a receiver accepts ahead of its
     consumer before the sender waits (per stream).
+
+    ``mapped_writes``: a large array sent to a process of the same host is copied into its
+    shared-memory segment through a mapping the sender keeps (copies split over threads, no
+    page-table work once the segment is reused: a third of the CPU time of the default ``pwrite``
+    and several times faster), at the price of the segments counting in the sender's RSS
+    (the memory is the same: the segments exist either way, decision 0022).
     """
 
     max_message_size: int = 256 * 1024 * 1024
@@ -26,6 +32,7 @@ class RpcSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     heartbeat_interval: float = 1.0
     heartbeat_timeout: float = 10.0
     stream_window: int = 2 * 1024 * 1024
+    mapped_writes: bool = False
 
     def __post_init__(self) -> None:
         if self.max_message_size < PREAUTH_MAX_MESSAGE_SIZE:
