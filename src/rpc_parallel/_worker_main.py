@@ -37,7 +37,6 @@ from ._sockets import (
     remove_socket_directory,
     serve_in_temporary_directory,
 )
-from ._spawn import UnguardedMainError
 from ._state import State, process
 from ._worker_type import Worker
 from .launch._launcher import CONFIG_FILE_VARIABLE
@@ -517,7 +516,8 @@ def _die(error: BaseException, what: str, code: int) -> NoReturn:
     """Print the traceback (and ``what: error`` if given), then exit with ``code`` at once:
     the master reads the tail of stderr into its ``SpawnError`` / ``WorkerDied``. A script
     without its main guard gets the message alone (its traceback is the event loop's)."""
-    if isinstance(error, UnguardedMainError):
+    spawning = sys.modules.get("rpc_parallel._spawn")  # raises it; imported by a spawn only
+    if spawning is not None and isinstance(error, spawning.UnguardedMainError):
         sys.stderr.write(f"rpc_parallel worker: {error}\n")
         sys.stdout.flush()
         sys.stderr.flush()
