@@ -340,8 +340,13 @@ async def serve(config: WorkerConfig, cls: type[Worker[Any]]) -> int:
         return await _construction_failed(config, remote_error_info(error))
     reports = _Reports(config.name, exit_future)
     one_way_failed = _report_failures(instance, reports)
-    initializing = _Initializing(config)
-    await initializing.start()
+    # Without an ``init_worker_state`` of its own the registration follows at once: it ends
+    # both phases, and the second connection (a thread, a loop, a handshake on both sides)
+    # would cost more than the rest of the start (decision 0018, item 3).
+    initializing = None if cls.init_worker_state is Worker.init_worker_state \
+        else _Initializing(config)
+    if initializing is not None:
+        await initializing.start()
     failure = await _init_worker_state(config, cls, instance)
     implementations = cls.implementations(instance)
     serving: dict[str, Any] = {
@@ -358,7 +363,8 @@ async def serve(config: WorkerConfig, cls: type[Worker[Any]]) -> int:
                 address=address, error=failure,
             ))
         finally:
-            initializing.finish()
+            if initializing is not None:
+                initializing.finish()
         if failure is not None:
             return 1
         _redirect_stderr(config)

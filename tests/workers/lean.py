@@ -19,8 +19,18 @@ class Lean(rp.Worker[int]):
         return x + 1
 
     @rp.rpc
+    async def offset(self) -> int | None:
+        """What ``init_worker_state`` kept (None: the base's, which keeps nothing)."""
+        return getattr(self, "kept", None)
+
+    @rp.rpc
     async def child_add(self, x: int) -> int:
         """Spawn a worker from this one (the spawn pipeline, imported on first use) and
         ask it."""
         async with await Lean.spawn(0, name="lean-child") as child:
             return await child.run(Lean.add, x)
+
+
+class LeanWithInit(Lean):
+    def init_worker_state(self, init_arg: int, /) -> None:
+        self.kept = init_arg

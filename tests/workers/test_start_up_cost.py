@@ -1,4 +1,6 @@
-"""A worker process imports only what serving needs (docs/decisions/0029-lazy-imports.md).
+"""What a worker's start costs: a worker process imports only what serving needs, and opens
+the ``initializing`` connection only for an ``init_worker_state`` of its own
+(docs/decisions/0029-lazy-imports.md, 0018).
 
 On a machine with fewer cores than starting workers (8 Slurm steps on 2 cores), a worker's
 start-up CPU is the spawn time, and most of it was imports: the launchers of other hosts,
@@ -17,9 +19,10 @@ import textwrap
 import pytest
 
 import rpc_parallel as rp
+from rpc_parallel._master import Master
 from rpc_parallel.launch import LaunchedProcess, LaunchRequest
 
-from .lean import Lean
+from .lean import Lean, LeanWithInit
 
 NEVER_IN_A_WORKER = frozenset({
     # What only a master (or a spawning worker) uses: imported by the first spawn.
@@ -109,3 +112,25 @@ def test_the_package_imports_the_rest_on_first_use() -> None:
     assert report["same"] == [True] * 7
     assert report["typo"] == "module 'rpc_parallel' has no attribute 'Slrum'"
     assert report["star"] == []
+
+
+async def test_only_a_worker_with_its_own_init_opens_the_initializing_connection(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without an ``init_worker_state`` of its own, the registration ends both phases of the
+    spawn; with one, the ``initializing`` call still comes first (its connection keeps
+    heartbeats going while a blocking ``init_worker_state`` runs)."""
+    announced: list[str] = []
+    original = Master._initializing
+
+    async def counting(self: Master, worker_id: str) -> None:
+        announced.append(worker_id)
+        await original(self, worker_id)
+
+    monkeypatch.setattr(Master, "_initializing", counting)
+    for cls, calls in ((Lean, 0), (LeanWithInit, 1)):
+        announced.clear()
+        async with await cls.spawn(1, name="lean") as worker:
+            assert await worker.run(cls.add, 1) == 2
+            assert await worker.run(cls.offset) == (1 if cls is LeanWithInit else None)
+        assert len(announced) == calls, (cls.__name__, announced)
