@@ -14,6 +14,10 @@ Inside one allocation of 8 tasks (``salloc -n8``) it times, per round:
   fewer cores than workers this, not ``srun``, is the floor;
 * ``rp.Slurm()``: 8 workers spawned at once as steps, one call on each.
 
+The workers' class (``Probe``) is in ``benchmarks/slurm_worker.py``, which imports what a
+worker needs and no more; a worker imports its class's module, and this script's harness
+imports are no part of starting one.
+
 The target is ``rp.Slurm`` <= 1.5 x (8 x ``srun true`` + a local spawn): the ratio is taken
 in each round (its four timings back to back) and the median over the rounds is reported,
 with the range, so that a burst of load from elsewhere moves one round, not the result.
@@ -36,7 +40,6 @@ import argparse
 import asyncio
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -46,20 +49,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 
+from slurm_worker import Probe  # noqa: E402  (a worker imports that module, not this script)
+
 import rpc_parallel as rp  # noqa: E402
-
-
-class Probe(rp.Worker[int]):
-    @rp.rpc
-    async def add(self, x: int) -> int:
-        return x + 1
-
-    @rp.rpc
-    async def cpu_seconds(self) -> float:
-        """CPU time this worker has used since its interpreter started."""
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        return usage.ru_utime + usage.ru_stime
-
 
 WORKER_CPU: list[float] = []
 """Each step worker's CPU time up to its first result (asked after the timing)."""
