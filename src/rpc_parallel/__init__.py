@@ -25,6 +25,11 @@ and on a machine with fewer cores than starting workers their CPU time is the sp
 (docs/decisions/0029-lazy-imports.md).
 """
 
+# isort: split
+# First: a worker process pauses the garbage collector while it imports (``_start_up``).
+from . import _start_up  # noqa: F401
+
+# isort: split
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 

@@ -21,6 +21,7 @@ import traceback
 from collections.abc import Callable, Coroutine
 from typing import Any, NoReturn
 
+from . import _start_up
 from ._builtins import (
     CONFIG_DECODER,
     INITIALIZING,
@@ -473,6 +474,7 @@ def main(forked: bool = False) -> NoReturn:
     _use_argv(config.argv)
     if config_file is None and not forked:  # A config file: heartbeats alone watch the master.
         threading.Thread(target=_watch_stdin, args=(config.shutdown_on,), daemon=True).start()
+    _start_up.resume()  # before the worker's own module, which may make garbage at import
     try:
         cls = import_worker_class(config)
     except BaseException as error:

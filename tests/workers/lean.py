@@ -3,6 +3,7 @@ worker process imports is the library's doing alone (tests/workers/test_worker_i
 
 from __future__ import annotations
 
+import gc
 import sys
 
 import rpc_parallel as rp
@@ -13,6 +14,11 @@ class Lean(rp.Worker[int]):
     async def modules(self) -> list[str]:
         """The modules this worker process has imported so far."""
         return sorted(sys.modules)
+
+    @rp.rpc
+    async def collector(self) -> tuple[bool, int]:
+        """Whether the garbage collector is on, and how many objects it keeps frozen."""
+        return gc.isenabled(), gc.get_freeze_count()
 
     @rp.rpc
     async def add(self, x: int) -> int:

@@ -69,6 +69,10 @@ async def test_a_worker_imports_nothing_it_never_needs(network: bool) -> None:
         assert "rpc_parallel._worker_main" in modules  # (it is a worker process)
         unexpected = sorted(modules & NEVER_IN_A_WORKER)
         assert not unexpected, f"a worker process imported {unexpected}"
+        # The collector paused for the library's imports (decision 0029) and is on again;
+        # what those imports made is frozen, the worker's own module's objects are not.
+        enabled, frozen = await worker.run(Lean.collector)
+        assert enabled and frozen > 10_000, (enabled, frozen)
         # What was left out comes when used: this worker spawns one of its own.
         assert await worker.run(Lean.child_add, 41) == 42
 
@@ -81,6 +85,8 @@ def test_the_package_imports_the_rest_on_first_use() -> None:
         import rpc_parallel as rp
         import rpc_parallel.launch as launch
         report = {"loaded": sorted(sys.modules)}
+        import gc
+        report["collector"] = [gc.isenabled(), gc.get_freeze_count()]
         import json
         report["dir"] = sorted(set(rp.__all__) - set(dir(rp)))
         report["missing"] = [n for n in rp.__all__ if getattr(rp, n, None) is None]
@@ -112,6 +118,7 @@ def test_the_package_imports_the_rest_on_first_use() -> None:
     assert report["same"] == [True] * 7
     assert report["typo"] == "module 'rpc_parallel' has no attribute 'Slrum'"
     assert report["star"] == []
+    assert report["collector"] == [True, 0]  # (only a worker process pauses it)
 
 
 async def test_only_a_worker_with_its_own_init_opens_the_initializing_connection(
