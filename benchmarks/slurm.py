@@ -14,6 +14,10 @@ Inside one allocation of 8 tasks (``salloc -n8``) it times, per round:
   fewer cores than workers this, not ``srun``, is the floor;
 * ``rp.Slurm()``: 8 workers spawned at once as steps, one call on each.
 
+The workers' class (``Probe``) is in ``benchmarks/slurm_worker.py``, which imports what a
+worker needs and no more; a worker imports its class's module, and this script's harness
+imports are no part of starting one.
+
 The target is ``rp.Slurm`` <= 1.5 x (8 x ``srun true`` + a local spawn): the ratio is taken
 in each round (its four timings back to back) and the median over the rounds is reported,
 with the range, so that a burst of load from elsewhere moves one round, not the result.
@@ -46,23 +50,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 
+from slurm_worker import Probe  # noqa: E402  (a worker imports that module, not this script)
+
 import rpc_parallel as rp  # noqa: E402
-
-
-class Probe(rp.Worker[int]):
-    @rp.rpc
-    async def add(self, x: int) -> int:
-        return x + 1
-
-    @rp.rpc
-    async def cpu_seconds(self) -> float:
-        """CPU time this worker has used since its interpreter started."""
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        return usage.ru_utime + usage.ru_stime
-
 
 WORKER_CPU: list[float] = []
 """Each step worker's CPU time up to its first result (asked after the timing)."""
+MASTER_CPU: list[float] = []
+"""The master's CPU time in each round's 8 spawns and calls."""
+SRUN_CPU: list[float] = []
+"""The CPU time of each round's 8 ``srun`` processes (the master's children), whole life."""
+
+
+def _cpu(who: int) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _srun_true_8() -> float:
@@ -95,15 +97,18 @@ async def _local_spawn() -> float:
 
 
 async def _slurm_8() -> float:
+    master, children = _cpu(resource.RUSAGE_SELF), _cpu(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     workers = await asyncio.gather(*(Probe.spawn(i, how=rp.Slurm()) for i in range(8)))
     results = await asyncio.gather(*(w.run(Probe.add, i) for i, w in enumerate(workers)))
     elapsed = time.perf_counter() - started
+    MASTER_CPU.append(_cpu(resource.RUSAGE_SELF) - master)
     assert results == [i + 1 for i in range(8)]
     WORKER_CPU.extend(await asyncio.gather(*(w.run(Probe.cpu_seconds) for w in workers)))
     for worker in workers:
         await worker.close()
     await _steps_gone()
+    SRUN_CPU.append(_cpu(resource.RUSAGE_CHILDREN) - children)
     return elapsed
 
 
@@ -126,13 +131,16 @@ async def _inner(rounds: int) -> dict[str, list[float]]:
     times: dict[str, list[float]] = {"srun_true_x8": [], "local_spawn": [], "slurm_x8": [],
                                      "srun_python_import_x8": []}
     await _slurm_8()  # warm-up: the master's TLS identity and server, the page cache
-    WORKER_CPU.clear()
+    for figures in (WORKER_CPU, MASTER_CPU, SRUN_CPU):
+        figures.clear()
     for _ in range(rounds):
         times["srun_true_x8"].append(await asyncio.to_thread(_srun_true_8))
         times["srun_python_import_x8"].append(await asyncio.to_thread(_srun_import_8))
         times["local_spawn"].append(await _local_spawn())
         times["slurm_x8"].append(await _slurm_8())
     times["worker_cpu"] = WORKER_CPU
+    times["master_cpu_x8"] = MASTER_CPU
+    times["srun_cpu_x8"] = SRUN_CPU
     return times
 
 
@@ -205,6 +213,8 @@ def _report(times: dict[str, list[float]], jobs: float, dask: float | None) -> d
     print(f"CPU of one step worker to its first result {cpu * 1000:6.1f} ms; 8 of them on "
           f"{os.cpu_count()} cores need at least {8 * cpu / (os.cpu_count() or 1) * 1000:.0f} ms "
           "(the floor on a quiet machine)")
+    print(f"CPU of the master in the 8 spawns + calls {median['master_cpu_x8'] * 1000:6.1f} ms; "
+          f"of the 8 srun processes {median['srun_cpu_x8'] * 1000:6.1f} ms")
     imports = median["srun_python_import_x8"]
     print(f"8 x srun python -c 'import rpc_parallel._worker_main' at once {imports * 1000:8.1f} ms"
           f" (rp.Slurm / this = {median['slurm_x8'] / imports:.2f})")

@@ -19,7 +19,19 @@ tests/test_structure.py checks both):
 7. ``blocking``, ``map_reduce``, ``managed``, ``pool`` -- built on the layers above.
 
 This module re-exports the public names; everything with a leading underscore is internal.
+The names a worker process never needs (``Remote``, ``Slurm``, ``RemoteExecutable``, layer 7)
+are imported when first used (``__getattr__`` below): every worker imports this package,
+and on a machine with fewer cores than starting workers their CPU time is the spawn time
+(docs/decisions/0029-lazy-imports.md).
 """
+
+# isort: split
+# First: a worker process pauses the garbage collector while it imports (``_start_up``).
+from . import _start_up  # noqa: F401
+
+# isort: split
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
 from ._app import expert, start_app
 from ._builtins import LogRecord
@@ -49,9 +61,8 @@ from .errors import (
     WorkerDied,
     WorkerFailure,
 )
-from .launch import DevNull, FileAppend, FileTruncate, Forward, Local, Remote, Slurm, Wrap
+from .launch import DevNull, FileAppend, FileTruncate, Forward, Local, Wrap
 from .launch._process import WorkerProcess
-from .launch.executable import RemoteExecutable
 from .rpc import PipeReader, RpcSettings
 
 # isort: split
@@ -63,11 +74,47 @@ from .rpc import PipeReader, RpcSettings
 from ._functions import rpc, state
 
 # isort: split
-# The higher-level modules (DESIGN §6) are built on the layers above.
-from . import blocking, map_reduce
-from .managed import Managed
-from .map_reduce import MapFunction, MapReduceFunction
-from .pool._pool import WorkerPool
+# The higher-level modules (DESIGN §6) and the launchers of other hosts: imported on first
+# use (``__getattr__``); type checkers see them here.
+if TYPE_CHECKING:
+    from . import blocking, map_reduce
+    from .launch.executable import RemoteExecutable
+    from .launch.slurm import Slurm
+    from .launch.ssh import Remote
+    from .managed import Managed
+    from .map_reduce import MapFunction, MapReduceFunction
+    from .pool._pool import WorkerPool
+
+_LAZY = {
+    "Managed": ("managed", "Managed"),
+    "MapFunction": ("map_reduce", "MapFunction"),
+    "MapReduceFunction": ("map_reduce", "MapReduceFunction"),
+    "Remote": ("launch.ssh", "Remote"),
+    "RemoteExecutable": ("launch.executable", "RemoteExecutable"),
+    "Slurm": ("launch.slurm", "Slurm"),
+    "WorkerPool": ("pool._pool", "WorkerPool"),
+    "blocking": ("blocking", None),
+    "map_reduce": ("map_reduce", None),
+}
+"""Public name -> (module under this package, attribute of it; None: the module itself)."""
+
+
+if not TYPE_CHECKING:  # (a module ``__getattr__`` would make type checkers accept any name)
+
+    def __getattr__(name: str) -> Any:
+        """Import a public name of ``_LAZY`` on first use; then it is a plain attribute."""
+        try:
+            module_name, attribute = _LAZY[name]
+        except KeyError:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+        module = import_module(f"{__name__}.{module_name}")
+        value = module if attribute is None else getattr(module, attribute)
+        globals()[name] = value
+        return value
+
+    def __dir__() -> list[str]:
+        return sorted({*globals(), *_LAZY})
+
 
 __all__ = [
     "Connection",

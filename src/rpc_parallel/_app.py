@@ -6,7 +6,6 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 from ._handle import describe_loop
-from ._master import existing_master
 from ._state import State, process
 from .errors import Error
 from .rpc import run as rpc_run
@@ -58,6 +57,9 @@ def _refuse_a_running_loop() -> None:
 
 
 async def _run_master(main: Callable[[], Awaitable[object]]) -> None:
+    # Imported here, as in ``expert``: a worker process imports this module, never a master.
+    from ._master import existing_master
+
     try:
         await main()
     finally:
@@ -93,6 +95,8 @@ class expert:
     @staticmethod
     async def shutdown_master() -> None:
         """Close every worker link of this loop (as ``start_app`` does at the end)."""
+        from ._master import existing_master
+
         master = existing_master()
         if master is not None:
             await master.close()

@@ -2,8 +2,9 @@
 
 ``WorkerHandle`` and ``Connection`` share ``_Runner._run`` / ``_submit`` (bound as their own
 ``run`` / ``submit``, with one signature each: ``run`` takes any ``Runnable``); a spawned worker's
-handle owns its ``Supervisor``. Imports the supervisor and the RPC layer; knows nothing of
-worker classes (a handle's type parameter is any worker type).
+handle owns its ``Supervisor`` (given by the spawn; imported here for its type only, as a
+worker process, which imports this module, supervises nothing). Imports the RPC layer; knows
+nothing of worker classes (a handle's type parameter is any worker type).
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from ._builtins import (
 from ._functions import Function, Rpc, Runnable
 from ._network import alternatives
 from ._state import process
-from ._supervisor import Supervisor
 from .errors import ConnectionClosed, Error, WorkerDied
 from .rpc import Connection as RpcConnection
 from .rpc import HandshakeError, PipeReader
@@ -35,6 +35,9 @@ from .rpc.connection import TranslateClosed
 from .rpc.frames import ErrorInfo
 from .rpc.functions import register_type
 from .rpc.transport import connect
+
+if TYPE_CHECKING:
+    from ._supervisor import Supervisor
 
 _pid = os.getpid()
 

@@ -4,7 +4,8 @@ On Linux a server listens on an abstract socket (a name, no file: nothing can be
 behind, whatever kills the process; see docs/decisions/0017-abstract-unix-sockets.md); its
 name is random, and only a peer holding the application's secret gets past the handshake.
 Elsewhere each server gets a temporary directory of its own (owner-only), removed when it
-closes, at exit, or by the master once the worker that owned it is dead.
+closes, at exit, or by the master once the worker that owned it is dead. (``shutil`` and
+``tempfile`` are imported there only: every worker imports this module.)
 """
 
 from __future__ import annotations
@@ -12,9 +13,7 @@ from __future__ import annotations
 import atexit
 import os
 import secrets
-import shutil
 import sys
-import tempfile
 from typing import Any
 
 from .rpc import Server, serve_unix
@@ -33,14 +32,16 @@ async def serve_in_temporary_directory(prefix: str, name: str, **serve: Any) -> 
     (``remove_socket_directory`` removes it sooner)."""
     if ABSTRACT_SOCKETS:
         return await serve_unix(f"\0{prefix}{secrets.token_hex(16)}/{name}", **serve)
+    import shutil
+    import tempfile
+
     directory = tempfile.mkdtemp(prefix=prefix)
     atexit.register(shutil.rmtree, directory, True)
     _made.add(directory)
     try:
         return await serve_unix(f"{directory}/{name}", **serve)
     except BaseException:
-        shutil.rmtree(directory, ignore_errors=True)
-        _made.discard(directory)
+        _remove(directory)
         raise
 
 
@@ -55,8 +56,7 @@ def remove_socket_directory(address: str, prefix: str = "rpc_parallel-") -> None
             continue  # TCP, or an abstract socket: no directory.
         directory = os.path.dirname(where.path)
         if os.path.basename(directory).startswith(prefix):
-            shutil.rmtree(directory, ignore_errors=True)
-            _made.discard(directory)
+            _remove(directory)
 
 
 def remove_own_directories() -> None:
@@ -64,5 +64,11 @@ def remove_own_directories() -> None:
     (which skips ``atexit``) because its master is gone (with abstract sockets there are
     none: nothing to do)."""
     for directory in list(_made):
-        shutil.rmtree(directory, ignore_errors=True)
-        _made.discard(directory)
+        _remove(directory)
+
+
+def _remove(directory: str) -> None:
+    import shutil
+
+    shutil.rmtree(directory, ignore_errors=True)
+    _made.discard(directory)

@@ -21,6 +21,7 @@ import traceback
 from collections.abc import Callable, Coroutine
 from typing import Any, NoReturn
 
+from . import _start_up
 from ._builtins import (
     CONFIG_DECODER,
     INITIALIZING,
@@ -37,7 +38,6 @@ from ._sockets import (
     remove_socket_directory,
     serve_in_temporary_directory,
 )
-from ._spawn import UnguardedMainError
 from ._state import State, process
 from ._worker_type import Worker
 from .launch._launcher import CONFIG_FILE_VARIABLE
@@ -341,8 +341,13 @@ async def serve(config: WorkerConfig, cls: type[Worker[Any]]) -> int:
         return await _construction_failed(config, remote_error_info(error))
     reports = _Reports(config.name, exit_future)
     one_way_failed = _report_failures(instance, reports)
-    initializing = _Initializing(config)
-    await initializing.start()
+    # Without an ``init_worker_state`` of its own the registration follows at once: it ends
+    # both phases, and the second connection (a thread, a loop, a handshake on both sides)
+    # would cost more than the rest of the start (decision 0018, item 3).
+    initializing = None if cls.init_worker_state is Worker.init_worker_state \
+        else _Initializing(config)
+    if initializing is not None:
+        await initializing.start()
     failure = await _init_worker_state(config, cls, instance)
     implementations = cls.implementations(instance)
     serving: dict[str, Any] = {
@@ -359,7 +364,8 @@ async def serve(config: WorkerConfig, cls: type[Worker[Any]]) -> int:
                 address=address, error=failure,
             ))
         finally:
-            initializing.finish()
+            if initializing is not None:
+                initializing.finish()
         if failure is not None:
             return 1
         _redirect_stderr(config)
@@ -468,6 +474,7 @@ def main(forked: bool = False) -> NoReturn:
     _use_argv(config.argv)
     if config_file is None and not forked:  # A config file: heartbeats alone watch the master.
         threading.Thread(target=_watch_stdin, args=(config.shutdown_on,), daemon=True).start()
+    _start_up.resume()  # before the worker's own module, which may make garbage at import
     try:
         cls = import_worker_class(config)
     except BaseException as error:
@@ -517,7 +524,8 @@ def _die(error: BaseException, what: str, code: int) -> NoReturn:
     """Print the traceback (and ``what: error`` if given), then exit with ``code`` at once:
     the master reads the tail of stderr into its ``SpawnError`` / ``WorkerDied``. A script
     without its main guard gets the message alone (its traceback is the event loop's)."""
-    if isinstance(error, UnguardedMainError):
+    spawning = sys.modules.get("rpc_parallel._spawn")  # raises it; imported by a spawn only
+    if spawning is not None and isinstance(error, spawning.UnguardedMainError):
         sys.stderr.write(f"rpc_parallel worker: {error}\n")
         sys.stdout.flush()
         sys.stderr.flush()

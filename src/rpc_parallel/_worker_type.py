@@ -1,7 +1,9 @@
 """``rp.Worker``: the base class of worker types, their function table and hooks.
 
-Imports the spawn pipeline and the handle (``spawn`` returns one) and the built-ins a worker
-serves; nothing below imports this module except the worker process's entry point.
+Imports the handle (``spawn`` returns one) and the built-ins a worker serves; the spawn
+pipeline (``_spawn``, with the master's server and supervision) when ``spawn`` is first
+called, as a worker process, which imports this module, rarely spawns. Nothing below imports
+this module except the worker process's entry point.
 """
 
 from __future__ import annotations
@@ -12,16 +14,14 @@ import socket
 import typing
 import uuid
 from collections.abc import Awaitable, Mapping
-from typing import Any, ClassVar, Generic, Self, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Self, TypeVar
 
 from ._builtins import ShutdownOn
 from ._functions import THREADS_ATTRIBUTE, Function
 from ._handle import WorkerHandle
 from ._serving import builtin_implementations, kept_servers, report_fatal
 from ._sockets import serve_in_temporary_directory
-from ._spawn import SpawnOptions, spawn
 from ._state import process
-from ._supervisor import OnFailure
 from ._threads import WorkerThreads
 from .errors import SpawnError
 from .launch import Forward, Launcher, Local, Redirection
@@ -29,6 +29,9 @@ from .launch._process import WorkerProcess
 from .rpc import Implementation, Server, current_connection
 from .rpc.functions import check_declared_types
 from .rpc.transport import address_of
+
+if TYPE_CHECKING:
+    from ._supervisor import OnFailure
 
 I = TypeVar("I")  # noqa: E741
 
@@ -159,6 +162,8 @@ class Worker(Generic[I]):
         init_timeout: float | None = None,
     ) -> WorkerHandle[Self]:
         """Start one worker process; returns once its ``init_worker_state`` has finished."""
+        from ._spawn import SpawnOptions, spawn
+
         handle, _ = await spawn(cls, init_arg, SpawnOptions(
             how=how, name=name, env=env, cwd=cwd, umask=umask, shutdown_on=shutdown_on,
             redirect_stdout=redirect_stdout, redirect_stderr=redirect_stderr,
@@ -186,6 +191,8 @@ class Worker(Generic[I]):
     ) -> tuple[WorkerHandle[Self], WorkerProcess]:
         """Like ``spawn``, in the caller's process group, also giving the process itself
         (``pid``, ``await process.wait()`` for its exit status)."""
+        from ._spawn import SpawnOptions, spawn
+
         handle, worker_process = await spawn(cls, init_arg, SpawnOptions(
             how=how, name=name, env=env, cwd=cwd, umask=umask, shutdown_on=shutdown_on,
             redirect_stdout=redirect_stdout, redirect_stderr=redirect_stderr,

@@ -26,7 +26,9 @@ Lifecycle, so that memory is reused and nothing is left in ``/dev/shm``:
   **both** tags (``Segments.close``), so the side that survives a crash cleans up after the
   one that died.
 
-This module needs no numpy: it deals in bytes and names only.
+This module needs no numpy: it deals in bytes and names only. Nor ``pathlib`` or
+``ctypes`` at import (paths are strings; ``ctypes`` comes with the first mapping): every
+process that speaks the RPC layer imports this module, and a worker's start-up is CPU bound.
 """
 
 from __future__ import annotations
@@ -34,19 +36,18 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import contextlib
-import ctypes
 import mmap
 import os
 import re
 import sys
 import threading
 import weakref
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
 
-SHM_DIRECTORY = Path("/dev/shm")
+SHM_DIRECTORY = "/dev/shm"
 NAME_PATTERN = re.compile(r"rpcp-[0-9]+-([0-9a-f]{16})-[0-9]+")
 SHARED = 2
 """The MessagePack extension code of an array in a segment (its header ends with the name)."""
@@ -128,7 +129,7 @@ class Segments:
             mapped = self._writable.get(name) if self.mapped_writes else None
             if self.mapped_writes and mapped is None:
                 try:
-                    mapped = self._writable[name] = _Mapping(SHM_DIRECTORY / name)
+                    mapped = self._writable[name] = _Mapping(_path(name))
                 except BaseException:
                     give_back(name)
                     raise
@@ -157,7 +158,7 @@ class Segments:
         self._trim(size)
         self._created += 1
         name = f"rpcp-{os.getpid()}-{self._own}-{self._created}"
-        path = SHM_DIRECTORY / name
+        path = _path(name)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             # Allocated now: ENOSPC here, never SIGBUS on a later write.
@@ -200,9 +201,10 @@ class Segments:
             self._writable.clear()  # a copy under way holds its own reference
             _peer_tags.discard(self._peer)
             _open.discard(self)
-            for tag in (self._own, self._peer):
-                for path in SHM_DIRECTORY.glob(f"rpcp-*-{tag}-*"):
-                    _unlink(path.name)
+            tags = {self._own, self._peer}
+            for name in _listed(lambda name: _tag_of_name(name) in tags):
+                _unlink(name)
+            for tag in tags:
                 for name in [n for n in list(_mapped) if f"-{tag}-" in n]:
                     _mapped.pop(name, None)  # arrays still using one keep it mapped
 
@@ -212,7 +214,7 @@ class Segments:
 
 def _write(name: str, data: memoryview) -> None:
     """Write ``data`` into the segment ``name`` with ``pwrite`` and mark it lent."""
-    fd = os.open(SHM_DIRECTORY / name, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    fd = os.open(_path(name), os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     try:
         written, size = 0, data.nbytes
         while written < size:  # (one call writes at most about 2 GiB)
@@ -225,6 +227,8 @@ def _write(name: str, data: memoryview) -> None:
 def _copy(target: int, source: int, size: int) -> None:
     """Copy ``size`` bytes from ``source`` to ``target`` (addresses in this process), split
     over up to ``COPY_THREADS`` threads for large sizes (``ctypes.memmove`` releases the GIL)."""
+    import ctypes  # (loaded already: a mapping made this process's first segment address)
+
     parts = max(1, min(COPY_THREADS, size // COPY_PART))
     if parts == 1:
         ctypes.memmove(target, source, size)
@@ -262,9 +266,9 @@ os.register_at_fork(after_in_child=_forget_copiers)
 def sweep_processes(pids: set[int]) -> None:
     """Unlink every segment the processes ``pids`` created: for a fork server whose children
     are about to die with it (and, once it is dead, for its master's)."""
-    for pid in pids:
-        for path in SHM_DIRECTORY.glob(f"rpcp-{pid}-*"):
-            _unlink(path.name)
+    prefixes = tuple(f"rpcp-{pid}-" for pid in pids)
+    for name in _listed(lambda name: name.startswith(prefixes)):
+        _unlink(name)
 
 
 def sweep_all() -> None:
@@ -274,9 +278,26 @@ def sweep_all() -> None:
         segments.close()
 
 
+def _path(name: str) -> str:
+    return f"{SHM_DIRECTORY}/{name}"
+
+
+def _listed(wanted: Callable[[str], bool]) -> list[str]:
+    """The names in ``SHM_DIRECTORY`` that ``wanted`` accepts."""
+    try:
+        return [name for name in os.listdir(SHM_DIRECTORY) if wanted(name)]
+    except FileNotFoundError:
+        return []
+
+
+def _tag_of_name(name: str) -> str | None:
+    match = NAME_PATTERN.fullmatch(name)
+    return None if match is None else match.group(1)
+
+
 def _unlink(name: str) -> None:
     with contextlib.suppress(FileNotFoundError):
-        os.unlink(SHM_DIRECTORY / name)
+        os.unlink(_path(name))
 
 
 class _Mapping:
@@ -284,7 +305,9 @@ class _Mapping:
 
     __slots__ = ("address", "anchor", "mapping", "size")
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: str) -> None:
+        import ctypes  # (here: most processes never map a segment)
+
         fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
         try:
             self.size = os.fstat(fd).st_size
@@ -318,13 +341,13 @@ def _forget_gone() -> None:
     """Drop the mappings of segments their owners have unlinked (their memory goes with
     the last array using it)."""
     for name in list(_mapped):
-        if not os.path.exists(SHM_DIRECTORY / name):
+        if not os.path.exists(_path(name)):
             _mapped.pop(name, None)
 
 
 def _state(name: str) -> bytes | None:
     try:
-        fd = os.open(SHM_DIRECTORY / name, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        fd = os.open(_path(name), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     except FileNotFoundError:
         return None
     try:
@@ -336,14 +359,14 @@ def _state(name: str) -> bytes | None:
 def give_back(name: str) -> None:
     """Mark the segment ``name`` free for its owner to reuse (if it still exists)."""
     with contextlib.suppress(FileNotFoundError):
-        fd = os.open(SHM_DIRECTORY / name, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        fd = os.open(_path(name), os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
         try:
             os.pwrite(fd, FREE, 0)
         finally:
             os.close(fd)
 
 
-def _checked(name: str) -> Path:
+def _checked(name: str) -> str:
     match = NAME_PATTERN.fullmatch(name)
     if match is None:
         raise SegmentError(f"{name!r} is not the name of an rpc_parallel segment")
@@ -352,7 +375,7 @@ def _checked(name: str) -> Path:
             f"shared-memory segment {name} is not from the peer of an open connection between "
             "processes of this host"
         )
-    return SHM_DIRECTORY / name
+    return _path(name)
 
 
 def take(name: str, size: int) -> Lent:
@@ -387,7 +410,7 @@ def _returned(mapping: mmap.mmap) -> None:
 def release(name: str) -> None:
     """Give back the segment ``name`` of a message that will not be decoded."""
     with contextlib.suppress(SegmentError):
-        give_back(_checked(name).name)
+        give_back(os.path.basename(_checked(name)))
 
 
 def release_extension(code: int, data: memoryview) -> None:

@@ -19,9 +19,7 @@ import contextlib
 import datetime
 import hashlib
 import os
-import shutil
 import ssl
-import tempfile
 from collections.abc import Iterator
 
 import msgspec
@@ -117,6 +115,9 @@ def _private_file(data: bytes) -> Iterator[str]:
         finally:
             os.close(fd)
         return
+    import shutil  # (here only: every worker process imports this module)
+    import tempfile
+
     directory = tempfile.mkdtemp(prefix="rp-tls-")  # mode 0700
     try:
         path = os.path.join(directory, "identity.pem")
