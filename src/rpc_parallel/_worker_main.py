@@ -237,6 +237,14 @@ def _report_failures(
     return one_way_failed
 
 
+def has_init_worker_state(cls: type[Worker[Any]]) -> bool:
+    """Whether ``cls`` defines ``init_worker_state``. Without one nothing runs between
+    connecting back and the registration, so no ``initializing`` connection (nor its
+    thread and loop) is needed: the registration ends both phases of the spawn
+    (decision 0018), and the init argument was checked against its type at spawn."""
+    return cls.init_worker_state is not Worker.init_worker_state
+
+
 async def _init_worker_state(
     config: WorkerConfig, cls: type[Worker[Any]], instance: Worker[Any]
 ) -> ErrorInfo | None:
@@ -341,9 +349,12 @@ async def serve(config: WorkerConfig, cls: type[Worker[Any]]) -> int:
         return await _construction_failed(config, remote_error_info(error))
     reports = _Reports(config.name, exit_future)
     one_way_failed = _report_failures(instance, reports)
-    initializing = _Initializing(config)
-    await initializing.start()
-    failure = await _init_worker_state(config, cls, instance)
+    initializing: _Initializing | None = None
+    failure: ErrorInfo | None = None
+    if has_init_worker_state(cls):  # (else the registration ends both phases at once)
+        initializing = _Initializing(config)
+        await initializing.start()
+        failure = await _init_worker_state(config, cls, instance)
     implementations = cls.implementations(instance)
     serving: dict[str, Any] = {
         "secret": config.secret, "implementations": implementations,
@@ -359,7 +370,8 @@ async def serve(config: WorkerConfig, cls: type[Worker[Any]]) -> int:
                 address=address, error=failure,
             ))
         finally:
-            initializing.finish()
+            if initializing is not None:
+                initializing.finish()
         if failure is not None:
             return 1
         _redirect_stderr(config)
