@@ -23,6 +23,7 @@ from typing import Any, NoReturn
 
 from ._builtins import (
     CONFIG_DECODER,
+    CONFIG_ENCODER,
     INITIALIZING,
     REGISTER,
     WORKER_FAILED,
@@ -43,7 +44,17 @@ from ._worker_type import Worker
 from .launch._launcher import CONFIG_FILE_VARIABLE
 from .rpc import Connection as RpcConnection
 from .rpc import Error as RpcError
-from .rpc import FunctionSpec, Server, _segments, new_event_loop, serve_tcp, server_context
+from .launch.redirection import Redirect
+from .rpc import (
+    FunctionSpec,
+    Implementation,
+    RpcSettings,
+    Server,
+    _segments,
+    new_event_loop,
+    serve_tcp,
+    server_context,
+)
 from .rpc import run as rpc_run
 from .rpc.frames import ErrorInfo, remote_error_info, text_limit
 from .rpc.functions import make_decoder
@@ -121,6 +132,8 @@ def _watch_stdin(shutdown_on: str) -> None:
 
 
 def _import_module(name: str, main_path: str | None) -> Any:
+    """The module ``name``, or the master's main script (``main_path``) as ``__mp_main__``,
+    run once per process: a forked worker finds the template's."""
     if main_path is None:
         return importlib.import_module(name)
     loaded = sys.modules.get("__mp_main__")
@@ -133,7 +146,10 @@ def _import_module(name: str, main_path: str | None) -> Any:
     module = importlib.util.module_from_spec(spec)
     sys.modules["__mp_main__"] = module
     spec.loader.exec_module(module)
-    sys.modules["__main__"] = module
+    # Both names, after the script ran: a script that imports multiprocessing for the first
+    # time has just pointed ``__mp_main__`` back at ``__main__`` (multiprocessing does that
+    # when it is imported), and each forked worker ran the script again.
+    sys.modules["__main__"] = sys.modules["__mp_main__"] = module
     process().importing_for_worker = False
     return module
 
@@ -160,6 +176,61 @@ def preload(module: str, main_path: str | None) -> None:
             with contextlib.suppress(Exception):
                 for function in value._rpc_parallel_functions.values():
                     function.spec  # noqa: B018
+
+
+_REHEARSED = FunctionSpec("rpc_parallel.rehearsal", kind="rpc", parameters=[("x", int)],
+                          response=int)
+
+
+def rehearse() -> None:
+    """Run once in a fork server's template, before its first fork, what every forked
+    worker runs first: decode a configuration, make an event loop, serve an abstract Unix
+    socket, connect to it (handshake), a registration, a call the other way, close.
+
+    Why: a forked child pays for the first run of any code in copy-on-write page faults
+    (the interpreter's type-attribute cache, code objects warming up, codecs and objects
+    built lazily on first use), which was half of a forked worker's CPU; after the template
+    has run it once, each child writes far less (decision 0021). The loop is closed before
+    any fork and nothing here starts a thread; a failure only leaves the children slower."""
+    with contextlib.suppress(Exception), asyncio.Runner(loop_factory=new_event_loop) as runner:
+        runner.run(asyncio.wait_for(_rehearsal(), 10.0))
+
+
+async def _rehearsal() -> None:
+    CONFIG_DECODER.decode(CONFIG_ENCODER.encode(WorkerConfig(
+        worker_id="", name="", module="", qualname="", main_path=None, sys_path=[],
+        secret=b"", master_address="", settings=RpcSettings(), init_arg=b"",
+        shutdown_on="connection_closed", redirect_stderr=Redirect("forward"), umask=None,
+        parent="")))
+    secret = os.urandom(32)
+    accepted: asyncio.Future[RpcConnection] = asyncio.get_running_loop().create_future()
+
+    async def register(registration: Registration) -> None:
+        pass
+
+    async def add(x: int) -> int:
+        return x + 1
+
+    server = await serve_in_temporary_directory(
+        "rpc_parallel-rehearsal-", "r.sock", secret=secret,
+        implementations=[Implementation(REGISTER, register)],
+        on_connection=lambda connection: _set_once(accepted, connection))
+    try:
+        link = await connect(address_of(server), secret=secret,
+                             implementations=[Implementation(_REHEARSED, add)])
+        await link.call(REGISTER, Registration(worker_id="", pid=0, host="", address=""))
+        master_side = await accepted
+        await master_side.call(_REHEARSED, 1)
+        master_side.close("rehearsed")
+        await link.wait_closed()
+    finally:
+        server.close("rehearsed")
+        await server.wait_closed()
+
+
+def _set_once(future: asyncio.Future[RpcConnection], connection: RpcConnection) -> None:
+    if not future.done():
+        future.set_result(connection)
 
 
 def import_worker_class(config: WorkerConfig) -> type[Worker[Any]]:

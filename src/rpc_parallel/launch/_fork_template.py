@@ -74,9 +74,10 @@ class _Template:
     """The state of the template's loop: its socket, reply pipe and the modules it has."""
 
     def __init__(self, preload: Callable[[str, str | None], None],
-                 run_worker: Callable[[], object]) -> None:
+                 run_worker: Callable[[], object], rehearse: Callable[[], object]) -> None:
         self.preload = preload
         self.run_worker = run_worker
+        self.rehearse = rehearse
         self.control = socket.socket(fileno=0)
         self.replies = os.dup(1)
         os.dup2(2, 1)  # print() in an imported module goes to stderr, not into the replies
@@ -95,6 +96,8 @@ class _Template:
         sys.path[:] = setup.sys_path
         if setup.argv:
             sys.argv[:] = setup.argv
+        self.rehearse()  # Before any fork and any signal set-up: its loop is closed after.
+        gc.collect()
         signal.set_wakeup_fd(self.wake_write)
         signal.signal(signal.SIGCHLD, _ignore)
         self._reply(("ready", 0, os.getpid()))
@@ -266,11 +269,14 @@ def _close_all(fds: list[int]) -> None:
             os.close(fd)
 
 
-def serve(preload: Callable[[str, str | None], None], run_worker: Callable[[], object]) -> NoReturn:
+def serve(preload: Callable[[str, str | None], None], run_worker: Callable[[], object],
+          rehearse: Callable[[], object]) -> NoReturn:
     """The template's main: serve fork requests until the master goes.
 
     ``preload(module, main_path)`` imports a worker class's module (and must leave nothing
     half-imported when it fails: the forked child imports it again and reports the error
-    as an exec'd worker does); ``run_worker()`` is the worker process's main.
+    as an exec'd worker does); ``run_worker()`` is the worker process's main;
+    ``rehearse()``, run once before the first fork, runs what every worker runs first, so
+    that the children find it warm (it must leave no event loop and no thread behind).
     """
-    _Template(preload, run_worker).run()
+    _Template(preload, run_worker, rehearse).run()
