@@ -42,9 +42,9 @@ from ._spawn import UnguardedMainError
 from ._state import State, process
 from ._worker_type import Worker
 from .launch._launcher import CONFIG_FILE_VARIABLE
+from .launch.redirection import Redirect
 from .rpc import Connection as RpcConnection
 from .rpc import Error as RpcError
-from .launch.redirection import Redirect
 from .rpc import (
     FunctionSpec,
     Implementation,
