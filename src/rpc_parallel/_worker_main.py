@@ -176,6 +176,7 @@ def preload(module: str, main_path: str | None) -> None:
             with contextlib.suppress(Exception):
                 for function in value._rpc_parallel_functions.values():
                     function.spec  # noqa: B018
+                    function._keyword_layout()
 
 
 _REHEARSED = FunctionSpec("rpc_parallel.rehearsal", kind="rpc", parameters=[("x", int)],

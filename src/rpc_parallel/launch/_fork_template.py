@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
-import random
 import select
 import signal
 import socket
@@ -89,7 +88,9 @@ class _Template:
         self.imported: set[tuple[str, str | None]] = set()
         self.children: set[int] = set()
         self.master = os.getppid()
-        self.libc = _libc()
+        libc = _libc()
+        self.prctl = None if libc is None else libc.prctl  # (looked up once, not per child)
+        self.malloc_trim = getattr(libc, "malloc_trim", None)
 
     def run(self) -> NoReturn:
         setup = msgspec.msgpack.decode(self.control.recv(_MAX_MESSAGE), type=Setup)
@@ -97,7 +98,7 @@ class _Template:
         if setup.argv:
             sys.argv[:] = setup.argv
         self.rehearse()  # Before any fork and any signal set-up: its loop is closed after.
-        gc.collect()
+        self._compact()
         signal.set_wakeup_fd(self.wake_write)
         signal.signal(signal.SIGCHLD, _ignore)
         self._reply(("ready", 0, os.getpid()))
@@ -132,6 +133,7 @@ class _Template:
         if key not in self.imported:
             self.imported.add(key)  # Once: a failed import is the child's to report.
             self.preload(request.module, request.main_path)
+            self._compact()
         if threading.active_count() > 1:
             _close_all(fds)
             return ("tainted", request.id,
@@ -151,6 +153,15 @@ class _Template:
         _close_all(fds)
         self.children.add(pid)
         return ("started", request.id, pid)
+
+    def _compact(self) -> None:
+        """Free what importing and rehearsing left unreachable, and give the C heap's free
+        pages back: every fork copies the page table of each resident page and every
+        child's exit tears it down (malloc_trim took 1.4 of 26.6 MiB here)."""
+        gc.collect()
+        if self.malloc_trim is not None:
+            with contextlib.suppress(Exception):
+                self.malloc_trim(0)
 
     def _become_worker(self, request: ForkRequest, fds: list[int]) -> NoReturn:
         """In the child: a session of its own, its own descriptors and random state, then
@@ -178,9 +189,9 @@ class _Template:
     def _die_with_template(self, template: int, name: str) -> None:
         """SIGKILL when the template ends (it reaps us; without it nobody reports our exit
         to the master), and the worker's name as the process name (``ps -o comm``)."""
-        if self.libc is not None:
-            self.libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-            self.libc.prctl(_PR_SET_NAME, name.encode()[:15], 0, 0, 0)
+        if self.prctl is not None:
+            self.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            self.prctl(_PR_SET_NAME, name.encode()[:15], 0, 0, 0)
         if os.getppid() != template:
             os._exit(70)  # It died before the death signal was armed.
 
@@ -230,11 +241,11 @@ def _dying(pid: int) -> bool:
 
 
 def reseed() -> None:
-    """Fresh random state in a forked child: ``random``'s global generator (Python also does
-    this at fork) and, if numpy is imported, numpy's legacy global ``RandomState``
-    (``numpy.random.seed()`` from the OS's entropy). ``secrets``, ``os.urandom`` and
-    ``uuid4`` read the kernel's generator and need nothing."""
-    random.seed()
+    """Fresh random state in a forked child: numpy's legacy global ``RandomState``, if numpy
+    is imported (``numpy.random.seed()`` from the OS's entropy). ``random``'s global
+    generator is reseeded by Python itself at every fork (``random`` registers that with
+    ``os.register_at_fork``); ``secrets``, ``os.urandom`` and ``uuid4`` read the kernel's
+    generator and need nothing."""
     numpy_random = sys.modules.get("numpy.random")
     seed = getattr(numpy_random, "seed", None)
     if seed is not None:
