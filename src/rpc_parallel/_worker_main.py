@@ -183,18 +183,28 @@ _REHEARSED = FunctionSpec("rpc_parallel.rehearsal", kind="rpc", parameters=[("x"
                           response=int)
 
 
+REHEARSALS = 10
+"""How many times ``rehearse`` runs a worker's start: enough for the interpreter to have
+specialised the code on its path (a function is quickened after 8 calls), which children
+would otherwise do, writing to shared pages. About 1 ms each after the first."""
+
+
 def rehearse() -> None:
-    """Run once in a fork server's template, before its first fork, what every forked
-    worker runs first: decode a configuration, make an event loop, serve an abstract Unix
-    socket, connect to it (handshake), a registration, a call the other way, close.
+    """Run in a fork server's template, before its first fork, what every forked worker
+    runs first: decode a configuration, make an event loop, serve an abstract Unix socket,
+    connect to it (handshake), a registration, a call the other way, close.
 
     Why: a forked child pays for the first run of any code in copy-on-write page faults
     (the interpreter's type-attribute cache, code objects warming up, codecs and objects
     built lazily on first use), which was half of a forked worker's CPU; after the template
-    has run it once, each child writes far less (decision 0021). The loop is closed before
-    any fork and nothing here starts a thread; a failure only leaves the children slower."""
-    with contextlib.suppress(Exception), asyncio.Runner(loop_factory=new_event_loop) as runner:
-        runner.run(asyncio.wait_for(_rehearsal(), 10.0))
+    has run it, each child writes less (decision 0028). Each loop is closed before any fork
+    and nothing here starts a thread; a failure only leaves the children slower."""
+    for _ in range(REHEARSALS):
+        try:
+            with asyncio.Runner(loop_factory=new_event_loop) as runner:
+                runner.run(asyncio.wait_for(_rehearsal(), 10.0))
+        except Exception:
+            return
 
 
 async def _rehearsal() -> None:

@@ -97,7 +97,7 @@ class _Template:
         sys.path[:] = setup.sys_path
         if setup.argv:
             sys.argv[:] = setup.argv
-        self.rehearse()  # Before any fork and any signal set-up: its loop is closed after.
+        self.rehearse()  # Before any fork and any signal set-up: its loops are closed after.
         self._compact()
         signal.set_wakeup_fd(self.wake_write)
         signal.signal(signal.SIGCHLD, _ignore)
