@@ -202,7 +202,7 @@ def rehearse() -> None:
     for _ in range(REHEARSALS):
         try:
             with asyncio.Runner(loop_factory=new_event_loop) as runner:
-                runner.run(asyncio.wait_for(_rehearsal(), 10.0))
+                runner.run(asyncio.wait_for(_rehearsal(), 5.0))
         except Exception:
             return
 

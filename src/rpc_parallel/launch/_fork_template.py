@@ -13,9 +13,10 @@ child-of <pid>@<host>``, with
   reaches the replies;
 * fd 2: its stderr, which the master forwards.
 
-It runs no event loop and no thread: a ``select`` loop over the socket and the wake-up
-pipe of ``SIGCHLD``. It imports a worker class's module on the first request that names it,
-then forks. It is the parent of every worker it forks: it reaps each one as it exits and
+It forks with no event loop and no thread: a ``select`` loop over the socket and the wake-up
+pipe of ``SIGCHLD``. Before its first fork it rehearses a worker's start (event loops it
+closes again) and compacts its heap, so that each child has less to copy (decision 0028).
+It imports a worker class's module on the first request that names it, then forks. It is the parent of every worker it forks: it reaps each one as it exits and
 reports the exit status, so the master's supervision is the same as for a child of its own.
 A forked child starts a session of its own, takes its three descriptors, dies with the
 template (``PR_SET_PDEATHSIG``), changes to the requested directory, reseeds the random
