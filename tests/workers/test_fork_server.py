@@ -445,3 +445,24 @@ async def test_the_main_script_runs_once_in_the_template_not_in_each_fork(tmp_pa
     assert len(templates) == 1 and places["master"] not in templates, places
     assert (tmp_path / "runs.txt").read_text().split() == ["__main__", "__mp_main__"]
     assert places["template_threads"] == 1
+
+
+def test_the_rehearsal_leaves_no_loop_thread_or_descriptor() -> None:
+    """What the template runs before its first fork (decision 0028) must leave it fit to
+    fork: no event loop set or running, no new thread (Python's or native), no descriptor."""
+    import threading
+
+    from rpc_parallel._worker_main import rehearse
+
+    def state() -> tuple[set[str], set[str], set[int]]:
+        return (set(os.listdir("/proc/self/fd")), set(os.listdir("/proc/self/task")),
+                {thread.ident or 0 for thread in threading.enumerate()})
+
+    rehearse()  # (libuv makes its signal pipe once per process, at its first loop)
+    before = state()
+    rehearse()
+    after = state()
+    assert [new - old for new, old in zip(after, before, strict=True)] == [set(), set(), set()]
+    with pytest.raises(RuntimeError):
+        asyncio.get_running_loop()
+    assert asyncio.get_event_loop_policy()._local._loop is None  # type: ignore[attr-defined]
