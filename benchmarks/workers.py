@@ -186,6 +186,7 @@ def tree_cpu() -> float:
 
 
 def _live_children() -> list[int]:
+    """This process's children that have not been reaped (the fork server's template)."""
     pids: list[int] = []
     for task in os.listdir(f"/proc/{os.getpid()}/task"):
         with contextlib.suppress(OSError), \
@@ -235,6 +236,7 @@ async def burst_figures(count: int, rounds: int) -> dict[str, Any]:
 
 
 def print_burst(burst: dict[str, Any]) -> None:
+    """Every round's wall and CPU time, then the medians and both ratios."""
     print(f"\nburst of {burst['workers']} workers, one call each (ms, interleaved rounds)")
     print(f"  rpc_parallel (forked)  wall {burst['ours_all_ms']}")
     print(f"                         cpu  {burst['ours_all_cpu_ms']}")
@@ -398,6 +400,7 @@ async def run(quick: bool) -> dict[str, Any]:
 
 
 async def burst_only(count: int, rounds: int) -> None:
+    """``--burst``: the burst section alone, to judge a change to spawning quickly."""
     print_burst({"workers": count, **await burst_figures(count, rounds)})
 
 
