@@ -1,6 +1,7 @@
 """Workers through the public API, beside multiprocessing.Pool and the raw floor, in one run.
 
     .venv/bin/python benchmarks/workers.py [--quick]
+    .venv/bin/python benchmarks/workers.py --burst 7 [--workers 100]   # the burst alone
 
 Prints a table and the ratios against the issue's targets (issue 13's two call ratios, the
 throughput with 256 in flight and the sequential latency against the floor over Unix sockets,
@@ -13,10 +14,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import json
 import multiprocessing
 import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -161,20 +164,87 @@ def pool_burst(count: int) -> float:
     return time.perf_counter() - started
 
 
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu() -> float:
+    """CPU seconds used so far by this process, its reaped children and its live children
+    with what they reaped (the fork server's template reaps our forked workers; a Pool's
+    workers are reaped by us). Counts the whole burst, whoever's process does the work."""
+    own = time.process_time()
+    reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
+    total = own + reaped.ru_utime + reaped.ru_stime
+    for pid in _live_children():
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as file:
+                fields = file.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        total += sum(int(value) for value in fields[11:15]) / _TICK  # utime stime cutime cstime
+    return total
+
+
+def _live_children() -> list[int]:
+    """This process's children that have not been reaped (the fork server's template)."""
+    pids: list[int] = []
+    for task in os.listdir(f"/proc/{os.getpid()}/task"):
+        with contextlib.suppress(OSError), \
+                open(f"/proc/{os.getpid()}/task/{task}/children") as file:
+            pids.extend(int(pid) for pid in file.read().split())
+    return pids
+
+
 async def burst_figures(count: int, rounds: int) -> dict[str, Any]:
-    """Our burst and the Pool's, interleaved round by round; medians in ms."""
+    """Our burst and the Pool's, interleaved round by round (which goes first alternates);
+    medians of wall time and of the CPU time of the whole process tree, in ms."""
     os.environ["RPC_PARALLEL_PRESTART"] = "1"
+    ours: list[tuple[float, float]] = []
+    pool: list[tuple[float, float]] = []
+
+    async def one_of_ours() -> None:
+        cpu = tree_cpu()
+        wall = await ours_burst(count)
+        ours.append((wall, tree_cpu() - cpu))
+
+    def one_pool() -> None:
+        cpu = tree_cpu()
+        wall = pool_burst(count)
+        pool.append((wall, tree_cpu() - cpu))
+
     try:
         await ours_burst(2)  # the template is running, as after an application's first spawn
-        ours, pool = [], []
-        for _ in range(rounds):
-            ours.append(await ours_burst(count))
-            pool.append(pool_burst(count))
+        for round_number in range(rounds):
+            if round_number % 2:
+                one_pool()
+                await one_of_ours()
+            else:
+                await one_of_ours()
+                one_pool()
     finally:
         os.environ.pop("RPC_PARALLEL_PRESTART", None)
-    return {"ours_ms": statistics.median(ours) * 1000, "pool_ms": statistics.median(pool) * 1000,
-            "ours_all_ms": [round(t * 1000, 1) for t in ours],
-            "pool_all_ms": [round(t * 1000, 1) for t in pool]}
+
+    def median_ms(samples: list[tuple[float, float]], which: int) -> float:
+        return statistics.median(sample[which] for sample in samples) * 1000
+
+    return {"ours_ms": median_ms(ours, 0), "pool_ms": median_ms(pool, 0),
+            "ours_cpu_ms": median_ms(ours, 1), "pool_cpu_ms": median_ms(pool, 1),
+            "ours_all_ms": [round(wall * 1000, 1) for wall, _ in ours],
+            "pool_all_ms": [round(wall * 1000, 1) for wall, _ in pool],
+            "ours_all_cpu_ms": [round(cpu * 1000, 1) for _, cpu in ours],
+            "pool_all_cpu_ms": [round(cpu * 1000, 1) for _, cpu in pool]}
+
+
+def print_burst(burst: dict[str, Any]) -> None:
+    """Every round's wall and CPU time, then the medians and both ratios."""
+    print(f"\nburst of {burst['workers']} workers, one call each (ms, interleaved rounds)")
+    print(f"  rpc_parallel (forked)  wall {burst['ours_all_ms']}")
+    print(f"                         cpu  {burst['ours_all_cpu_ms']}")
+    print(f"  Pool(fork)             wall {burst['pool_all_ms']}")
+    print(f"                         cpu  {burst['pool_all_cpu_ms']}")
+    print(f"  medians: ours {burst['ours_ms']:.0f} ms ({burst['ours_cpu_ms']:.0f} ms CPU), "
+          f"Pool {burst['pool_ms']:.0f} ms ({burst['pool_cpu_ms']:.0f} ms CPU); "
+          f"ratio {burst['ours_ms'] / burst['pool_ms']:.2f} wall (target <= 2), "
+          f"{burst['ours_cpu_ms'] / burst['pool_cpu_ms']:.2f} CPU")
 
 
 def pool_latency(pool: Any, calls: int) -> tuple[float, float]:
@@ -333,11 +403,13 @@ async def run(quick: bool) -> dict[str, Any]:
     return results
 
 
+async def burst_only(count: int, rounds: int) -> None:
+    """``--burst``: the burst section alone, to judge a change to spawning quickly."""
+    print_burst({"workers": count, **await burst_figures(count, rounds)})
+
+
 def print_results(results: dict[str, Any]) -> None:
-    burst = results["burst"]
-    print(f"\nburst of {burst['workers']} workers, one call each (ms, interleaved rounds)")
-    print(f"  rpc_parallel (forked)  {burst['ours_all_ms']}")
-    print(f"  Pool(fork)             {burst['pool_all_ms']}")
+    print_burst(results["burst"])
     for section in ("rpc_parallel", "multiprocessing_pool", "floor", "versus_floor"):
         print(f"\n{section}")
         for key, value in results[section].items():
@@ -353,8 +425,14 @@ def print_results(results: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None, *, output: Path | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="tiny counts, for a smoke run")
+    parser.add_argument("--burst", type=int, metavar="ROUNDS",
+                        help="only the burst, this many interleaved rounds (no results file)")
+    parser.add_argument("--workers", type=int, default=100, help="workers in --burst's burst")
     arguments = parser.parse_args(argv)
     holder: dict[str, Any] = {}
+    if arguments.burst is not None:
+        rp.start_app(lambda: burst_only(arguments.workers, arguments.burst))
+        return {}
 
     async def body() -> None:
         holder.update(await run(arguments.quick))

@@ -8,10 +8,10 @@ if len(sys.argv) > 1 and sys.argv[1] == "worker":
 
     main()
 elif len(sys.argv) > 1 and sys.argv[1] == "fork-server":
-    from ._worker_main import main, preload
+    from ._worker_main import main, preload, rehearse
     from .launch._fork_template import serve
 
-    serve(preload, lambda: main(forked=True))
+    serve(preload, lambda: main(forked=True), rehearse)
 else:
     sys.stderr.write(
         "usage: python -m rpc_parallel worker NAME child-of PID@HOST\n"

@@ -52,6 +52,7 @@ class Function(Generic[W_contra]):
         self._spec: FunctionSpec | None = None
         self._rpc_spec: FunctionSpec | None = None
         """``_spec`` once made, if this is an ``rpc``: ``submit``'s one look-up per call."""
+        self._keyword_only: tuple[int, list[str]] | None = None
         self.__doc__ = getattr(implementation, "__doc__", None)
         self.__wrapped__ = implementation
         unwrapped = inspect.unwrap(implementation)
@@ -85,17 +86,25 @@ class Function(Generic[W_contra]):
         positional (as they arrive on the wire): keyword-only parameters are passed by
         keyword."""
         method = self.implementation.__get__(instance, type(instance))
-        parameters = list(inspect.signature(self.implementation).parameters.values())[1:]
-        keyword_only = [p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY]
+        positional, keyword_only = self._keyword_layout()
         if not keyword_only:
             return method  # type: ignore[no-any-return]
-        positional = len(parameters) - len(keyword_only)
 
         @functools.wraps(self.implementation)
         def call(*args: Any) -> Any:
             return method(*args[:positional], **dict(zip(keyword_only, args[positional:], strict=True)))
 
         return call
+
+    def _keyword_layout(self) -> tuple[int, list[str]]:
+        """(how many parameters are positional, the keyword-only ones' names), after
+        ``self``; worked out once (a fork server's template does it for its workers)."""
+        layout = self._keyword_only
+        if layout is None:
+            parameters = list(inspect.signature(self.implementation).parameters.values())[1:]
+            keyword_only = [p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY]
+            layout = self._keyword_only = (len(parameters) - len(keyword_only), keyword_only)
+        return layout
 
     def _bound(self, instance: object) -> Any:
         """What ``instance.f`` is: the implementation bound to ``instance``, awaited as an

@@ -68,10 +68,12 @@ class WarmProcesses:
         if self._closed or (module, main_path) in self._unforkable:
             return None
         key = _server_key(main_path)
-        try:  # A template still starting after the spawn's own bound: not this spawn's.
-            server = await asyncio.wait_for(self._server(key), request.timeout / 2)
-        except TimeoutError:
-            return None
+        server = self._running(key)
+        if server is None:
+            try:  # A template still starting after the spawn's own bound: not this spawn's.
+                server = await asyncio.wait_for(self._server(key), request.timeout / 2)
+            except TimeoutError:
+                return None
         if server is None:
             return None
         worker = await server.fork(
@@ -91,6 +93,15 @@ class WarmProcesses:
         if starting is not None and starting.done() and starting.result() is server:
             del self._servers[key]
             self._retired.append(server)
+
+    def _running(self, key: ServerKey) -> ForkServer | None:
+        """The template of ``key`` if it is up and may fork (the common case, with no task
+        to wait in), else None."""
+        starting = self._servers.get(key)
+        if starting is None or not starting.done():
+            return None
+        server = starting.result()
+        return server if server is not None and server.usable else None
 
     async def _server(self, key: ServerKey) -> ForkServer | None:
         """The live template of ``key``: the one running, or a new one (a dead one is

@@ -24,6 +24,7 @@ from typing import Any, NoReturn
 from . import _start_up
 from ._builtins import (
     CONFIG_DECODER,
+    CONFIG_ENCODER,
     INITIALIZING,
     REGISTER,
     WORKER_FAILED,
@@ -41,9 +42,19 @@ from ._sockets import (
 from ._state import State, process
 from ._worker_type import Worker
 from .launch._launcher import CONFIG_FILE_VARIABLE
+from .launch.redirection import Redirect
 from .rpc import Connection as RpcConnection
 from .rpc import Error as RpcError
-from .rpc import FunctionSpec, Server, _segments, new_event_loop, serve_tcp, server_context
+from .rpc import (
+    FunctionSpec,
+    Implementation,
+    RpcSettings,
+    Server,
+    _segments,
+    new_event_loop,
+    serve_tcp,
+    server_context,
+)
 from .rpc import run as rpc_run
 from .rpc.frames import ErrorInfo, remote_error_info, text_limit
 from .rpc.functions import make_decoder
@@ -121,6 +132,8 @@ def _watch_stdin(shutdown_on: str) -> None:
 
 
 def _import_module(name: str, main_path: str | None) -> Any:
+    """The module ``name``, or the master's main script (``main_path``) as ``__mp_main__``,
+    run once per process: a forked worker finds the template's."""
     if main_path is None:
         return importlib.import_module(name)
     loaded = sys.modules.get("__mp_main__")
@@ -133,7 +146,10 @@ def _import_module(name: str, main_path: str | None) -> Any:
     module = importlib.util.module_from_spec(spec)
     sys.modules["__mp_main__"] = module
     spec.loader.exec_module(module)
-    sys.modules["__main__"] = module
+    # Both names, after the script ran: a script that imports multiprocessing for the first
+    # time has just pointed ``__mp_main__`` back at ``__main__`` (multiprocessing does that
+    # when it is imported), and each forked worker ran the script again.
+    sys.modules["__main__"] = sys.modules["__mp_main__"] = module
     process().importing_for_worker = False
     return module
 
@@ -160,6 +176,72 @@ def preload(module: str, main_path: str | None) -> None:
             with contextlib.suppress(Exception):
                 for function in value._rpc_parallel_functions.values():
                     function.spec  # noqa: B018
+                    function._keyword_layout()
+
+
+_REHEARSED = FunctionSpec("rpc_parallel.rehearsal", kind="rpc", parameters=[("x", int)],
+                          response=int)
+
+
+REHEARSALS = 10
+"""How many times ``rehearse`` runs a worker's start: enough for the interpreter to have
+specialised the code on its path (a function is quickened after 8 calls), which children
+would otherwise do, writing to shared pages. About 1 ms each after the first."""
+
+
+def rehearse() -> None:
+    """Run in a fork server's template, before its first fork, what every forked worker
+    runs first: decode a configuration, make an event loop, serve an abstract Unix socket,
+    connect to it (handshake), a registration, a call the other way, close.
+
+    Why: a forked child pays for the first run of any code in copy-on-write page faults
+    (the interpreter's type-attribute cache, code objects warming up, codecs and objects
+    built lazily on first use), which was half of a forked worker's CPU; after the template
+    has run it, each child writes less (decision 0028). Each loop is closed before any fork
+    and nothing here starts a thread; a failure only leaves the children slower."""
+    for _ in range(REHEARSALS):
+        try:
+            with asyncio.Runner(loop_factory=new_event_loop) as runner:
+                runner.run(asyncio.wait_for(_rehearsal(), 5.0))
+        except Exception:
+            return
+
+
+async def _rehearsal() -> None:
+    CONFIG_DECODER.decode(CONFIG_ENCODER.encode(WorkerConfig(
+        worker_id="", name="", module="", qualname="", main_path=None, sys_path=[],
+        secret=b"", master_address="", settings=RpcSettings(), init_arg=b"",
+        shutdown_on="connection_closed", redirect_stderr=Redirect("forward"), umask=None,
+        parent="")))
+    secret = os.urandom(32)
+    accepted: asyncio.Future[RpcConnection] = asyncio.get_running_loop().create_future()
+
+    async def register(registration: Registration) -> None:
+        pass
+
+    async def add(x: int) -> int:
+        return x + 1
+
+    server = await serve_in_temporary_directory(
+        "rpc_parallel-rehearsal-", "r.sock", secret=secret,
+        implementations=[Implementation(REGISTER, register)],
+        on_connection=lambda connection: _set_once(accepted, connection))
+    try:
+        link = await connect(address_of(server), secret=secret,
+                             implementations=[Implementation(_REHEARSED, add)])
+        await link.call(REGISTER, Registration(worker_id="", pid=0, host="", address=""))
+        master_side = await accepted
+        await master_side.call(_REHEARSED, 1)
+        master_side.close("rehearsed")
+        await link.wait_closed()
+    finally:
+        server.close("rehearsed")
+        await server.wait_closed()
+
+
+def _set_once(future: asyncio.Future[RpcConnection], connection: RpcConnection) -> None:
+    if not future.done():
+        future.set_result(connection)
 
 
 def import_worker_class(config: WorkerConfig) -> type[Worker[Any]]:
@@ -235,6 +317,14 @@ def _report_failures(
         report_fatal(instance, error, f"one-way function {spec.name} failed")
 
     return one_way_failed
+
+
+def has_init_worker_state(cls: type[Worker[Any]]) -> bool:
+    """Whether ``cls`` defines ``init_worker_state``. Without one nothing runs between
+    connecting back and the registration, so no ``initializing`` connection (nor its
+    thread and loop) is needed: the registration ends both phases of the spawn
+    (decision 0018), and the init argument was checked against its type at spawn."""
+    return cls.init_worker_state is not Worker.init_worker_state
 
 
 async def _init_worker_state(
@@ -341,14 +431,12 @@ async def serve(config: WorkerConfig, cls: type[Worker[Any]]) -> int:
         return await _construction_failed(config, remote_error_info(error))
     reports = _Reports(config.name, exit_future)
     one_way_failed = _report_failures(instance, reports)
-    # Without an ``init_worker_state`` of its own the registration follows at once: it ends
-    # both phases, and the second connection (a thread, a loop, a handshake on both sides)
-    # would cost more than the rest of the start (decision 0018, item 3).
-    initializing = None if cls.init_worker_state is Worker.init_worker_state \
-        else _Initializing(config)
-    if initializing is not None:
+    initializing: _Initializing | None = None
+    failure: ErrorInfo | None = None
+    if has_init_worker_state(cls):  # (else the registration ends both phases at once)
+        initializing = _Initializing(config)
         await initializing.start()
-    failure = await _init_worker_state(config, cls, instance)
+        failure = await _init_worker_state(config, cls, instance)
     implementations = cls.implementations(instance)
     serving: dict[str, Any] = {
         "secret": config.secret, "implementations": implementations,

@@ -409,3 +409,60 @@ async def test_forked_spawn_and_kill_cycles_leave_nothing_behind(tmp_path: Path)
     assert code == 0, err
     only(lines, "settled")
     assert not temp_entries(str(tmp_path))
+
+
+MAIN_SCRIPT_ONCE = """
+import multiprocessing  # (its first import points __mp_main__ back at __main__)
+
+with open("runs.txt", "a") as file:
+    file.write(f"{__name__}\\n")
+
+class Here(rp.Worker[None]):
+    @rp.rpc
+    async def where(self) -> list[int]:
+        return [os.getpid(), os.getppid()]
+
+async def main():
+    workers = await asyncio.gather(*(Here.spawn(None) for _ in range(3)))
+    places = [await w.run(Here.where) for w in workers]
+    await asyncio.gather(*(w.close() for w in workers))
+    with open(f"/proc/{places[0][1]}/status") as status:
+        threads = [line for line in status if line.startswith("Threads:")][0].split()[1]
+    say(kind="places", master=os.getpid(), places=places, template_threads=int(threads))
+"""
+
+
+@pytest.mark.timeout(120)
+async def test_the_main_script_runs_once_in_the_template_not_in_each_fork(tmp_path: Path) -> None:
+    """A worker class defined in the main script: the template runs the script (as
+    ``__mp_main__``) once, and its forks use that module, even when the script's first
+    ``import multiprocessing`` re-points ``__mp_main__``. The template, which has run its
+    rehearsal (an event loop, closed), still has one thread."""
+    code, lines, _, err = await run_master(tmp_path, MAIN_SCRIPT_ONCE)
+    assert code == 0, err
+    places = only(lines, "places")
+    templates = {ppid for _, ppid in places["places"]}
+    assert len(templates) == 1 and places["master"] not in templates, places
+    assert (tmp_path / "runs.txt").read_text().split() == ["__main__", "__mp_main__"]
+    assert places["template_threads"] == 1
+
+
+def test_the_rehearsal_leaves_no_loop_thread_or_descriptor() -> None:
+    """What the template runs before its first fork (decision 0028) must leave it fit to
+    fork: no event loop set or running, no new thread (Python's or native), no descriptor."""
+    import threading
+
+    from rpc_parallel._worker_main import rehearse
+
+    def state() -> tuple[set[str], set[str], set[int]]:
+        return (set(os.listdir("/proc/self/fd")), set(os.listdir("/proc/self/task")),
+                {thread.ident or 0 for thread in threading.enumerate()})
+
+    rehearse()  # (libuv makes its signal pipe once per process, at its first loop)
+    before = state()
+    rehearse()
+    after = state()
+    assert [new - old for new, old in zip(after, before, strict=True)] == [set(), set(), set()]
+    with pytest.raises(RuntimeError):
+        asyncio.get_running_loop()
+    assert asyncio.get_event_loop_policy()._local._loop is None  # type: ignore[attr-defined]

@@ -11,9 +11,10 @@ import pytest
 
 import rpc_parallel as rp
 from rpc_parallel._state import process
+from rpc_parallel.rpc import Server
 
 from .support import alive, bounded, cmdline, cmdline_bytes, environ, gone, stat_fields, wait_until
-from .workers import Echo
+from .workers import Echo, Plain
 
 
 async def test_handle_attributes_and_command_line() -> None:
@@ -240,3 +241,33 @@ async def test_worker_spawns_a_worker() -> None:
         assert f"child-of {w.pid}@{socket.gethostname()}" in argv
     # Its parent worker exited: so does the grandchild.
     await gone(kept, 10.0)
+
+
+async def test_only_a_class_with_init_worker_state_announces_its_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Decision 0028: a worker whose class has no ``init_worker_state`` registers on its one
+    connection to the master (no ``initializing`` call, so no second connection, thread or
+    loop in the worker); one with it announces its start on a connection of its own first."""
+    from rpc_parallel._master import Master
+
+    announced: list[str] = []
+    accepted: list[object] = []
+    initializing, register = Master._initializing, Server._register
+
+    async def counting(self: Master, worker_id: str) -> None:
+        announced.append(worker_id)
+        await initializing(self, worker_id)
+
+    def counting_accepts(self: Server, connection: object) -> None:
+        accepted.append(connection)
+        register(self, connection)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Master, "_initializing", counting)
+    monkeypatch.setattr(Server, "_register", counting_accepts)
+    async with await Plain.spawn(None) as plain:
+        assert await plain.run(Plain.pid) == plain.pid
+        assert (announced, len(accepted)) == ([], 1)
+        async with await Echo.spawn(5) as echo:
+            assert await echo.run(Echo.add, 1) == 1 + 10 + 5
+            assert announced == [echo.id] and len(accepted) == 2 + 1

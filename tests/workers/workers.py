@@ -224,6 +224,14 @@ class Echo(rp.Worker[int]):
         return "not an int"  # type: ignore[return-value]
 
 
+class Plain(rp.Worker[None]):
+    """No ``init_worker_state``: its start is one connection, registered at once."""
+
+    @rp.rpc
+    async def pid(self) -> int:
+        return os.getpid()
+
+
 class InitFails(rp.Worker[str]):
     async def init_worker_state(self, message: str) -> None:
         print("init is about to fail", file=sys.stderr, flush=True)
