@@ -108,6 +108,7 @@ class Supervisor:
                 raise
             returncode = await self._reap(closed, exited)
             self.returncode = returncode
+            link.sweep_shared_memory()  # what it lent after the link's close, then died
             remove_socket_directory(self.address, WORKER_PREFIX)
             if not self.expected_exit and self.failure is None:
                 exit_code, signal_number = exit_status(returncode)

@@ -6,6 +6,7 @@ it has closed, also when the worker or the master was killed mid-call."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import os
@@ -210,6 +211,40 @@ async def test_worker_killed_mid_call_leaves_no_segment() -> None:
         await poll(lambda: segments(w.pid) == before, 10.0, "the master to sweep the segment")
     finally:
         await w.close()
+
+
+def write_lent(name: str) -> None:
+    """A segment file as a worker lends one (its state word only: nothing maps it)."""
+    with open(f"/dev/shm/{name}", "xb") as file:
+        file.write(_segments.LENT)
+
+
+@pytest.mark.timeout(60)
+async def test_a_segment_lent_after_the_masters_close_is_swept_once_the_worker_is_reaped() -> None:
+    """The master's close swept the connection's segments, but its worker (still open on its
+    side) lent one more, then was killed before it could sweep: the master sweeps again once
+    it has reaped the worker."""
+    before = segments()
+    w = await Arrays.spawn(None, **QUIET)
+    try:
+        np.testing.assert_array_equal(await w.run(Arrays.echo, np.ones(2 * MIB)),
+                                      np.ones(2 * MIB))
+        link = w._link
+        assert link is not None and link._segments is not None
+        os.kill(w.pid, signal.SIGSTOP)  # it can neither sweep nor exit on its own
+        link.close("closed by the test")  # the master's sweep: nothing of the worker's left
+        # What the worker would have lent after that sweep (its side of the link still open):
+        straggler = f"rpcp-{w.pid}-{link._segments._peer}-999"
+        write_lent(straggler)
+        # The supervisor sees the link closed, kills the (stopped) worker after its grace
+        # and reaps it, then sweeps the connection's segments once more.
+        await poll_async(lambda: asyncio.sleep(0, int(os.path.exists(f"/dev/shm/{straggler}"))),
+                         lambda present: not present, "the straggler to be swept", 15.0)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(w.pid, signal.SIGKILL)
+        await w.close()
+    assert segments(w.pid) == before
 
 
 @pytest.mark.timeout(60)

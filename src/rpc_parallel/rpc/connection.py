@@ -258,6 +258,14 @@ class Connection(asyncio.BufferedProtocol):
         """Wait until the connection and every task it owns have ended; return the reason."""
         return await asyncio.shield(self._closed)
 
+    def sweep_shared_memory(self) -> None:
+        """Once closed, unlink again every shared-memory segment either side created on this
+        connection. Its close swept them, but the peer may have lent one after that (its side
+        still open) and then died without sweeping (SIGKILL): the owner of a local peer
+        process calls this once it has reaped it. Nothing while the connection is open."""
+        if self._close_reason is not None and self._segments is not None:
+            self._segments.close()
+
     def close(self, reason: str = "closed by this side") -> None:
         """Close: fail every call in flight with ``ConnectionClosed(reason)``, stop serving."""
         self._close(reason, "closed_here")
