@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -14,7 +15,7 @@ import pytest
 
 import rpc_parallel as rp
 from rpc_parallel import map_reduce as mr
-from rpc_parallel.pool._engine import MAX_BATCH, MAX_DEPTH
+from rpc_parallel.pool._engine import MAX_BATCH, MAX_DEPTH, RAMP
 
 from ..workers.support import bounded, children, cmdline_bytes, wait_until, zombie_children
 from .functions import (
@@ -209,6 +210,28 @@ async def test_small_items_are_batched_by_cost_and_large_items_travel_alone() ->
     assert sum(busy) == 200 and max(busy) <= 20, busy  # ~5 ms each: a few per batch
     large = await sizes([b"x" * (200 << 10)] * 12 + [b"y"] * 3, Blob)  # type: ignore[arg-type]
     assert large[:12] == [1] * 12
+
+
+async def test_collect_sends_full_batches_at_once_where_async_for_ramps_up() -> None:
+    async def sizes(ramp: bool) -> list[int]:
+        reading = mr._Reading()
+        reading.ramp = ramp
+        batches = mr._ordered_batches(TWO, range(50_000), AddOne, None, 1, False, reading)
+        async with contextlib.aclosing(batches):
+            return [len(outputs) async for outputs in batches]
+
+    ramped, whole = await sizes(True), await sizes(False)
+    assert sum(ramped) == sum(whole) == 50_000
+    # Both measure the cost with single inputs first; then async for (and batches()) start
+    # small to hurry the first outputs, and a map read by collect() goes full size at once.
+    assert next(size for size in ramped if size > 1) <= RAMP, ramped
+    assert next(size for size in whole if size > 1) > RAMP, whole
+    assert len(whole) < len(ramped), (whole, ramped)
+    outputs = mr.map(TWO, range(10), AddOne, None)
+    assert outputs._reading is not None and outputs._reading.ramp
+    assert await outputs.collect() == list(range(1, 11))
+    assert not outputs._reading.ramp
+    await no_workers()
 
 
 # ---------------------------------------------------------------------- failures
