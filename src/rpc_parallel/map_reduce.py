@@ -467,6 +467,7 @@ async def _reduce(config: Config | MapPool, inputs: Iterable[Any] | AsyncIterabl
                         f"got {function!r}")
     async with _Run(config, function, param, inputs, retries=retries, progress=progress,
                     reduce=True) as run:
+        run.engine.ramp = False  # (nothing is handed out before the end: no output to hurry)
         reducer = _Reducer(run, ordered, retries)
         async with contextlib.aclosing(run.batches()) as batches:
             async for batch, result in batches:
