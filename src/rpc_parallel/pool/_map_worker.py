@@ -244,16 +244,19 @@ class MapWorker(Worker[MapSpec | None]):
         """Map every item of the batch (in order); with ``reduce``, fold the outputs with
         ``combine`` (neighbours only) and return the one accumulator."""
         loaded = self.loaded.get(key) or await self._loaded(key)
-        try:
-            items = loaded.in_list.decode(payload)
-        except msgspec.ValidationError:
-            return self._find_bad_input(loaded, payload)
         async with self.lock:  # one batch at a time: they may share a function object
             if loaded.stopped:
                 return BatchResult(b"", 0.0)
             if loaded.map_is_async:
+                try:
+                    items = loaded.in_list.decode(payload)
+                except msgspec.ValidationError:
+                    return self._find_bad_input(loaded, payload)
                 return await self._map_async(loaded, items, reduce)
-            return await self.thread.run(lambda: self._map_sync(loaded, items, reduce))
+            # A plain def batch is decoded in the thread, just before it is mapped: the
+            # loop's thread stays free meanwhile, and a batch waiting its turn is kept as
+            # its (smaller) encoding.
+            return await self.thread.run(lambda: self._map_sync(loaded, payload, reduce))
 
     def _find_bad_input(self, loaded: Loaded, payload: bytes) -> BatchResult:
         """The batch did not decode as ``list[In]``: name the first input that does not."""
@@ -285,7 +288,11 @@ class MapWorker(Worker[MapSpec | None]):
                 return self._failed(loaded, offset, error, start, "combine")
         return self._done(outputs, acc, reduce, start)
 
-    def _map_sync(self, loaded: Loaded, items: list[Any], reduce: bool) -> BatchResult:
+    def _map_sync(self, loaded: Loaded, payload: bytes, reduce: bool) -> BatchResult:
+        try:
+            items = loaded.in_list.decode(payload)
+        except msgspec.ValidationError:
+            return self._find_bad_input(loaded, payload)
         if not reduce:
             return self._map_sync_list(loaded, items)
         start = time.perf_counter()
