@@ -263,6 +263,13 @@ async def test_wrong_input_param_and_output_types_are_protocol_errors() -> None:
         async for _ in mr.map(TWO, [1, 2, "three", 4], AddOne, None):  # type: ignore[misc]
             pass
     assert caught.value.index == 2  # type: ignore[attr-defined]
+    # A plain def map decodes its batch in the worker's thread: the bad input is named
+    # within a batch of thousands as well.
+    inputs: list[object] = [*range(30_000)]
+    inputs[20_000] = "twenty thousand"
+    with pytest.raises(rp.ProtocolError, match=r"Offset.*input 20000") as caught:
+        await mr.map(TWO, inputs, Offset, 1).collect()  # type: ignore[misc]
+    assert caught.value.index == 20_000  # type: ignore[attr-defined]
     with pytest.raises(rp.ProtocolError, match="Offset: param"):
         async for _ in mr.map(TWO, [1], Offset, "not an int"):  # type: ignore[misc]
             pass
