@@ -300,7 +300,20 @@ def map(
     within a bounded window): an async iterator (``async for y in map(...)``), which can
     also hand its outputs over a batch at a time (``batches()``) or all at once
     (``await map(...).collect()``), without the per-item cost of ``async for``."""
-    return MapOutputs(_ordered_batches(config, inputs, function, param, retries, progress))
+    reading = _Reading()
+    return MapOutputs(_ordered_batches(config, inputs, function, param, retries, progress,
+                                       reading), reading)
+
+
+class _Reading:
+    """How a map's outputs will be read, known before its first batch is sent: ``collect()``
+    takes them all at the end, so its batches need not ramp up to hurry a first output
+    (each small batch costs the workers and the master about as much as a full one)."""
+
+    __slots__ = ("ramp",)
+
+    def __init__(self) -> None:
+        self.ramp = True
 
 
 class MapOutputs(AsyncIterator[Out]):
@@ -314,10 +327,12 @@ class MapOutputs(AsyncIterator[Out]):
     ``collect()`` hand over the lists the workers answered. See
     docs/decisions/0031-map-outputs.md."""
 
-    __slots__ = ("_batches", "_items", "_way")
+    __slots__ = ("_batches", "_items", "_reading", "_way")
 
-    def __init__(self, batches: AsyncGenerator[list[Out], None]) -> None:
+    def __init__(self, batches: AsyncGenerator[list[Out], None],
+                 reading: _Reading | None = None) -> None:
         self._batches = batches
+        self._reading = reading
         self._items: AsyncGenerator[Out, None] | None = None
         self._way: str | None = None
 
@@ -346,6 +361,8 @@ class MapOutputs(AsyncIterator[Out]):
     async def collect(self) -> list[Out]:
         """Every output, in input order, as one list."""
         self._take("collect()")
+        if self._reading is not None:
+            self._reading.ramp = False  # (read as the map starts: nothing is sent yet)
         outputs: list[Out] = []
         async with contextlib.aclosing(self._batches) as batches:
             async for batch in batches:
@@ -373,10 +390,12 @@ async def _ordered_batches(
     param: Any,
     retries: int,
     progress: bool,
+    reading: _Reading,
 ) -> AsyncGenerator[list[Any], None]:
     """Each batch's outputs, in input order (a batch waits for those before it)."""
     async with _Run(config, function, param, inputs, retries=retries, progress=progress,
                     reduce=False) as run:
+        run.engine.ramp = reading.ramp
         position = [0]  # the index of the next output to hand out
         run.engine.window = lambda: position[0] + run.engine.window_size()
         waiting: dict[int, list[Any]] = {}
@@ -448,6 +467,7 @@ async def _reduce(config: Config | MapPool, inputs: Iterable[Any] | AsyncIterabl
                         f"got {function!r}")
     async with _Run(config, function, param, inputs, retries=retries, progress=progress,
                     reduce=True) as run:
+        run.engine.ramp = False  # (nothing is handed out before the end: no output to hurry)
         reducer = _Reducer(run, ordered, retries)
         async with contextlib.aclosing(run.batches()) as batches:
             async for batch, result in batches:

@@ -229,3 +229,18 @@ class SlowInit(rp.MapFunction[float, int, int]):
 
     def map(self, x: int) -> int:
         return x + self.step
+
+
+class StallFrom(rp.MapFunction[str, int, int]):
+    """Inputs below 20,000 are instant (so batches grow to thousands of inputs); from 20,000
+    on each takes 0.5 s, and the first such input creates the file named by ``param``."""
+
+    def init(self, param: str) -> None:
+        self.marker = Path(param)
+
+    def map(self, x: int) -> int:
+        if x < 20_000:
+            return x
+        self.marker.touch()
+        time.sleep(0.5)
+        return x

@@ -14,7 +14,7 @@ import pytest
 import rpc_parallel as rp
 from rpc_parallel import map_reduce as mr
 
-from ..workers.support import alive, bounded, gone
+from ..workers.support import alive, bounded, gone, wait_until
 from .functions import (
     AddOne,
     DieOnce,
@@ -25,6 +25,7 @@ from .functions import (
     Slow,
     SlowInit,
     Spell,
+    StallFrom,
     Sum,
     Tick,
     WhichPid,
@@ -80,6 +81,26 @@ async def test_leaving_a_map_early_stops_its_work_but_keeps_the_workers() -> Non
         assert time.monotonic() - started < 5.0
         assert await mr.find_map(pool, Counting(), FindTen, 20) == 2000
         assert set(worker_pids()) == pids
+    await no_workers()
+
+
+async def test_leaving_a_map_ends_a_large_running_batch_after_its_current_input(
+        tmp_path: Path) -> None:
+    async with TWO.open() as pool:
+        marker = tmp_path / "stalled"
+        # Thousands of instant inputs make batches of thousands; then each input takes 0.5 s:
+        # a batch holding them runs for minutes unless the stop ends it.
+        reading = asyncio.ensure_future(
+            mr.map(pool, range(1_000_000), StallFrom, str(marker)).collect())
+        await wait_until(marker.exists, 30.0, "a worker to map a slow input")
+        reading.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await reading
+        # The running batches ended after their current input: the next map is not held up.
+        started = time.monotonic()
+        outputs = await bounded(mr.map(pool, range(10), AddOne, None).collect(), 20.0, "map")
+        assert outputs == list(range(1, 11))
+        assert time.monotonic() - started < 5.0
     await no_workers()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -14,7 +15,7 @@ import pytest
 
 import rpc_parallel as rp
 from rpc_parallel import map_reduce as mr
-from rpc_parallel.pool._engine import MAX_BATCH, MAX_DEPTH
+from rpc_parallel.pool._engine import MAX_BATCH, MAX_DEPTH, RAMP
 
 from ..workers.support import bounded, children, cmdline_bytes, wait_until, zombie_children
 from .functions import (
@@ -211,6 +212,28 @@ async def test_small_items_are_batched_by_cost_and_large_items_travel_alone() ->
     assert large[:12] == [1] * 12
 
 
+async def test_collect_sends_full_batches_at_once_where_async_for_ramps_up() -> None:
+    async def sizes(ramp: bool) -> list[int]:
+        reading = mr._Reading()
+        reading.ramp = ramp
+        batches = mr._ordered_batches(TWO, range(50_000), AddOne, None, 1, False, reading)
+        async with contextlib.aclosing(batches):
+            return [len(outputs) async for outputs in batches]
+
+    ramped, whole = await sizes(True), await sizes(False)
+    assert sum(ramped) == sum(whole) == 50_000
+    # Both measure the cost with single inputs first; then async for (and batches()) start
+    # small to hurry the first outputs, and a map read by collect() goes full size at once.
+    assert next(size for size in ramped if size > 1) <= RAMP, ramped
+    assert next(size for size in whole if size > 1) > RAMP, whole
+    assert len(whole) < len(ramped), (whole, ramped)
+    outputs = mr.map(TWO, range(10), AddOne, None)
+    assert outputs._reading is not None and outputs._reading.ramp
+    assert await outputs.collect() == list(range(1, 11))
+    assert not outputs._reading.ramp
+    await no_workers()
+
+
 # ---------------------------------------------------------------------- failures
 
 
@@ -240,6 +263,13 @@ async def test_wrong_input_param_and_output_types_are_protocol_errors() -> None:
         async for _ in mr.map(TWO, [1, 2, "three", 4], AddOne, None):  # type: ignore[misc]
             pass
     assert caught.value.index == 2  # type: ignore[attr-defined]
+    # A plain def map decodes its batch in the worker's thread: the bad input is named
+    # within a batch of thousands as well.
+    inputs: list[object] = [*range(30_000)]
+    inputs[20_000] = "twenty thousand"
+    with pytest.raises(rp.ProtocolError, match=r"Offset.*input 20000") as caught:
+        await mr.map(TWO, inputs, Offset, 1).collect()  # type: ignore[misc]
+    assert caught.value.index == 20_000  # type: ignore[attr-defined]
     with pytest.raises(rp.ProtocolError, match="Offset: param"):
         async for _ in mr.map(TWO, [1], Offset, "not an int"):  # type: ignore[misc]
             pass

@@ -207,6 +207,7 @@ class Engine:
         self.retries = retries
         self.reduce = reduce
         self.window = window
+        self.ramp = True  # batches of tiny items ramp up to their size (``RAMP``)
         self.cost: float | None = None  # seconds per item, measured by the workers
         self.retry: collections.deque[Batch] = collections.deque()
         self.flight: dict[asyncio.Future[BatchResult], tuple[Batch, WorkerHandle[MapWorker]]] = {}
@@ -220,7 +221,10 @@ class Engine:
         return max(1, min(MAX_BATCH, int(TARGET_SECONDS / max(self.cost, 1e-7))))
 
     def batch_size(self) -> int:
-        """The next batch's size: the target, ramped up to (``RAMP``)."""
+        """The next batch's size: the target, ramped up to (``RAMP``) unless ``ramp`` is off
+        (the outputs are all taken at the end: no first output to hurry)."""
+        if not self.ramp:
+            return self.target_size()
         return min(self.target_size(), max(RAMP, self.inputs.position))
 
     def depth(self) -> int:
