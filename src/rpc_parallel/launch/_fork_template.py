@@ -90,6 +90,7 @@ class _Template:
         os.set_blocking(self.wake_write, False)
         self.imported: set[tuple[str, str | None]] = set()
         self.children: set[int] = set()
+        self.later: list[int] = []
         self.master = os.getppid()
         libc = _libc()
         self.prctl = None if libc is None else libc.prctl  # (looked up once, not per child)
@@ -134,7 +135,14 @@ class _Template:
                 batch.append((request, fds))
         for request, _ in batch:
             self._import(request)  # (before the forks: an import writes many pages)
-        self._reply_all([self._fork(request, fds) for request, fds in batch])
+        replies: list[Reply] = []
+        for index, (request, fds) in enumerate(batch):
+            # A child closes the descriptors of the requests forked after it (they are
+            # other workers' stdin, stdout and stderr; those before it are closed already).
+            self.later = [fd for _, later in batch[index + 1:] for fd in later]
+            replies.append(self._fork(request, fds))
+        self.later = []
+        self._reply_all(replies)
 
     def _request(self, message: bytes, fds: list[int]) -> ForkRequest | None:
         """The request in ``message``, or None (refused, or not one: said so)."""
@@ -200,7 +208,7 @@ class _Template:
             self.control.detach()  # fd 0 becomes the worker's stdin below
             for target, fd in enumerate(fds):
                 os.dup2(fd, target)
-            _close_all([*fds, self.replies, self.wake_read, self.wake_write])
+            _close_all([*fds, *self.later, self.replies, self.wake_read, self.wake_write])
             os.chdir(request.cwd)
             reseed()
             self.run_worker()
