@@ -16,9 +16,14 @@ child-of <pid>@<host>``, with
 It forks with no event loop and no thread: a ``select`` loop over the socket and the wake-up
 pipe of ``SIGCHLD``. Before its first fork it rehearses a worker's start (event loops it
 closes again) and compacts its heap, so that each child has less to copy (decision 0028).
-It imports a worker class's module on the first request that names it, then forks. It is the parent of every worker it forks: it reaps each one as it exits and
-reports the exit status, so the master's supervision is the same as for a child of its own.
-A forked child starts a session of its own, takes its three descriptors, dies with the
+It takes every request waiting on its socket (up to ``_BATCH``), imports a worker class's
+module on the first request that names it, then forks the requests back to back and replies
+to them in one write: between two forks it writes as few pages as it can, each of which
+would be copied (decision 0028). It is the parent of every worker it forks: it reaps each
+one as it exits and reports the exit statuses, so the master's supervision is the same as
+for a child of its own.
+A forked child starts a session of its own, takes its three descriptors (and closes those
+of the requests of its batch forked after it: other workers' stdio), dies with the
 template (``PR_SET_PDEATHSIG``), changes to the requested directory, reseeds the random
 state it inherited, and becomes the worker (``run_worker``: the same code an exec'd worker
 runs, reading its configuration from its stdin).
