@@ -50,7 +50,7 @@ from ..rpc._segments import sweep_processes
 _PR_SET_NAME = 15
 _PR_SET_PDEATHSIG = 1
 _MAX_MESSAGE = 1 << 20
-_BATCH = 16
+_BATCH = 64
 """At most this many fork requests are taken at once (their replies wait for the last)."""
 
 
