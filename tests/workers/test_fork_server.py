@@ -117,6 +117,11 @@ async def test_forked_workers_have_their_own_identity_output_and_session(tmp_pat
         values = [worker[field] for worker in workers]
         assert len(set(values)) == len(values), f"{field} repeats across forks: {values}"
     assert workers[0]["comm"].startswith("Facts-")
+    for worker in workers[2:]:  # the burst of 6, forked back to back
+        for other in workers[2:]:
+            if other is not worker:
+                shared = set(worker["pipes"].split(",")) & set(other["stdio"].split(","))
+                assert not shared, "a forked worker holds another one's stdin/stdout/stderr"
 
     options = only(lines, "options")
     assert options["ppid"] == template

@@ -27,10 +27,27 @@ class Facts(rp.Worker[None]):
             "pid": os.getpid(), "ppid": os.getppid(), "sid": os.getsid(0),
             "pgid": os.getpgid(0), "random": random.random(),
             "numpy": float(numpy.random.random()), "cwd": os.getcwd(), "umask": mask,
-            "comm": comm, "mark": os.environ.get("MARK", ""),
+            "comm": comm, "mark": os.environ.get("MARK", ""), "pipes": _pipes(),
+            "stdio": _pipes(0, 1, 2),
         }
 
     @rp.rpc
     async def say(self, text: str) -> None:
         print(f"out: {text}", flush=True)
         print(f"err: {text}", file=sys.stderr, flush=True)
+
+
+def _pipes(*fds: int) -> str:
+    """The pipes this process has open as ``fds`` (default: any), as ``pipe:[inode]``,
+    comma-separated: a forked worker must hold no other worker's stdin, stdout or stderr
+    (their ends would stay open)."""
+    found = []
+    for fd in fds or os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("pipe:"):
+            found.append(target)
+    return ",".join(sorted(found))
+
