@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import os
 import sys
@@ -300,20 +301,8 @@ def map(
     within a bounded window): an async iterator (``async for y in map(...)``), which can
     also hand its outputs over a batch at a time (``batches()``) or all at once
     (``await map(...).collect()``), without the per-item cost of ``async for``."""
-    reading = _Reading()
-    return MapOutputs(_ordered_batches(config, inputs, function, param, retries, progress,
-                                       reading), reading)
-
-
-class _Reading:
-    """How a map's outputs will be read, known before its first batch is sent: ``collect()``
-    takes them all at the end, so its batches need not ramp up to hurry a first output
-    (each small batch costs the workers and the master about as much as a full one)."""
-
-    __slots__ = ("ramp",)
-
-    def __init__(self) -> None:
-        self.ramp = True
+    return MapOutputs(functools.partial(_ordered_batches, config, inputs, function, param,
+                                        retries, progress))
 
 
 class MapOutputs(AsyncIterator[Out]):
@@ -327,27 +316,32 @@ class MapOutputs(AsyncIterator[Out]):
     ``collect()`` hand over the lists the workers answered. See
     docs/decisions/0031-map-outputs.md."""
 
-    __slots__ = ("_batches", "_items", "_reading", "_way")
+    __slots__ = ("_batches", "_items", "_start", "_way")
 
-    def __init__(self, batches: AsyncGenerator[list[Out], None],
-                 reading: _Reading | None = None) -> None:
-        self._batches = batches
-        self._reading = reading
+    def __init__(self, start: Callable[[bool], AsyncGenerator[list[Out], None]]) -> None:
+        self._start = start
+        """Makes the map's generator of batches; its argument: whether batches ramp up."""
+        self._batches: AsyncGenerator[list[Out], None] | None = None
         self._items: AsyncGenerator[Out, None] | None = None
         self._way: str | None = None
 
-    def _take(self, way: str) -> None:
+    def _take(self, way: str, *, ramp: bool = True) -> AsyncGenerator[list[Out], None]:
+        """The map's batches, read by ``way`` (started on the first read). ``collect()``
+        takes every output at the end, so its batches need not ramp up to hurry a first
+        one (each small batch costs about as much as a full one)."""
         if self._way is not None and self._way != way:
             raise RuntimeError(f"map outputs: already read by {self._way}; read them one way "
                                f"only (async for, batches() or collect())")
-        self._way = way
+        if self._batches is None:
+            self._way = way
+            self._batches = self._start(ramp)
+        return self._batches
 
     def __aiter__(self) -> AsyncGenerator[Out, None]:
         # The item generator itself: ``async for`` then takes the interpreter's fast path
         # for async generators, with no Python-level ``__anext__`` per item.
         if self._items is None:
-            self._take("async for")
-            self._items = _items_of(self._batches)
+            self._items = _items_of(self._take("async for"))
         return self._items
 
     async def __anext__(self) -> Out:
@@ -355,16 +349,12 @@ class MapOutputs(AsyncIterator[Out]):
 
     def batches(self) -> AsyncGenerator[list[Out], None]:
         """The outputs a batch at a time, in input order (each list is the next outputs)."""
-        self._take("batches()")
-        return self._batches
+        return self._take("batches()")
 
     async def collect(self) -> list[Out]:
         """Every output, in input order, as one list."""
-        self._take("collect()")
-        if self._reading is not None:
-            self._reading.ramp = False  # (read as the map starts: nothing is sent yet)
         outputs: list[Out] = []
-        async with contextlib.aclosing(self._batches) as batches:
+        async with contextlib.aclosing(self._take("collect()", ramp=False)) as batches:
             async for batch in batches:
                 outputs += batch
         return outputs
@@ -373,7 +363,8 @@ class MapOutputs(AsyncIterator[Out]):
         """Stop the map: its workers (or its part of a pool's) at once."""
         if self._items is not None:
             await self._items.aclose()
-        await self._batches.aclose()
+        if self._batches is not None:
+            await self._batches.aclose()
 
 
 async def _items_of(batches: AsyncGenerator[list[Out], None]) -> AsyncGenerator[Out, None]:
@@ -390,12 +381,12 @@ async def _ordered_batches(
     param: Any,
     retries: int,
     progress: bool,
-    reading: _Reading,
+    ramp: bool,
 ) -> AsyncGenerator[list[Any], None]:
     """Each batch's outputs, in input order (a batch waits for those before it)."""
     async with _Run(config, function, param, inputs, retries=retries, progress=progress,
                     reduce=False) as run:
-        run.engine.ramp = reading.ramp
+        run.engine.ramp = ramp
         position = [0]  # the index of the next output to hand out
         run.engine.window = lambda: position[0] + run.engine.window_size()
         waiting: dict[int, list[Any]] = {}

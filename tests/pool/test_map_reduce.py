@@ -214,9 +214,7 @@ async def test_small_items_are_batched_by_cost_and_large_items_travel_alone() ->
 
 async def test_collect_sends_full_batches_at_once_where_async_for_ramps_up() -> None:
     async def sizes(ramp: bool) -> list[int]:
-        reading = mr._Reading()
-        reading.ramp = ramp
-        batches = mr._ordered_batches(TWO, range(50_000), AddOne, None, 1, False, reading)
+        batches = mr._ordered_batches(TWO, range(50_000), AddOne, None, 1, False, ramp)
         async with contextlib.aclosing(batches):
             return [len(outputs) async for outputs in batches]
 
@@ -227,10 +225,16 @@ async def test_collect_sends_full_batches_at_once_where_async_for_ramps_up() -> 
     assert next(size for size in ramped if size > 1) <= RAMP, ramped
     assert next(size for size in whole if size > 1) > RAMP, whole
     assert len(whole) < len(ramped), (whole, ramped)
-    outputs = mr.map(TWO, range(10), AddOne, None)
-    assert outputs._reading is not None and outputs._reading.ramp
-    assert await outputs.collect() == list(range(1, 11))
-    assert not outputs._reading.ramp
+    for read, ramp in ((lambda o: o.collect(), False), (lambda o: o.batches(), True),
+                       (lambda o: o.__aiter__(), True)):
+        outputs = mr.map(TWO, range(10), AddOne, None)
+        start, asked = outputs._start, []
+        outputs._start = lambda r, start=start, asked=asked: asked.append(r) or start(r)
+        taken = read(outputs)
+        if asyncio.iscoroutine(taken):
+            assert await taken == list(range(1, 11))
+        assert asked == [ramp]
+        await outputs.aclose()
     await no_workers()
 
 
