@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import select
+import socket
+import time
 from collections.abc import AsyncIterator
 
 import pytest
 
 import rpc_parallel as rp
+from rpc_parallel.rpc import frames
+from rpc_parallel.rpc.connection import CALLS_PER_WRITE
 
 from .support import SHORT, alive, bounded
 from .workers import Echo
@@ -28,6 +34,43 @@ async def test_rpc_with_args_kwargs_and_defaults() -> None:
         with pytest.raises(TypeError):
             await w.run(Echo.add, 1, nope=3)  # type: ignore[call-arg]
 
+
+
+async def test_calls_started_back_to_back_are_written_before_the_loop_runs_again() -> None:
+    """Decision 0032: of ``CALLS_PER_WRITE`` calls submitted without yielding to the event
+    loop, some leave at once, so the worker answers them while the caller is still busy:
+    its answers are readable on the socket before this loop has run again."""
+    async with await Echo.spawn(0) as w:
+        assert await w.run(Echo.add, 0, 0) == 0
+        connection = w._ready
+        assert connection is not None and connection._transport is not None
+        fd = connection._transport.get_extra_info("socket").fileno()
+        futures = [w.submit(Echo.add, i, 0) for i in range(CALLS_PER_WRITE)]
+        # This thread blocks (the loop can neither flush the rest nor read) until an answer
+        # is waiting in the socket: a RESPONSE frame, not a heartbeat, seen without reading.
+        with socket.socket(fileno=os.dup(fd)) as sock:  # (to peek: the loop's own won't)
+            answered = _answer_waits(sock, deadline=time.monotonic() + 10.0)
+        assert answered, (
+            "no answer within 10 s: the calls were not written"
+        )
+        assert await asyncio.gather(*futures) == list(range(CALLS_PER_WRITE))
+
+
+def _answer_waits(sock: socket.socket, deadline: float) -> bool:
+    """Whether a RESPONSE frame shows up in ``sock``'s received bytes before ``deadline``
+    (looked at with ``MSG_PEEK``: the connection still reads every byte later)."""
+    while time.monotonic() < deadline:
+        if not select.select([sock.fileno()], [], [], 0.5)[0]:
+            continue
+        data = sock.recv(1 << 16, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        position = 0
+        while position + frames.HEADER_SIZE <= len(data):
+            length, kind, _, _ = frames.HEADER.unpack_from(data, position)
+            if kind == frames.RESPONSE:
+                return True
+            position += 4 + length
+        time.sleep(0.01)  # Only heartbeats so far (left unread): look again.
+    return False
 
 async def test_pipe_reads_and_abort_closes_the_generator() -> None:
     async with await Echo.spawn(5) as w:

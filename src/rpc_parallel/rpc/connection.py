@@ -94,6 +94,12 @@ _PREAUTH_BUFFER_SIZE = 2 * PREAUTH_MAX_MESSAGE_SIZE
 larger than ``PREAUTH_MAX_MESSAGE_SIZE`` then): a pending connection costs a few KiB."""
 _LARGE_FRAME = _RECEIVE_BUFFER_SIZE // 2
 _FLUSH_AT = FLUSH_AT
+CALLS_PER_WRITE = 128
+"""Calls started back to back are written to the socket at least every this many
+(decision 0032): the peer starts serving the first ones while this side is still making the
+rest, so with many calls in flight the two processes work at once instead of taking turns.
+A power of two: the test is on the call id, which grows by 2 a call."""
+_WRITE_MASK = CALLS_PER_WRITE - 1
 _ZERO_HEADER = ZERO_HEADER
 _NO_PAYLOAD: Any = object()
 _Future = asyncio.Future  # What loop.create_future() makes (uvloop's too), without the call.
@@ -371,7 +377,7 @@ class Connection(asyncio.BufferedProtocol):
                 raise cannot_send(spec, "arguments", error, arguments=args) from None
             raise
         HEADER.pack_into(out, begin, length, QUERY, call_id, index)
-        if len(out) >= _FLUSH_AT:
+        if len(out) >= _FLUSH_AT or not (call_id >> 1) & _WRITE_MASK:
             self._flush()
         elif self._flush_handle is None:
             self._flush_handle = self.loop.call_soon(self._flush)
@@ -411,7 +417,7 @@ class Connection(asyncio.BufferedProtocol):
                 raise cannot_send(spec, "arguments", error, arguments=args) from None
             raise
         HEADER.pack_into(out, begin, length, QUERY, call_id, index)
-        if len(out) >= _FLUSH_AT:
+        if len(out) >= _FLUSH_AT or not (call_id >> 1) & _WRITE_MASK:
             self._flush()
         elif self._flush_handle is None:
             self._flush_handle = self.loop.call_soon(self._flush)
