@@ -229,6 +229,7 @@ class _Run:
             await self.pool._start_early()
         else:
             self.engine.key, self.engine.loads = self.pool._open_map(self.spec)
+            self.engine.cost = self.pool._cost_of(self.spec)
         return self
 
     async def __aexit__(self, exc_type: object, *exc_info: object) -> None:
@@ -241,6 +242,8 @@ class _Run:
         try:
             await self.engine.close()
         finally:
+            if not self.owned:
+                self.pool._remember_cost(self.spec, self.engine.cost)
             try:
                 if self.owned:
                     await self.pool.close()

@@ -56,6 +56,28 @@ async def test_one_pool_serves_several_maps_of_different_functions_on_the_same_w
     await no_workers()
 
 
+
+async def test_a_map_the_pool_has_measured_before_starts_without_single_input_batches() -> None:
+    """Decision 0023: a pool remembers the cost per item that a map of a function with a
+    param measured, so the next such map sizes its batches from it at once; a map of the
+    function with another param measures again with single inputs first."""
+    async def sizes(pool: mr.MapPool, param: int) -> list[int]:
+        run = mr._Run(pool, Offset, param, range(20_000), retries=1, progress=False,
+                      reduce=False)
+        async with run:
+            found = sorted([(batch.start, len(batch.items)) async for batch, _ in run.batches()])
+        return [size for _, size in found]
+
+    async with TWO.open() as pool:
+        first = await sizes(pool, 1)
+        assert first[:2] == [1, 1] and sum(first) == 20_000, first
+        again = await sizes(pool, 1)
+        assert 1 not in again[:-1] and again[0] > 1 and sum(again) == 20_000, again
+        assert len(again) < len(first), (again, first)
+        other = await sizes(pool, 2)
+        assert other[:2] == [1, 1], other
+    await no_workers()
+
 async def test_two_maps_at_once_share_the_pool() -> None:
     async with TWO.open() as pool:
         async def run(offset: int) -> list[int]:

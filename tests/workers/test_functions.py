@@ -8,12 +8,13 @@ import select
 import socket
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
 import rpc_parallel as rp
 from rpc_parallel.rpc import frames
-from rpc_parallel.rpc.connection import CALLS_PER_WRITE
+from rpc_parallel.rpc.connection import CALL_WRITE_BYTES, CALLS_PER_WRITE
 
 from .support import SHORT, alive, bounded
 from .workers import Echo
@@ -36,24 +37,33 @@ async def test_rpc_with_args_kwargs_and_defaults() -> None:
 
 
 
-async def test_calls_started_back_to_back_are_written_before_the_loop_runs_again() -> None:
-    """Decision 0032: of ``CALLS_PER_WRITE`` calls submitted without yielding to the event
-    loop, some leave at once, so the worker answers them while the caller is still busy:
-    its answers are readable on the socket before this loop has run again."""
+@pytest.mark.parametrize("large", [False, True], ids=["CALLS_PER_WRITE small", "two large"])
+async def test_calls_started_back_to_back_are_written_before_the_loop_runs_again(
+    large: bool,
+) -> None:
+    """Decision 0032: of ``CALLS_PER_WRITE`` calls, or of calls holding more than
+    ``CALL_WRITE_BYTES``, submitted without yielding to the event loop, some leave at once,
+    so the worker answers them while the caller is still busy: its answers are readable on
+    the socket before this loop has run again."""
     async with await Echo.spawn(0) as w:
         assert await w.run(Echo.add, 0, 0) == 0
         connection = w._ready
         assert connection is not None and connection._transport is not None
         fd = connection._transport.get_extra_info("socket").fileno()
-        futures = [w.submit(Echo.add, i, 0) for i in range(CALLS_PER_WRITE)]
+        futures: list[asyncio.Future[Any]]
+        if large:
+            key = "K" * (CALL_WRITE_BYTES * 2 // 3)  # (no such environment variable)
+            futures = [w.submit(Echo.environment, key) for _ in range(2)]
+            expected: list[object] = [None, None]
+        else:
+            futures = [w.submit(Echo.add, i, 0) for i in range(CALLS_PER_WRITE)]
+            expected = list(range(CALLS_PER_WRITE))
         # This thread blocks (the loop can neither flush the rest nor read) until an answer
         # is waiting in the socket: a RESPONSE frame, not a heartbeat, seen without reading.
         with socket.socket(fileno=os.dup(fd)) as sock:  # (to peek: the loop's own won't)
             answered = _answer_waits(sock, deadline=time.monotonic() + 10.0)
-        assert answered, (
-            "no answer within 10 s: the calls were not written"
-        )
-        assert await asyncio.gather(*futures) == list(range(CALLS_PER_WRITE))
+        assert answered, "no answer within 10 s: the calls were not written"
+        assert await asyncio.gather(*futures) == expected
 
 
 def _answer_waits(sock: socket.socket, deadline: float) -> bool:

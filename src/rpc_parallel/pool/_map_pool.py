@@ -21,6 +21,8 @@ from ._map_worker import MapSpec, MapWorker
 from ._pool import WorkerPool
 
 STOP_SECONDS = 5.0
+REMEMBERED_COSTS = 64
+"""How many (function, param) pairs a pool remembers the measured cost of (decision 0023)."""
 """How long the end of a map waits for its workers to acknowledge ``stop``."""
 
 
@@ -49,6 +51,9 @@ class MapPool:
         self._spawning: set[asyncio.Task[WorkerHandle[MapWorker]]] = set()
         self._started = False
         self._closed = False
+        # Seconds per item that earlier maps of a function (with that param) measured here:
+        # a later map of it sizes its first batches from that, with no 1-item probes.
+        self._costs: dict[MapSpec, float] = {}
 
     @property
     def workers(self) -> list[WorkerHandle[MapWorker]]:
@@ -127,6 +132,19 @@ class MapPool:
         key = next(self._keys)
         self._active[key] = spec
         return key, {h.submit(MapWorker.load, key, spec): h for h in self.workers}
+
+    def _cost_of(self, spec: MapSpec) -> float | None:
+        """The seconds per item that the last map of ``spec`` on this pool measured."""
+        return self._costs.get(spec)
+
+    def _remember_cost(self, spec: MapSpec, cost: float | None) -> None:
+        """Keep what a map of ``spec`` measured (the last ``REMEMBERED_COSTS`` specs)."""
+        if cost is None:
+            return
+        self._costs.pop(spec, None)  # (re-inserted last: the oldest goes first)
+        self._costs[spec] = cost
+        if len(self._costs) > REMEMBERED_COSTS:
+            del self._costs[next(iter(self._costs))]
 
     @staticmethod
     def load_error(error: BaseException, name: str) -> BaseException:

@@ -100,6 +100,10 @@ CALLS_PER_WRITE = 128
 rest, so with many calls in flight the two processes work at once instead of taking turns.
 A power of two: the test is on the call id, which grows by 2 a call."""
 _WRITE_MASK = CALLS_PER_WRITE - 1
+CALL_WRITE_BYTES = 64 * 1024
+"""Calls are also written once the outgoing buffer holds this many bytes (answers wait for
+``FLUSH_AT``, 256 KiB, or the end of the read), so the first of a run of large calls (a
+map's batches) is being served while the rest are encoded (decision 0032)."""
 _ZERO_HEADER = ZERO_HEADER
 _NO_PAYLOAD: Any = object()
 _Future = asyncio.Future  # What loop.create_future() makes (uvloop's too), without the call.
@@ -377,7 +381,7 @@ class Connection(asyncio.BufferedProtocol):
                 raise cannot_send(spec, "arguments", error, arguments=args) from None
             raise
         HEADER.pack_into(out, begin, length, QUERY, call_id, index)
-        if len(out) >= _FLUSH_AT or not (call_id >> 1) & _WRITE_MASK:
+        if len(out) >= CALL_WRITE_BYTES or not (call_id >> 1) & _WRITE_MASK:
             self._flush()
         elif self._flush_handle is None:
             self._flush_handle = self.loop.call_soon(self._flush)
@@ -417,7 +421,7 @@ class Connection(asyncio.BufferedProtocol):
                 raise cannot_send(spec, "arguments", error, arguments=args) from None
             raise
         HEADER.pack_into(out, begin, length, QUERY, call_id, index)
-        if len(out) >= _FLUSH_AT or not (call_id >> 1) & _WRITE_MASK:
+        if len(out) >= CALL_WRITE_BYTES or not (call_id >> 1) & _WRITE_MASK:
             self._flush()
         elif self._flush_handle is None:
             self._flush_handle = self.loop.call_soon(self._flush)
