@@ -23,6 +23,7 @@ import contextlib
 import logging
 import os
 import random
+import shutil
 import signal
 import sys
 import tempfile
@@ -242,6 +243,9 @@ def main() -> int:
     leftovers = os.listdir(tempfile.tempdir)
     if leftovers:
         print("left in the temp dir:", leftovers)
+    shutil.rmtree(tempfile.tempdir, ignore_errors=True)  # counted: now leave nothing behind
+    if leftovers:
+        return 1
     return result[0] if result else 1
 
 
