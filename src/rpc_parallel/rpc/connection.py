@@ -381,12 +381,12 @@ class Connection(asyncio.BufferedProtocol):
                 raise cannot_send(spec, "arguments", error, arguments=args) from None
             raise
         HEADER.pack_into(out, begin, length, QUERY, call_id, index)
+        future: asyncio.Future[Any] = _Future(loop=self.loop)  # (loop.create_future, inline)
+        self._outgoing[call_id] = (spec, future)  # (before the write: a loss finds it)
         if len(out) >= CALL_WRITE_BYTES or not (call_id >> 1) & _WRITE_MASK:
             self._flush()
         elif self._flush_handle is None:
             self._flush_handle = self.loop.call_soon(self._flush)
-        future: asyncio.Future[Any] = _Future(loop=self.loop)  # (loop.create_future, inline)
-        self._outgoing[call_id] = (spec, future)
         return future
 
     # Per-call hot path: ``call_future``'s body (keep the two in step).
@@ -421,12 +421,12 @@ class Connection(asyncio.BufferedProtocol):
                 raise cannot_send(spec, "arguments", error, arguments=args) from None
             raise
         HEADER.pack_into(out, begin, length, QUERY, call_id, index)
+        future: asyncio.Future[Any] = _Future(loop=self.loop)  # (loop.create_future, inline)
+        self._outgoing[call_id] = (spec, future)  # (before the write: a loss finds it)
         if len(out) >= CALL_WRITE_BYTES or not (call_id >> 1) & _WRITE_MASK:
             self._flush()
         elif self._flush_handle is None:
             self._flush_handle = self.loop.call_soon(self._flush)
-        future: asyncio.Future[Any] = _Future(loop=self.loop)  # (loop.create_future, inline)
-        self._outgoing[call_id] = (spec, future)
         return future
 
     def _take_back(self, begin: int, mark: int) -> None:
