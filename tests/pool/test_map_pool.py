@@ -56,7 +56,6 @@ async def test_one_pool_serves_several_maps_of_different_functions_on_the_same_w
     await no_workers()
 
 
-
 async def test_a_map_the_pool_has_measured_before_starts_without_single_input_batches() -> None:
     """Decision 0023: a pool remembers the cost per item that a map of a function with a
     param measured, so the next such map sizes its batches from it at once; a map of the
@@ -77,6 +76,7 @@ async def test_a_map_the_pool_has_measured_before_starts_without_single_input_ba
         other = await sizes(pool, 2)
         assert other[:2] == [1, 1], other
     await no_workers()
+
 
 async def test_two_maps_at_once_share_the_pool() -> None:
     async with TWO.open() as pool:

@@ -36,7 +36,6 @@ async def test_rpc_with_args_kwargs_and_defaults() -> None:
             await w.run(Echo.add, 1, nope=3)  # type: ignore[call-arg]
 
 
-
 @pytest.mark.parametrize("large", [False, True], ids=["CALLS_PER_WRITE small", "two large"])
 async def test_calls_started_back_to_back_are_written_before_the_loop_runs_again(
     large: bool,
@@ -81,6 +80,7 @@ def _answer_waits(sock: socket.socket, deadline: float) -> bool:
             position += 4 + length
         time.sleep(0.01)  # Only heartbeats so far (left unread): look again.
     return False
+
 
 async def test_pipe_reads_and_abort_closes_the_generator() -> None:
     async with await Echo.spawn(5) as w:

@@ -21,9 +21,9 @@ from ._map_worker import MapSpec, MapWorker
 from ._pool import WorkerPool
 
 STOP_SECONDS = 5.0
+"""How long the end of a map waits for its workers to acknowledge ``stop``."""
 REMEMBERED_COSTS = 64
 """How many (function, param) pairs a pool remembers the measured cost of (decision 0023)."""
-"""How long the end of a map waits for its workers to acknowledge ``stop``."""
 
 
 class MapPool:
