@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 import secrets
+import subprocess
 import threading
 import time
 
@@ -22,7 +24,16 @@ from .support import segments
 
 pytestmark = pytest.mark.skipif(not _segments.available(), reason="needs /dev/shm")
 
-BIG = 2**18  # float64 items: 2 MiB, over the threshold
+BIG = 2**19  # float64 items: 4 MiB, over the threshold and big enough for huge pages
+MIB = 2**20
+
+
+def kernel_at_least(major: int, minor: int) -> bool:
+    numbers = re.findall(r"\d+", os.uname().release)[:2]
+    return tuple(int(number) for number in numbers) >= (major, minor)
+
+
+HUGE_PAGES = kernel_at_least(6, 1)  # MADV_COLLAPSE on tmpfs
 
 
 def ours() -> set[str]:
@@ -35,8 +46,28 @@ def state(name: str) -> bytes:
         return file.read(8)
 
 
-@pytest.fixture
-def pair() -> tuple[_segments.Segments, _segments.Segments]:
+def mappings_of(name: str) -> list[dict[str, str]]:
+    """This process's mappings of the segment ``name``: the fields /proc/self/smaps gives."""
+    found: list[dict[str, str]] = []
+    with open("/proc/self/smaps") as file:
+        for line in file:
+            head, _, value = line.partition(":")
+            if " " not in head:  # a field of the mapping above
+                if found and found[-1]["path"].endswith(f"/{name}"):
+                    found[-1][head] = value.strip()
+            else:
+                found.append({"path": line.split()[-1]})
+    return [fields for fields in found if fields["path"].endswith(f"/{name}")]
+
+
+@pytest.fixture(params=["huge pages", "small pages"])
+def pair(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch,
+         ) -> tuple[_segments.Segments, _segments.Segments]:
+    """A sender and a receiver; their segments have huge pages where the kernel can, or are
+    made as on a kernel that cannot (then the sender writes with ``pwrite`` and the receiver
+    keeps its mappings)."""
+    if request.param == "small pages":
+        monkeypatch.setattr(_segments, "_huge_pages", False)
     before = ours()
     a, b = secrets.token_hex(8), secrets.token_hex(8)
     sender, receiver = _segments.Segments(a, b), _segments.Segments(b, a)
@@ -49,7 +80,7 @@ def pair() -> tuple[_segments.Segments, _segments.Segments]:
 def test_large_array_travels_by_name_and_its_segment_is_reused(pair) -> None:  # type: ignore[no-untyped-def]
     sender, _ = pair
     before = ours()
-    big = np.arange(BIG, dtype=np.float64).reshape(512, 512)
+    big = np.arange(BIG, dtype=np.float64).reshape(1024, 512)
     encoder, decoder = make_encoder(sender), make_decoder(tuple[np.ndarray])
     payload = encoder.encode((big,))
     assert len(payload) < 200  # the name, dtype and shape: not the data
@@ -95,8 +126,8 @@ def test_fortran_big_endian_and_strided_through_shared_memory(pair) -> None:  # 
     sender, _ = pair
     decoder = make_decoder(np.ndarray)
     for sample in (
-        np.asfortranarray(np.arange(BIG, dtype=">f8").reshape(512, 512)),
-        np.arange(2 * BIG, dtype=np.int32).reshape(1024, 512)[::2, ::3],
+        np.asfortranarray(np.arange(BIG, dtype=">f8").reshape(1024, 512)),
+        np.arange(2 * BIG, dtype=np.int32).reshape(2048, 512)[::2, ::3],
     ):
         back = decoder.decode(make_encoder(sender).encode(sample))
         assert back.dtype.str == sample.dtype.str and back.shape == sample.shape
@@ -326,3 +357,63 @@ def test_a_sweep_while_a_mapped_write_is_under_way_leaves_nothing() -> None:
     receiver.close()
     assert not thread.is_alive() and not errors
     assert ours() == before
+
+
+@pytest.mark.skipif(not HUGE_PAGES, reason="huge pages in tmpfs (MADV_COLLAPSE) need Linux 6.1")
+def test_a_large_array_goes_through_huge_pages_mapped_only_while_used() -> None:
+    before = ours()
+    a, b = secrets.token_hex(8), secrets.token_hex(8)
+    sender, receiver = _segments.Segments(a, b), _segments.Segments(b, a)
+    encoder, decoder = make_encoder(sender), make_decoder(np.ndarray)
+    try:
+        big = np.arange(2 * MIB, dtype=np.float64)  # 16 MiB
+        payload = encoder.encode(big)
+        (name,) = ours() - before
+        with open(f"/dev/shm/{name}", "rb") as file:
+            assert file.read(16) == _segments.LENT + _segments.HUGE
+            assert os.fstat(file.fileno()).st_size % _segments.HUGE_PAGE == 0
+        assert not mappings_of(name)  # the sender mapped it for its copy only
+        back = decoder.decode(payload)
+        np.testing.assert_array_equal(back, big)  # (reads every page)
+        (mapping,) = mappings_of(name)
+        assert mapping["ShmemPmdMapped"] == mapping["Size"] == "18432 kB", mapping  # 9 huge pages
+        del back
+        gc.collect()
+        assert not mappings_of(name) and state(name) == _segments.FREE  # unmapped with it
+        again = decoder.decode(encoder.encode(big[::-1].copy()))
+        assert ours() - before == {name}  # reused
+        np.testing.assert_array_equal(again, big[::-1])
+    finally:
+        sender.close()
+        receiver.close()
+    assert ours() == before
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a small tmpfs: needs root")
+def test_a_full_shm_directory_sends_in_band_and_leaves_nothing(
+        tmp_path: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """/dev/shm too small for an array: its segment fails at creation (never a SIGBUS later),
+    nothing is left, the array goes in band, and later arrays that fit still get huge pages."""
+    directory = str(tmp_path)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", directory], check=True)
+    try:
+        monkeypatch.setattr(_segments, "SHM_DIRECTORY", directory)
+        a, b = secrets.token_hex(8), secrets.token_hex(8)
+        sender, receiver = _segments.Segments(a, b), _segments.Segments(b, a)
+        encoder, decoder = make_encoder(sender), make_decoder(np.ndarray)
+        too_big = np.ones(2 * MIB)  # 16 MiB
+        payload = encoder.encode(too_big)
+        assert len(payload) > too_big.nbytes and not os.listdir(directory)  # in band
+        np.testing.assert_array_equal(decoder.decode(payload), too_big)
+        fits = np.ones(MIB // 2)  # 4 MiB
+        kept = decoder.decode(encoder.encode(fits))
+        (name,) = os.listdir(directory)
+        with open(os.path.join(directory, name), "rb") as file:
+            assert file.read(16)[8:] == _segments.HUGE or not HUGE_PAGES
+        np.testing.assert_array_equal(kept, fits)
+        del kept
+        sender.close()
+        receiver.close()
+        assert not os.listdir(directory)
+    finally:
+        subprocess.run(["umount", directory], check=True)
