@@ -24,6 +24,7 @@ import rpc_parallel as rp
 from rpc_parallel.rpc import _segments
 
 from ..hardening.support import poll
+from ..rpc.support import rss, vm_hwm
 from ..workers.support import alive
 from .support import describe, segments
 from .workers import Arrays
@@ -338,15 +339,6 @@ async def test_mapped_writes_between_processes() -> None:
         state.settings = saved
 
 
-def memory_status(field: str) -> int:
-    """A field of /proc/self/status, in bytes (``VmRSS``, ``VmHWM``)."""
-    with open("/proc/self/status") as file:
-        for line in file:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError(f"no {field} in /proc/self/status")
-
-
 def reset_peak_memory() -> None:
     """Start ``VmHWM`` again from the current RSS."""
     with open("/proc/self/clear_refs", "w") as file:
@@ -363,11 +355,11 @@ async def test_an_echo_holds_no_more_than_the_array_and_its_result_in_the_master
         for _ in range(2):  # into a new segment, then into the reused one
             gc.collect()
             await asyncio.sleep(0)  # (uvloop keeps the handle it ran last, and its result)
-            base = memory_status("VmRSS")  # the array's pages included
+            base = rss()  # the array's pages included
             reset_peak_memory()
             back = await w.run(Arrays.echo_f64, big)
             float(back[::512].sum())  # one value in each page: the result counts in full
-            added = memory_status("VmHWM") - base
+            added = vm_hwm(os.getpid()) - base
             assert 0.9 * big.nbytes < added < 1.5 * big.nbytes, (
                 f"the master's peak grew by {added / big.nbytes:.2f}x the array")
             del back
