@@ -27,6 +27,8 @@ from rpc_parallel.launch import _boot, _pack, _ssh
 from rpc_parallel.launch._pack import Bundle
 from rpc_parallel.launch.executable import RemoteExecutable
 
+from ..hardening.support import poll
+
 APP_MODULE = "rp_exe_sample_app"
 WORKER_MODULE = textwrap.dedent("""
     import sys
@@ -477,6 +479,20 @@ async def test_ssh_failures_name_the_host_and_ssh_stderr(tmp_path: Path) -> None
     with pytest.raises(rp.SpawnError, match=r"host 127\.0\.0\.1: ssh failed: .*refused") as caught:
         await RemoteExecutable._copy(target, str(tmp_path), "python3")
     assert "Connection refused" in caught.value.stderr_tail
+
+
+async def test_a_host_command_that_exits_at_once_is_answered_not_a_crash(bundle: Bundle) -> None:
+    """ssh that fails at once (host down, connection refused) closes its stdin before the
+    request is written: the install reads the exit status and stderr, whatever the event
+    loop (uvloop raises ``RuntimeError`` on a write to a closed pipe, asyncio drops it)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", "import sys; sys.stderr.write('gone'); sys.stdin.close()",
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdin is not None
+    await process.wait()
+    await poll(process.stdin.is_closing, 5.0, "the event loop to see the stdin pipe closed")
+    completed = await RemoteExecutable._install(process, b"{}\n", bundle)
+    assert completed.returncode == 0 and completed.stderr == b"gone"
 
 
 async def test_the_public_api_from_an_application_over_ssh(

@@ -95,6 +95,16 @@ def _file_tail(path: str, limit: int = 4096) -> str:
         return ""
 
 
+
+def write_unless_closed(stdin: asyncio.StreamWriter, data: bytes) -> bool:
+    """Write ``data`` to a child's stdin, unless the child has already closed it (it died at
+    once: its exit status and stderr say why). ``False`` then. asyncio drops bytes written
+    to a closed pipe and uvloop raises ``RuntimeError``; this is the same under both."""
+    if stdin.is_closing():
+        return False
+    stdin.write(data)
+    return True
+
 class ChildProcess(Protocol):
     """What ``WorkerProcess`` needs of the process it owns: an
     ``asyncio.subprocess.Process``, or a worker forked by the fork server
@@ -245,11 +255,9 @@ class WorkerProcess:
         stdin = self.stdin
         if stdin is None:
             return
-        if stdin.is_closing():
-            return  # It died at once; the caller sees the exit and the stderr tail.
         try:
-            stdin.write(len(message).to_bytes(4, "little") + message)
-            await stdin.drain()
+            if write_unless_closed(stdin, len(message).to_bytes(4, "little") + message):
+                await stdin.drain()
         except (ConnectionError, OSError, RuntimeError):
             pass  # (uvloop raises RuntimeError for a pipe closed under the write.)
 

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import SpawnError
-from . import _boot, _ssh
+from . import _boot, _process, _ssh
 
 if TYPE_CHECKING:  # Packing (importlib.metadata, tarfile) is imported when first used.
     from ._pack import Bundle
@@ -124,10 +124,11 @@ async def _send_tar(bundle: Bundle, stdin: asyncio.StreamWriter) -> None:
             info = tarfile.TarInfo(relpath)
             info.size, info.mode = len(data), mode
             archive.addfile(info, io.BytesIO(data))
-            stdin.write(sink.take())
+            if not _process.write_unless_closed(stdin, sink.take()):
+                return  # the host ended: its answer and stderr say why
             await stdin.drain()
-    stdin.write(sink.take())
-    await stdin.drain()
+    if _process.write_unless_closed(stdin, sink.take()):
+        await stdin.drain()
 
 
 class RemoteExecutable:
@@ -232,8 +233,8 @@ class RemoteExecutable:
         stderr = asyncio.ensure_future(process.stderr.read())
         lines: list[bytes] = []
         try:
-            process.stdin.write(header)
-            await process.stdin.drain()
+            if _process.write_unless_closed(process.stdin, header):
+                await process.stdin.drain()
             while line := await process.stdout.readline():
                 lines.append(line)
                 if _parse(line) is not None:

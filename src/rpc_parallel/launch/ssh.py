@@ -140,7 +140,8 @@ class Remote:
         if self.executable is not None and worker.stdin is not None:
             # First the bootstrap (verify the bundle, then run the worker from it); the
             # worker's configuration follows on the same stdin.
-            worker.stdin.write(self.executable.boot_input(_worker_argv(request.name)))
+            _process.write_unless_closed(
+                worker.stdin, self.executable.boot_input(_worker_argv(request.name)))
         return worker
 
 
